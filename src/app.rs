@@ -1,0 +1,127 @@
+//! Assembling a running gateway from a [`Config`]: store, bootstrap, index,
+//! upstreams (with the built-in mock when selected), background tasks. `serve`
+//! and the integration tests both start keygate through [`Gateway::start`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::auth::KeyIndex;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, UpstreamTarget};
+use crate::key::Secret;
+use crate::proxy::Upstreams;
+use crate::server::{self, AppState, BoxFuture, Settings, Tasks};
+
+/// The process-wide Prometheus recorder (the `metrics` facade allows one).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; the handle
+            // then renders an empty page, which is harmless.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub struct Gateway {
+    pub state: AppState,
+    pub tasks: Tasks,
+    /// The admin key generated on first start, to show once.
+    pub generated_admin_key: Option<Secret>,
+}
+
+impl Gateway {
+    pub async fn start(config: &Config, admin_key_from_env: Option<&Secret>) -> anyhow::Result<Self> {
+        Self::start_with_clock(config, admin_key_from_env, Arc::new(SystemClock)).await
+    }
+
+    pub async fn start_with_clock(
+        config: &Config,
+        admin_key_from_env: Option<&Secret>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        let store = crate::store::open(&config.database_url)
+            .await
+            .with_context(|| format!("cannot open the database `{}`", config.database_url))?;
+        let now = clock.now();
+        let boot = store.bootstrap(now).await.context("cannot initialise the database")?;
+        let (generated_admin_key, _) =
+            crate::admin::bootstrap_admin_key(&*store, admin_key_from_env, boot.first_start, now)
+                .await
+                .context("cannot create the bootstrap admin key")?;
+        let index = Arc::new(KeyIndex::new(store.all_keys().await.context("cannot load keys")?));
+        tracing::info!(keys = index.len(), "key index loaded");
+
+        let mut tasks = Tasks::default();
+        let mock_base = if config.upstreams.iter().any(|u| matches!(u.target, UpstreamTarget::Mock)) {
+            Some(start_mock(&mut tasks).await?)
+        } else {
+            None
+        };
+        for u in &config.upstreams {
+            match (&u.target, u.defaulted_to_mock) {
+                (UpstreamTarget::Mock, true) => tracing::warn!(
+                    "NO UPSTREAM CONFIGURED: answering from the built-in MOCK upstream (synthetic answers). \
+                     Set KEYGATE_UPSTREAM_URL and KEYGATE_UPSTREAM_API_KEY (or OPENAI_API_KEY) to reach a real provider."
+                ),
+                (UpstreamTarget::Mock, false) => {
+                    tracing::warn!(upstream = %u.name, "upstream `{}` is the built-in MOCK: answers are synthetic", u.name)
+                }
+                (UpstreamTarget::Url(url), _) => {
+                    tracing::info!(upstream = %u.name, %url, authenticated = u.credential.is_some(), "upstream configured")
+                }
+            }
+        }
+        let upstreams = Arc::new(Upstreams::build(&config.upstreams, mock_base.as_deref())?);
+
+        let (last_used, writer) = server::last_used_writer(Arc::clone(&store), Duration::from_secs(1));
+        tasks.spawn("last-used writer", writer);
+        tasks.spawn("index reconcile", server::index_reconciler(Arc::clone(&store), Arc::clone(&index), Duration::from_secs(30)));
+
+        let organization_id = match &config.organization_id {
+            Some(id) => id.clone(),
+            None => boot.organization_id.clone(),
+        };
+        let state = AppState {
+            store,
+            index,
+            clock,
+            upstreams,
+            last_used,
+            settings: Arc::new(Settings {
+                max_body_bytes: config.max_body_bytes,
+                organization_id,
+                default_project_id: boot.default_project.id.clone(),
+                trusted_proxies: config.trusted_proxies.clone(),
+            }),
+            metrics: metrics_handle(),
+        };
+        Ok(Self { state, tasks, generated_admin_key })
+    }
+}
+
+async fn start_mock(tasks: &mut Tasks) -> anyhow::Result<String> {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.context("cannot start the mock upstream")?;
+    let addr = listener.local_addr()?;
+    tasks.spawn("mock upstream", move |mut shutdown| -> BoxFuture {
+        Box::pin(async move {
+            let serve = axum::serve(listener, crate::mock::router())
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.changed().await;
+                });
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "mock upstream stopped");
+            }
+        })
+    });
+    Ok(format!("http://{addr}/v1"))
+}

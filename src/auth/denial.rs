@@ -1,0 +1,145 @@
+//! Every refusal of a credential, with its full private reason. The public
+//! rendering (in `dialect`) never tells unknown, revoked and mistyped keys apart;
+//! `Display` here says everything, without any secret, for logs and `explain`.
+
+use std::fmt;
+
+use super::Scope;
+use crate::key::{KeyFormatError, PublicId};
+use crate::store::{KeyRecord, Revocation, Timestamp};
+
+/// Names a key without any secret: public id, name, prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRef {
+    pub id: PublicId,
+    pub name: String,
+    pub prefix: String,
+    pub project_id: Option<String>,
+}
+
+impl KeyRef {
+    pub fn of(record: &KeyRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            prefix: record.prefix.clone(),
+            project_id: record.project_id.clone(),
+        }
+    }
+}
+
+impl fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "key `{}` ({}, prefix {})", self.name, self.id, self.prefix)
+    }
+}
+
+/// `mask` is the presented value masked as OpenAI masks it; it appears in the
+/// public 401 text and nowhere else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    MissingCredential,
+    MalformedAuthorization { detail: &'static str },
+    MalformedKey { mask: String, reason: KeyFormatError },
+    UnknownKey { mask: String },
+    WrongSecret { mask: String, key: KeyRef },
+    Revoked { mask: String, key: KeyRef, revocation: Option<Revocation> },
+    Suspended { mask: String, key: KeyRef },
+    Expired { mask: String, key: KeyRef, at: Timestamp },
+    RotatedOut { mask: String, key: KeyRef, at: Timestamp },
+    AdminKeyOnDataPlane { key: KeyRef, scope: Scope },
+    ProjectKeyOnAdmin { key: KeyRef, scope: Scope },
+}
+
+impl Denial {
+    pub(super) fn with_mask(self, new: String) -> Self {
+        match self {
+            Self::Revoked { key, revocation, .. } => Self::Revoked { mask: new, key, revocation },
+            Self::Suspended { key, .. } => Self::Suspended { mask: new, key },
+            Self::Expired { key, at, .. } => Self::Expired { mask: new, key, at },
+            Self::RotatedOut { key, at, .. } => Self::RotatedOut { mask: new, key, at },
+            other => other,
+        }
+    }
+
+    /// A stable label for metrics (`auth_failures_total{reason}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::MissingCredential => "missing_credential",
+            Self::MalformedAuthorization { .. } => "malformed_authorization",
+            Self::MalformedKey { .. } => "malformed_key",
+            Self::UnknownKey { .. } => "unknown_key",
+            Self::WrongSecret { .. } => "wrong_secret",
+            Self::Revoked { .. } => "revoked",
+            Self::Suspended { .. } => "suspended",
+            Self::Expired { .. } => "expired",
+            Self::RotatedOut { .. } => "rotated_out",
+            Self::AdminKeyOnDataPlane { .. } => "admin_key_on_data_plane",
+            Self::ProjectKeyOnAdmin { .. } => "project_key_on_admin",
+        }
+    }
+
+    /// The key this denial is about, when one was identified.
+    pub fn key(&self) -> Option<&KeyRef> {
+        match self {
+            Self::MissingCredential
+            | Self::MalformedAuthorization { .. }
+            | Self::MalformedKey { .. }
+            | Self::UnknownKey { .. } => None,
+            Self::WrongSecret { key, .. }
+            | Self::Revoked { key, .. }
+            | Self::Suspended { key, .. }
+            | Self::Expired { key, .. }
+            | Self::RotatedOut { key, .. }
+            | Self::AdminKeyOnDataPlane { key, .. }
+            | Self::ProjectKeyOnAdmin { key, .. } => Some(key),
+        }
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingCredential => {
+                f.write_str("no Authorization header arrived (the client sent none, or a proxy stripped it)")
+            }
+            Self::MalformedAuthorization { detail } => write!(f, "malformed Authorization header: {detail}"),
+            Self::MalformedKey { reason, .. } => write!(f, "the presented key is malformed: {reason}"),
+            Self::UnknownKey { .. } => f.write_str("no key with this value exists on this gateway (from another gateway or environment, deleted, or not a keygate key)"),
+            Self::WrongSecret { key, .. } => write!(
+                f,
+                "the key names {key} but its secret does not match any of that key's secrets (an old secret from before a rotation, or a forged key)"
+            ),
+            Self::Revoked { key, revocation, .. } => {
+                write!(f, "{key} was revoked")?;
+                if let Some(r) = revocation {
+                    write!(f, " at {}", crate::time::rfc3339(r.at))?;
+                    if let Some(by) = &r.by {
+                        write!(f, " by {by}")?;
+                    }
+                    if let Some(reason) = &r.reason {
+                        write!(f, "; reason: {reason}")?;
+                    }
+                }
+                Ok(())
+            }
+            Self::Suspended { key, .. } => write!(f, "{key} is suspended"),
+            Self::Expired { key, at, .. } => write!(f, "{key} expired at {}", crate::time::rfc3339(*at)),
+            Self::RotatedOut { key, at, .. } => write!(
+                f,
+                "{key} was rotated; the presented secret's grace period ended at {}",
+                crate::time::rfc3339(*at)
+            ),
+            Self::AdminKeyOnDataPlane { key, scope } => write!(
+                f,
+                "{key} is an admin key, which can only call the Administration API (this route needs scope {})",
+                scope.as_str()
+            ),
+            Self::ProjectKeyOnAdmin { key, scope } => write!(
+                f,
+                "{key} is a project key; the Administration API needs an admin key (missing scope {})",
+                scope.as_str()
+            ),
+        }
+    }
+}

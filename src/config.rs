@@ -1,0 +1,375 @@
+//! Configuration: a TOML file, overlaid by `KEYGATE_<SECTION>__<FIELD>` env vars,
+//! overlaid by command-line flags (and their named env vars such as
+//! `KEYGATE_LISTEN`), validated once into a typed [`Config`]. Every error names
+//! the field in backticks.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::key::Secret;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate.db";
+pub const DEFAULT_UPSTREAM_URL: &str = "https://api.openai.com/v1";
+/// Selects the built-in synthetic upstream.
+pub const MOCK_UPSTREAM: &str = "mock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file `{path}` is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable `{var}` does not fit the configuration: {message}")]
+    Env { var: String, message: String },
+    #[error("`{field}` {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+// === raw, as written ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    organization: RawOrganization,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    max_body_bytes: Option<u64>,
+    trusted_proxies: Option<Vec<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    shutdown_grace_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrganization {
+    id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: Option<String>,
+    url: Option<String>,
+    /// Name of the environment variable holding this upstream's credential.
+    api_key_env: Option<String>,
+    models: Option<Vec<String>>,
+    connect_timeout_ms: Option<u64>,
+    read_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+// === validated ===
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub max_body_bytes: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub tls: Option<TlsFiles>,
+    pub shutdown_grace: Duration,
+    pub organization_id: Option<String>,
+    /// The first is the default route; the others match by model.
+    pub upstreams: Vec<UpstreamConfig>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub enum UpstreamTarget {
+    Mock,
+    /// Base URL including its version path, e.g. `https://api.openai.com/v1`.
+    Url(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub target: UpstreamTarget,
+    pub credential: Option<Secret>,
+    /// Glob patterns (`*` wildcard) of the models routed here.
+    pub models: Vec<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// True when no upstream was configured at all and keygate fell back to the mock.
+    pub defaulted_to_mock: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Values from flags (or their dedicated env vars), which win over everything.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub upstream_url: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Where settings come from besides flags: the process environment, injectable
+/// for tests.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: &Overrides, env: &dyn Env) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?
+            }
+            None => toml::Table::new(),
+        };
+        overlay_env(&mut table, env)?;
+        let raw: RawConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            ConfigError::Parse { path: file.map(Path::to_owned).unwrap_or_else(|| "<env>".into()), message: e.to_string() }
+        })?;
+        Self::validate(raw, overrides, env)
+    }
+
+    /// Parses a TOML snippet without env or flags (for tests and `keygate.example.toml`).
+    pub fn from_toml(text: &str, env: &dyn Env) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: "<inline>".into(), message: e.to_string() })?;
+        Self::validate(raw, &Overrides::default(), env)
+    }
+
+    fn validate(raw: RawConfig, o: &Overrides, env: &dyn Env) -> Result<Self, ConfigError> {
+        let listen_text = o.listen.clone().or(raw.server.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen_text
+            .parse()
+            .map_err(|_| invalid("server.listen", format!("must be an address like 127.0.0.1:8080, got `{listen_text}`")))?;
+
+        let database_url = o.database_url.clone().or(raw.database.url).unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        if !database_url.starts_with("sqlite:") {
+            return Err(invalid("database.url", format!("must be a sqlite:// URL, got `{database_url}`")));
+        }
+
+        let max_body_bytes = raw.server.max_body_bytes.unwrap_or(32 * 1024 * 1024);
+        if max_body_bytes == 0 || max_body_bytes > 1 << 30 {
+            return Err(invalid("server.max_body_bytes", format!("must be between 1 and 1073741824, got {max_body_bytes}")));
+        }
+
+        let trusted_proxies = raw
+            .server
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .map(|p| parse_cidr(p).ok_or_else(|| invalid("server.trusted_proxies", format!("`{p}` is not an IP address or CIDR range"))))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let tls = match (o.tls_cert.clone().or(raw.server.tls_cert), o.tls_key.clone().or(raw.server.tls_key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("server.tls_key", "is required when `server.tls_cert` is set")),
+            (None, Some(_)) => return Err(invalid("server.tls_cert", "is required when `server.tls_key` is set")),
+        };
+
+        let organization_id = raw.organization.id;
+        if let Some(id) = &organization_id {
+            if !id.starts_with("org-") || id.len() < 5 || !id[4..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(invalid("organization.id", format!("must look like `org-<letters and digits>`, got `{id}`")));
+            }
+        }
+
+        let mut upstreams = vec![default_upstream(raw.upstream, o, env)?];
+        for (i, u) in raw.upstreams.into_iter().enumerate() {
+            upstreams.push(routed_upstream(u, i, env)?);
+        }
+
+        let log = LogConfig {
+            format: match raw.log.format.as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => return Err(invalid("log.format", format!("must be `text` or `json`, got `{other}`"))),
+            },
+            level: raw.log.level.unwrap_or_else(|| "info".into()),
+        };
+
+        Ok(Self {
+            listen,
+            database_url,
+            max_body_bytes: max_body_bytes as usize,
+            trusted_proxies,
+            tls,
+            shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_seconds.unwrap_or(30)),
+            organization_id,
+            upstreams,
+            log,
+        })
+    }
+}
+
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn timeouts(raw: &RawUpstream, field: &str) -> Result<(Duration, Duration), ConfigError> {
+    let connect = raw.connect_timeout_ms.unwrap_or(5_000);
+    let read = raw.read_timeout_ms.unwrap_or(600_000);
+    if connect == 0 {
+        return Err(invalid(format!("{field}.connect_timeout_ms"), "must be greater than 0"));
+    }
+    if read == 0 {
+        return Err(invalid(format!("{field}.read_timeout_ms"), "must be greater than 0"));
+    }
+    Ok((Duration::from_millis(connect), Duration::from_millis(read)))
+}
+
+fn target(url: &str, field: &str) -> Result<UpstreamTarget, ConfigError> {
+    if url == MOCK_UPSTREAM {
+        return Ok(UpstreamTarget::Mock);
+    }
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| invalid(format!("{field}.url"), format!("is not a valid URL (`{url}`): {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid(format!("{field}.url"), format!("must be http or https, got `{url}`")));
+    }
+    Ok(UpstreamTarget::Url(url.trim_end_matches('/').to_owned()))
+}
+
+fn credential_from(env_var: Option<&str>, env: &dyn Env, field: &str) -> Result<Option<Secret>, ConfigError> {
+    match env_var {
+        Some(name) => env
+            .var(name)
+            .map(|v| Some(Secret::new(v)))
+            .ok_or_else(|| invalid(format!("{field}.api_key_env"), format!("names `{name}`, which is not set"))),
+        None => Ok(None),
+    }
+}
+
+fn default_upstream(raw: RawUpstream, o: &Overrides, env: &dyn Env) -> Result<UpstreamConfig, ConfigError> {
+    let (connect_timeout, read_timeout) = timeouts(&raw, "upstream")?;
+    let credential = match credential_from(raw.api_key_env.as_deref(), env, "upstream")? {
+        Some(c) => Some(c),
+        None => env.var("KEYGATE_UPSTREAM_API_KEY").or_else(|| env.var("OPENAI_API_KEY")).map(Secret::new),
+    };
+    let url = o.upstream_url.clone().or(raw.url).or_else(|| env.var("KEYGATE_UPSTREAM_URL"));
+    let defaulted_to_mock = url.is_none() && credential.is_none();
+    let target = match url {
+        Some(url) => target(&url, "upstream")?,
+        None if defaulted_to_mock => UpstreamTarget::Mock,
+        None => UpstreamTarget::Url(DEFAULT_UPSTREAM_URL.into()),
+    };
+    Ok(UpstreamConfig {
+        name: raw.name.unwrap_or_else(|| "default".into()),
+        target,
+        credential,
+        models: raw.models.unwrap_or_default(),
+        connect_timeout,
+        read_timeout,
+        defaulted_to_mock,
+    })
+}
+
+fn routed_upstream(raw: RawUpstream, i: usize, env: &dyn Env) -> Result<UpstreamConfig, ConfigError> {
+    let field = format!("upstreams[{i}]");
+    let (connect_timeout, read_timeout) = timeouts(&raw, &field)?;
+    let name = raw.name.clone().ok_or_else(|| invalid(format!("{field}.name"), "is required"))?;
+    let url = raw.url.as_deref().ok_or_else(|| invalid(format!("{field}.url"), "is required"))?;
+    let models = raw.models.clone().unwrap_or_default();
+    if models.is_empty() {
+        return Err(invalid(format!("{field}.models"), "must list at least one model pattern, e.g. [\"gpt-4o*\"]"));
+    }
+    Ok(UpstreamConfig {
+        name,
+        target: target(url, &field)?,
+        credential: credential_from(raw.api_key_env.as_deref(), env, &field)?,
+        models,
+        connect_timeout,
+        read_timeout,
+        defaulted_to_mock: false,
+    })
+}
+
+/// Applies `KEYGATE_<SECTION>__<FIELD>=value` onto the file's table. Values are
+/// read as TOML when they parse as such (numbers, booleans, arrays), else as strings.
+fn overlay_env(table: &mut toml::Table, env: &dyn Env) -> Result<(), ConfigError> {
+    for (var, value) in env.vars() {
+        let Some(rest) = var.strip_prefix("KEYGATE_") else { continue };
+        let Some((section, field)) = rest.split_once("__") else { continue };
+        let (section, field) = (section.to_ascii_lowercase(), field.to_ascii_lowercase());
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value.clone()));
+        let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(section_table) = entry.as_table_mut() else {
+            return Err(ConfigError::Env { var, message: format!("`{section}` is not a section") });
+        };
+        section_table.insert(field, parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+use std::collections::HashMap;
+
+use super::*;
+
+#[derive(Default)]
+struct FakeEnv(HashMap<String, String>);
+
+impl FakeEnv {
+    fn with(pairs: &[(&str, &str)]) -> Self {
+        Self(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+}
+
+impl Env for FakeEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        self.0.clone().into_iter().collect()
+    }
+}
+
+fn err(text: &str) -> String {
+    Config::from_toml(text, &FakeEnv::default()).unwrap_err().to_string()
+}
+
+#[test]
+fn defaults_start_on_the_mock_when_nothing_is_configured() {
+    let c = Config::from_toml("", &FakeEnv::default()).unwrap();
+    assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+    assert!(matches!(c.upstreams[0].target, UpstreamTarget::Mock));
+    assert!(c.upstreams[0].defaulted_to_mock);
+}
+
+#[test]
+fn a_credential_alone_selects_openai() {
+    let c = Config::from_toml("", &FakeEnv::with(&[("OPENAI_API_KEY", "sk-upstream")])).unwrap();
+    assert!(matches!(&c.upstreams[0].target, UpstreamTarget::Url(u) if u == DEFAULT_UPSTREAM_URL));
+    assert_eq!(c.upstreams[0].credential.as_ref().unwrap().expose(), "sk-upstream");
+}
+
+#[test]
+fn keygate_upstream_key_wins_over_openai_api_key() {
+    let env = FakeEnv::with(&[("OPENAI_API_KEY", "a"), ("KEYGATE_UPSTREAM_API_KEY", "b")]);
+    let c = Config::from_toml("", &env).unwrap();
+    assert_eq!(c.upstreams[0].credential.as_ref().unwrap().expose(), "b");
+}
+
+#[test]
+fn an_url_without_credential_is_proxied_without_auth() {
+    let c = Config::from_toml("[upstream]\nurl = \"http://127.0.0.1:8000/v1/\"", &FakeEnv::default()).unwrap();
+    assert!(matches!(&c.upstreams[0].target, UpstreamTarget::Url(u) if u == "http://127.0.0.1:8000/v1"));
+    assert!(c.upstreams[0].credential.is_none());
+    assert!(!c.upstreams[0].defaulted_to_mock);
+}
+
+#[test]
+fn bad_fields_are_named() {
+    assert_eq!(err("[server]\nlisten = \"nope\""), "`server.listen` must be an address like 127.0.0.1:8080, got `nope`");
+    assert_eq!(err("[database]\nurl = \"mysql://x\""), "`database.url` must be a sqlite:// URL, got `mysql://x`");
+    assert_eq!(err("[server]\nmax_body_bytes = 0"), "`server.max_body_bytes` must be between 1 and 1073741824, got 0");
+    assert_eq!(err("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]"), "`server.trusted_proxies` `10.0.0.0/33` is not an IP address or CIDR range");
+    assert_eq!(err("[server]\ntls_cert = \"a.pem\""), "`server.tls_key` is required when `server.tls_cert` is set");
+    assert_eq!(err("[upstream]\nurl = \"ftp://x\""), "`upstream.url` must be http or https, got `ftp://x`");
+    assert_eq!(err("[upstream]\nconnect_timeout_ms = 0"), "`upstream.connect_timeout_ms` must be greater than 0");
+    assert_eq!(err("[log]\nformat = \"xml\""), "`log.format` must be `text` or `json`, got `xml`");
+    assert_eq!(err("[organization]\nid = \"acme\""), "`organization.id` must look like `org-<letters and digits>`, got `acme`");
+    assert_eq!(
+        err("[[upstreams]]\nname = \"vllm\"\nurl = \"http://127.0.0.1:8000/v1\""),
+        "`upstreams[0].models` must list at least one model pattern, e.g. [\"gpt-4o*\"]"
+    );
+    assert_eq!(
+        err("[[upstreams]]\nname = \"x\"\nurl = \"http://h/v1\"\nmodels = [\"a\"]\napi_key_env = \"NOPE\""),
+        "`upstreams[0].api_key_env` names `NOPE`, which is not set"
+    );
+    assert!(err("[server]\nlisten_port = 1").contains("unknown field `listen_port`"));
+}
+
+#[test]
+fn env_sections_overlay_the_file_and_flags_overlay_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.toml");
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\nmax_body_bytes = 10\n").unwrap();
+    let env = FakeEnv::with(&[("KEYGATE_SERVER__MAX_BODY_BYTES", "20"), ("KEYGATE_SERVER__LISTEN", "127.0.0.1:2")]);
+    let c = Config::load(Some(&path), &Overrides::default(), &env).unwrap();
+    assert_eq!(c.max_body_bytes, 20);
+    assert_eq!(c.listen.port(), 2);
+    let flags = Overrides { listen: Some("127.0.0.1:3".into()), ..Overrides::default() };
+    assert_eq!(Config::load(Some(&path), &flags, &env).unwrap().listen.port(), 3);
+}
+
+#[test]
+fn the_example_file_is_valid() {
+    let text = include_str!("../../keygate.example.toml");
+    let env = FakeEnv::with(&[("VLLM_API_KEY", "x")]);
+    let c = Config::from_toml(text, &env).unwrap();
+    assert_eq!(c.upstreams.len(), 2);
+}

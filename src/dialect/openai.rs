@@ -1,0 +1,199 @@
+//! OpenAI's error envelope, statuses, `type`s, `code`s and texts
+//! (`shared/spec/openai-wire.md` §1), rendered in one place.
+
+use axum::response::Response;
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+
+use super::ApiError;
+use crate::auth::Denial;
+
+const NO_KEY: &str = "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.";
+const BAD_SCHEME: &str = "Missing bearer or basic authentication in header";
+const BAD_JSON: &str = "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)";
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+fn invalid_api_key(mask: &str) -> String {
+    format!("Incorrect API key provided: {mask}. You can find your API key at https://platform.openai.com/account/api-keys.")
+}
+
+fn missing_scope(scope: &str) -> String {
+    format!(
+        "You have insufficient permissions for this operation. Missing scopes: {scope}. Check that you have the correct role in your organization (Reader, Writer, Owner) and project (Member, Owner), and if you're using a restricted API key, that it has the necessary scopes."
+    )
+}
+
+/// Status, `message`, `type`, `param` and `code` for each error. Exhaustive on
+/// purpose: a new variant must choose all of them.
+fn parts(error: &ApiError) -> (StatusCode, String, &'static str, Option<&'static str>, Option<&'static str>) {
+    const IRE: &str = "invalid_request_error";
+    match error {
+        ApiError::Denied(denial) => match denial {
+            Denial::MissingCredential => (StatusCode::UNAUTHORIZED, NO_KEY.into(), IRE, None, None),
+            Denial::MalformedAuthorization { .. } => (StatusCode::UNAUTHORIZED, BAD_SCHEME.into(), IRE, None, None),
+            Denial::MalformedKey { mask, .. }
+            | Denial::UnknownKey { mask }
+            | Denial::WrongSecret { mask, .. }
+            | Denial::Revoked { mask, .. }
+            | Denial::Suspended { mask, .. }
+            | Denial::Expired { mask, .. }
+            | Denial::RotatedOut { mask, .. } => {
+                (StatusCode::UNAUTHORIZED, invalid_api_key(mask), IRE, None, Some("invalid_api_key"))
+            }
+            Denial::AdminKeyOnDataPlane { scope, .. } | Denial::ProjectKeyOnAdmin { scope, .. } => {
+                (StatusCode::UNAUTHORIZED, missing_scope(scope.as_str()), IRE, None, None)
+            }
+        },
+        ApiError::InvalidUrl { method, path } => {
+            (StatusCode::NOT_FOUND, format!("Invalid URL ({method} {path})"), IRE, None, None)
+        }
+        ApiError::InvalidJson => (StatusCode::BAD_REQUEST, BAD_JSON.into(), IRE, None, None),
+        ApiError::BodyTooLarge { limit } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body too large: this gateway accepts at most {limit} bytes."),
+            IRE,
+            None,
+            Some("request_too_large"),
+        ),
+        ApiError::BadRequest { message, param } => (StatusCode::BAD_REQUEST, message.clone(), IRE, *param, None),
+        ApiError::NotFound { message } => (StatusCode::NOT_FOUND, message.clone(), IRE, None, None),
+        ApiError::UpstreamUnreachable { upstream } => (
+            StatusCode::BAD_GATEWAY,
+            format!("The gateway could not reach the upstream `{upstream}`. Please retry your request."),
+            "server_error",
+            None,
+            Some("upstream_unreachable"),
+        ),
+        ApiError::UpstreamTimeout { upstream } => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("The upstream `{upstream}` did not answer in time. Please retry your request."),
+            "server_error",
+            None,
+            Some("upstream_timeout"),
+        ),
+        ApiError::Internal => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server had an error while processing your request. Sorry about that!".into(),
+            "server_error",
+            None,
+            None,
+        ),
+    }
+}
+
+pub fn render(error: &ApiError) -> Response {
+    let (status, message, kind, param, code) = parts(error);
+    let envelope = Envelope { error: Body { message: &message, kind, param, code } };
+    // OpenAI pretty-prints error bodies with a two-space indent.
+    let mut body = serde_json::to_vec_pretty(&envelope).unwrap_or_default();
+    body.push(b'\n');
+    let mut response = Response::new(axum::body::Body::from(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert("openai-version", HeaderValue::from_static("2020-10-01"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{data_plane_scope, KeyRef};
+    use crate::key::{KeyFormatError, PublicId};
+
+    async fn body_of(error: ApiError) -> (StatusCode, String) {
+        let response = render(&error);
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    fn key_ref() -> KeyRef {
+        KeyRef { id: PublicId::random(), name: "n".into(), prefix: "sk-".into(), project_id: None }
+    }
+
+    #[tokio::test]
+    async fn invalid_key_is_byte_exact() {
+        let mask = crate::key::mask_for_error(&format!("sk-4sJHr{}w8ZP", "x".repeat(39)));
+        let (status, body) = body_of(ApiError::Denied(Denial::UnknownKey { mask })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            body,
+            "{\n  \"error\": {\n    \"message\": \"Incorrect API key provided: sk-4sJHr***************************************w8ZP. You can find your API key at https://platform.openai.com/account/api-keys.\",\n    \"type\": \"invalid_request_error\",\n    \"param\": null,\n    \"code\": \"invalid_api_key\"\n  }\n}\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_revoked_and_mistyped_keys_look_the_same() {
+        let mask = "sk-prod-****abcd".to_owned();
+        let variants = [
+            Denial::UnknownKey { mask: mask.clone() },
+            Denial::MalformedKey { mask: mask.clone(), reason: KeyFormatError::ChecksumMismatch },
+            Denial::WrongSecret { mask: mask.clone(), key: key_ref() },
+            Denial::Revoked { mask: mask.clone(), key: key_ref(), revocation: None },
+            Denial::Suspended { mask: mask.clone(), key: key_ref() },
+            Denial::Expired { mask: mask.clone(), key: key_ref(), at: 1 },
+            Denial::RotatedOut { mask, key: key_ref(), at: 1 },
+        ];
+        let mut bodies = Vec::new();
+        for denial in variants {
+            let response = render(&ApiError::Denied(denial));
+            let headers: Vec<_> = response.headers().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            bodies.push((response.status(), headers, axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap()));
+        }
+        assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[tokio::test]
+    async fn missing_key_and_bad_scheme_have_null_code() {
+        let (status, body) = body_of(ApiError::Denied(Denial::MissingCredential)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().starts_with("You didn't provide an API key."));
+        assert!(v["error"]["code"].is_null());
+        let (_, body) = body_of(ApiError::Denied(Denial::MalformedAuthorization { detail: "x" })).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["message"], "Missing bearer or basic authentication in header");
+        assert!(v["error"]["code"].is_null());
+    }
+
+    #[tokio::test]
+    async fn admin_key_on_models_names_the_scope() {
+        let scope = data_plane_scope(&http::Method::POST, "/v1/chat/completions").unwrap();
+        let (status, body) = body_of(ApiError::Denied(Denial::AdminKeyOnDataPlane { key: key_ref(), scope })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("Missing scopes: model.request."));
+    }
+
+    #[tokio::test]
+    async fn invalid_url_names_method_and_path() {
+        let (status, body) =
+            body_of(ApiError::InvalidUrl { method: http::Method::POST, path: "/v1/nope".into() }).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["message"], "Invalid URL (POST /v1/nope)");
+    }
+
+    #[tokio::test]
+    async fn upstream_failures_are_502_and_504() {
+        assert_eq!(body_of(ApiError::UpstreamUnreachable { upstream: "u".into() }).await.0, StatusCode::BAD_GATEWAY);
+        assert_eq!(body_of(ApiError::UpstreamTimeout { upstream: "u".into() }).await.0, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(body_of(ApiError::BodyTooLarge { limit: 1 }).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body_of(ApiError::InvalidJson).await.0, StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,76 @@
+//! Identifiers keygate mints, in OpenAI's shapes: `req_<32 hex>`, `proj_<24>`,
+//! `svc_acct_<24>`, `audit_log-<..>`, `org-<24>`.
+
+use std::fmt;
+
+use rand::{distributions::Alphanumeric, rngs::OsRng, Rng, RngCore};
+
+fn alnum(len: usize) -> String {
+    OsRng.sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+}
+
+/// The id every response carries as `x-request-id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(Box<str>);
+
+impl RequestId {
+    pub fn new() -> Self {
+        let mut bytes = [0u8; 16];
+        OsRng.fill_bytes(&mut bytes);
+        Self(format!("req_{}", hex::encode(bytes)).into())
+    }
+
+    /// Accepts only the canonical form, so a request id from a user can be
+    /// used as a lookup key safely.
+    pub fn parse(value: &str) -> Option<Self> {
+        let hex = value.strip_prefix("req_")?;
+        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| Self(value.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub fn project_id() -> String {
+    format!("proj_{}", alnum(24))
+}
+
+pub fn service_account_id() -> String {
+    format!("svc_acct_{}", alnum(24))
+}
+
+pub fn organization_id() -> String {
+    format!("org-{}", alnum(24))
+}
+
+pub fn audit_log_id() -> String {
+    format!("audit_log-{}", alnum(24))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_is_req_and_32_lowercase_hex() {
+        let id = RequestId::new();
+        assert_eq!(id.as_str().len(), 36);
+        assert_eq!(RequestId::parse(id.as_str()), Some(id));
+        assert_eq!(RequestId::parse("req_ABC"), None);
+        assert_eq!(RequestId::parse(&format!("req_{}", "G".repeat(32))), None);
+    }
+}

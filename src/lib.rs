@@ -1,0 +1,22 @@
+//! keygate: a self-hosted, OpenAI-compatible API-key gateway.
+//!
+//! A request flows one way: `server` (request id) → `auth` (credential, key
+//! index, decision) → `proxy` (upstream, streaming) ; refusals are `auth::Denial`
+//! values rendered by `dialect`. Keys are `key`, persistence is `store`, the
+//! Administration API is `admin`, configuration is `config`.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod dialect;
+pub mod ids;
+pub mod key;
+pub mod mock;
+pub mod proxy;
+pub mod server;
+pub mod store;
+pub mod time;

@@ -1,0 +1,152 @@
+//! Forwarding to upstream providers, in pingora's phase order: pick the upstream
+//! (by model), rewrite the request (swap the credential, drop the client's
+//! identity headers), send it, and stream the answer back untouched.
+//!
+//! Owns: upstream clients, routing, header hygiene, streaming. Leaves
+//! authentication to `auth` and error rendering to `dialect`.
+
+mod meta;
+mod route;
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::config::{UpstreamConfig, UpstreamTarget};
+use crate::dialect::ApiError;
+use crate::key::Secret;
+
+pub use meta::RequestMeta;
+pub use route::glob_match;
+
+/// One configured provider.
+pub struct Upstream {
+    pub name: String,
+    base: String,
+    credential: Option<Secret>,
+    models: Vec<String>,
+    client: reqwest::Client,
+}
+
+/// All upstreams; the first is the default route.
+pub struct Upstreams(Vec<Upstream>);
+
+impl Upstreams {
+    /// `mock_base` is where the built-in mock listens, when a config selects it.
+    pub fn build(configs: &[UpstreamConfig], mock_base: Option<&str>) -> anyhow::Result<Self> {
+        let mut list = Vec::with_capacity(configs.len());
+        for c in configs {
+            let base = match &c.target {
+                UpstreamTarget::Url(url) => url.clone(),
+                UpstreamTarget::Mock => mock_base
+                    .ok_or_else(|| anyhow::anyhow!("upstream `{}` is the mock, but the mock is not running", c.name))?
+                    .to_owned(),
+            };
+            let client = reqwest::Client::builder()
+                .connect_timeout(c.connect_timeout)
+                .read_timeout(c.read_timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?;
+            list.push(Upstream { name: c.name.clone(), base, credential: c.credential.clone(), models: c.models.clone(), client });
+        }
+        anyhow::ensure!(!list.is_empty(), "no upstream configured");
+        Ok(Self(list))
+    }
+
+    /// The upstream for `model`: the first routed upstream whose patterns match,
+    /// else the default.
+    pub fn route(&self, model: Option<&str>) -> &Upstream {
+        let routed = model.and_then(|m| self.0[1..].iter().find(|u| u.models.iter().any(|p| glob_match(p, m))));
+        routed.unwrap_or(&self.0[0])
+    }
+}
+
+/// Request headers never sent upstream: hop-by-hop headers, the client's
+/// credential and identity (keygate's own key must never leave), and
+/// `accept-encoding` so the answer arrives uncompressed for the usage tap.
+const DROP_REQUEST: &[&str] = &[
+    "host",
+    "authorization",
+    "api-key",
+    "openai-organization",
+    "openai-project",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "accept-encoding",
+    "cookie",
+];
+
+const DROP_RESPONSE: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "set-cookie"];
+
+/// Sends the request to `upstream` and streams its answer back. `path_and_query`
+/// is relative to the `/v1` root (`/chat/completions?x=1`).
+pub async fn forward(
+    upstream: &Upstream,
+    method: Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let url = format!("{}{}", upstream.base, path_and_query);
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !DROP_REQUEST.contains(&name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(credential) = &upstream.credential {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", credential.expose())).map_err(|_| {
+            tracing::error!(upstream = %upstream.name, "the upstream credential is not a valid header value");
+            ApiError::Internal
+        })?;
+        value.set_sensitive(true);
+        out.insert(header::AUTHORIZATION, value);
+    }
+    let started = Instant::now();
+    let result = upstream.client.request(method, &url).headers(out).body(body).send().await;
+    metrics::histogram!("keygate_upstream_latency_seconds", "upstream" => upstream.name.clone())
+        .record(started.elapsed().as_secs_f64());
+    let response = result.map_err(|error| {
+        let name = upstream.name.clone();
+        if error.is_timeout() {
+            tracing::warn!(upstream = %name, %error, "upstream timed out");
+            ApiError::UpstreamTimeout { upstream: name }
+        } else {
+            tracing::warn!(upstream = %name, %error, "upstream unreachable");
+            ApiError::UpstreamUnreachable { upstream: name }
+        }
+    })?;
+    Ok(stream_back(response))
+}
+
+fn stream_back(upstream: reqwest::Response) -> Response {
+    let status = upstream.status();
+    let mut headers = HeaderMap::with_capacity(upstream.headers().len() + 1);
+    for (name, value) in upstream.headers() {
+        if DROP_RESPONSE.contains(&name.as_str()) {
+            continue;
+        }
+        if name == "x-request-id" {
+            headers.insert(HeaderName::from_static("x-upstream-request-id"), value.clone());
+        } else {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    // Bytes go to the client as they arrive; dropping this body (client gone)
+    // drops the upstream response and with it the upstream connection.
+    let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
