@@ -85,7 +85,10 @@ impl Gateway {
 
         let (last_used, writer) = server::last_used_writer(Arc::clone(&store), Duration::from_secs(1));
         tasks.spawn("last-used writer", writer);
-        tasks.spawn("index reconcile", server::index_reconciler(Arc::clone(&store), Arc::clone(&index), Duration::from_secs(30)));
+        tasks.spawn(
+            "index reconcile",
+            server::index_reconciler(Arc::clone(&store), Arc::clone(&index), Duration::from_secs(30)),
+        );
 
         let organization_id = match &config.organization_id {
             Some(id) => id.clone(),
@@ -110,14 +113,14 @@ impl Gateway {
 }
 
 async fn start_mock(tasks: &mut Tasks) -> anyhow::Result<String> {
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.context("cannot start the mock upstream")?;
+    let listener =
+        TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.context("cannot start the mock upstream")?;
     let addr = listener.local_addr()?;
     tasks.spawn("mock upstream", move |mut shutdown| -> BoxFuture {
         Box::pin(async move {
-            let serve = axum::serve(listener, crate::mock::router())
-                .with_graceful_shutdown(async move {
-                    let _ = shutdown.changed().await;
-                });
+            let serve = axum::serve(listener, crate::mock::router()).with_graceful_shutdown(async move {
+                let _ = shutdown.changed().await;
+            });
             if let Err(error) = serve.await {
                 tracing::error!(%error, "mock upstream stopped");
             }

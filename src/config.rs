@@ -189,24 +189,25 @@ impl Config {
             None => toml::Table::new(),
         };
         overlay_env(&mut table, env)?;
-        let raw: RawConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Parse { path: file.map(Path::to_owned).unwrap_or_else(|| "<env>".into()), message: e.to_string() }
+        let raw: RawConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: file.map(Path::to_owned).unwrap_or_else(|| "<env>".into()),
+            message: e.to_string(),
         })?;
         Self::validate(raw, overrides, env)
     }
 
     /// Parses a TOML snippet without env or flags (for tests and `keygate.example.toml`).
     pub fn from_toml(text: &str, env: &dyn Env) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: "<inline>".into(), message: e.to_string() })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: "<inline>".into(), message: e.to_string() })?;
         Self::validate(raw, &Overrides::default(), env)
     }
 
     fn validate(raw: RawConfig, o: &Overrides, env: &dyn Env) -> Result<Self, ConfigError> {
         let listen_text = o.listen.clone().or(raw.server.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen = listen_text
-            .parse()
-            .map_err(|_| invalid("server.listen", format!("must be an address like 127.0.0.1:8080, got `{listen_text}`")))?;
+        let listen = listen_text.parse().map_err(|_| {
+            invalid("server.listen", format!("must be an address like 127.0.0.1:8080, got `{listen_text}`"))
+        })?;
 
         let database_url = o.database_url.clone().or(raw.database.url).unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
         if !database_url.starts_with("sqlite:") {
@@ -215,7 +216,10 @@ impl Config {
 
         let max_body_bytes = raw.server.max_body_bytes.unwrap_or(32 * 1024 * 1024);
         if max_body_bytes == 0 || max_body_bytes > 1 << 30 {
-            return Err(invalid("server.max_body_bytes", format!("must be between 1 and 1073741824, got {max_body_bytes}")));
+            return Err(invalid(
+                "server.max_body_bytes",
+                format!("must be between 1 and 1073741824, got {max_body_bytes}"),
+            ));
         }
 
         let trusted_proxies = raw
@@ -223,7 +227,11 @@ impl Config {
             .trusted_proxies
             .unwrap_or_default()
             .iter()
-            .map(|p| parse_cidr(p).ok_or_else(|| invalid("server.trusted_proxies", format!("`{p}` is not an IP address or CIDR range"))))
+            .map(|p| {
+                parse_cidr(p).ok_or_else(|| {
+                    invalid("server.trusted_proxies", format!("`{p}` is not an IP address or CIDR range"))
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
 
         let tls = match (o.tls_cert.clone().or(raw.server.tls_cert), o.tls_key.clone().or(raw.server.tls_key)) {
@@ -235,8 +243,14 @@ impl Config {
 
         let organization_id = raw.organization.id;
         if let Some(id) = &organization_id {
-            if !id.starts_with("org-") || id.len() < 5 || !id[4..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(invalid("organization.id", format!("must look like `org-<letters and digits>`, got `{id}`")));
+            if !id.starts_with("org-")
+                || id.len() < 5
+                || !id[4..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(invalid(
+                    "organization.id",
+                    format!("must look like `org-<letters and digits>`, got `{id}`"),
+                ));
             }
         }
 

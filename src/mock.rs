@@ -149,7 +149,9 @@ async fn embeddings(Json(body): Json<Value>) -> Json<Value> {
         })
         .collect();
     let tokens = count_tokens(&body["input"]);
-    Json(json!({"object": "list", "data": data, "model": model_of(&body), "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    Json(
+        json!({"object": "list", "data": data, "model": model_of(&body), "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+    )
 }
 
 async fn responses(Json(body): Json<Value>) -> Response {
@@ -178,8 +180,14 @@ async fn responses(Json(body): Json<Value>) -> Response {
     };
     let events = vec![
         event("response.created", json!({"response": response("in_progress", json!([]), Value::Null)})),
-        event("response.output_text.delta", json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": ANSWER})),
-        event("response.output_text.done", json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": ANSWER})),
+        event(
+            "response.output_text.delta",
+            json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": ANSWER}),
+        ),
+        event(
+            "response.output_text.done",
+            json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": ANSWER}),
+        ),
         event("response.completed", json!({"response": response("completed", json!([message]), usage)})),
     ];
     sse(events)

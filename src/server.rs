@@ -55,8 +55,7 @@ pub fn router(state: AppState) -> Router {
     let data_plane = Router::new()
         .route("/v1/{*rest}", any(data_plane))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_project_key));
-    let admin = crate::admin::routes()
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin_key));
+    let admin = crate::admin::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_admin_key));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -109,7 +108,8 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         tracing::info!(request_id = %id, client = ?client, key = ?denial.key().map(|k| k.id.to_string()), reason = %denial, "request refused");
     }
     let status = response.status().as_u16().to_string();
-    metrics::counter!("keygate_requests_total", "route" => route, "method" => method.to_string(), "status" => status).increment(1);
+    metrics::counter!("keygate_requests_total", "route" => route, "method" => method.to_string(), "status" => status)
+        .increment(1);
     metrics::histogram!("keygate_request_duration_seconds").record(started.elapsed().as_secs_f64());
     response
 }
@@ -170,7 +170,8 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let meta = if is_json && parts.method == http::Method::POST { RequestMeta::parse(&body)? } else { RequestMeta::default() };
+    let meta =
+        if is_json && parts.method == http::Method::POST { RequestMeta::parse(&body)? } else { RequestMeta::default() };
     let path = parts.uri.path();
     let model = meta.model.as_deref().or_else(|| path.strip_prefix("/v1/models/"));
     let upstream = state.upstreams.route(model);
@@ -184,8 +185,8 @@ pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiErro
     match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => Ok(bytes),
         Err(error) => {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            let too_large =
+                std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
             if too_large {
                 Err(ApiError::BodyTooLarge { limit })
             } else {
@@ -212,7 +213,10 @@ impl LastUsed {
 
 /// The writer task: coalesces touches per key and writes them every `every`,
 /// and once more on shutdown.
-pub fn last_used_writer(store: Arc<dyn Store>, every: Duration) -> (LastUsed, impl FnOnce(watch::Receiver<bool>) -> BoxFuture) {
+pub fn last_used_writer(
+    store: Arc<dyn Store>,
+    every: Duration,
+) -> (LastUsed, impl FnOnce(watch::Receiver<bool>) -> BoxFuture) {
     let (tx, mut rx) = mpsc::channel::<(PublicId, Timestamp)>(65_536);
     let task = move |mut shutdown: watch::Receiver<bool>| -> BoxFuture {
         Box::pin(async move {
@@ -286,7 +290,11 @@ impl Tasks {
 
 /// Reloads the whole index from the store every `every`, so a change made by
 /// another process (or a missed update) heals.
-pub fn index_reconciler(store: Arc<dyn Store>, index: Arc<KeyIndex>, every: Duration) -> impl FnOnce(watch::Receiver<bool>) -> BoxFuture {
+pub fn index_reconciler(
+    store: Arc<dyn Store>,
+    index: Arc<KeyIndex>,
+    every: Duration,
+) -> impl FnOnce(watch::Receiver<bool>) -> BoxFuture {
     move |mut shutdown| {
         Box::pin(async move {
             let mut tick = tokio::time::interval(every);
@@ -377,7 +385,8 @@ pub async fn serve(
 pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use anyhow::Context as _;
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("cannot open `server.tls_cert` file `{}`", cert.display()))?,
+        std::fs::File::open(cert)
+            .with_context(|| format!("cannot open `server.tls_cert` file `{}`", cert.display()))?,
     ))
     .collect::<Result<Vec<_>, _>>()
     .with_context(|| format!("`server.tls_cert` file `{}` is not a PEM certificate chain", cert.display()))?;

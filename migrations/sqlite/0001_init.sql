@@ -12,7 +12,6 @@ CREATE TABLE projects (
     created_at  INTEGER NOT NULL,
     archived_at INTEGER
 );
-CREATE INDEX projects_order ON projects (created_at, id);
 
 CREATE TABLE service_accounts (
     id          TEXT PRIMARY KEY,
@@ -45,8 +44,8 @@ CREATE TABLE api_keys (
     revoked_by      TEXT,
     revoke_reason   TEXT
 );
-CREATE INDEX api_keys_project ON api_keys (project_id, created_at, id);
-CREATE INDEX api_keys_kind ON api_keys (kind, created_at, id);
+CREATE INDEX api_keys_project ON api_keys (project_id);
+CREATE INDEX api_keys_kind ON api_keys (kind);
 
 CREATE TABLE api_key_secrets (
     digest      BLOB PRIMARY KEY,              -- SHA-256 of the whole key string

@@ -47,7 +47,13 @@ pub async fn bootstrap_admin_key(
             generated.id.clone(),
             "bootstrap",
             prefix.to_string(),
-            SecretVersion { digest: generated.digest, legacy: false, last4: generated.last4.clone(), created_at: now, expires_at: None },
+            SecretVersion {
+                digest: generated.digest,
+                legacy: false,
+                last4: generated.last4.clone(),
+                created_at: now,
+                expires_at: None,
+            },
             now,
         ))
         .await?;
@@ -55,5 +61,15 @@ pub async fn bootstrap_admin_key(
 }
 
 fn admin_key(id: PublicId, name: &str, prefix: String, secret: SecretVersion, now: Timestamp) -> NewKey {
-    NewKey { id, kind: KeyKind::Admin, name: name.into(), project_id: None, owner_id: None, prefix, created_at: now, expires_at: None, secret }
+    NewKey {
+        id,
+        kind: KeyKind::Admin,
+        name: name.into(),
+        project_id: None,
+        owner_id: None,
+        prefix,
+        created_at: now,
+        expires_at: None,
+        secret,
+    }
 }

@@ -53,7 +53,10 @@ pub async fn create(
     let req: CreateKey = json_body(&body)?;
     let name = req.name.trim();
     if name.is_empty() || name.len() > 256 {
-        return Err(ApiError::BadRequest { message: "Key name must be between 1 and 256 characters.".into(), param: Some("name") });
+        return Err(ApiError::BadRequest {
+            message: "Key name must be between 1 and 256 characters.".into(),
+            param: Some("name"),
+        });
     }
     let prefix = match req.prefix.as_deref() {
         None => KeyPrefix::default(),
@@ -80,11 +83,24 @@ pub async fn create(
             prefix: prefix.to_string(),
             created_at: now,
             expires_at: None,
-            secret: SecretVersion { digest: generated.digest, legacy: false, last4: generated.last4.clone(), created_at: now, expires_at: None },
+            secret: SecretVersion {
+                digest: generated.digest,
+                legacy: false,
+                last4: generated.last4.clone(),
+                created_at: now,
+                expires_at: None,
+            },
         })
         .await?;
     state.index.upsert(record.clone());
-    audit(&state, &actor, "api_key.created", Some(&project.id), serde_json::json!({"id": record.id.api_id(), "data": {"scopes": []}})).await;
+    audit(
+        &state,
+        &actor,
+        "api_key.created",
+        Some(&project.id),
+        serde_json::json!({"id": record.id.api_id(), "data": {"scopes": []}}),
+    )
+    .await;
     let mut object = objects::project_api_key(&record);
     object["value"] = Value::String(generated.secret.expose().to_owned());
     Ok(Json(object))

@@ -29,16 +29,14 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/organization/projects", get(projects::list).post(projects::create))
         .route("/v1/organization/projects/{project_id}", get(projects::get))
         .route("/v1/organization/projects/{project_id}/api_keys", get(keys::list).post(keys::create))
-        .route(
-            "/v1/organization/projects/{project_id}/api_keys/{key_id}",
-            get(keys::get).delete(keys::delete),
-        )
+        .route("/v1/organization/projects/{project_id}/api_keys/{key_id}", get(keys::get).delete(keys::delete))
 }
 
 /// Parses a JSON body into `T`, with OpenAI-shaped errors.
 fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| ApiError::InvalidJson)?;
-    serde_json::from_value(value).map_err(|e| ApiError::BadRequest { message: format!("Invalid request body: {e}."), param: None })
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::BadRequest { message: format!("Invalid request body: {e}."), param: None })
 }
 
 /// Parses the query string into `T`, with OpenAI-shaped errors.
@@ -59,7 +57,10 @@ impl ListParams {
     fn page(&self) -> Result<PageQuery, ApiError> {
         let limit = self.limit.unwrap_or(20);
         if !(1..=100).contains(&limit) {
-            return Err(ApiError::BadRequest { message: format!("Invalid 'limit': {limit}. Expected a value between 1 and 100."), param: Some("limit") });
+            return Err(ApiError::BadRequest {
+                message: format!("Invalid 'limit': {limit}. Expected a value between 1 and 100."),
+                param: Some("limit"),
+            });
         }
         Ok(PageQuery { after: self.after.clone(), limit })
     }
@@ -67,7 +68,13 @@ impl ListParams {
 
 /// Records an admin action; the action already happened, so a failure to
 /// record is logged loudly rather than undoing it.
-async fn audit(state: &AppState, actor: &Authorized, kind: &'static str, project_id: Option<&str>, details: serde_json::Value) {
+async fn audit(
+    state: &AppState,
+    actor: &Authorized,
+    kind: &'static str,
+    project_id: Option<&str>,
+    details: serde_json::Value,
+) {
     let event = AuditEvent {
         id: crate::ids::audit_log_id(),
         kind,

@@ -12,7 +12,10 @@ use crate::server::AppState;
 pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
     let params: ListParams = query(raw.as_deref())?;
     let page = state.store.list_projects(&params.page()?, params.include_archived).await?;
-    Ok(Json(serde_json::to_value(objects::List::new(page, |p| p.id.clone(), objects::project)).map_err(|_| ApiError::Internal)?))
+    Ok(Json(
+        serde_json::to_value(objects::List::new(page, |p| p.id.clone(), objects::project))
+            .map_err(|_| ApiError::Internal)?,
+    ))
 }
 
 pub async fn get(State(state): State<AppState>, Path(project_id): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -34,10 +37,20 @@ pub async fn create(
     let req: CreateProject = json_body(&body)?;
     let name = req.name.trim();
     if name.is_empty() || name.len() > 256 {
-        return Err(ApiError::BadRequest { message: "Project name must be between 1 and 256 characters.".into(), param: Some("name") });
+        return Err(ApiError::BadRequest {
+            message: "Project name must be between 1 and 256 characters.".into(),
+            param: Some("name"),
+        });
     }
     let project = state.store.create_project(name, state.clock.now()).await?;
-    audit(&state, &actor, "project.created", Some(&project.id), serde_json::json!({"id": project.id, "data": {"name": project.name}})).await;
+    audit(
+        &state,
+        &actor,
+        "project.created",
+        Some(&project.id),
+        serde_json::json!({"id": project.id, "data": {"name": project.name}}),
+    )
+    .await;
     Ok(Json(objects::project(&project)))
 }
 

@@ -39,13 +39,13 @@ pub fn extract(headers: &HeaderMap) -> Result<Presented, Denial> {
         return Ok(Presented(Secret::new(token)));
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(token)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok());
+        let decoded =
+            base64::engine::general_purpose::STANDARD.decode(token).ok().and_then(|b| String::from_utf8(b).ok());
         return match decoded.as_deref().and_then(|d| d.split_once(':')) {
             Some((_, password)) if !password.is_empty() => Ok(Presented(Secret::new(password))),
-            _ => Err(Denial::MalformedAuthorization { detail: "Basic credentials without a password (the key goes in the password)" }),
+            _ => Err(Denial::MalformedAuthorization {
+                detail: "Basic credentials without a password (the key goes in the password)",
+            }),
         };
     }
     if scheme.is_empty() {

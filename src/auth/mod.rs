@@ -74,7 +74,13 @@ fn unknown(index: &KeyIndex, presented: &Presented, format: Result<String, KeyFo
 
 /// The one authorization decision, from the key record, the digest presented,
 /// the plane and the scope the route needs.
-pub fn decide(record: &KeyRecord, digest: &KeyDigest, plane: Plane, scope: Scope, now: Timestamp) -> Result<(), Denial> {
+pub fn decide(
+    record: &KeyRecord,
+    digest: &KeyDigest,
+    plane: Plane,
+    scope: Scope,
+    now: Timestamp,
+) -> Result<(), Denial> {
     let key = || KeyRef::of(record);
     let mask = String::new();
     match record.state {

@@ -34,8 +34,8 @@ pub fn data_plane_scope(method: &Method, path: &str) -> Option<Scope> {
         ("assistants", true) => "api.assistants.write",
         ("threads", false) => "api.threads.read",
         ("threads", true) => "api.threads.write",
-        ("batches", false) => "api.batch.read", // ours
-        ("batches", true) => "api.batch.write", // ours
+        ("batches", false) => "api.batch.read",               // ours
+        ("batches", true) => "api.batch.write",               // ours
         ("vector_stores", false) => "api.vector_stores.read", // ours
         ("vector_stores", true) => "api.vector_stores.write", // ours
         _ => return None,

@@ -102,7 +102,8 @@ fn private_reasons_tell_typo_unknown_and_wrong_secret_apart() {
 fn revoked_suspended_expired_and_rotated_out_are_refused() {
     let (mut rec, key) = record(KeyKind::Project);
     rec.state = KeyState::Revoked;
-    rec.revocation = Some(Revocation { at: NOW - 5, by: Some("admin key `ops`".into()), reason: Some("leaked".into()) });
+    rec.revocation =
+        Some(Revocation { at: NOW - 5, by: Some("admin key `ops`".into()), reason: Some("leaked".into()) });
     let denial = auth(&KeyIndex::new(vec![rec.clone()]), &bearer(&key)).unwrap_err();
     assert!(matches!(&denial, Denial::Revoked { mask, .. } if mask.starts_with("sk-prod-") && mask.contains('*')));
     assert!(denial.to_string().contains("reason: leaked"));

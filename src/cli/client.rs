@@ -15,11 +15,14 @@ pub struct AdminClient {
 impl AdminClient {
     pub fn from_env(url: &str) -> anyhow::Result<Self> {
         let key = std::env::var("KEYGATE_ADMIN_KEY").ok().filter(|k| !k.trim().is_empty()).ok_or_else(|| {
-            anyhow!("no admin key: `KEYGATE_ADMIN_KEY` is not set").context(Help(
-                "export KEYGATE_ADMIN_KEY=<the admin key keygate printed on its first start>".into(),
-            ))
+            anyhow!("no admin key: `KEYGATE_ADMIN_KEY` is not set")
+                .context(Help("export KEYGATE_ADMIN_KEY=<the admin key keygate printed on its first start>".into()))
         })?;
-        Ok(Self { http: reqwest::Client::new(), base: url.trim_end_matches('/').to_owned(), key: Secret::new(key.trim()) })
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base: url.trim_end_matches('/').to_owned(),
+            key: Secret::new(key.trim()),
+        })
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -41,9 +44,9 @@ impl AdminClient {
             req = req.json(&body);
         }
         let response = req.send().await.map_err(|e| {
-            anyhow!(e).context(format!("cannot reach keygate at `{}`", self.base)).context(Help(
-                "start it with `keygate serve`, or point KEYGATE_URL at a running gateway".into(),
-            ))
+            anyhow!(e)
+                .context(format!("cannot reach keygate at `{}`", self.base))
+                .context(Help("start it with `keygate serve`, or point KEYGATE_URL at a running gateway".into()))
         })?;
         let status = response.status();
         let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();

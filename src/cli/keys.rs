@@ -51,7 +51,10 @@ async fn project_id(api: &AdminClient, flag: Option<String>) -> anyhow::Result<S
         return Ok(id);
     }
     let list = api.get("/v1/organization/projects?limit=1").await?;
-    list["data"][0]["id"].as_str().map(str::to_owned).context("the gateway has no project; create one with `keygate projects create --name NAME`")
+    list["data"][0]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the gateway has no project; create one with `keygate projects create --name NAME`")
 }
 
 pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {

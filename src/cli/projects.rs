@@ -30,7 +30,8 @@ pub async fn run(cmd: ProjectsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ProjectsCommand::List { include_archived, client } => {
             let api = AdminClient::from_env(&client.url)?;
-            let list = api.get(&format!("/v1/organization/projects?limit=100&include_archived={include_archived}")).await?;
+            let list =
+                api.get(&format!("/v1/organization/projects?limit=100&include_archived={include_archived}")).await?;
             if client.json {
                 output::json(&list);
             } else {

@@ -93,8 +93,9 @@ async fn shutdown_signal() {
 }
 
 fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("keygate={0},{0}", config.log.level).replace(",info", ",warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("keygate={0},{0}", config.log.level).replace(",info", ",warn"))
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),

@@ -57,15 +57,24 @@ fn an_url_without_credential_is_proxied_without_auth() {
 
 #[test]
 fn bad_fields_are_named() {
-    assert_eq!(err("[server]\nlisten = \"nope\""), "`server.listen` must be an address like 127.0.0.1:8080, got `nope`");
+    assert_eq!(
+        err("[server]\nlisten = \"nope\""),
+        "`server.listen` must be an address like 127.0.0.1:8080, got `nope`"
+    );
     assert_eq!(err("[database]\nurl = \"mysql://x\""), "`database.url` must be a sqlite:// URL, got `mysql://x`");
     assert_eq!(err("[server]\nmax_body_bytes = 0"), "`server.max_body_bytes` must be between 1 and 1073741824, got 0");
-    assert_eq!(err("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]"), "`server.trusted_proxies` `10.0.0.0/33` is not an IP address or CIDR range");
+    assert_eq!(
+        err("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]"),
+        "`server.trusted_proxies` `10.0.0.0/33` is not an IP address or CIDR range"
+    );
     assert_eq!(err("[server]\ntls_cert = \"a.pem\""), "`server.tls_key` is required when `server.tls_cert` is set");
     assert_eq!(err("[upstream]\nurl = \"ftp://x\""), "`upstream.url` must be http or https, got `ftp://x`");
     assert_eq!(err("[upstream]\nconnect_timeout_ms = 0"), "`upstream.connect_timeout_ms` must be greater than 0");
     assert_eq!(err("[log]\nformat = \"xml\""), "`log.format` must be `text` or `json`, got `xml`");
-    assert_eq!(err("[organization]\nid = \"acme\""), "`organization.id` must look like `org-<letters and digits>`, got `acme`");
+    assert_eq!(
+        err("[organization]\nid = \"acme\""),
+        "`organization.id` must look like `org-<letters and digits>`, got `acme`"
+    );
     assert_eq!(
         err("[[upstreams]]\nname = \"vllm\"\nurl = \"http://127.0.0.1:8000/v1\""),
         "`upstreams[0].models` must list at least one model pattern, e.g. [\"gpt-4o*\"]"

@@ -16,15 +16,29 @@ pub use openai::render as render_openai;
 #[derive(Debug, Clone)]
 pub enum ApiError {
     Denied(Denial),
-    InvalidUrl { method: Method, path: String },
+    InvalidUrl {
+        method: Method,
+        path: String,
+    },
     InvalidJson,
-    BodyTooLarge { limit: usize },
+    BodyTooLarge {
+        limit: usize,
+    },
     /// A request the Administration API cannot accept; `param` names the field.
-    BadRequest { message: String, param: Option<&'static str> },
+    BadRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
     /// An Administration API object that does not exist.
-    NotFound { message: String },
-    UpstreamUnreachable { upstream: String },
-    UpstreamTimeout { upstream: String },
+    NotFound {
+        message: String,
+    },
+    UpstreamUnreachable {
+        upstream: String,
+    },
+    UpstreamTimeout {
+        upstream: String,
+    },
     Internal,
 }
 

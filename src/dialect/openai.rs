@@ -153,7 +153,11 @@ mod tests {
         for denial in variants {
             let response = render(&ApiError::Denied(denial));
             let headers: Vec<_> = response.headers().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            bodies.push((response.status(), headers, axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap()));
+            bodies.push((
+                response.status(),
+                headers,
+                axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap(),
+            ));
         }
         assert!(bodies.windows(2).all(|w| w[0] == w[1]));
     }

@@ -84,10 +84,8 @@ impl KeyPrefix {
             return Err(PrefixError::BadStart);
         }
         let parts: Vec<&str> = stem.split('-').collect();
-        let part_ok = |p: &&str| {
-            (1..=16).contains(&p.len())
-                && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        };
+        let part_ok =
+            |p: &&str| (1..=16).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if parts.len() > 3 || !parts.iter().all(part_ok) {
             return Err(PrefixError::BadShape);
         }
@@ -120,8 +118,7 @@ impl PublicId {
     /// Accepts the bare id or the API form `key_<id>`.
     pub fn parse(value: &str) -> Option<Self> {
         let bare = value.strip_prefix("key_").unwrap_or(value);
-        (bare.len() == ID_LEN && bare.bytes().all(|b| b.is_ascii_alphanumeric()))
-            .then(|| Self(bare.into()))
+        (bare.len() == ID_LEN && bare.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| Self(bare.into()))
     }
 
     pub fn random() -> Self {
@@ -229,10 +226,7 @@ pub fn parse(key: &str) -> Result<ParsedKey<'_>, KeyFormatError> {
         return Err(KeyFormatError::BadLength { expected: BODY_LEN, actual: body.len() });
     }
     if let Some(i) = body.bytes().position(|b| !b.is_ascii_alphanumeric()) {
-        return Err(KeyFormatError::BadCharacter {
-            position: body_start + i,
-            found: char::from(body.as_bytes()[i]),
-        });
+        return Err(KeyFormatError::BadCharacter { position: body_start + i, found: char::from(body.as_bytes()[i]) });
     }
     KeyPrefix::parse(prefix).map_err(KeyFormatError::BadPrefix)?;
     let (signed, check) = key.split_at(key.len() - CHECK_LEN);
@@ -314,11 +308,7 @@ pub fn locate_typo(key: &str) -> Vec<TypoSuggestion> {
             }
             bytes[position] = candidate;
             if std::str::from_utf8(&bytes).is_ok_and(|k| parse(k).is_ok()) {
-                found.push(TypoSuggestion {
-                    position,
-                    found: char::from(original),
-                    expected: char::from(candidate),
-                });
+                found.push(TypoSuggestion { position, found: char::from(original), expected: char::from(candidate) });
             }
         }
         bytes[position] = original;

@@ -50,7 +50,13 @@ impl Upstreams {
                 .read_timeout(c.read_timeout)
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?;
-            list.push(Upstream { name: c.name.clone(), base, credential: c.credential.clone(), models: c.models.clone(), client });
+            list.push(Upstream {
+                name: c.name.clone(),
+                base,
+                credential: c.credential.clone(),
+                models: c.models.clone(),
+                client,
+            });
         }
         anyhow::ensure!(!list.is_empty(), "no upstream configured");
         Ok(Self(list))

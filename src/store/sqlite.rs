@@ -34,9 +34,8 @@ impl SqliteStore {
         sqlx::query("CREATE TABLE IF NOT EXISTS keygate_schema (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
             .execute(&self.pool)
             .await?;
-        let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM keygate_schema")
-            .fetch_one(&self.pool)
-            .await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM keygate_schema").fetch_one(&self.pool).await?;
         let known = migrate::latest(SQLITE);
         if current > known {
             return Err(StoreError::SchemaTooNew { found: current, known });
@@ -88,7 +87,7 @@ impl SqliteStore {
 
     async fn keys_where(&self, clause: &str, binds: &[&str], limit: Option<u32>) -> StoreResult<Vec<KeyRecord>> {
         let limit_sql = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
-        let sql = format!("SELECT {KEY_COLUMNS} FROM {KEY_FROM} WHERE {clause} ORDER BY k.created_at, k.id{limit_sql}");
+        let sql = format!("SELECT {KEY_COLUMNS} FROM {KEY_FROM} WHERE {clause} ORDER BY k.rowid{limit_sql}");
         let mut query = sqlx::query(&sql);
         for b in binds {
             query = query.bind(*b);
@@ -190,9 +189,8 @@ impl Store for SqliteStore {
 
     async fn bootstrap(&self, now: Timestamp) -> StoreResult<Bootstrap> {
         let mut tx = self.pool.begin().await?;
-        let existing = sqlx::query("SELECT value FROM settings WHERE name = 'default_project'")
-            .fetch_optional(&mut *tx)
-            .await?;
+        let existing =
+            sqlx::query("SELECT value FROM settings WHERE name = 'default_project'").fetch_optional(&mut *tx).await?;
         let (project_id, first_start) = match existing {
             Some(row) => (row.try_get::<String, _>("value")?, false),
             None => {
@@ -210,17 +208,21 @@ impl Store for SqliteStore {
                 (id, true)
             }
         };
-        let organization_id = match sqlx::query_scalar::<_, String>("SELECT value FROM settings WHERE name = 'organization_id'")
-            .fetch_optional(&mut *tx)
-            .await?
-        {
-            Some(id) => id,
-            None => {
-                let id = crate::ids::organization_id();
-                sqlx::query("INSERT INTO settings (name, value) VALUES ('organization_id', ?)").bind(&id).execute(&mut *tx).await?;
-                id
-            }
-        };
+        let organization_id =
+            match sqlx::query_scalar::<_, String>("SELECT value FROM settings WHERE name = 'organization_id'")
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                Some(id) => id,
+                None => {
+                    let id = crate::ids::organization_id();
+                    sqlx::query("INSERT INTO settings (name, value) VALUES ('organization_id', ?)")
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    id
+                }
+            };
         tx.commit().await?;
         let default_project = self
             .get_project(&project_id)
@@ -233,8 +235,8 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT id, name, created_at, archived_at FROM projects p \
              WHERE (? OR archived_at IS NULL) \
-               AND (? IS NULL OR (created_at, id) > (SELECT created_at, id FROM projects WHERE id = ?)) \
-             ORDER BY created_at, id LIMIT ?",
+               AND (? IS NULL OR rowid > (SELECT rowid FROM projects WHERE id = ?)) \
+             ORDER BY rowid LIMIT ?",
         )
         .bind(include_archived)
         .bind(&q.after)
@@ -328,7 +330,8 @@ impl Store for SqliteStore {
     async fn list_keys(&self, filter: &KeyFilter, q: &PageQuery) -> StoreResult<Page<KeyRecord>> {
         // An empty cursor means "from the start"; ids are stored without `key_`.
         let after = q.after.as_deref().map_or("", |a| a.strip_prefix("key_").unwrap_or(a));
-        const CURSOR: &str = "(? = '' OR (k.created_at, k.id) > (SELECT created_at, id FROM api_keys WHERE id = ?))";
+        // Insertion order (rowid) is the list order, as stable as the ids.
+        const CURSOR: &str = "(? = '' OR k.rowid > (SELECT rowid FROM api_keys WHERE id = ?))";
         let items = match filter {
             KeyFilter::Project(project_id) => {
                 let clause = format!("k.kind = 'project' AND k.project_id = ? AND k.state != 'revoked' AND {CURSOR}");

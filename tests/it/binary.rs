@@ -1,0 +1,198 @@
+//! Runs the real `keygate` binary.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--database")
+            .arg(format!("sqlite://{}", dir.join("k.db").display()))
+            .env_remove("KEYGATE_ADMIN_KEY")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("KEYGATE_UPSTREAM_API_KEY")
+            .env_remove("KEYGATE_UPSTREAM_URL")
+            .env("KEYGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "keygate did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, url }
+    }
+
+    /// SIGTERM, then the exit status and everything written to stderr.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "keygate did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        self.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        (status, stderr)
+    }
+}
+
+fn admin_key_in(stderr: &str) -> Option<String> {
+    stderr.split_whitespace().find(|w| w.starts_with("sk-admin-kg1")).map(str::to_owned)
+}
+
+#[tokio::test]
+async fn first_start_prints_an_admin_key_once_and_restart_keeps_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Server::start(dir.path(), &[]);
+    let http = crate::util::http();
+    // The admin key is printed before the listener opens, so it is in stderr now;
+    // read it after a clean shutdown.
+    let (status, stderr) = first.terminate();
+    assert!(status.success(), "{stderr}");
+    let admin = admin_key_in(&stderr).expect("first start prints an admin key");
+    assert_eq!(stderr.matches("sk-admin-kg1").count(), 1);
+    assert!(stderr.contains("MOCK"), "the mock upstream must be announced loudly");
+
+    let second = Server::start(dir.path(), &[]);
+    let projects: serde_json::Value = http
+        .get(format!("{}/v1/organization/projects", second.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let project = projects["data"][0]["id"].as_str().unwrap();
+    let key: serde_json::Value = http
+        .post(format!("{}/v1/organization/projects/{project}/api_keys", second.url))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"name": "survivor"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = key["value"].as_str().unwrap().to_owned();
+    let (status, stderr) = second.terminate();
+    assert!(status.success());
+    assert_eq!(admin_key_in(&stderr), None, "later starts never print the admin key");
+    assert!(!stderr.contains(&secret), "a key reached the log");
+
+    let third = Server::start(dir.path(), &[]);
+    let chat = http
+        .post(format!("{}/v1/chat/completions", third.url))
+        .bearer_auth(&secret)
+        .json(&serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200);
+    let (status, _) = third.terminate();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn env_admin_key_is_upserted_and_a_revoked_one_stays_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("KEYGATE_ADMIN_KEY", "my-own-admin-secret")];
+    let server = Server::start(dir.path(), &env);
+    let http = crate::util::http();
+    let ok = http
+        .get(format!("{}/v1/organization/projects", server.url))
+        .bearer_auth("my-own-admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let (_, stderr) = server.terminate();
+    assert_eq!(admin_key_in(&stderr), None, "no key is generated when KEYGATE_ADMIN_KEY is set");
+
+    // Revoke it behind keygate's back, as an operator would after a leak.
+    let store = keygate::store::open(&format!("sqlite://{}", dir.path().join("k.db").display())).await.unwrap();
+    let record = store.find_key_by_digest(&keygate::key::KeyDigest::of("my-own-admin-secret")).await.unwrap().unwrap();
+    store
+        .revoke_key(&record.id, &keygate::store::Revocation { at: 1, by: None, reason: Some("test".into()) })
+        .await
+        .unwrap();
+    drop(store);
+
+    let server = Server::start(dir.path(), &env);
+    let refused = http
+        .get(format!("{}/v1/organization/projects", server.url))
+        .bearer_auth("my-own-admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    server.terminate();
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_stream_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("KEYGATE_ADMIN_KEY", "adm")]);
+    let http = crate::util::http();
+    let projects: serde_json::Value = http
+        .get(format!("{}/v1/organization/projects", server.url))
+        .bearer_auth("adm")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let project = projects["data"][0]["id"].as_str().unwrap();
+    let key: serde_json::Value = http
+        .post(format!("{}/v1/organization/projects/{project}/api_keys", server.url))
+        .bearer_auth("adm")
+        .json(&serde_json::json!({"name": "streamer"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let response = http
+        .post(format!("{}/v1/chat/completions", server.url))
+        .bearer_auth(key["value"].as_str().unwrap())
+        .json(&serde_json::json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Terminate while the (slow, 5 ms per event) stream is still being read.
+    let terminate = tokio::task::spawn_blocking(move || server.terminate());
+    let body = response.text().await.unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"), "stream cut short: {body}");
+    let (status, _) = terminate.await.unwrap();
+    assert!(status.success());
+}

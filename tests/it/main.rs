@@ -1,0 +1,13 @@
+//! Integration tests: one binary, topic modules, shared helpers in `util`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // test code: panics are failures
+
+mod util;
+
+/// Admin API shapes, pagination and validation.
+mod admin;
+/// The `keygate` binary itself: bootstrap, restart, SIGTERM.
+mod binary;
+/// OpenAI-shaped errors keygate produces itself.
+mod errors;
+/// Forwarding: credentials, headers, routing, streaming, cancellation.
+mod proxy;

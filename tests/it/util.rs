@@ -1,0 +1,230 @@
+//! Test helpers: a recording mock upstream, a gateway on a loopback port with
+//! its own SQLite file, and small HTTP helpers.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use keygate::app::Gateway;
+use keygate::config::{Config, Env};
+use keygate::key::Secret;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const ADMIN_KEY: &str = "sk-admin-test-bootstrap-key";
+pub const UPSTREAM_KEY: &str = "sk-upstream-credential";
+
+pub struct NoEnv;
+
+impl Env for NoEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        (name == "KEYGATE_UPSTREAM_API_KEY").then(|| UPSTREAM_KEY.to_owned())
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// What the mock upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct MockState {
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Set when an endless stream's body is dropped (the client went away).
+    pub stream_dropped: Arc<AtomicBool>,
+}
+
+pub struct MockUpstream {
+    pub url: String,
+    pub state: MockState,
+}
+
+impl MockUpstream {
+    pub async fn start() -> Self {
+        let state = MockState::default();
+        let extra = Router::new()
+            .route("/v1/slow", get(slow))
+            .route("/v1/endless", post(endless))
+            .route("/v1/echo-error", post(echo_error))
+            .with_state(state.clone());
+        let app = keygate::mock::router().merge(extra).layer(middleware::from_fn_with_state(state.clone(), record));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url: format!("http://{addr}/v1"), state }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().clone()
+    }
+}
+
+async fn record(State(state): State<MockState>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    state.requests.lock().push(Recorded {
+        method: parts.method.to_string(),
+        path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        headers: parts.headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect(),
+        body: body.clone(),
+    });
+    let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    response.headers_mut().insert("x-request-id", "upstream-req-1".parse().unwrap());
+    response
+}
+
+async fn slow() -> &'static str {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    "late"
+}
+
+async fn echo_error() -> Response {
+    let body = json!({"error": {"message": "upstream says no", "type": "invalid_request_error", "param": "messages", "code": "upstream_code"}});
+    Response::builder()
+        .status(418)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// An SSE stream that sends one event at once and then one every 50 ms (for
+/// at most 10 s), flagging when it is dropped.
+async fn endless(State(state): State<MockState>) -> Response {
+    let flag = DropFlag(Arc::clone(&state.stream_dropped));
+    let stream = futures_util::stream::unfold((0u32, flag), |(n, flag)| async move {
+        if n > 200 {
+            return None;
+        }
+        if n > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(format!("data: {{\"n\":{n}}}\n\n"))), (n + 1, flag)))
+    });
+    Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
+}
+
+pub struct TestGateway {
+    pub url: String,
+    pub gateway_state: keygate::server::AppState,
+    pub db: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestGateway {
+    /// Starts keygate on a loopback port with `extra_toml` appended to a config
+    /// that points the default upstream at `upstream_url`.
+    pub async fn start(upstream_url: &str, extra_toml: &str) -> Self {
+        let db = tempfile::tempdir().unwrap();
+        Self::start_in(db, upstream_url, extra_toml).await
+    }
+
+    pub async fn start_in(db: tempfile::TempDir, upstream_url: &str, extra_toml: &str) -> Self {
+        let toml = format!(
+            "[database]\nurl = \"sqlite://{}\"\n[upstream]\nurl = \"{upstream_url}\"\nread_timeout_ms = 1000\nconnect_timeout_ms = 500\n{extra_toml}",
+            db.path().join("keygate.db").display()
+        );
+        let config = Config::from_toml(&toml, &NoEnv).unwrap();
+        let gateway = Gateway::start(&config, Some(&Secret::new(ADMIN_KEY))).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let Gateway { state, tasks, .. } = gateway;
+        let app = keygate::server::router(state.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            keygate::server::serve(
+                listener,
+                app,
+                None,
+                Arc::new(Vec::new()),
+                async {
+                    let _ = rx.await;
+                },
+                Duration::from_secs(5),
+            )
+            .await;
+            tasks.shutdown().await;
+        });
+        Self { url: format!("http://{addr}"), gateway_state: state, db, shutdown: Some(tx), done: Some(done) }
+    }
+
+    /// Stops accepting, drains, flushes background writers.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            done.await.unwrap();
+        }
+        std::mem::replace(&mut self.db, tempfile::tempdir().unwrap())
+    }
+
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = http().request(method, format!("{}{path}", self.url)).bearer_auth(ADMIN_KEY);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let response = req.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn default_project(&self) -> String {
+        let (_, list) = self.admin(reqwest::Method::GET, "/v1/organization/projects", None).await;
+        list["data"][0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a project key and returns (key object, secret).
+    pub async fn create_key(&self, name: &str) -> (Value, String) {
+        let project = self.default_project().await;
+        let (status, key) = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/organization/projects/{project}/api_keys"),
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(status, 200, "{key}");
+        let secret = key["value"].as_str().unwrap().to_owned();
+        (key, secret)
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+pub fn assert_request_id(response: &reqwest::Response) {
+    let id = response.headers().get("x-request-id").expect("x-request-id").to_str().unwrap();
+    assert!(keygate::ids::RequestId::parse(id).is_some(), "bad request id {id}");
+}
