@@ -436,6 +436,14 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     owner: "MockUpstream"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A peer that hangs up mid-stream (a cancelled request) is expected; stay quiet.
+        import sys
+
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
 
 @dataclass
 class MockUpstream:
