@@ -57,6 +57,10 @@ pub fn organization_id() -> String {
     format!("org-{}", alnum(24))
 }
 
+pub fn user_id() -> String {
+    format!("user-{}", alnum(24))
+}
+
 pub fn audit_log_id() -> String {
     format!("audit_log-{}", alnum(24))
 }

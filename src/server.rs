@@ -138,7 +138,7 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
 // === authentication ===
 
 async fn require_project_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let scope = auth::data_plane_scope(req.method(), req.uri().path()).unwrap_or(auth::UNMAPPED_SCOPE);
+    let scope = auth::data_plane_scope(req.method(), req.uri().path());
     require(state, Plane::Data, scope, req, next).await
 }
 
@@ -149,7 +149,14 @@ async fn require_admin_key(State(state): State<AppState>, req: Request, next: Ne
 
 async fn require(state: AppState, plane: Plane, scope: auth::Scope, mut req: Request, next: Next) -> Response {
     let now = state.clock.now();
-    match auth::authenticate(&state.index, req.headers(), plane, scope, now) {
+    let admission = auth::Admission {
+        plane,
+        scope,
+        client_ip: req.extensions().get::<ClientIp>().map(|c| c.0),
+        organization_id: &state.settings.organization_id,
+        now,
+    };
+    match auth::authenticate(&state.index, req.headers(), &admission) {
         Ok(authorized) => {
             state.last_used.touch(&authorized.key.id, now);
             req.extensions_mut().insert(authorized);
@@ -163,7 +170,7 @@ async fn require(state: AppState, plane: Plane, scope: auth::Scope, mut req: Req
 
 async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    debug_assert!(parts.extensions.get::<Authorized>().is_some());
+    let authorized = parts.extensions.get::<Authorized>().cloned().ok_or(ApiError::Internal)?;
     let body = read_body(body, state.settings.max_body_bytes).await?;
     let is_json = parts
         .headers
@@ -174,10 +181,21 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
         if is_json && parts.method == http::Method::POST { RequestMeta::parse(&body)? } else { RequestMeta::default() };
     let path = parts.uri.path();
     let model = meta.model.as_deref().or_else(|| path.strip_prefix("/v1/models/"));
+    if let Some(model) = model {
+        authorized.check_model(model)?;
+    }
     let upstream = state.upstreams.route(model);
     let relative = parts.uri.path_and_query().map_or(path, |pq| pq.as_str());
     let relative = relative.strip_prefix("/v1").unwrap_or(relative);
-    proxy::forward(upstream, parts.method.clone(), relative, &parts.headers, body).await
+    let mut response = proxy::forward(upstream, parts.method.clone(), relative, &parts.headers, body).await?;
+    if path == "/v1/models" && parts.method == http::Method::GET && authorized.restricts_models() {
+        response = proxy::filter_model_list(response, |id| authorized.allows_model(id)).await;
+    }
+    // The client's organization is keygate's, never the upstream account's.
+    if let Ok(org) = HeaderValue::from_str(&state.settings.organization_id) {
+        response.headers_mut().insert("openai-organization", org);
+    }
+    Ok(response)
 }
 
 /// Reads a request body up to `limit` bytes; more is OpenAI-shaped 413.
@@ -301,8 +319,8 @@ pub fn index_reconciler(
             tick.tick().await;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => match store.all_keys().await {
-                        Ok(keys) => index.replace_all(keys),
+                    _ = tick.tick() => match tokio::try_join!(store.all_keys(), store.all_projects()) {
+                        Ok((keys, projects)) => index.replace_all(keys, projects),
                         Err(error) => tracing::warn!(%error, "key index reconcile failed; serving the last good index"),
                     },
                     _ = shutdown.changed() => return,

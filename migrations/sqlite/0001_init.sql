@@ -1,5 +1,6 @@
 -- keygate schema v1. PostgreSQL gets the same tables under migrations/postgres.
--- Times are unix seconds (INTEGER); digests are 32-byte SHA-256 (BLOB).
+-- Times are unix seconds (INTEGER); digests are 32-byte SHA-256 (BLOB);
+-- lists are JSON arrays in TEXT columns (NULL = no restriction).
 
 CREATE TABLE settings (
     name  TEXT PRIMARY KEY,
@@ -10,19 +11,30 @@ CREATE TABLE projects (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
     created_at  INTEGER NOT NULL,
-    archived_at INTEGER
+    archived_at INTEGER,
+    models      TEXT,                          -- model glob allow-list
+    allowed_ips TEXT                           -- CIDR allow-list
+);
+
+CREATE TABLE users (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    email      TEXT NOT NULL UNIQUE,
+    role       TEXT NOT NULL,                  -- 'owner' | 'reader'
+    added_at   INTEGER NOT NULL,
+    deleted_at INTEGER
 );
 
 CREATE TABLE service_accounts (
     id          TEXT PRIMARY KEY,
-    project_id  TEXT NOT NULL REFERENCES projects (id),
+    project_id  TEXT REFERENCES projects (id), -- NULL: the organization's own (owns admin keys)
     name        TEXT NOT NULL,
     role        TEXT NOT NULL,
     is_default  INTEGER NOT NULL DEFAULT 0,
     created_at  INTEGER NOT NULL,
     deleted_at  INTEGER
 );
-CREATE INDEX service_accounts_project ON service_accounts (project_id, created_at, id);
+CREATE INDEX service_accounts_project ON service_accounts (project_id);
 
 -- One row per key identity; its secrets (rotation versions) live in api_key_secrets.
 CREATE TABLE api_keys (
@@ -34,9 +46,10 @@ CREATE TABLE api_keys (
     owner_id        TEXT,
     prefix          TEXT NOT NULL,
     state           TEXT NOT NULL,             -- 'active' | 'suspended' | 'revoked'
-    permissions     TEXT NOT NULL DEFAULT 'all',
+    permissions     TEXT NOT NULL DEFAULT 'all', -- 'all' | 'read_only' | 'restricted'
     scopes          TEXT,                      -- JSON array of OpenAI scope strings, for 'restricted'
-    models          TEXT,                      -- JSON array of glob patterns, NULL = any
+    models          TEXT,                      -- model glob allow-list
+    allowed_ips     TEXT,                      -- CIDR allow-list
     created_at      INTEGER NOT NULL,
     expires_at      INTEGER,
     last_used_at    INTEGER,
@@ -46,6 +59,7 @@ CREATE TABLE api_keys (
 );
 CREATE INDEX api_keys_project ON api_keys (project_id);
 CREATE INDEX api_keys_kind ON api_keys (kind);
+CREATE INDEX api_keys_owner ON api_keys (owner_id);
 
 CREATE TABLE api_key_secrets (
     digest      BLOB PRIMARY KEY,              -- SHA-256 of the whole key string

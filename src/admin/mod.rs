@@ -2,18 +2,23 @@
 //! (`shared/spec/openai-wire.md` §4) plus documented extensions, and the
 //! library functions the CLI and bootstrap share.
 //!
-//! Owns: admin handlers, API objects, key creation and revocation, audit
+//! Owns: admin handlers, API objects, key issuance and revocation, audit
 //! events for each action. Authentication (admin keys only) is applied by the
-//! server around these routes.
+//! server around these routes; every change reaches the key index before the
+//! answer is sent.
 
+mod admin_keys;
 mod bootstrap;
 mod keys;
 mod objects;
 mod projects;
+mod service_accounts;
+mod users;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
+use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -27,9 +32,34 @@ pub use bootstrap::bootstrap_admin_key;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/organization/projects", get(projects::list).post(projects::create))
-        .route("/v1/organization/projects/{project_id}", get(projects::get))
+        .route("/v1/organization/projects/{project_id}", get(projects::get).post(projects::update))
+        .route("/v1/organization/projects/{project_id}/archive", post(projects::archive))
         .route("/v1/organization/projects/{project_id}/api_keys", get(keys::list).post(keys::create))
-        .route("/v1/organization/projects/{project_id}/api_keys/{key_id}", get(keys::get).delete(keys::delete))
+        .route(
+            "/v1/organization/projects/{project_id}/api_keys/{key_id}",
+            get(keys::get).post(keys::update).delete(keys::delete),
+        )
+        .route(
+            "/v1/organization/projects/{project_id}/service_accounts",
+            get(service_accounts::list).post(service_accounts::create),
+        )
+        .route(
+            "/v1/organization/projects/{project_id}/service_accounts/{sa_id}",
+            get(service_accounts::get).delete(service_accounts::delete),
+        )
+        .route("/v1/organization/users", get(users::list).post(users::create))
+        .route("/v1/organization/users/{user_id}", get(users::get).post(users::update).delete(users::delete))
+        .route("/v1/organization/admin_api_keys", get(admin_keys::list).post(admin_keys::create))
+        .route("/v1/organization/admin_api_keys/{key_id}", get(admin_keys::get).delete(admin_keys::delete))
+}
+
+/// Tells an absent list field (leave as is) from `null` (clear the restriction).
+mod nullable {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Vec<String>>>, D::Error> {
+        Option::<Vec<String>>::deserialize(d).map(Some)
+    }
 }
 
 /// Parses a JSON body into `T`, with OpenAI-shaped errors.
@@ -45,6 +75,38 @@ fn query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::BadRequest { message: format!("Invalid query parameters: {e}."), param: None })
 }
 
+fn bad(message: impl Into<String>, param: &'static str) -> ApiError {
+    ApiError::BadRequest { message: message.into(), param: Some(param) }
+}
+
+/// A name between 1 and 256 characters, trimmed.
+fn name(value: &str, what: &str) -> Result<String, ApiError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > 256 {
+        return Err(bad(format!("{what} name must be between 1 and 256 characters."), "name"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Model glob patterns: non-empty, printable, at most 256.
+fn models(list: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if list.len() > 256 || list.iter().any(|m| m.trim().is_empty() || m.len() > 256 || m.chars().any(char::is_control))
+    {
+        return Err(bad("`models` must be a list of model names or `*` patterns.", "models"));
+    }
+    Ok(list)
+}
+
+fn cidrs(list: &[String]) -> Result<Vec<IpNet>, ApiError> {
+    list.iter()
+        .map(|c| {
+            c.parse::<IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| bad(format!("`{c}` is not an IP address or CIDR range."), "allowed_ips"))
+        })
+        .collect()
+}
+
 #[derive(Debug, Deserialize)]
 struct ListParams {
     after: Option<String>,
@@ -57,10 +119,7 @@ impl ListParams {
     fn page(&self) -> Result<PageQuery, ApiError> {
         let limit = self.limit.unwrap_or(20);
         if !(1..=100).contains(&limit) {
-            return Err(ApiError::BadRequest {
-                message: format!("Invalid 'limit': {limit}. Expected a value between 1 and 100."),
-                param: Some("limit"),
-            });
+            return Err(bad(format!("Invalid 'limit': {limit}. Expected a value between 1 and 100."), "limit"));
         }
         Ok(PageQuery { after: self.after.clone(), limit })
     }
@@ -86,4 +145,13 @@ async fn audit(
     if let Err(error) = state.store.append_audit(&event).await {
         tracing::error!(%error, kind, "could not write an audit event");
     }
+}
+
+/// Who did it, for revocation records: the admin key's name and id.
+fn actor_name(actor: &Authorized) -> String {
+    format!("admin key `{}` ({})", actor.key.name, actor.key.id)
+}
+
+fn to_json<T: serde::Serialize>(value: T) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    serde_json::to_value(value).map(axum::Json).map_err(|_| ApiError::Internal)
 }

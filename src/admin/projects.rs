@@ -2,31 +2,32 @@ use axum::extract::{Path, RawQuery, State};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::{audit, json_body, objects, query, ListParams};
+use super::{audit, cidrs, json_body, models, name, objects, query, to_json, ListParams};
 use crate::auth::Authorized;
 use crate::dialect::ApiError;
 use crate::server::AppState;
+use crate::store::{Access, Project, ProjectUpdate};
 
 pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
     let params: ListParams = query(raw.as_deref())?;
     let page = state.store.list_projects(&params.page()?, params.include_archived).await?;
-    Ok(Json(
-        serde_json::to_value(objects::List::new(page, |p| p.id.clone(), objects::project))
-            .map_err(|_| ApiError::Internal)?,
-    ))
+    to_json(objects::List::new(page, |p| p.id.clone(), objects::project))
 }
 
 pub async fn get(State(state): State<AppState>, Path(project_id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let project = state.store.get_project(&project_id).await?.ok_or_else(|| not_found(&project_id))?;
-    Ok(Json(objects::project(&project)))
+    Ok(Json(objects::project(&find(&state, &project_id).await?)))
 }
 
+/// Create and update share these fields; `models` and `allowed_ips` are ours.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateProject {
-    name: String,
+struct ProjectBody {
+    name: Option<String>,
+    #[serde(default, with = "super::nullable")]
+    models: Option<Option<Vec<String>>>,
+    allowed_ips: Option<Vec<String>>,
 }
 
 pub async fn create(
@@ -34,24 +35,79 @@ pub async fn create(
     Extension(actor): Extension<Authorized>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let req: CreateProject = json_body(&body)?;
-    let name = req.name.trim();
-    if name.is_empty() || name.len() > 256 {
-        return Err(ApiError::BadRequest {
-            message: "Project name must be between 1 and 256 characters.".into(),
-            param: Some("name"),
-        });
-    }
-    let project = state.store.create_project(name, state.clock.now()).await?;
+    let req: ProjectBody = json_body(&body)?;
+    let project_name = name(req.name.as_deref().unwrap_or(""), "Project")?;
+    let access = Access {
+        models: req.models.flatten().map(models).transpose()?,
+        allowed_ips: cidrs(&req.allowed_ips.unwrap_or_default())?,
+    };
+    let project = state.store.create_project(&project_name, &access, state.clock.now()).await?;
+    state.index.upsert_project(project.clone());
     audit(
         &state,
         &actor,
         "project.created",
         Some(&project.id),
-        serde_json::json!({"id": project.id, "data": {"name": project.name}}),
+        json!({"id": project.id, "data": {"name": project.name}}),
     )
     .await;
     Ok(Json(objects::project(&project)))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Authorized>,
+    Path(project_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: ProjectBody = json_body(&body)?;
+    find(&state, &project_id).await?;
+    let update = ProjectUpdate {
+        name: req.name.as_deref().map(|n| name(n, "Project")).transpose()?,
+        models: req.models.map(|m| m.map(models).transpose()).transpose()?,
+        allowed_ips: req.allowed_ips.as_deref().map(cidrs).transpose()?,
+    };
+    let project = state.store.update_project(&project_id, &update).await?.ok_or_else(|| not_found(&project_id))?;
+    state.index.upsert_project(project.clone());
+    audit(
+        &state,
+        &actor,
+        "project.updated",
+        Some(&project.id),
+        json!({"id": project.id, "changes_requested": {"name": update.name}}),
+    )
+    .await;
+    Ok(Json(objects::project(&project)))
+}
+
+/// Archives a project; its keys are refused from the next request on.
+pub async fn archive(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Authorized>,
+    Path(project_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    find(&state, &project_id).await?;
+    if project_id == state.settings.default_project_id {
+        return Err(ApiError::BadRequest { message: "The default project cannot be archived.".into(), param: None });
+    }
+    let project =
+        state.store.archive_project(&project_id, state.clock.now()).await?.ok_or_else(|| not_found(&project_id))?;
+    state.index.upsert_project(project.clone());
+    audit(&state, &actor, "project.archived", Some(&project.id), json!({"id": project.id})).await;
+    Ok(Json(objects::project(&project)))
+}
+
+pub async fn find(state: &AppState, project_id: &str) -> Result<Project, ApiError> {
+    state.store.get_project(project_id).await?.ok_or_else(|| not_found(project_id))
+}
+
+/// A project that exists and is not archived.
+pub async fn find_active(state: &AppState, project_id: &str) -> Result<Project, ApiError> {
+    let project = find(state, project_id).await?;
+    if project.archived_at.is_some() {
+        return Err(ApiError::BadRequest { message: format!("Project {project_id} is archived."), param: None });
+    }
+    Ok(project)
 }
 
 pub fn not_found(project_id: &str) -> ApiError {

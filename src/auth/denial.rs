@@ -49,6 +49,12 @@ pub enum Denial {
     RotatedOut { mask: String, key: KeyRef, at: Timestamp },
     AdminKeyOnDataPlane { key: KeyRef, scope: Scope },
     ProjectKeyOnAdmin { key: KeyRef, scope: Scope },
+    ProjectArchived { mask: String, key: KeyRef, project: String, at: Timestamp },
+    OrganizationMismatch { key: KeyRef, header: String },
+    ProjectMismatch { key: KeyRef, header: String },
+    IpNotAllowed { key: KeyRef, ip: Option<std::net::IpAddr> },
+    MissingScope { key: KeyRef, scope: Scope },
+    ModelNotAllowed { key: KeyRef, model: String },
 }
 
 impl Denial {
@@ -58,6 +64,7 @@ impl Denial {
             Self::Suspended { key, .. } => Self::Suspended { mask: new, key },
             Self::Expired { key, at, .. } => Self::Expired { mask: new, key, at },
             Self::RotatedOut { key, at, .. } => Self::RotatedOut { mask: new, key, at },
+            Self::ProjectArchived { key, project, at, .. } => Self::ProjectArchived { mask: new, key, project, at },
             other => other,
         }
     }
@@ -76,6 +83,12 @@ impl Denial {
             Self::RotatedOut { .. } => "rotated_out",
             Self::AdminKeyOnDataPlane { .. } => "admin_key_on_data_plane",
             Self::ProjectKeyOnAdmin { .. } => "project_key_on_admin",
+            Self::ProjectArchived { .. } => "project_archived",
+            Self::OrganizationMismatch { .. } => "organization_mismatch",
+            Self::ProjectMismatch { .. } => "project_mismatch",
+            Self::IpNotAllowed { .. } => "ip_not_allowed",
+            Self::MissingScope { .. } => "missing_scope",
+            Self::ModelNotAllowed { .. } => "model_not_allowed",
         }
     }
 
@@ -92,7 +105,13 @@ impl Denial {
             | Self::Expired { key, .. }
             | Self::RotatedOut { key, .. }
             | Self::AdminKeyOnDataPlane { key, .. }
-            | Self::ProjectKeyOnAdmin { key, .. } => Some(key),
+            | Self::ProjectKeyOnAdmin { key, .. }
+            | Self::ProjectArchived { key, .. }
+            | Self::OrganizationMismatch { key, .. }
+            | Self::ProjectMismatch { key, .. }
+            | Self::IpNotAllowed { key, .. }
+            | Self::MissingScope { key, .. }
+            | Self::ModelNotAllowed { key, .. } => Some(key),
         }
     }
 }
@@ -140,6 +159,28 @@ impl fmt::Display for Denial {
                 "{key} is a project key; the Administration API needs an admin key (missing scope {})",
                 scope.as_str()
             ),
+            Self::ProjectArchived { key, project, at, .. } => {
+                write!(f, "{key} belongs to project {project}, which was archived at {}", crate::time::rfc3339(*at))
+            }
+            Self::OrganizationMismatch { key, header } => write!(
+                f,
+                "the OpenAI-Organization header `{header}` does not match this gateway's organization (sent with {key})"
+            ),
+            Self::ProjectMismatch { key, header } => write!(
+                f,
+                "the OpenAI-Project header {header} does not match the key's project {} ({key})",
+                key.project_id.as_deref().unwrap_or("none")
+            ),
+            Self::IpNotAllowed { key, ip } => match ip {
+                Some(ip) => write!(f, "client address {ip} is outside the IP allow-list of {key} or its project"),
+                None => write!(f, "the client address is unknown, and {key} or its project has an IP allow-list"),
+            },
+            Self::MissingScope { key, scope } => {
+                write!(f, "{key} lacks scope {} needed by this route (its permissions do not include it)", scope.as_str())
+            }
+            Self::ModelNotAllowed { key, model } => {
+                write!(f, "model `{model}` is outside the model allow-list of {key} or its project")
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! [`Authorized`] context or a [`Denial`], without touching the database.
 //!
 //! Owns: credential extraction, the in-memory key index, the one decision
-//! function, the route → scope map. Leaves to `dialect` how a denial looks on
+//! function, scopes and permissions. Leaves to `dialect` how a denial looks on
 //! the wire, and to `admin` how keys are created.
 
 mod credential;
@@ -10,17 +10,19 @@ mod denial;
 mod index;
 mod scope;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::HeaderMap;
 
 use crate::key::{self, KeyDigest, KeyFormatError};
-use crate::store::{KeyKind, KeyRecord, KeyState, Timestamp};
+use crate::proxy::glob_match;
+use crate::store::{Access, KeyKind, KeyRecord, KeyState, Project, Timestamp};
 
 pub use credential::{extract, Presented};
 pub use denial::{Denial, KeyRef};
 pub use index::KeyIndex;
-pub use scope::{admin_scope, data_plane_scope, Scope, UNMAPPED as UNMAPPED_SCOPE};
+pub use scope::{admin_scope, data_plane_scope, Permissions, PermissionsError, Scope, KNOWN_SCOPES};
 
 /// Which side of the gateway a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,22 +33,50 @@ pub enum Plane {
     Admin,
 }
 
+/// What the decision needs to know about the request besides its credential.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission<'a> {
+    pub plane: Plane,
+    pub scope: Scope,
+    pub client_ip: Option<IpAddr>,
+    /// This gateway's organization id, which `OpenAI-Organization` must match.
+    pub organization_id: &'a str,
+    pub now: Timestamp,
+}
+
 /// The result of a successful authentication, decided once and carried in the
 /// request's extensions; nothing downstream re-derives it.
 #[derive(Debug, Clone)]
 pub struct Authorized {
     pub key: Arc<KeyRecord>,
+    pub project: Option<Arc<Project>>,
 }
 
-/// Authenticates `headers` for `plane`, needing `scope`. Unknown and revoked keys
-/// differ only in the private reason the [`Denial`] carries.
-pub fn authenticate(
-    index: &KeyIndex,
-    headers: &HeaderMap,
-    plane: Plane,
-    scope: Scope,
-    now: Timestamp,
-) -> Result<Authorized, Denial> {
+impl Authorized {
+    /// Whether both the key and its project allow `model`.
+    pub fn allows_model(&self, model: &str) -> bool {
+        let allowed =
+            |access: &Access| access.models.as_ref().is_none_or(|globs| globs.iter().any(|g| glob_match(g, model)));
+        allowed(&self.key.access) && self.project.as_deref().is_none_or(|p| allowed(&p.access))
+    }
+
+    /// Whether any model restriction applies (so model lists must be filtered).
+    pub fn restricts_models(&self) -> bool {
+        self.key.access.models.is_some() || self.project.as_deref().is_some_and(|p| p.access.models.is_some())
+    }
+
+    pub fn check_model(&self, model: &str) -> Result<(), Denial> {
+        if self.allows_model(model) {
+            Ok(())
+        } else {
+            Err(Denial::ModelNotAllowed { key: KeyRef::of(&self.key), model: model.to_owned() })
+        }
+    }
+}
+
+/// Authenticates and authorizes a request from its headers. Unknown and
+/// revoked keys differ only in the private reason the [`Denial`] carries.
+pub fn authenticate(index: &KeyIndex, headers: &HeaderMap, admission: &Admission<'_>) -> Result<Authorized, Denial> {
     let presented = extract(headers)?;
     let text = presented.expose();
     let digest = KeyDigest::of(text);
@@ -56,8 +86,10 @@ pub fn authenticate(
     let Some(record) = index.lookup(&digest) else {
         return Err(unknown(index, &presented, format));
     };
-    decide(&record, &digest, plane, scope, now).map_err(|reason| reason.with_mask(presented.mask()))?;
-    Ok(Authorized { key: record })
+    let project = record.project_id.as_deref().and_then(|id| index.project(id));
+    decide(&record, &digest, project.as_deref(), headers, admission)
+        .map_err(|reason| reason.with_mask(presented.mask()))?;
+    Ok(Authorized { key: record, project })
 }
 
 fn unknown(index: &KeyIndex, presented: &Presented, format: Result<String, KeyFormatError>) -> Denial {
@@ -72,17 +104,26 @@ fn unknown(index: &KeyIndex, presented: &Presented, format: Result<String, KeyFo
     }
 }
 
-/// The one authorization decision, from the key record, the digest presented,
-/// the plane and the scope the route needs.
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn ip_allowed(access: &Access, ip: Option<IpAddr>) -> bool {
+    access.allowed_ips.is_empty() || ip.is_some_and(|ip| access.allowed_ips.iter().any(|net| net.contains(&ip)))
+}
+
+/// The one authorization decision: key state, expiry, secret version, plane,
+/// project state, organization/project headers, IP allow-lists, scope.
 pub fn decide(
     record: &KeyRecord,
     digest: &KeyDigest,
-    plane: Plane,
-    scope: Scope,
-    now: Timestamp,
+    project: Option<&Project>,
+    headers: &HeaderMap,
+    admission: &Admission<'_>,
 ) -> Result<(), Denial> {
     let key = || KeyRef::of(record);
     let mask = String::new();
+    let now = admission.now;
     match record.state {
         KeyState::Revoked => {
             return Err(Denial::Revoked { mask, key: key(), revocation: record.revocation.clone() });
@@ -97,11 +138,37 @@ pub fn decide(
     if let Some(at) = version.and_then(|v| v.expires_at).filter(|&at| at <= now) {
         return Err(Denial::RotatedOut { mask, key: key(), at });
     }
-    match (record.kind, plane) {
-        (KeyKind::Project, Plane::Data) | (KeyKind::Admin, Plane::Admin) => Ok(()),
-        (KeyKind::Admin, Plane::Data) => Err(Denial::AdminKeyOnDataPlane { key: key(), scope }),
-        (KeyKind::Project, Plane::Admin) => Err(Denial::ProjectKeyOnAdmin { key: key(), scope }),
+    let scope = admission.scope;
+    match (record.kind, admission.plane) {
+        (KeyKind::Admin, Plane::Admin) => return Ok(()),
+        (KeyKind::Project, Plane::Data) => {}
+        (KeyKind::Admin, Plane::Data) => return Err(Denial::AdminKeyOnDataPlane { key: key(), scope }),
+        (KeyKind::Project, Plane::Admin) => return Err(Denial::ProjectKeyOnAdmin { key: key(), scope }),
     }
+    if let Some(p) = project {
+        if let Some(at) = p.archived_at {
+            return Err(Denial::ProjectArchived { mask, key: key(), project: p.id.clone(), at });
+        }
+    }
+    if let Some(org) = header(headers, "openai-organization") {
+        if org != admission.organization_id {
+            return Err(Denial::OrganizationMismatch { key: key(), header: org.to_owned() });
+        }
+    }
+    if let Some(sent) = header(headers, "openai-project") {
+        if Some(sent) != record.project_id.as_deref() {
+            return Err(Denial::ProjectMismatch { key: key(), header: sent.to_owned() });
+        }
+    }
+    let ip_ok = project.is_none_or(|p| ip_allowed(&p.access, admission.client_ip))
+        && ip_allowed(&record.access, admission.client_ip);
+    if !ip_ok {
+        return Err(Denial::IpNotAllowed { key: key(), ip: admission.client_ip });
+    }
+    if !record.permissions.allows(scope) {
+        return Err(Denial::MissingScope { key: key(), scope });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

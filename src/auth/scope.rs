@@ -1,60 +1,202 @@
-//! Which OpenAI scope each route needs. Names come from `shared/spec/openai-wire.md`
-//! §5; the ones marked "ours" are not observed from OpenAI and follow its pattern.
+//! Which OpenAI scope each route needs, and what a key's permissions allow.
+//!
+//! Scope names come from `shared/spec/openai-wire.md` §5. Names marked "ours"
+//! were not observed from OpenAI and follow its pattern; the per-capability
+//! `api.model.<capability>.request` scopes let a restricted key call, say,
+//! embeddings but not chat, while OpenAI's umbrella `model.request` (and its
+//! alias `api.model.request`) still grants every capability.
+
+use std::collections::BTreeSet;
 
 use http::Method;
 
+/// What a route needs: the scope named in a refusal, whether it writes, and
+/// every scope that satisfies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Scope(&'static str);
+pub struct Scope {
+    name: &'static str,
+    write: bool,
+    accepted: &'static [&'static str],
+}
 
 impl Scope {
     pub const fn as_str(self) -> &'static str {
-        self.0
+        self.name
+    }
+
+    pub const fn is_write(self) -> bool {
+        self.write
     }
 }
 
-/// The scope a data-plane route needs; `None` for routes no permission maps
-/// (a restricted key is refused there).
-pub fn data_plane_scope(method: &Method, path: &str) -> Option<Scope> {
-    let rest = path.strip_prefix("/v1/")?;
-    let resource = rest.split('/').next().unwrap_or("");
-    let write = !matches!(*method, Method::GET | Method::HEAD);
-    let scope = match (resource, write) {
-        ("models", false) => "api.model.read",
-        ("models", true) => "api.model.write", // ours: deleting a fine-tuned model
-        ("chat" | "completions" | "embeddings" | "moderations", _) => "model.request",
-        ("audio", _) => "api.model.audio.request",
-        ("images", _) => "api.model.images.request",
-        ("responses", false) => "api.responses.read", // ours
-        ("responses", true) => "api.responses.write",
-        ("files" | "uploads", false) => "api.files.read",
-        ("files" | "uploads", true) => "api.files.write",
-        ("fine_tuning", false) => "api.fine_tuning.jobs.read",
-        ("fine_tuning", true) => "api.fine_tuning.jobs.write",
-        ("assistants", false) => "api.assistants.read",
-        ("assistants", true) => "api.assistants.write",
-        ("threads", false) => "api.threads.read",
-        ("threads", true) => "api.threads.write",
-        ("batches", false) => "api.batch.read",               // ours
-        ("batches", true) => "api.batch.write",               // ours
-        ("vector_stores", false) => "api.vector_stores.read", // ours
-        ("vector_stores", true) => "api.vector_stores.write", // ours
-        _ => return None,
+const fn read(name: &'static str, accepted: &'static [&'static str]) -> Scope {
+    Scope { name, write: false, accepted }
+}
+
+const fn write(name: &'static str, accepted: &'static [&'static str]) -> Scope {
+    Scope { name, write: true, accepted }
+}
+
+/// Every scope a key may be given (`--allow`, the `scopes` field).
+pub const KNOWN_SCOPES: &[&str] = &[
+    "api.all.read",
+    "model.read",
+    "api.model.read",
+    "model.request",
+    "api.model.request",
+    "api.model.chat.request",        // ours
+    "api.model.completions.request", // ours
+    "api.model.embeddings.request",  // ours
+    "api.model.moderations.request", // ours
+    "api.model.audio.request",
+    "api.model.images.request",
+    "api.responses.read", // ours
+    "api.responses.write",
+    "api.files.read",
+    "api.files.write",
+    "api.fine_tuning.jobs.read",
+    "api.fine_tuning.jobs.write",
+    "api.batch.read",  // ours
+    "api.batch.write", // ours
+    "api.assistants.read",
+    "api.assistants.write",
+    "api.threads.read",
+    "api.threads.write",
+    "api.vector_stores.read",  // ours
+    "api.vector_stores.write", // ours
+];
+
+const MODELS_READ: Scope = read("api.model.read", &["api.model.read", "model.read"]);
+const MODELS_WRITE: Scope = write("api.model.write", &["model.request", "api.model.request"]); // ours: deleting a fine-tuned model
+const CHAT: Scope = write("model.request", &["model.request", "api.model.request", "api.model.chat.request"]);
+const COMPLETIONS: Scope =
+    write("model.request", &["model.request", "api.model.request", "api.model.completions.request"]);
+const EMBEDDINGS: Scope =
+    write("model.request", &["model.request", "api.model.request", "api.model.embeddings.request"]);
+const MODERATIONS: Scope =
+    write("model.request", &["model.request", "api.model.request", "api.model.moderations.request"]);
+const AUDIO: Scope =
+    write("api.model.audio.request", &["model.request", "api.model.request", "api.model.audio.request"]);
+const IMAGES: Scope =
+    write("api.model.images.request", &["model.request", "api.model.request", "api.model.images.request"]);
+const UNMAPPED_READ: Scope = read("api.all.read", &[]);
+const UNMAPPED_WRITE: Scope = write("api.all.write", &[]); // ours: nothing grants it but `all`
+
+macro_rules! resource {
+    ($read:literal, $write:literal) => {
+        (read($read, &[$read, $write]), write($write, &[$write]))
     };
-    Some(Scope(scope))
+}
+
+/// The scope a data-plane route needs. Routes no permission maps need
+/// `api.all.read`/`api.all.write`, which only unrestricted keys (and, for
+/// reads, nothing else) satisfy.
+pub fn data_plane_scope(method: &Method, path: &str) -> Scope {
+    let rest = path.strip_prefix("/v1/").unwrap_or("");
+    let resource = rest.split('/').next().unwrap_or("");
+    let is_write = !matches!(*method, Method::GET | Method::HEAD);
+    let pair = match resource {
+        "models" => (MODELS_READ, MODELS_WRITE),
+        "chat" => (CHAT, CHAT),
+        "completions" => (COMPLETIONS, COMPLETIONS),
+        "embeddings" => (EMBEDDINGS, EMBEDDINGS),
+        "moderations" => (MODERATIONS, MODERATIONS),
+        "audio" => (AUDIO, AUDIO),
+        "images" => (IMAGES, IMAGES),
+        "responses" => resource!("api.responses.read", "api.responses.write"),
+        "files" | "uploads" => resource!("api.files.read", "api.files.write"),
+        "fine_tuning" => resource!("api.fine_tuning.jobs.read", "api.fine_tuning.jobs.write"),
+        "batches" => resource!("api.batch.read", "api.batch.write"),
+        "assistants" => resource!("api.assistants.read", "api.assistants.write"),
+        "threads" => resource!("api.threads.read", "api.threads.write"),
+        "vector_stores" => resource!("api.vector_stores.read", "api.vector_stores.write"),
+        _ => (UNMAPPED_READ, UNMAPPED_WRITE),
+    };
+    if is_write {
+        pair.1
+    } else {
+        pair.0
+    }
 }
 
 /// The scope an Administration API route needs (the RBAC names OpenAI uses for
-/// project API keys; the others follow the same pattern and are ours).
+/// project API keys; the others follow the same pattern and are ours). Only
+/// admin keys reach these routes; the scope names the refusal of other keys.
 pub fn admin_scope(method: &Method, path: &str) -> Scope {
-    let write = !matches!(*method, Method::GET | Method::HEAD);
-    let scope = match (path.contains("/api_keys"), write) {
-        (true, false) => "api.organization.projects.api_keys.read",
-        (true, true) => "api.organization.projects.api_keys.write",
-        (false, false) => "api.organization.read", // ours
-        (false, true) => "api.organization.write", // ours
-    };
-    Scope(scope)
+    let is_write = !matches!(*method, Method::GET | Method::HEAD);
+    match (path.contains("/api_keys"), is_write) {
+        (true, false) => read("api.organization.projects.api_keys.read", &[]),
+        (true, true) => write("api.organization.projects.api_keys.write", &[]),
+        (false, false) => read("api.organization.read", &[]),
+        (false, true) => write("api.organization.write", &[]),
+    }
 }
 
-/// The scope reported for a data-plane route nothing maps.
-pub const UNMAPPED: Scope = Scope("api.all.read");
+/// A key's permission level, as OpenAI's dashboard has them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Permissions {
+    /// Everything (the default).
+    #[default]
+    All,
+    /// Reads on every mapped resource.
+    ReadOnly,
+    /// Exactly these scopes (a write scope includes its read).
+    Restricted(BTreeSet<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PermissionsError {
+    #[error("unknown permissions `{0}`: expected `all`, `read_only` or `restricted`")]
+    UnknownLevel(String),
+    #[error("unknown scope `{0}`")]
+    UnknownScope(String),
+    #[error("`restricted` needs at least one scope")]
+    NoScopes,
+    #[error("scopes are only given with `restricted` permissions")]
+    ScopesWithoutRestricted,
+}
+
+impl Permissions {
+    pub fn parse(level: &str, scopes: &[String]) -> Result<Self, PermissionsError> {
+        if let Some(unknown) = scopes.iter().find(|s| !KNOWN_SCOPES.contains(&s.as_str())) {
+            return Err(PermissionsError::UnknownScope(unknown.clone()));
+        }
+        match level {
+            "all" | "read_only" if !scopes.is_empty() => Err(PermissionsError::ScopesWithoutRestricted),
+            "all" => Ok(Self::All),
+            "read_only" => Ok(Self::ReadOnly),
+            "restricted" if scopes.is_empty() => Err(PermissionsError::NoScopes),
+            "restricted" => Ok(Self::Restricted(scopes.iter().cloned().collect())),
+            other => Err(PermissionsError::UnknownLevel(other.to_owned())),
+        }
+    }
+
+    pub fn level(&self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::ReadOnly => "read_only",
+            Self::Restricted(_) => "restricted",
+        }
+    }
+
+    /// The key object's `scopes`: none for `all`, `api.all.read` for
+    /// `read_only` (as OpenAI stores them), the list for `restricted`.
+    pub fn scopes(&self) -> Vec<String> {
+        match self {
+            Self::All => Vec::new(),
+            Self::ReadOnly => vec!["api.all.read".to_owned()],
+            Self::Restricted(set) => set.iter().cloned().collect(),
+        }
+    }
+
+    pub fn allows(&self, scope: Scope) -> bool {
+        match self {
+            Self::All => true,
+            Self::ReadOnly => !scope.write && !scope.accepted.is_empty(),
+            Self::Restricted(set) => {
+                scope.accepted.iter().any(|s| set.contains(*s))
+                    || (!scope.write && !scope.accepted.is_empty() && set.contains("api.all.read"))
+            }
+        }
+    }
+}

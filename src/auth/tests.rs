@@ -1,12 +1,11 @@
-use std::sync::Arc;
-
 use http::{HeaderMap, HeaderValue, Method};
 
 use super::*;
 use crate::key::{generate, KeyPrefix, PublicId};
-use crate::store::{KeyRecord, Revocation, SecretVersion};
+use crate::store::{Revocation, SecretVersion};
 
 const NOW: i64 = 1_800_000_000;
+const ORG: &str = "org-test";
 
 fn record(kind: KeyKind) -> (KeyRecord, String) {
     let generated = generate(&KeyPrefix::parse("sk-prod-").unwrap(), &PublicId::random());
@@ -14,10 +13,12 @@ fn record(kind: KeyKind) -> (KeyRecord, String) {
         id: generated.id.clone(),
         kind,
         name: "MyApp-Prod-v2".into(),
-        project_id: Some("proj_1".into()),
+        project_id: (kind == KeyKind::Project).then(|| "proj_1".into()),
         owner: None,
         prefix: "sk-prod-".into(),
         state: KeyState::Active,
+        permissions: Permissions::All,
+        access: Access::default(),
         created_at: NOW - 100,
         expires_at: None,
         last_used_at: None,
@@ -33,25 +34,47 @@ fn record(kind: KeyKind) -> (KeyRecord, String) {
     (record, generated.secret.expose().to_owned())
 }
 
+fn project() -> Project {
+    Project {
+        id: "proj_1".into(),
+        name: "p".into(),
+        created_at: NOW - 1000,
+        archived_at: None,
+        access: Access::default(),
+    }
+}
+
+fn index(records: Vec<KeyRecord>) -> KeyIndex {
+    KeyIndex::new(records, vec![project()])
+}
+
 fn bearer(value: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {value}")).unwrap());
     h
 }
 
-fn chat_scope() -> Scope {
-    data_plane_scope(&Method::POST, "/v1/chat/completions").unwrap()
+fn admission(method: Method, path: &str) -> Admission<'static> {
+    Admission {
+        plane: Plane::Data,
+        scope: data_plane_scope(&method, path),
+        client_ip: Some("192.0.2.7".parse().unwrap()),
+        organization_id: ORG,
+        now: NOW,
+    }
 }
 
 fn auth(index: &KeyIndex, headers: &HeaderMap) -> Result<Authorized, Denial> {
-    authenticate(index, headers, Plane::Data, chat_scope(), NOW)
+    authenticate(index, headers, &admission(Method::POST, "/v1/chat/completions"))
 }
 
 #[test]
 fn a_valid_key_is_authorized() {
     let (rec, key) = record(KeyKind::Project);
-    let index = KeyIndex::new(vec![rec.clone()]);
-    assert_eq!(auth(&index, &bearer(&key)).unwrap().key.id, rec.id);
+    let index = index(vec![rec.clone()]);
+    let authorized = auth(&index, &bearer(&key)).unwrap();
+    assert_eq!(authorized.key.id, rec.id);
+    assert_eq!(authorized.project.unwrap().id, "proj_1");
 }
 
 #[test]
@@ -63,13 +86,17 @@ fn missing_and_malformed_headers() {
     assert!(matches!(auth(&index, &h), Err(Denial::MalformedAuthorization { .. })));
     h.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
     assert!(matches!(auth(&index, &h), Err(Denial::MalformedAuthorization { .. })));
+    h.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Basic !!!notbase64"));
+    assert!(matches!(auth(&index, &h), Err(Denial::MalformedAuthorization { .. })));
+    h.insert(http::header::AUTHORIZATION, HeaderValue::from_bytes(b"Bearer sk-\xff\xfe").unwrap());
+    assert!(matches!(auth(&index, &h), Err(Denial::MalformedKey { .. })));
 }
 
 #[test]
 fn basic_auth_with_the_key_as_password_is_accepted() {
     use base64::Engine as _;
     let (rec, key) = record(KeyKind::Project);
-    let index = KeyIndex::new(vec![rec]);
+    let index = index(vec![rec]);
     let mut h = HeaderMap::new();
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!(":{key}"));
     h.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Basic {encoded}")).unwrap());
@@ -79,7 +106,7 @@ fn basic_auth_with_the_key_as_password_is_accepted() {
 #[test]
 fn private_reasons_tell_typo_unknown_and_wrong_secret_apart() {
     let (rec, key) = record(KeyKind::Project);
-    let index = KeyIndex::new(vec![rec.clone()]);
+    let index = index(vec![rec.clone()]);
     let mut typo = key.clone().into_bytes();
     typo[30] = if typo[30] == b'a' { b'b' } else { b'a' };
     let typo = String::from_utf8(typo).unwrap();
@@ -87,7 +114,7 @@ fn private_reasons_tell_typo_unknown_and_wrong_secret_apart() {
         auth(&index, &bearer(&typo)),
         Err(Denial::MalformedKey { reason: crate::key::KeyFormatError::ChecksumMismatch, .. })
     ));
-    let (other, other_key) = record(KeyKind::Project);
+    let (_, other_key) = record(KeyKind::Project);
     assert!(matches!(auth(&index, &bearer(&other_key)), Err(Denial::UnknownKey { .. })));
     // Same public id, different secret: a well-formed key the index does not hold.
     let forged = crate::key::generate(&KeyPrefix::parse("sk-prod-").unwrap(), &rec.id);
@@ -95,7 +122,6 @@ fn private_reasons_tell_typo_unknown_and_wrong_secret_apart() {
         Err(Denial::WrongSecret { key, .. }) => assert_eq!(key.id, rec.id),
         other => panic!("expected WrongSecret, got {other:?}"),
     }
-    drop(other);
 }
 
 #[test]
@@ -104,54 +130,158 @@ fn revoked_suspended_expired_and_rotated_out_are_refused() {
     rec.state = KeyState::Revoked;
     rec.revocation =
         Some(Revocation { at: NOW - 5, by: Some("admin key `ops`".into()), reason: Some("leaked".into()) });
-    let denial = auth(&KeyIndex::new(vec![rec.clone()]), &bearer(&key)).unwrap_err();
+    let denial = auth(&index(vec![rec.clone()]), &bearer(&key)).unwrap_err();
     assert!(matches!(&denial, Denial::Revoked { mask, .. } if mask.starts_with("sk-prod-") && mask.contains('*')));
     assert!(denial.to_string().contains("reason: leaked"));
 
     rec.state = KeyState::Suspended;
-    assert!(matches!(auth(&KeyIndex::new(vec![rec.clone()]), &bearer(&key)), Err(Denial::Suspended { .. })));
+    assert!(matches!(auth(&index(vec![rec.clone()]), &bearer(&key)), Err(Denial::Suspended { .. })));
 
     rec.state = KeyState::Active;
     rec.expires_at = Some(NOW);
-    assert!(matches!(auth(&KeyIndex::new(vec![rec.clone()]), &bearer(&key)), Err(Denial::Expired { .. })));
+    assert!(matches!(auth(&index(vec![rec.clone()]), &bearer(&key)), Err(Denial::Expired { .. })));
 
     rec.expires_at = None;
     rec.secrets[0].expires_at = Some(NOW - 1);
-    assert!(matches!(auth(&KeyIndex::new(vec![rec]), &bearer(&key)), Err(Denial::RotatedOut { .. })));
+    assert!(matches!(auth(&index(vec![rec]), &bearer(&key)), Err(Denial::RotatedOut { .. })));
 }
 
 #[test]
 fn planes_are_kept_apart() {
     let (admin, admin_key) = record(KeyKind::Admin);
-    let (project, project_key) = record(KeyKind::Project);
-    let index = KeyIndex::new(vec![admin, project]);
+    let (project_rec, project_key) = record(KeyKind::Project);
+    let index = index(vec![admin, project_rec]);
     assert!(matches!(auth(&index, &bearer(&admin_key)), Err(Denial::AdminKeyOnDataPlane { .. })));
-    let scope = admin_scope(&Method::GET, "/v1/organization/projects");
-    assert!(matches!(
-        authenticate(&index, &bearer(&project_key), Plane::Admin, scope, NOW),
-        Err(Denial::ProjectKeyOnAdmin { .. })
-    ));
-    assert!(authenticate(&index, &bearer(&admin_key), Plane::Admin, scope, NOW).is_ok());
+    let admin_plane = Admission {
+        plane: Plane::Admin,
+        scope: admin_scope(&Method::GET, "/v1/organization/projects"),
+        ..admission(Method::GET, "/v1/organization/projects")
+    };
+    assert!(matches!(authenticate(&index, &bearer(&project_key), &admin_plane), Err(Denial::ProjectKeyOnAdmin { .. })));
+    assert!(authenticate(&index, &bearer(&admin_key), &admin_plane).is_ok());
 }
 
 #[test]
-fn revocation_in_the_index_takes_effect_on_the_next_lookup() {
+fn changes_in_the_index_take_effect_on_the_next_lookup() {
     let (rec, key) = record(KeyKind::Project);
-    let index = KeyIndex::new(vec![rec.clone()]);
+    let index = index(vec![rec.clone()]);
     assert!(auth(&index, &bearer(&key)).is_ok());
     let mut revoked = rec;
     revoked.state = KeyState::Revoked;
-    index.upsert(revoked);
+    index.upsert([revoked]);
     assert!(matches!(auth(&index, &bearer(&key)), Err(Denial::Revoked { .. })));
     assert_eq!(index.len(), 1);
-    let _ = Arc::new(());
+}
+
+#[test]
+fn archived_project_refuses_its_keys() {
+    let (rec, key) = record(KeyKind::Project);
+    let index = index(vec![rec]);
+    index.upsert_project(Project { archived_at: Some(NOW - 1), ..project() });
+    assert!(matches!(auth(&index, &bearer(&key)), Err(Denial::ProjectArchived { .. })));
+}
+
+#[test]
+fn organization_and_project_headers_must_match() {
+    let (rec, key) = record(KeyKind::Project);
+    let index = index(vec![rec]);
+    let mut h = bearer(&key);
+    h.insert("openai-organization", HeaderValue::from_static(ORG));
+    h.insert("openai-project", HeaderValue::from_static("proj_1"));
+    assert!(auth(&index, &h).is_ok());
+    h.insert("openai-organization", HeaderValue::from_static("org-other"));
+    assert!(matches!(auth(&index, &h), Err(Denial::OrganizationMismatch { .. })));
+    h.insert("openai-organization", HeaderValue::from_static(ORG));
+    h.insert("openai-project", HeaderValue::from_static("proj_2"));
+    assert!(matches!(auth(&index, &h), Err(Denial::ProjectMismatch { .. })));
+}
+
+#[test]
+fn ip_allow_lists_of_key_and_project_both_apply() {
+    let (mut rec, key) = record(KeyKind::Project);
+    rec.access.allowed_ips = vec!["192.0.2.0/24".parse().unwrap()];
+    let index = index(vec![rec.clone()]);
+    assert!(auth(&index, &bearer(&key)).is_ok());
+    rec.access.allowed_ips = vec!["10.0.0.0/8".parse().unwrap()];
+    index.upsert([rec.clone()]);
+    assert!(matches!(auth(&index, &bearer(&key)), Err(Denial::IpNotAllowed { .. })));
+    rec.access.allowed_ips.clear();
+    index.upsert([rec]);
+    index.upsert_project(Project {
+        access: Access { allowed_ips: vec!["10.0.0.0/8".parse().unwrap()], models: None },
+        ..project()
+    });
+    assert!(matches!(auth(&index, &bearer(&key)), Err(Denial::IpNotAllowed { .. })));
+}
+
+#[test]
+fn read_only_keys_read_and_restricted_keys_need_their_scope() {
+    let (mut rec, key) = record(KeyKind::Project);
+    rec.permissions = Permissions::ReadOnly;
+    let idx = index(vec![rec.clone()]);
+    let h = bearer(&key);
+    assert!(authenticate(&idx, &h, &admission(Method::GET, "/v1/models")).is_ok());
+    match authenticate(&idx, &h, &admission(Method::POST, "/v1/chat/completions")) {
+        Err(Denial::MissingScope { scope, .. }) => assert_eq!(scope.as_str(), "model.request"),
+        other => panic!("{other:?}"),
+    }
+    assert!(authenticate(&idx, &h, &admission(Method::GET, "/v1/unmapped")).is_err());
+
+    rec.permissions = Permissions::parse("restricted", &["api.model.embeddings.request".into()]).unwrap();
+    idx.upsert([rec.clone()]);
+    assert!(authenticate(&idx, &h, &admission(Method::POST, "/v1/embeddings")).is_ok());
+    match authenticate(&idx, &h, &admission(Method::POST, "/v1/chat/completions")) {
+        Err(Denial::MissingScope { scope, .. }) => assert_eq!(scope.as_str(), "model.request"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(authenticate(&idx, &h, &admission(Method::GET, "/v1/models")), Err(Denial::MissingScope { .. })));
+
+    rec.permissions = Permissions::parse("restricted", &["api.files.write".into(), "model.request".into()]).unwrap();
+    idx.upsert([rec]);
+    for (m, p) in [
+        (Method::GET, "/v1/files"),
+        (Method::POST, "/v1/files"),
+        (Method::POST, "/v1/chat/completions"),
+        (Method::POST, "/v1/audio/speech"),
+    ] {
+        assert!(authenticate(&idx, &h, &admission(m.clone(), p)).is_ok(), "{m} {p}");
+    }
+    assert!(authenticate(&idx, &h, &admission(Method::POST, "/v1/fine_tuning/jobs")).is_err());
+}
+
+#[test]
+fn permission_parsing_rejects_nonsense() {
+    assert_eq!(Permissions::parse("everything", &[]), Err(PermissionsError::UnknownLevel("everything".into())));
+    assert_eq!(Permissions::parse("restricted", &[]), Err(PermissionsError::NoScopes));
+    assert_eq!(
+        Permissions::parse("restricted", &["api.nope".into()]),
+        Err(PermissionsError::UnknownScope("api.nope".into()))
+    );
+    assert_eq!(Permissions::parse("all", &["model.request".into()]), Err(PermissionsError::ScopesWithoutRestricted));
+    assert_eq!(Permissions::ReadOnly.scopes(), vec!["api.all.read".to_owned()]);
+}
+
+#[test]
+fn model_allow_lists_of_key_and_project_both_apply() {
+    let (mut rec, key) = record(KeyKind::Project);
+    rec.access.models = Some(vec!["gpt-4o-mini*".into()]);
+    let idx = index(vec![rec]);
+    let authorized = auth(&idx, &bearer(&key)).unwrap();
+    assert!(authorized.check_model("gpt-4o-mini").is_ok());
+    assert!(matches!(authorized.check_model("gpt-4o"), Err(Denial::ModelNotAllowed { .. })));
+    assert!(authorized.restricts_models());
+    idx.upsert_project(Project {
+        access: Access { models: Some(vec!["none".into()]), allowed_ips: vec![] },
+        ..project()
+    });
+    assert!(auth(&idx, &bearer(&key)).unwrap().check_model("gpt-4o-mini").is_err());
 }
 
 #[test]
 fn scopes_follow_openai_names() {
-    assert_eq!(data_plane_scope(&Method::GET, "/v1/models").unwrap().as_str(), "api.model.read");
-    assert_eq!(chat_scope().as_str(), "model.request");
-    assert_eq!(data_plane_scope(&Method::POST, "/v1/responses").unwrap().as_str(), "api.responses.write");
-    assert_eq!(data_plane_scope(&Method::POST, "/v1/files").unwrap().as_str(), "api.files.write");
-    assert_eq!(data_plane_scope(&Method::GET, "/v1/unknown"), None);
+    assert_eq!(data_plane_scope(&Method::GET, "/v1/models").as_str(), "api.model.read");
+    assert_eq!(data_plane_scope(&Method::POST, "/v1/chat/completions").as_str(), "model.request");
+    assert_eq!(data_plane_scope(&Method::POST, "/v1/responses").as_str(), "api.responses.write");
+    assert_eq!(data_plane_scope(&Method::POST, "/v1/files").as_str(), "api.files.write");
+    assert_eq!(data_plane_scope(&Method::GET, "/v1/unknown").as_str(), "api.all.read");
 }

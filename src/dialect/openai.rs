@@ -51,12 +51,39 @@ fn parts(error: &ApiError) -> (StatusCode, String, &'static str, Option<&'static
             | Denial::Revoked { mask, .. }
             | Denial::Suspended { mask, .. }
             | Denial::Expired { mask, .. }
-            | Denial::RotatedOut { mask, .. } => {
+            | Denial::RotatedOut { mask, .. }
+            | Denial::ProjectArchived { mask, .. } => {
                 (StatusCode::UNAUTHORIZED, invalid_api_key(mask), IRE, None, Some("invalid_api_key"))
             }
-            Denial::AdminKeyOnDataPlane { scope, .. } | Denial::ProjectKeyOnAdmin { scope, .. } => {
+            Denial::AdminKeyOnDataPlane { scope, .. }
+            | Denial::ProjectKeyOnAdmin { scope, .. }
+            | Denial::MissingScope { scope, .. } => {
                 (StatusCode::UNAUTHORIZED, missing_scope(scope.as_str()), IRE, None, None)
             }
+            Denial::OrganizationMismatch { .. } => (
+                StatusCode::UNAUTHORIZED,
+                "OpenAI-Organization header should match organization for API key".into(),
+                IRE,
+                None,
+                Some("mismatched_organization"),
+            ),
+            Denial::ProjectMismatch { .. } => (
+                StatusCode::UNAUTHORIZED,
+                "OpenAI-Project header should match project for API key".into(),
+                IRE,
+                None,
+                Some("mismatched_project"),
+            ),
+            Denial::IpNotAllowed { .. } => {
+                (StatusCode::UNAUTHORIZED, "IP not authorized for this project.".into(), IRE, None, None)
+            }
+            Denial::ModelNotAllowed { model, .. } => (
+                StatusCode::NOT_FOUND,
+                format!("The model `{model}` does not exist or you do not have access to it."),
+                IRE,
+                None,
+                Some("model_not_found"),
+            ),
         },
         ApiError::InvalidUrl { method, path } => {
             (StatusCode::NOT_FOUND, format!("Invalid URL ({method} {path})"), IRE, None, None)
@@ -177,7 +204,7 @@ mod tests {
 
     #[tokio::test]
     async fn admin_key_on_models_names_the_scope() {
-        let scope = data_plane_scope(&http::Method::POST, "/v1/chat/completions").unwrap();
+        let scope = data_plane_scope(&http::Method::POST, "/v1/chat/completions");
         let (status, body) = body_of(ApiError::Denied(Denial::AdminKeyOnDataPlane { key: key_ref(), scope })).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -11,7 +11,7 @@ mod route;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 
@@ -134,6 +134,30 @@ pub async fn forward(
         }
     })?;
     Ok(stream_back(response))
+}
+
+/// Keeps only the allowed models in a `GET /v1/models` answer. Lists are
+/// small, so this one route is buffered; an answer that is not a model list
+/// (an upstream error) passes unchanged.
+pub async fn filter_model_list(response: Response, allowed: impl Fn(&str) -> bool) -> Response {
+    const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_LIST_BYTES).await else {
+        return ApiError::UpstreamUnreachable { upstream: "models list".into() }.into_response();
+    };
+    let filtered = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|mut list| {
+        let data = list.get_mut("data")?.as_array_mut()?;
+        data.retain(|m| m.get("id").and_then(|id| id.as_str()).is_some_and(&allowed));
+        serde_json::to_vec(&list).ok()
+    });
+    let body = match filtered {
+        Some(filtered) if parts.status.is_success() => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Bytes::from(filtered)
+        }
+        _ => bytes,
+    };
+    Response::from_parts(parts, Body::from(body))
 }
 
 fn stream_back(upstream: reqwest::Response) -> Response {

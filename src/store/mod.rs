@@ -9,8 +9,10 @@ mod migrate;
 mod sqlite;
 
 use async_trait::async_trait;
+use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::auth::Permissions;
 use crate::key::{KeyDigest, PublicId};
 
 pub use sqlite::SqliteStore;
@@ -26,6 +28,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the database schema is version {found}, newer than this keygate knows ({known}); upgrade keygate")]
     SchemaTooNew { found: i64, known: i64 },
+    #[error("{0} already exists")]
+    Duplicate(&'static str),
     #[error("unsupported database url `{0}`: expected sqlite://PATH")]
     UnsupportedUrl(String),
 }
@@ -58,21 +62,62 @@ pub enum KeyState {
     Revoked,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Who may use a key from where, for which models: set on a project and on
+/// each key; a request must pass both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// Model glob patterns; `None` allows every model.
+    pub models: Option<Vec<String>>,
+    /// CIDR ranges; empty allows every address.
+    pub allowed_ips: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
 pub struct Project {
     pub id: String,
     pub name: String,
     pub created_at: Timestamp,
     pub archived_at: Option<Timestamp>,
+    pub access: Access,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default)]
+pub struct ProjectUpdate {
+    pub name: Option<String>,
+    pub models: Option<Option<Vec<String>>>,
+    pub allowed_ips: Option<Vec<IpNet>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub role: String,
+    pub added_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceAccount {
     pub id: String,
-    pub project_id: String,
+    /// `None` for the organization's own service account, which owns admin keys.
+    pub project_id: Option<String>,
     pub name: String,
     pub role: String,
     pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    ServiceAccount(ServiceAccount),
+    User(User),
+}
+
+/// How a new key names its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerRef {
+    ServiceAccount(String),
+    User(String),
 }
 
 /// One secret version of a key. A rotation adds one and gives the old one an
@@ -101,9 +146,11 @@ pub struct KeyRecord {
     pub kind: KeyKind,
     pub name: String,
     pub project_id: Option<String>,
-    pub owner: Option<ServiceAccount>,
+    pub owner: Option<Owner>,
     pub prefix: String,
     pub state: KeyState,
+    pub permissions: Permissions,
+    pub access: Access,
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
@@ -126,11 +173,22 @@ pub struct NewKey {
     pub kind: KeyKind,
     pub name: String,
     pub project_id: Option<String>,
-    pub owner_id: Option<String>,
+    pub owner: Option<OwnerRef>,
     pub prefix: String,
+    pub permissions: Permissions,
+    pub access: Access,
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub secret: SecretVersion,
+}
+
+/// Changes to a key's settings; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    pub permissions: Option<Permissions>,
+    pub models: Option<Option<Vec<String>>>,
+    pub allowed_ips: Option<Vec<IpNet>>,
 }
 
 /// Cursor pagination as the Administration API has it (`after`, `limit`).
@@ -149,6 +207,7 @@ pub struct Page<T> {
 #[derive(Debug, Clone)]
 pub enum KeyFilter {
     Project(String),
+    ServiceAccount(String),
     Admin,
 }
 
@@ -176,14 +235,33 @@ pub struct Bootstrap {
 pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Creates the default project (and its default service account) on an
-    /// empty database.
+    /// Creates the organization id, the default project (with its default
+    /// service account) and the organization's service account on an empty
+    /// database.
     async fn bootstrap(&self, now: Timestamp) -> StoreResult<Bootstrap>;
 
     async fn list_projects(&self, page: &PageQuery, include_archived: bool) -> StoreResult<Page<Project>>;
+    async fn all_projects(&self) -> StoreResult<Vec<Project>>;
     async fn get_project(&self, id: &str) -> StoreResult<Option<Project>>;
-    async fn create_project(&self, name: &str, now: Timestamp) -> StoreResult<Project>;
+    async fn create_project(&self, name: &str, access: &Access, now: Timestamp) -> StoreResult<Project>;
+    async fn update_project(&self, id: &str, update: &ProjectUpdate) -> StoreResult<Option<Project>>;
+    async fn archive_project(&self, id: &str, now: Timestamp) -> StoreResult<Option<Project>>;
+
+    async fn create_user(&self, name: &str, email: &str, role: &str, now: Timestamp) -> StoreResult<User>;
+    async fn list_users(&self, page: &PageQuery) -> StoreResult<Page<User>>;
+    async fn get_user(&self, id: &str) -> StoreResult<Option<User>>;
+    async fn update_user_role(&self, id: &str, role: &str) -> StoreResult<Option<User>>;
+    /// Removes the user and revokes every key it owns; returns those keys.
+    async fn delete_user(&self, id: &str, revocation: &Revocation) -> StoreResult<Option<Vec<KeyRecord>>>;
+
+    async fn create_service_account(&self, project_id: &str, name: &str, now: Timestamp)
+        -> StoreResult<ServiceAccount>;
+    async fn list_service_accounts(&self, project_id: &str, page: &PageQuery) -> StoreResult<Page<ServiceAccount>>;
+    async fn get_service_account(&self, id: &str) -> StoreResult<Option<ServiceAccount>>;
     async fn default_service_account(&self, project_id: &str) -> StoreResult<Option<ServiceAccount>>;
+    async fn organization_service_account(&self) -> StoreResult<Option<ServiceAccount>>;
+    /// Deletes the service account and revokes its keys; returns those keys.
+    async fn delete_service_account(&self, id: &str, revocation: &Revocation) -> StoreResult<Option<Vec<KeyRecord>>>;
 
     async fn insert_key(&self, key: &NewKey) -> StoreResult<KeyRecord>;
     async fn get_key(&self, id: &PublicId) -> StoreResult<Option<KeyRecord>>;
@@ -191,6 +269,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_keys(&self, filter: &KeyFilter, page: &PageQuery) -> StoreResult<Page<KeyRecord>>;
     /// Every key, revoked ones included (the index explains refusals with them).
     async fn all_keys(&self) -> StoreResult<Vec<KeyRecord>>;
+    async fn update_key(&self, id: &PublicId, update: &KeyUpdate) -> StoreResult<Option<KeyRecord>>;
     async fn revoke_key(&self, id: &PublicId, revocation: &Revocation) -> StoreResult<Option<KeyRecord>>;
     /// Records last-used times; later times win.
     async fn touch_keys(&self, batch: &[(PublicId, Timestamp)]) -> StoreResult<()>;

@@ -1,11 +1,13 @@
-//! The embedded SQLite store: one file, WAL journal, a small pool.
+//! The embedded SQLite store: one file, WAL journal, a small pool. List order
+//! is insertion order (`rowid`), which the `after` cursor follows.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::Row;
+use sqlx::{Row, Sqlite, Transaction};
 
 use super::migrate::{self, SQLITE};
 use super::*;
@@ -14,10 +16,17 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-const KEY_COLUMNS: &str = "k.id, k.kind, k.name, k.project_id, k.owner_id, k.prefix, k.state, k.created_at, \
-     k.expires_at, k.last_used_at, k.revoked_at, k.revoked_by, k.revoke_reason, \
-     sa.id AS sa_id, sa.project_id AS sa_project_id, sa.name AS sa_name, sa.role AS sa_role, sa.created_at AS sa_created_at";
-const KEY_FROM: &str = "api_keys k LEFT JOIN service_accounts sa ON sa.id = k.owner_id";
+const KEY_SELECT: &str = "SELECT k.id, k.kind, k.name, k.project_id, k.owner_type, k.owner_id, k.prefix, k.state, \
+     k.permissions, k.scopes, k.models, k.allowed_ips, k.created_at, k.expires_at, k.last_used_at, \
+     k.revoked_at, k.revoked_by, k.revoke_reason, \
+     sa.id AS sa_id, sa.project_id AS sa_project_id, sa.name AS sa_name, sa.role AS sa_role, sa.created_at AS sa_created_at, \
+     u.id AS u_id, u.name AS u_name, u.email AS u_email, u.role AS u_role, u.added_at AS u_added_at \
+     FROM api_keys k \
+     LEFT JOIN service_accounts sa ON k.owner_type = 'service_account' AND sa.id = k.owner_id \
+     LEFT JOIN users u ON k.owner_type = 'user' AND u.id = k.owner_id";
+const PROJECT_SELECT: &str = "SELECT id, name, created_at, archived_at, models, allowed_ips FROM projects";
+const SA_SELECT: &str = "SELECT id, project_id, name, role, created_at FROM service_accounts";
+const USER_SELECT: &str = "SELECT id, name, email, role, added_at FROM users";
 
 impl SqliteStore {
     pub async fn open(url: &str) -> StoreResult<Self> {
@@ -31,9 +40,11 @@ impl SqliteStore {
     }
 
     pub async fn migrate(&self) -> StoreResult<()> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS keygate_schema (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS keygate_schema (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
         let current: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM keygate_schema").fetch_one(&self.pool).await?;
         let known = migrate::latest(SQLITE);
@@ -55,8 +66,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn secrets_of(&self, ids: &[String]) -> StoreResult<std::collections::HashMap<String, Vec<SecretVersion>>> {
-        let mut out: std::collections::HashMap<String, Vec<SecretVersion>> = std::collections::HashMap::new();
+    async fn secrets_of(&self, ids: &[String]) -> StoreResult<HashMap<String, Vec<SecretVersion>>> {
+        let mut out: HashMap<String, Vec<SecretVersion>> = HashMap::new();
         // Chunked IN lists keep the statement under SQLite's variable limit.
         for chunk in ids.chunks(500) {
             let placeholders = vec!["?"; chunk.len()].join(",");
@@ -87,7 +98,7 @@ impl SqliteStore {
 
     async fn keys_where(&self, clause: &str, binds: &[&str], limit: Option<u32>) -> StoreResult<Vec<KeyRecord>> {
         let limit_sql = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
-        let sql = format!("SELECT {KEY_COLUMNS} FROM {KEY_FROM} WHERE {clause} ORDER BY k.rowid{limit_sql}");
+        let sql = format!("{KEY_SELECT} WHERE {clause} ORDER BY k.rowid{limit_sql}");
         let mut query = sqlx::query(&sql);
         for b in binds {
             query = query.bind(*b);
@@ -98,11 +109,80 @@ impl SqliteStore {
         rows.iter()
             .map(|row| {
                 let id: String = row.try_get("id")?;
-                let versions = secrets.remove(&id).unwrap_or_default();
-                key_from_row(row, versions)
+                key_from_row(row, secrets.remove(&id).unwrap_or_default())
             })
             .collect()
     }
+
+    async fn one<T>(&self, sql: &str, id: &str, map: fn(&SqliteRow) -> StoreResult<T>) -> StoreResult<Option<T>> {
+        let row = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(map).transpose()
+    }
+
+    /// Revokes every live key matching `clause` inside `tx`; returns their ids.
+    async fn revoke_where(
+        tx: &mut Transaction<'_, Sqlite>,
+        clause: &str,
+        bind: &str,
+        revocation: &Revocation,
+    ) -> StoreResult<Vec<String>> {
+        let ids: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT id FROM api_keys WHERE {clause} AND state != 'revoked'"))
+                .bind(bind)
+                .fetch_all(&mut **tx)
+                .await?;
+        for id in &ids {
+            sqlx::query(
+                "UPDATE api_keys SET state = 'revoked', revoked_at = ?, revoked_by = ?, revoke_reason = ? WHERE id = ?",
+            )
+            .bind(revocation.at)
+            .bind(&revocation.by)
+            .bind(&revocation.reason)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(ids)
+    }
+
+    async fn keys_by_ids(&self, ids: &[String]) -> StoreResult<Vec<KeyRecord>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids.iter().filter_map(|id| PublicId::parse(id)) {
+            out.extend(self.get_key(&id).await?);
+        }
+        Ok(out)
+    }
+}
+
+fn json_list(list: Option<&Vec<String>>) -> Option<String> {
+    list.map(|l| serde_json::Value::from(l.clone()).to_string())
+}
+
+fn ips_json(ips: &[IpNet]) -> Option<String> {
+    (!ips.is_empty())
+        .then(|| serde_json::Value::from(ips.iter().map(ToString::to_string).collect::<Vec<_>>()).to_string())
+}
+
+fn parse_list(text: Option<String>, column: &str) -> StoreResult<Option<Vec<String>>> {
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("`{column}` is not a JSON list: {e}")))
+    })
+    .transpose()
+}
+
+fn parse_ips(text: Option<String>) -> StoreResult<Vec<IpNet>> {
+    parse_list(text, "allowed_ips")?
+        .unwrap_or_default()
+        .iter()
+        .map(|s| s.parse().map_err(|_| StoreError::Corrupt(format!("bad CIDR `{s}` in allowed_ips"))))
+        .collect()
+}
+
+fn access_from_row(row: &SqliteRow) -> StoreResult<Access> {
+    Ok(Access {
+        models: parse_list(row.try_get("models")?, "models")?,
+        allowed_ips: parse_ips(row.try_get("allowed_ips")?)?,
+    })
 }
 
 fn key_from_row(row: &SqliteRow, secrets: Vec<SecretVersion>) -> StoreResult<KeyRecord> {
@@ -118,20 +198,33 @@ fn key_from_row(row: &SqliteRow, secrets: Vec<SecretVersion>) -> StoreResult<Key
         "revoked" => KeyState::Revoked,
         other => return Err(StoreError::Corrupt(format!("unknown key state `{other}`"))),
     };
-    let owner = match row.try_get::<Option<String>, _>("sa_id")? {
-        Some(sa_id) => Some(ServiceAccount {
+    let owner = if let Some(sa_id) = row.try_get::<Option<String>, _>("sa_id")? {
+        Some(Owner::ServiceAccount(ServiceAccount {
             id: sa_id,
             project_id: row.try_get("sa_project_id")?,
             name: row.try_get("sa_name")?,
             role: row.try_get("sa_role")?,
             created_at: row.try_get("sa_created_at")?,
-        }),
-        None => None,
+        }))
+    } else if let Some(u_id) = row.try_get::<Option<String>, _>("u_id")? {
+        Some(Owner::User(User {
+            id: u_id,
+            name: row.try_get("u_name")?,
+            email: row.try_get("u_email")?,
+            role: row.try_get("u_role")?,
+            added_at: row.try_get("u_added_at")?,
+        }))
+    } else {
+        None
     };
     let revocation = match row.try_get::<Option<i64>, _>("revoked_at")? {
         Some(at) => Some(Revocation { at, by: row.try_get("revoked_by")?, reason: row.try_get("revoke_reason")? }),
         None => None,
     };
+    let scopes = parse_list(row.try_get("scopes")?, "scopes")?.unwrap_or_default();
+    let level: String = row.try_get("permissions")?;
+    let permissions =
+        Permissions::parse(&level, &scopes).map_err(|e| StoreError::Corrupt(format!("key {id} permissions: {e}")))?;
     Ok(KeyRecord {
         id: PublicId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("bad key id `{id}`")))?,
         kind,
@@ -140,6 +233,8 @@ fn key_from_row(row: &SqliteRow, secrets: Vec<SecretVersion>) -> StoreResult<Key
         owner,
         prefix: row.try_get("prefix")?,
         state,
+        permissions,
+        access: access_from_row(row)?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         last_used_at: row.try_get("last_used_at")?,
@@ -154,6 +249,7 @@ fn project_from_row(row: &SqliteRow) -> StoreResult<Project> {
         name: row.try_get("name")?,
         created_at: row.try_get("created_at")?,
         archived_at: row.try_get("archived_at")?,
+        access: access_from_row(row)?,
     })
 }
 
@@ -164,6 +260,16 @@ fn service_account_from_row(row: &SqliteRow) -> StoreResult<ServiceAccount> {
         name: row.try_get("name")?,
         role: row.try_get("role")?,
         created_at: row.try_get("created_at")?,
+    })
+}
+
+fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
+    Ok(User {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        email: row.try_get("email")?,
+        role: row.try_get("role")?,
+        added_at: row.try_get("added_at")?,
     })
 }
 
@@ -180,6 +286,44 @@ fn kind_str(kind: KeyKind) -> &'static str {
     }
 }
 
+async fn insert_service_account(
+    tx: &mut Transaction<'_, Sqlite>,
+    project_id: Option<&str>,
+    name: &str,
+    role: &str,
+    is_default: bool,
+    now: Timestamp,
+) -> StoreResult<ServiceAccount> {
+    let id = crate::ids::service_account_id();
+    sqlx::query(
+        "INSERT INTO service_accounts (id, project_id, name, role, is_default, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&id)
+    .bind(project_id)
+    .bind(name)
+    .bind(role)
+    .bind(is_default)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(ServiceAccount {
+        id,
+        project_id: project_id.map(str::to_owned),
+        name: name.to_owned(),
+        role: role.to_owned(),
+        created_at: now,
+    })
+}
+
+async fn setting(tx: &mut Transaction<'_, Sqlite>, name: &str) -> StoreResult<Option<String>> {
+    Ok(sqlx::query_scalar("SELECT value FROM settings WHERE name = ?").bind(name).fetch_optional(&mut **tx).await?)
+}
+
+async fn set_setting(tx: &mut Transaction<'_, Sqlite>, name: &str, value: &str) -> StoreResult<()> {
+    sqlx::query("INSERT INTO settings (name, value) VALUES (?, ?)").bind(name).bind(value).execute(&mut **tx).await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -189,10 +333,8 @@ impl Store for SqliteStore {
 
     async fn bootstrap(&self, now: Timestamp) -> StoreResult<Bootstrap> {
         let mut tx = self.pool.begin().await?;
-        let existing =
-            sqlx::query("SELECT value FROM settings WHERE name = 'default_project'").fetch_optional(&mut *tx).await?;
-        let (project_id, first_start) = match existing {
-            Some(row) => (row.try_get::<String, _>("value")?, false),
+        let (project_id, first_start) = match setting(&mut tx, "default_project").await? {
+            Some(id) => (id, false),
             None => {
                 let id = crate::ids::project_id();
                 sqlx::query("INSERT INTO projects (id, name, created_at) VALUES (?, 'Default project', ?)")
@@ -200,29 +342,20 @@ impl Store for SqliteStore {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
-                insert_default_service_account(&mut tx, &id, now).await?;
-                sqlx::query("INSERT INTO settings (name, value) VALUES ('default_project', ?)")
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
+                insert_service_account(&mut tx, Some(&id), "default", "member", true, now).await?;
+                insert_service_account(&mut tx, None, "keygate admin", "owner", true, now).await?;
+                set_setting(&mut tx, "default_project", &id).await?;
                 (id, true)
             }
         };
-        let organization_id =
-            match sqlx::query_scalar::<_, String>("SELECT value FROM settings WHERE name = 'organization_id'")
-                .fetch_optional(&mut *tx)
-                .await?
-            {
-                Some(id) => id,
-                None => {
-                    let id = crate::ids::organization_id();
-                    sqlx::query("INSERT INTO settings (name, value) VALUES ('organization_id', ?)")
-                        .bind(&id)
-                        .execute(&mut *tx)
-                        .await?;
-                    id
-                }
-            };
+        let organization_id = match setting(&mut tx, "organization_id").await? {
+            Some(id) => id,
+            None => {
+                let id = crate::ids::organization_id();
+                set_setting(&mut tx, "organization_id", &id).await?;
+                id
+            }
+        };
         tx.commit().await?;
         let default_project = self
             .get_project(&project_id)
@@ -232,12 +365,10 @@ impl Store for SqliteStore {
     }
 
     async fn list_projects(&self, q: &PageQuery, include_archived: bool) -> StoreResult<Page<Project>> {
-        let rows = sqlx::query(
-            "SELECT id, name, created_at, archived_at FROM projects p \
-             WHERE (? OR archived_at IS NULL) \
-               AND (? IS NULL OR rowid > (SELECT rowid FROM projects WHERE id = ?)) \
-             ORDER BY rowid LIMIT ?",
-        )
+        let rows = sqlx::query(&format!(
+            "{PROJECT_SELECT} WHERE (? OR archived_at IS NULL) \
+             AND (? IS NULL OR rowid > (SELECT rowid FROM projects WHERE id = ?)) ORDER BY rowid LIMIT ?"
+        ))
         .bind(include_archived)
         .bind(&q.after)
         .bind(&q.after)
@@ -248,51 +379,214 @@ impl Store for SqliteStore {
         Ok(page(items, q.limit))
     }
 
-    async fn get_project(&self, id: &str) -> StoreResult<Option<Project>> {
-        let row = sqlx::query("SELECT id, name, created_at, archived_at FROM projects WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(project_from_row).transpose()
+    async fn all_projects(&self) -> StoreResult<Vec<Project>> {
+        let rows = sqlx::query(&format!("{PROJECT_SELECT} ORDER BY rowid")).fetch_all(&self.pool).await?;
+        rows.iter().map(project_from_row).collect()
     }
 
-    async fn create_project(&self, name: &str, now: Timestamp) -> StoreResult<Project> {
+    async fn get_project(&self, id: &str) -> StoreResult<Option<Project>> {
+        self.one(&format!("{PROJECT_SELECT} WHERE id = ?"), id, project_from_row).await
+    }
+
+    async fn create_project(&self, name: &str, access: &Access, now: Timestamp) -> StoreResult<Project> {
         let id = crate::ids::project_id();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO projects (id, name, created_at, models, allowed_ips) VALUES (?, ?, ?, ?, ?)")
             .bind(&id)
             .bind(name)
             .bind(now)
+            .bind(json_list(access.models.as_ref()))
+            .bind(ips_json(&access.allowed_ips))
             .execute(&mut *tx)
             .await?;
-        insert_default_service_account(&mut tx, &id, now).await?;
+        insert_service_account(&mut tx, Some(&id), "default", "member", true, now).await?;
         tx.commit().await?;
-        Ok(Project { id, name: name.to_owned(), created_at: now, archived_at: None })
+        Ok(Project { id, name: name.to_owned(), created_at: now, archived_at: None, access: access.clone() })
+    }
+
+    async fn update_project(&self, id: &str, update: &ProjectUpdate) -> StoreResult<Option<Project>> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(name) = &update.name {
+            sqlx::query("UPDATE projects SET name = ? WHERE id = ?").bind(name).bind(id).execute(&mut *tx).await?;
+        }
+        if let Some(models) = &update.models {
+            sqlx::query("UPDATE projects SET models = ? WHERE id = ?")
+                .bind(json_list(models.as_ref()))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(ips) = &update.allowed_ips {
+            sqlx::query("UPDATE projects SET allowed_ips = ? WHERE id = ?")
+                .bind(ips_json(ips))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.get_project(id).await
+    }
+
+    async fn archive_project(&self, id: &str, now: Timestamp) -> StoreResult<Option<Project>> {
+        sqlx::query("UPDATE projects SET archived_at = ? WHERE id = ? AND archived_at IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.get_project(id).await
+    }
+
+    async fn create_user(&self, name: &str, email: &str, role: &str, now: Timestamp) -> StoreResult<User> {
+        let id = crate::ids::user_id();
+        sqlx::query("INSERT INTO users (id, name, email, role, added_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(&id)
+            .bind(name)
+            .bind(email)
+            .bind(role)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(db) if db.is_unique_violation() => {
+                    StoreError::Duplicate("a user with this email")
+                }
+                _ => StoreError::Database(e),
+            })?;
+        Ok(User { id, name: name.to_owned(), email: email.to_owned(), role: role.to_owned(), added_at: now })
+    }
+
+    async fn list_users(&self, q: &PageQuery) -> StoreResult<Page<User>> {
+        let rows = sqlx::query(&format!(
+            "{USER_SELECT} WHERE deleted_at IS NULL AND (? IS NULL OR rowid > (SELECT rowid FROM users WHERE id = ?)) \
+             ORDER BY rowid LIMIT ?"
+        ))
+        .bind(&q.after)
+        .bind(&q.after)
+        .bind(i64::from(q.limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(page(rows.iter().map(user_from_row).collect::<StoreResult<Vec<_>>>()?, q.limit))
+    }
+
+    async fn get_user(&self, id: &str) -> StoreResult<Option<User>> {
+        self.one(&format!("{USER_SELECT} WHERE id = ? AND deleted_at IS NULL"), id, user_from_row).await
+    }
+
+    async fn update_user_role(&self, id: &str, role: &str) -> StoreResult<Option<User>> {
+        sqlx::query("UPDATE users SET role = ? WHERE id = ? AND deleted_at IS NULL")
+            .bind(role)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.get_user(id).await
+    }
+
+    async fn delete_user(&self, id: &str, revocation: &Revocation) -> StoreResult<Option<Vec<KeyRecord>>> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("UPDATE users SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")
+            .bind(revocation.at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(None);
+        }
+        let ids = Self::revoke_where(&mut tx, "owner_type = 'user' AND owner_id = ?", id, revocation).await?;
+        tx.commit().await?;
+        Ok(Some(self.keys_by_ids(&ids).await?))
+    }
+
+    async fn create_service_account(
+        &self,
+        project_id: &str,
+        name: &str,
+        now: Timestamp,
+    ) -> StoreResult<ServiceAccount> {
+        let mut tx = self.pool.begin().await?;
+        let sa = insert_service_account(&mut tx, Some(project_id), name, "member", false, now).await?;
+        tx.commit().await?;
+        Ok(sa)
+    }
+
+    async fn list_service_accounts(&self, project_id: &str, q: &PageQuery) -> StoreResult<Page<ServiceAccount>> {
+        let rows = sqlx::query(&format!(
+            "{SA_SELECT} WHERE project_id = ? AND deleted_at IS NULL \
+             AND (? IS NULL OR rowid > (SELECT rowid FROM service_accounts WHERE id = ?)) ORDER BY rowid LIMIT ?"
+        ))
+        .bind(project_id)
+        .bind(&q.after)
+        .bind(&q.after)
+        .bind(i64::from(q.limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(page(rows.iter().map(service_account_from_row).collect::<StoreResult<Vec<_>>>()?, q.limit))
+    }
+
+    async fn get_service_account(&self, id: &str) -> StoreResult<Option<ServiceAccount>> {
+        self.one(&format!("{SA_SELECT} WHERE id = ? AND deleted_at IS NULL"), id, service_account_from_row).await
     }
 
     async fn default_service_account(&self, project_id: &str) -> StoreResult<Option<ServiceAccount>> {
-        let row = sqlx::query(
-            "SELECT id, project_id, name, role, created_at FROM service_accounts \
-             WHERE project_id = ? AND is_default = 1 AND deleted_at IS NULL",
+        self.one(
+            &format!("{SA_SELECT} WHERE project_id = ? AND is_default = 1 AND deleted_at IS NULL"),
+            project_id,
+            service_account_from_row,
         )
-        .bind(project_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        .await
+    }
+
+    async fn organization_service_account(&self) -> StoreResult<Option<ServiceAccount>> {
+        let row =
+            sqlx::query(&format!("{SA_SELECT} WHERE project_id IS NULL AND is_default = 1 AND deleted_at IS NULL"))
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(service_account_from_row).transpose()
     }
 
+    async fn delete_service_account(&self, id: &str, revocation: &Revocation) -> StoreResult<Option<Vec<KeyRecord>>> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("UPDATE service_accounts SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")
+            .bind(revocation.at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(None);
+        }
+        let ids =
+            Self::revoke_where(&mut tx, "owner_type = 'service_account' AND owner_id = ?", id, revocation).await?;
+        tx.commit().await?;
+        Ok(Some(self.keys_by_ids(&ids).await?))
+    }
+
     async fn insert_key(&self, key: &NewKey) -> StoreResult<KeyRecord> {
+        let (owner_type, owner_id) = match &key.owner {
+            Some(OwnerRef::ServiceAccount(id)) => ("service_account", Some(id.as_str())),
+            Some(OwnerRef::User(id)) => ("user", Some(id.as_str())),
+            None => ("service_account", None),
+        };
+        let scopes = match &key.permissions {
+            Permissions::Restricted(_) => json_list(Some(&key.permissions.scopes())),
+            _ => None,
+        };
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO api_keys (id, kind, name, project_id, owner_type, owner_id, prefix, state, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, 'service_account', ?, ?, 'active', ?, ?)",
+            "INSERT INTO api_keys (id, kind, name, project_id, owner_type, owner_id, prefix, state, permissions, scopes, \
+             models, allowed_ips, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
         )
         .bind(key.id.as_str())
         .bind(kind_str(key.kind))
         .bind(&key.name)
         .bind(&key.project_id)
-        .bind(&key.owner_id)
+        .bind(owner_type)
+        .bind(owner_id)
         .bind(&key.prefix)
+        .bind(key.permissions.level())
+        .bind(scopes)
+        .bind(json_list(key.access.models.as_ref()))
+        .bind(ips_json(&key.access.allowed_ips))
         .bind(key.created_at)
         .bind(key.expires_at)
         .execute(&mut *tx)
@@ -330,16 +624,22 @@ impl Store for SqliteStore {
     async fn list_keys(&self, filter: &KeyFilter, q: &PageQuery) -> StoreResult<Page<KeyRecord>> {
         // An empty cursor means "from the start"; ids are stored without `key_`.
         let after = q.after.as_deref().map_or("", |a| a.strip_prefix("key_").unwrap_or(a));
-        // Insertion order (rowid) is the list order, as stable as the ids.
         const CURSOR: &str = "(? = '' OR k.rowid > (SELECT rowid FROM api_keys WHERE id = ?))";
+        let limit = Some(q.limit + 1);
         let items = match filter {
             KeyFilter::Project(project_id) => {
                 let clause = format!("k.kind = 'project' AND k.project_id = ? AND k.state != 'revoked' AND {CURSOR}");
-                self.keys_where(&clause, &[project_id, after, after], Some(q.limit + 1)).await?
+                self.keys_where(&clause, &[project_id, after, after], limit).await?
+            }
+            KeyFilter::ServiceAccount(sa_id) => {
+                let clause = format!(
+                    "k.owner_type = 'service_account' AND k.owner_id = ? AND k.state != 'revoked' AND {CURSOR}"
+                );
+                self.keys_where(&clause, &[sa_id, after, after], limit).await?
             }
             KeyFilter::Admin => {
                 let clause = format!("k.kind = 'admin' AND k.state != 'revoked' AND {CURSOR}");
-                self.keys_where(&clause, &[after, after], Some(q.limit + 1)).await?
+                self.keys_where(&clause, &[after, after], limit).await?
             }
         };
         Ok(page(items, q.limit))
@@ -349,17 +649,46 @@ impl Store for SqliteStore {
         self.keys_where("1 = 1", &[], None).await
     }
 
+    async fn update_key(&self, id: &PublicId, update: &KeyUpdate) -> StoreResult<Option<KeyRecord>> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(name) = &update.name {
+            sqlx::query("UPDATE api_keys SET name = ? WHERE id = ?")
+                .bind(name)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(p) = &update.permissions {
+            let scopes = matches!(p, Permissions::Restricted(_)).then(|| json_list(Some(&p.scopes()))).flatten();
+            sqlx::query("UPDATE api_keys SET permissions = ?, scopes = ? WHERE id = ?")
+                .bind(p.level())
+                .bind(scopes)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(models) = &update.models {
+            sqlx::query("UPDATE api_keys SET models = ? WHERE id = ?")
+                .bind(json_list(models.as_ref()))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(ips) = &update.allowed_ips {
+            sqlx::query("UPDATE api_keys SET allowed_ips = ? WHERE id = ?")
+                .bind(ips_json(ips))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.get_key(id).await
+    }
+
     async fn revoke_key(&self, id: &PublicId, revocation: &Revocation) -> StoreResult<Option<KeyRecord>> {
-        sqlx::query(
-            "UPDATE api_keys SET state = 'revoked', revoked_at = ?, revoked_by = ?, revoke_reason = ? \
-             WHERE id = ? AND state != 'revoked'",
-        )
-        .bind(revocation.at)
-        .bind(&revocation.by)
-        .bind(&revocation.reason)
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.pool.begin().await?;
+        Self::revoke_where(&mut tx, "id = ?", id.as_str(), revocation).await?;
+        tx.commit().await?;
         self.get_key(id).await
     }
 
@@ -390,21 +719,4 @@ impl Store for SqliteStore {
         .await?;
         Ok(())
     }
-}
-
-async fn insert_default_service_account(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    project_id: &str,
-    now: Timestamp,
-) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO service_accounts (id, project_id, name, role, is_default, created_at) \
-         VALUES (?, ?, 'default', 'member', 1, ?)",
-    )
-    .bind(crate::ids::service_account_id())
-    .bind(project_id)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }

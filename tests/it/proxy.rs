@@ -11,11 +11,13 @@ async fn client_key_is_swapped_for_the_upstream_credential() {
     let mock = MockUpstream::start().await;
     let gw = TestGateway::start(&mock.url, "").await;
     let (_, key) = gw.create_key("app").await;
+    let org = gw.gateway_state.settings.organization_id.clone();
+    let project = gw.default_project().await;
     let response = http()
         .post(format!("{}/v1/chat/completions?trace=1", gw.url))
         .bearer_auth(&key)
-        .header("OpenAI-Organization", "org-client")
-        .header("OpenAI-Project", "proj_client")
+        .header("OpenAI-Organization", &org)
+        .header("OpenAI-Project", &project)
         .header("api-key", &key)
         .header("cookie", "session=1")
         .header("x-custom", "kept")

@@ -241,6 +241,14 @@ class Gateway:
         assert key.get("value") and key.get("id"), key
         return key
 
+    def organization_id(self, key: str) -> str:
+        """The organization keygate reports in `openai-organization`, as OpenAI does."""
+        r = self.request("GET", "/v1/models", headers={"Authorization": f"Bearer {key}"})
+        assert r.status == 200, (r.status, r.body)
+        org = r.headers.get("openai-organization")
+        assert org and org.startswith("org-"), org
+        return org
+
     def revoke(self, key_id: str) -> RawResponse:
         r = self.admin("DELETE", f"/v1/organization/projects/{self.project_id()}/api_keys/{key_id}")
         assert r.status == 200, (r.status, r.body)

@@ -350,7 +350,9 @@ def test_gateway_logs_never_contain_keys(gateway, project_key):
 
 
 def test_client_key_and_org_project_headers_never_reach_upstream(gateway, project_key, mock_upstream):
-    c = gateway.client(project_key, organization="org-x", project="proj_y")
+    org, project = gateway.organization_id(project_key), gateway.project_id()
+    mock_upstream.clear()
+    c = gateway.client(project_key, organization=org, project=project)
     c.models.list()
     c.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     list(c.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True,
@@ -360,7 +362,7 @@ def test_client_key_and_org_project_headers_never_reach_upstream(gateway, projec
     # Basic auth and a cookie/api-key header must not leak either.
     gateway.request("GET", "/v1/models", headers={
         "Authorization": basic_auth(project_key), "api-key": project_key, "Cookie": f"session={project_key}",
-        "OpenAI-Organization": "org-x", "OpenAI-Project": "proj_y"})
+        "OpenAI-Organization": org, "OpenAI-Project": project})
 
     reqs = mock_upstream.requests
     assert len(reqs) == 6

@@ -1,0 +1,95 @@
+//! Admin keys (`sk-admin-`): they reach the Administration API only.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::keys::{find_key, issue, revoke, KeySpec};
+use super::{bad, json_body, name, objects, query, to_json, ListParams};
+use crate::auth::{Authorized, Permissions};
+use crate::dialect::ApiError;
+use crate::key::KeyPrefix;
+use crate::server::AppState;
+use crate::store::{Access, KeyFilter, KeyKind, OwnerRef};
+
+pub const ADMIN_PREFIX: &str = "sk-admin-";
+
+pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+    let params: ListParams = query(raw.as_deref())?;
+    let page = state.store.list_keys(&KeyFilter::Admin, &params.page()?).await?;
+    to_json(objects::List::new(page, |k| k.id.api_id(), objects::admin_api_key))
+}
+
+pub async fn get(State(state): State<AppState>, Path(key_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(objects::admin_api_key(&find_key(&state, &key_id, |k| k.kind == KeyKind::Admin).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAdminKey {
+    name: String,
+    expires_in_seconds: Option<i64>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Authorized>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: CreateAdminKey = json_body(&body)?;
+    let key_name = name(&req.name, "Key")?;
+    let expires_at = match req.expires_in_seconds {
+        None => None,
+        Some(s) if (1..=31_536_000).contains(&s) => Some(state.clock.now() + s),
+        Some(s) => {
+            return Err(bad(
+                format!("Invalid 'expires_in_seconds': {s}. Expected a value between 1 and 31536000."),
+                "expires_in_seconds",
+            ))
+        }
+    };
+    let owner = state.store.organization_service_account().await?.map(|sa| OwnerRef::ServiceAccount(sa.id));
+    let (record, secret) = issue(
+        &state,
+        KeySpec {
+            kind: KeyKind::Admin,
+            name: key_name,
+            project_id: None,
+            owner,
+            prefix: KeyPrefix::parse(ADMIN_PREFIX).map_err(|_| ApiError::Internal)?,
+            permissions: Permissions::All,
+            access: Access::default(),
+            expires_at,
+        },
+    )
+    .await?;
+    super::audit(
+        &state,
+        &actor,
+        "api_key.created",
+        None,
+        json!({"id": record.id.api_id(), "data": {"scopes": ["api.organization"]}}),
+    )
+    .await;
+    let mut object = objects::admin_api_key(&record);
+    object["value"] = Value::String(secret.expose().to_owned());
+    Ok(Json(object))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Authorized>,
+    Path(key_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = find_key(&state, &key_id, |k| k.kind == KeyKind::Admin).await?;
+    if key.id == actor.key.id {
+        return Err(ApiError::BadRequest {
+            message: "An admin key cannot delete itself; use another admin key.".into(),
+            param: None,
+        });
+    }
+    revoke(&state, &actor, &key, None).await?;
+    Ok(Json(objects::deleted("organization.admin_api_key", &key.id.api_id())))
+}

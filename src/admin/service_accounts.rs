@@ -1,0 +1,122 @@
+//! Project service accounts; creating one issues its first key, shown once.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::keys::{issue, parse_prefix, KeySpec};
+use super::projects::{find as find_project, find_active};
+use super::{actor_name, audit, json_body, name, objects, query, to_json, ListParams};
+use crate::auth::{Authorized, Permissions};
+use crate::dialect::ApiError;
+use crate::server::AppState;
+use crate::store::{Access, KeyKind, OwnerRef, Revocation, ServiceAccount};
+
+pub async fn list(
+    State(state): State<AppState>,
+    Path(project_id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params: ListParams = query(raw.as_deref())?;
+    find_project(&state, &project_id).await?;
+    let page = state.store.list_service_accounts(&project_id, &params.page()?).await?;
+    to_json(objects::List::new(page, |sa| sa.id.clone(), objects::service_account))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path((project_id, sa_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(objects::service_account(&find(&state, &project_id, &sa_id).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateServiceAccount {
+    name: String,
+    /// OpenAI's newer flag: no key is issued.
+    #[serde(default)]
+    create_service_account_only: Option<bool>,
+    /// Extension: the prefix of the issued key.
+    prefix: Option<String>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Authorized>,
+    Path(project_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: CreateServiceAccount = json_body(&body)?;
+    let sa_name = name(&req.name, "Service account")?;
+    let prefix = parse_prefix(req.prefix.as_deref())?;
+    let project = find_active(&state, &project_id).await?;
+    let sa = state.store.create_service_account(&project.id, &sa_name, state.clock.now()).await?;
+    audit(
+        &state,
+        &actor,
+        "service_account.created",
+        Some(&project.id),
+        json!({"id": sa.id, "data": {"role": sa.role}}),
+    )
+    .await;
+    let mut object = objects::service_account(&sa);
+    object["api_key"] = Value::Null;
+    if req.create_service_account_only != Some(true) {
+        let (key, secret) = issue(
+            &state,
+            KeySpec {
+                kind: KeyKind::Project,
+                name: "Secret Key".into(),
+                project_id: Some(project.id.clone()),
+                owner: Some(OwnerRef::ServiceAccount(sa.id.clone())),
+                prefix,
+                permissions: Permissions::All,
+                access: Access::default(),
+                expires_at: None,
+            },
+        )
+        .await?;
+        audit(
+            &state,
+            &actor,
+            "api_key.created",
+            Some(&project.id),
+            json!({"id": key.id.api_id(), "data": {"scopes": []}}),
+        )
+        .await;
+        object["api_key"] = json!({
+            "object": "organization.project.service_account.api_key",
+            "value": secret.expose(),
+            "name": key.name,
+            "created_at": key.created_at,
+            "id": key.id.api_id(),
+        });
+    }
+    Ok(Json(object))
+}
+
+/// Deletes the service account and revokes every key it owns.
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Authorized>,
+    Path((project_id, sa_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let sa = find(&state, &project_id, &sa_id).await?;
+    let revocation = Revocation {
+        at: state.clock.now(),
+        by: Some(actor_name(&actor)),
+        reason: Some(format!("service account {} deleted", sa.id)),
+    };
+    let revoked = state.store.delete_service_account(&sa.id, &revocation).await?.ok_or(ApiError::Internal)?;
+    state.index.upsert(revoked);
+    audit(&state, &actor, "service_account.deleted", Some(&project_id), json!({"id": sa.id})).await;
+    Ok(Json(objects::deleted("organization.project.service_account", &sa.id)))
+}
+
+async fn find(state: &AppState, project_id: &str, sa_id: &str) -> Result<ServiceAccount, ApiError> {
+    let sa = state.store.get_service_account(sa_id).await?.filter(|sa| sa.project_id.as_deref() == Some(project_id));
+    sa.ok_or_else(|| ApiError::NotFound { message: format!("No such service account: {sa_id}.") })
+}

@@ -1,0 +1,111 @@
+//! Organization users (created through the Admin API; keygate has no sign-in),
+//! so a key can belong to a person.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{actor_name, audit, bad, json_body, name, objects, query, to_json, ListParams};
+use crate::auth::Authorized;
+use crate::dialect::ApiError;
+use crate::server::AppState;
+use crate::store::{Revocation, StoreError, User};
+
+const ROLES: &[&str] = &["owner", "reader"];
+
+fn role(value: Option<&str>) -> Result<String, ApiError> {
+    let role = value.unwrap_or("reader");
+    if !ROLES.contains(&role) {
+        return Err(bad(format!("Invalid role `{role}`: expected `owner` or `reader`."), "role"));
+    }
+    Ok(role.to_owned())
+}
+
+pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+    let params: ListParams = query(raw.as_deref())?;
+    let page = state.store.list_users(&params.page()?).await?;
+    to_json(objects::List::new(page, |u| u.id.clone(), objects::user))
+}
+
+pub async fn get(State(state): State<AppState>, Path(user_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(objects::user(&find(&state, &user_id).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUser {
+    name: String,
+    email: String,
+    role: Option<String>,
+}
+
+/// `POST /v1/organization/users` (extension: OpenAI adds users by invitation).
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Authorized>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: CreateUser = json_body(&body)?;
+    let user_name = name(&req.name, "User")?;
+    let email = req.email.trim();
+    if email.len() > 320 || !email.contains('@') || email.chars().any(char::is_whitespace) {
+        return Err(bad(format!("Invalid email `{email}`."), "email"));
+    }
+    let role = role(req.role.as_deref())?;
+    let user = match state.store.create_user(&user_name, email, &role, state.clock.now()).await {
+        Err(StoreError::Duplicate(_)) => {
+            return Err(bad(format!("A user with email `{email}` already exists."), "email"))
+        }
+        other => other?,
+    };
+    audit(&state, &actor, "user.added", None, json!({"id": user.id, "data": {"role": user.role}})).await;
+    Ok(Json(objects::user(&user)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateUser {
+    role: String,
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Authorized>,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: UpdateUser = json_body(&body)?;
+    let role = role(Some(&req.role))?;
+    find(&state, &user_id).await?;
+    let user = state.store.update_user_role(&user_id, &role).await?.ok_or(ApiError::Internal)?;
+    audit(&state, &actor, "user.updated", None, json!({"id": user.id, "changes_requested": {"role": role}})).await;
+    Ok(Json(objects::user(&user)))
+}
+
+/// Removes the user and revokes every key the user owns.
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Authorized>,
+    Path(user_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user = find(&state, &user_id).await?;
+    let revocation = Revocation {
+        at: state.clock.now(),
+        by: Some(actor_name(&actor)),
+        reason: Some(format!("user {} deleted", user.id)),
+    };
+    let revoked = state.store.delete_user(&user.id, &revocation).await?.ok_or(ApiError::Internal)?;
+    state.index.upsert(revoked);
+    audit(&state, &actor, "user.deleted", None, json!({"id": user.id})).await;
+    Ok(Json(objects::deleted("organization.user", &user.id)))
+}
+
+async fn find(state: &AppState, user_id: &str) -> Result<User, ApiError> {
+    state
+        .store
+        .get_user(user_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound { message: format!("No such user: {user_id}.") })
+}
