@@ -25,6 +25,34 @@ impl AdminClient {
         })
     }
 
+    /// The project to act on: the one given, else the first (default) project.
+    pub async fn project_id(&self, flag: Option<String>) -> anyhow::Result<String> {
+        if let Some(id) = flag {
+            return Ok(id);
+        }
+        let list = self.get("/v1/organization/projects?limit=1").await?;
+        list["data"][0]["id"]
+            .as_str()
+            .map(str::to_owned)
+            .context("the gateway has no project; create one with `keygate projects create --name NAME`")
+    }
+
+    /// Every item of a paginated list, following `after` cursors.
+    pub async fn list_all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let cursor = after.as_deref().map(|a| format!("&after={a}")).unwrap_or_default();
+            let page = self.get(&format!("{path}{sep}limit=100{cursor}")).await?;
+            all.extend(page["data"].as_array().cloned().unwrap_or_default());
+            match (page["has_more"].as_bool(), page["last_id"].as_str()) {
+                (Some(true), Some(last)) => after = Some(last.to_owned()),
+                _ => return Ok(all),
+            }
+        }
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send(reqwest::Method::GET, path, None).await
     }

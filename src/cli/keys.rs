@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
@@ -21,6 +20,18 @@ pub enum KeysCommand {
         /// Key prefix, e.g. sk-prod- (default sk-).
         #[arg(long)]
         prefix: Option<String>,
+        /// all (default), read_only or restricted.
+        #[arg(long, value_parser = ["all", "read_only", "restricted"])]
+        permissions: Option<String>,
+        /// OpenAI scopes for a restricted key, e.g. api.model.read,model.request.
+        #[arg(long, value_delimiter = ',')]
+        allow: Vec<String>,
+        /// Model patterns the key may use, e.g. 'gpt-4o*' (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Client address ranges the key may be used from, e.g. 10.0.0.0/8.
+        #[arg(long = "allow-ip", value_delimiter = ',')]
+        allow_ip: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -45,26 +56,27 @@ pub enum KeysCommand {
     },
 }
 
-/// The project to act on: the flag, else the first (default) project.
-async fn project_id(api: &AdminClient, flag: Option<String>) -> anyhow::Result<String> {
-    if let Some(id) = flag {
-        return Ok(id);
-    }
-    let list = api.get("/v1/organization/projects?limit=1").await?;
-    list["data"][0]["id"]
-        .as_str()
-        .map(str::to_owned)
-        .context("the gateway has no project; create one with `keygate projects create --name NAME`")
-}
-
 pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        KeysCommand::Create { name, project, prefix, client } => {
+        KeysCommand::Create { name, project, prefix, permissions, allow, models, allow_ip, client } => {
             let api = AdminClient::from_env(&client.url)?;
-            let project = project_id(&api, project).await?;
+            let project = api.project_id(project).await?;
             let mut body = json!({"name": name});
             if let Some(prefix) = prefix {
-                body["prefix"] = Value::String(prefix);
+                body["prefix"] = json!(prefix);
+            }
+            let permissions = permissions.or_else(|| (!allow.is_empty()).then(|| "restricted".to_owned()));
+            if let Some(permissions) = permissions {
+                body["permissions"] = json!(permissions);
+            }
+            if !allow.is_empty() {
+                body["scopes"] = json!(allow);
+            }
+            if !models.is_empty() {
+                body["models"] = json!(models);
+            }
+            if !allow_ip.is_empty() {
+                body["allowed_ips"] = json!(allow_ip);
             }
             let key = api.post(&format!("/v1/organization/projects/{project}/api_keys"), body).await?;
             if client.json {
@@ -73,45 +85,38 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 output::line(key["value"].as_str().unwrap_or(""));
                 output::line(&format!(
                     "created {} ({}) in {project}; this is the only time the key is shown",
-                    key["id"].as_str().unwrap_or(""),
-                    key["name"].as_str().unwrap_or("")
+                    output::text(&key["id"]),
+                    output::text(&key["name"])
                 ));
             }
         }
         KeysCommand::List { project, client } => {
             let api = AdminClient::from_env(&client.url)?;
-            let project = project_id(&api, project).await?;
-            let mut rows = Vec::new();
-            let mut all = Vec::new();
-            let mut after: Option<String> = None;
-            loop {
-                let cursor = after.as_deref().map(|a| format!("&after={a}")).unwrap_or_default();
-                let page = api.get(&format!("/v1/organization/projects/{project}/api_keys?limit=100{cursor}")).await?;
-                for k in page["data"].as_array().into_iter().flatten() {
-                    rows.push(vec![
-                        k["id"].as_str().unwrap_or("").to_owned(),
-                        k["name"].as_str().unwrap_or("").to_owned(),
-                        k["redacted_value"].as_str().unwrap_or("").to_owned(),
-                        output::when(k["created_at"].as_i64()),
-                        output::when(k["last_used_at"].as_i64()),
-                    ]);
-                    all.push(k.clone());
-                }
-                if page["has_more"].as_bool() != Some(true) {
-                    break;
-                }
-                after = page["last_id"].as_str().map(str::to_owned);
-            }
+            let project = api.project_id(project).await?;
+            let all = api.list_all(&format!("/v1/organization/projects/{project}/api_keys")).await?;
             if client.json {
                 output::json(&Value::Array(all));
             } else {
-                output::table(&["ID", "NAME", "KEY", "CREATED", "LAST USED"], &rows);
+                let rows: Vec<Vec<String>> = all
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            output::text(&k["id"]),
+                            output::text(&k["name"]),
+                            output::text(&k["redacted_value"]),
+                            output::text(&k["permissions"]),
+                            output::when(k["created_at"].as_i64()),
+                            output::when(k["last_used_at"].as_i64()),
+                        ]
+                    })
+                    .collect();
+                output::table(&["ID", "NAME", "KEY", "PERMISSIONS", "CREATED", "LAST USED"], &rows);
             }
         }
         KeysCommand::Revoke { key_id, reason, project, client } => {
             let api = AdminClient::from_env(&client.url)?;
-            let project = project_id(&api, project).await?;
-            let query = reason.map(|r| format!("?reason={}", urlencode(&r))).unwrap_or_default();
+            let project = api.project_id(project).await?;
+            let query = reason.map(|r| format!("?{}", super::query_pair("reason", &r))).unwrap_or_default();
             let result = api.delete(&format!("/v1/organization/projects/{project}/api_keys/{key_id}{query}")).await?;
             if client.json {
                 output::json(&result);
@@ -121,8 +126,4 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn urlencode(text: &str) -> String {
-    serde_urlencoded::to_string([("v", text)]).unwrap_or_default().trim_start_matches("v=").to_owned()
 }

@@ -2,11 +2,13 @@
 //! of a running gateway's Administration API (`KEYGATE_URL`, `KEYGATE_ADMIN_KEY`),
 //! like `gh` is of GitHub. One file per command.
 
+mod admin_keys;
 mod client;
 mod keys;
 pub mod output;
 mod projects;
 mod serve;
+mod service_accounts;
 
 use std::process::ExitCode;
 
@@ -26,9 +28,15 @@ enum Command {
     /// Create, list and revoke project API keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
-    /// Create and list projects.
+    /// Create, list and archive projects.
     #[command(subcommand)]
     Projects(projects::ProjectsCommand),
+    /// Create, list and delete a project's service accounts.
+    #[command(subcommand, name = "service-accounts")]
+    ServiceAccounts(service_accounts::ServiceAccountsCommand),
+    /// Create, list and delete admin keys.
+    #[command(subcommand, name = "admin-keys")]
+    AdminKeys(admin_keys::AdminKeysCommand),
 }
 
 /// Flags every client command shares.
@@ -49,6 +57,29 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Serve(args) => serve::run(args).await,
             Command::Keys(cmd) => keys::run(cmd).await,
             Command::Projects(cmd) => projects::run(cmd).await,
+            Command::ServiceAccounts(cmd) => service_accounts::run(cmd).await,
+            Command::AdminKeys(cmd) => admin_keys::run(cmd).await,
         }
     })
+}
+
+/// `name=value`, URL-encoded.
+pub fn query_pair(name: &str, value: &str) -> String {
+    serde_urlencoded::to_string([(name, value)]).unwrap_or_default()
+}
+
+/// Parses `90`, `90s`, `15m`, `12h`, `30d` into seconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 90s, 15m, 12h or 30d"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}` has an unknown unit; use s, m, h or d")),
+    };
+    n.checked_mul(factor).ok_or_else(|| format!("`{text}` is too long"))
 }

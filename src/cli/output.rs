@@ -48,25 +48,39 @@ impl std::fmt::Display for Help {
 
 impl std::error::Error for Help {}
 
+/// Prints `error: ...`, then `Caused by:` lines, then `help: ...` when a
+/// [`Help`] is anywhere in the chain.
 pub fn print_error(error: &anyhow::Error) {
     let tty = std::io::stderr().is_terminal();
     let mut err = std::io::stderr().lock();
+    // anyhow finds a context of type `Help` anywhere in the chain; the chain
+    // itself only yields `dyn Error`s, so the help's own line is skipped by text.
+    let help = error.downcast_ref::<Help>().map(|h| h.0.clone());
+    let messages: Vec<String> =
+        error.chain().map(|e| e.to_string()).filter(|m| help.as_deref() != Some(m.as_str())).collect();
     let label = if tty { "\x1b[1;31merror\x1b[0m" } else { "error" };
-    let _ = writeln!(err, "{label}: {error}");
-    let mut help = None;
-    let causes: Vec<_> = error.chain().skip(1).collect();
+    let mut messages = messages.into_iter();
+    if let Some(headline) = messages.next() {
+        let _ = writeln!(err, "{label}: {headline}");
+    }
+    let causes: Vec<_> = messages.collect();
     if !causes.is_empty() {
         let _ = writeln!(err, "\nCaused by:");
         for cause in causes {
-            if let Some(h) = cause.downcast_ref::<Help>() {
-                help = Some(h.0.clone());
-                continue;
-            }
             let _ = writeln!(err, "    {cause}");
         }
     }
-    if let Some(h) = error.downcast_ref::<Help>().map(|h| h.0.clone()).or(help) {
-        let _ = writeln!(err, "\nhelp: {h}");
+    if let Some(help) = help {
+        let _ = writeln!(err, "\nhelp: {help}");
+    }
+}
+
+/// A JSON value as table text: strings bare, null as `-`.
+pub fn text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 

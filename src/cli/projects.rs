@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::client::AdminClient;
 use super::output;
@@ -21,46 +21,67 @@ pub enum ProjectsCommand {
     Create {
         #[arg(long)]
         name: String,
+        /// Model patterns the project's keys may use, e.g. 'gpt-4o*'.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Client address ranges the project's keys may be used from.
+        #[arg(long = "allow-ip", value_delimiter = ',')]
+        allow_ip: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Archive a project; its keys stop working at once.
+    Archive {
+        /// The project id (`proj_...`).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn row(p: &Value) -> Vec<String> {
+    vec![
+        output::text(&p["id"]),
+        output::text(&p["name"]),
+        output::text(&p["status"]),
+        output::when(p["created_at"].as_i64()),
+    ]
 }
 
 pub async fn run(cmd: ProjectsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ProjectsCommand::List { include_archived, client } => {
             let api = AdminClient::from_env(&client.url)?;
-            let list =
-                api.get(&format!("/v1/organization/projects?limit=100&include_archived={include_archived}")).await?;
+            let all = api.list_all(&format!("/v1/organization/projects?include_archived={include_archived}")).await?;
             if client.json {
-                output::json(&list);
+                output::json(&Value::Array(all));
             } else {
-                let rows: Vec<Vec<String>> = list["data"]
-                    .as_array()
-                    .map(|items| {
-                        items
-                            .iter()
-                            .map(|p| {
-                                vec![
-                                    p["id"].as_str().unwrap_or("").to_owned(),
-                                    p["name"].as_str().unwrap_or("").to_owned(),
-                                    p["status"].as_str().unwrap_or("").to_owned(),
-                                    output::when(p["created_at"].as_i64()),
-                                ]
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                output::table(&["ID", "NAME", "STATUS", "CREATED"], &rows);
+                output::table(&["ID", "NAME", "STATUS", "CREATED"], &all.iter().map(row).collect::<Vec<_>>());
             }
         }
-        ProjectsCommand::Create { name, client } => {
+        ProjectsCommand::Create { name, models, allow_ip, client } => {
             let api = AdminClient::from_env(&client.url)?;
-            let project = api.post("/v1/organization/projects", json!({"name": name})).await?;
+            let mut body = json!({"name": name});
+            if !models.is_empty() {
+                body["models"] = json!(models);
+            }
+            if !allow_ip.is_empty() {
+                body["allowed_ips"] = json!(allow_ip);
+            }
+            let project = api.post("/v1/organization/projects", body).await?;
             if client.json {
                 output::json(&project);
             } else {
-                output::line(project["id"].as_str().unwrap_or(""));
+                output::line(&output::text(&project["id"]));
+            }
+        }
+        ProjectsCommand::Archive { id, client } => {
+            let api = AdminClient::from_env(&client.url)?;
+            let project = api.post(&format!("/v1/organization/projects/{id}/archive"), json!({})).await?;
+            if client.json {
+                output::json(&project);
+            } else {
+                output::line(&format!("archived {id}; its keys are refused from now on"));
             }
         }
     }

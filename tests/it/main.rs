@@ -7,6 +7,8 @@ mod util;
 mod admin;
 /// The `keygate` binary itself: bootstrap, restart, SIGTERM.
 mod binary;
+/// The CLI against a running gateway.
+mod cli;
 /// OpenAI-shaped errors keygate produces itself.
 mod errors;
 /// Forwarding: credentials, headers, routing, streaming, cancellation.
