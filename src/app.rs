@@ -13,9 +13,10 @@ use tokio::net::TcpListener;
 use crate::auth::KeyIndex;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, UpstreamTarget};
+use crate::jobs::{self, BoxFuture, DenialRetention, Tasks};
 use crate::key::Secret;
 use crate::proxy::Upstreams;
-use crate::server::{self, AppState, BoxFuture, Settings, Tasks};
+use crate::server::{AppState, Settings};
 
 /// The process-wide Prometheus recorder (the `metrics` facade allows one).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -86,11 +87,25 @@ impl Gateway {
         }
         let upstreams = Arc::new(Upstreams::build(&config.upstreams, mock_base.as_deref())?);
 
-        let (last_used, writer) = server::last_used_writer(Arc::clone(&store), Duration::from_secs(1));
-        tasks.spawn("last-used writer", writer);
+        let (recorder, writer) = jobs::recorder(Arc::clone(&store), Duration::from_secs(1));
+        tasks.spawn("recorder", writer);
+        let (reconcile_store, reconcile_index) = (Arc::clone(&store), Arc::clone(&index));
         tasks.spawn(
             "index reconcile",
-            server::index_reconciler(Arc::clone(&store), Arc::clone(&index), Duration::from_secs(30)),
+            jobs::periodic(Duration::from_secs(30), move || {
+                let (store, index) = (Arc::clone(&reconcile_store), Arc::clone(&reconcile_index));
+                async move { jobs::reconcile_index(&*store, &index).await }
+            }),
+        );
+        let (prune_store, prune_clock) = (Arc::clone(&store), Arc::clone(&clock));
+        let retention = DenialRetention { max_age: config.denial_retention, max_rows: config.denial_max_rows };
+        jobs::prune_denials(&*store, &*clock, retention).await;
+        tasks.spawn(
+            "denial retention",
+            jobs::periodic(Duration::from_secs(3600), move || {
+                let (store, clock) = (Arc::clone(&prune_store), Arc::clone(&prune_clock));
+                async move { jobs::prune_denials(&*store, &*clock, retention).await }
+            }),
         );
 
         let organization_id = match &config.organization_id {
@@ -102,12 +117,13 @@ impl Gateway {
             index,
             clock,
             upstreams,
-            last_used,
+            recorder,
             settings: Arc::new(Settings {
                 max_body_bytes: config.max_body_bytes,
                 organization_id,
                 default_project_id: boot.default_project.id.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),
+                error_hints: config.error_hints,
             }),
             metrics: metrics_handle(),
         };

@@ -51,6 +51,23 @@ struct RawConfig {
     upstreams: Vec<RawUpstream>,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    errors: RawErrors,
+    #[serde(default)]
+    retention: RawRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawErrors {
+    hints: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    denials_days: Option<u64>,
+    denials_max_rows: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +126,12 @@ pub struct Config {
     /// The first is the default route; the others match by model.
     pub upstreams: Vec<UpstreamConfig>,
     pub log: LogConfig,
+    /// `errors.hints`: append safe, format-only hints to 401 messages.
+    pub error_hints: bool,
+    /// How long denial records (for `keygate explain`) are kept.
+    pub denial_retention: Duration,
+    /// At most this many denial records are kept (oldest go first).
+    pub denial_max_rows: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -268,6 +291,15 @@ impl Config {
             level: raw.log.level.unwrap_or_else(|| "info".into()),
         };
 
+        let denials_days = raw.retention.denials_days.unwrap_or(30);
+        if denials_days == 0 || denials_days > 3650 {
+            return Err(invalid("retention.denials_days", format!("must be between 1 and 3650, got {denials_days}")));
+        }
+        let denial_max_rows = raw.retention.denials_max_rows.unwrap_or(1_000_000);
+        if denial_max_rows == 0 {
+            return Err(invalid("retention.denials_max_rows", "must be greater than 0"));
+        }
+
         Ok(Self {
             listen,
             database_url,
@@ -278,6 +310,9 @@ impl Config {
             organization_id,
             upstreams,
             log,
+            error_hints: raw.errors.hints.unwrap_or(false),
+            denial_retention: Duration::from_secs(denials_days * 86_400),
+            denial_max_rows,
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod dialect;
 pub mod ids;
+pub mod jobs;
 pub mod key;
 pub mod mock;
 pub mod proxy;

@@ -19,17 +19,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tower::ServiceExt as _;
 
 use crate::auth::{self, Authorized, Denial, KeyIndex, Plane};
 use crate::clock::Clock;
 use crate::dialect::ApiError;
 use crate::ids::RequestId;
-use crate::key::PublicId;
+use crate::jobs::Recorder;
 use crate::proxy::{self, RequestMeta, Upstreams};
-use crate::store::{Store, Timestamp};
+use crate::store::{DenialRecord, Store, Touch};
 
 /// Settings the request path reads, fixed at start.
 #[derive(Debug, Clone)]
@@ -38,6 +36,8 @@ pub struct Settings {
     pub organization_id: String,
     pub default_project_id: String,
     pub trusted_proxies: Vec<IpNet>,
+    /// `errors.hints`: append safe, format-only hints to 401 messages.
+    pub error_hints: bool,
 }
 
 #[derive(Clone)]
@@ -46,7 +46,7 @@ pub struct AppState {
     pub index: Arc<KeyIndex>,
     pub clock: Arc<dyn Clock>,
     pub upstreams: Arc<Upstreams>,
-    pub last_used: LastUsed,
+    pub recorder: Recorder,
     pub settings: Arc<Settings>,
     pub metrics: PrometheusHandle,
 }
@@ -66,7 +66,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin)
         .merge(data_plane)
         .fallback(invalid_url)
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
 }
 
@@ -91,12 +91,13 @@ async fn invalid_url(req: Request) -> ApiError {
 // === request context ===
 
 /// Gives every request its `x-request-id`, and after the handler records the
-/// private reason of a denial and the request metrics.
-async fn request_context(mut req: Request, next: Next) -> Response {
+/// private reason of a denial (for `keygate explain`) and the request metrics.
+async fn request_context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let id = RequestId::new();
     req.extensions_mut().insert(id.clone());
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let method = req.method().clone();
+    let path = req.uri().path().to_owned();
     let client = req.extensions().get::<ClientIp>().map(|c| c.0);
     let started = Instant::now();
     let mut response = next.run(req).await;
@@ -105,7 +106,20 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     }
     if let Some(denial) = response.extensions().get::<Arc<Denial>>() {
         metrics::counter!("keygate_auth_failures_total", "reason" => denial.kind()).increment(1);
-        tracing::info!(request_id = %id, client = ?client, key = ?denial.key().map(|k| k.id.to_string()), reason = %denial, "request refused");
+        let key = denial.key();
+        tracing::info!(request_id = %id, client = ?client, key = ?key.map(|k| k.id.to_string()), reason = %denial, "request refused");
+        state.recorder.denial(DenialRecord {
+            request_id: id.as_str().to_owned(),
+            at: state.clock.now(),
+            reason: denial.kind().to_owned(),
+            explanation: denial.to_string(),
+            key_id: key.map(|k| k.id.clone()),
+            project_id: key.and_then(|k| k.project_id.clone()),
+            status: response.status().as_u16(),
+            method: method.to_string(),
+            path,
+            client_ip: client.map(|ip| ip.to_string()),
+        });
     }
     let status = response.status().as_u16().to_string();
     metrics::counter!("keygate_requests_total", "route" => route, "method" => method.to_string(), "status" => status)
@@ -138,6 +152,10 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
 // === authentication ===
 
 async fn require_project_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // Checked before the scope is chosen from the path's segments.
+    if !proxy::is_clean_path(req.uri().path()) {
+        return invalid_url(req).await.into_response();
+    }
     let scope = auth::data_plane_scope(req.method(), req.uri().path());
     require(state, Plane::Data, scope, req, next).await
 }
@@ -158,11 +176,28 @@ async fn require(state: AppState, plane: Plane, scope: auth::Scope, mut req: Req
     };
     match auth::authenticate(&state.index, req.headers(), &admission) {
         Ok(authorized) => {
-            state.last_used.touch(&authorized.key.id, now);
+            let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok());
+            let touch = Touch {
+                at: now,
+                ip: admission.client_ip.map(|ip| ip.to_string()),
+                user_agent: user_agent.map(|ua| ua.chars().take(256).collect()),
+            };
+            state.recorder.touch(&authorized.key.id, touch);
+            let expires_at = authorized.expires_at;
             req.extensions_mut().insert(authorized);
-            next.run(req).await
+            let mut response = next.run(req).await;
+            // A key in its rotation grace period (or close to expiry) says so on every answer.
+            if let Some(at) = expires_at {
+                if let Ok(value) = HeaderValue::from_str(&crate::time::rfc3339(at)) {
+                    response.headers_mut().insert("x-keygate-key-expires-at", value);
+                }
+            }
+            response
         }
-        Err(denial) => ApiError::Denied(denial).into_response(),
+        Err(denial) => {
+            let options = crate::dialect::RenderOptions { hints: state.settings.error_hints };
+            crate::dialect::render_denial(denial, &options)
+        }
     }
 }
 
@@ -172,13 +207,12 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
     let (parts, body) = req.into_parts();
     let authorized = parts.extensions.get::<Authorized>().cloned().ok_or(ApiError::Internal)?;
     let body = read_body(body, state.settings.max_body_bytes).await?;
-    let is_json = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let meta =
-        if is_json && parts.method == http::Method::POST { RequestMeta::parse(&body)? } else { RequestMeta::default() };
+    let content_type = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let meta = if parts.method == http::Method::POST {
+        RequestMeta::from_body(content_type, &body)?
+    } else {
+        RequestMeta::default()
+    };
     let path = parts.uri.path();
     let model = meta.model.as_deref().or_else(|| path.strip_prefix("/v1/models/"));
     if let Some(model) = model {
@@ -212,121 +246,6 @@ pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiErro
                 Err(ApiError::BadRequest { message: "The request body could not be read.".into(), param: None })
             }
         }
-    }
-}
-
-// === last-used times, off the request path ===
-
-/// Sends last-used times to a background writer; never blocks a request.
-#[derive(Clone)]
-pub struct LastUsed(mpsc::Sender<(PublicId, Timestamp)>);
-
-impl LastUsed {
-    pub fn touch(&self, id: &PublicId, at: Timestamp) {
-        if self.0.try_send((id.clone(), at)).is_err() {
-            metrics::counter!("keygate_last_used_dropped_total").increment(1);
-        }
-    }
-}
-
-/// The writer task: coalesces touches per key and writes them every `every`,
-/// and once more on shutdown.
-pub fn last_used_writer(
-    store: Arc<dyn Store>,
-    every: Duration,
-) -> (LastUsed, impl FnOnce(watch::Receiver<bool>) -> BoxFuture) {
-    let (tx, mut rx) = mpsc::channel::<(PublicId, Timestamp)>(65_536);
-    let task = move |mut shutdown: watch::Receiver<bool>| -> BoxFuture {
-        Box::pin(async move {
-            let mut pending = std::collections::HashMap::<PublicId, Timestamp>::new();
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    Some((id, at)) = rx.recv() => {
-                        let slot = pending.entry(id).or_insert(at);
-                        *slot = (*slot).max(at);
-                    }
-                    _ = tick.tick() => flush_last_used(&*store, &mut pending).await,
-                    _ = shutdown.changed() => {
-                        while let Ok((id, at)) = rx.try_recv() {
-                            let slot = pending.entry(id).or_insert(at);
-                            *slot = (*slot).max(at);
-                        }
-                        flush_last_used(&*store, &mut pending).await;
-                        return;
-                    }
-                }
-            }
-        })
-    };
-    (LastUsed(tx), task)
-}
-
-async fn flush_last_used(store: &dyn Store, pending: &mut std::collections::HashMap<PublicId, Timestamp>) {
-    if pending.is_empty() {
-        return;
-    }
-    let batch: Vec<_> = pending.drain().collect();
-    if let Err(error) = store.touch_keys(&batch).await {
-        tracing::warn!(%error, keys = batch.len(), "could not record last-used times; will retry");
-        pending.extend(batch);
-    }
-}
-
-// === background tasks ===
-
-pub type BoxFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Background tasks that all stop, and are awaited, on shutdown.
-pub struct Tasks {
-    shutdown: watch::Sender<bool>,
-    handles: Vec<(&'static str, JoinHandle<()>)>,
-}
-
-impl Default for Tasks {
-    fn default() -> Self {
-        Self { shutdown: watch::channel(false).0, handles: Vec::new() }
-    }
-}
-
-impl Tasks {
-    pub fn spawn(&mut self, name: &'static str, task: impl FnOnce(watch::Receiver<bool>) -> BoxFuture) {
-        #[allow(clippy::disallowed_methods)] // tracked here and awaited in `shutdown`
-        let handle = tokio::spawn(task(self.shutdown.subscribe()));
-        self.handles.push((name, handle));
-    }
-
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        for (name, handle) in self.handles {
-            if let Err(error) = handle.await {
-                tracing::error!(task = name, %error, "background task failed");
-            }
-        }
-    }
-}
-
-/// Reloads the whole index from the store every `every`, so a change made by
-/// another process (or a missed update) heals.
-pub fn index_reconciler(
-    store: Arc<dyn Store>,
-    index: Arc<KeyIndex>,
-    every: Duration,
-) -> impl FnOnce(watch::Receiver<bool>) -> BoxFuture {
-    move |mut shutdown| {
-        Box::pin(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => match tokio::try_join!(store.all_keys(), store.all_projects()) {
-                        Ok((keys, projects)) => index.replace_all(keys, projects),
-                        Err(error) => tracing::warn!(%error, "key index reconcile failed; serving the last good index"),
-                    },
-                    _ = shutdown.changed() => return,
-                }
-            }
-        })
     }
 }
 

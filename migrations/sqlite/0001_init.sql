@@ -13,7 +13,8 @@ CREATE TABLE projects (
     created_at  INTEGER NOT NULL,
     archived_at INTEGER,
     models      TEXT,                          -- model glob allow-list
-    allowed_ips TEXT                           -- CIDR allow-list
+    allowed_ips TEXT,                          -- CIDR allow-list
+    max_key_age_seconds INTEGER                -- rotation policy: keys older than this are due
 );
 
 CREATE TABLE users (
@@ -53,6 +54,8 @@ CREATE TABLE api_keys (
     created_at      INTEGER NOT NULL,
     expires_at      INTEGER,
     last_used_at    INTEGER,
+    last_used_ip    TEXT,
+    last_used_user_agent TEXT,
     revoked_at      INTEGER,
     revoked_by      TEXT,
     revoke_reason   TEXT
@@ -82,3 +85,19 @@ CREATE TABLE audit_log (
     details      TEXT NOT NULL                 -- JSON object for the event's own property
 );
 CREATE INDEX audit_log_time ON audit_log (effective_at, seq);
+
+-- Why a request was refused, by request id, for `keygate explain`. Pruned by
+-- age and by count so a flood of bad requests cannot grow it without bound.
+CREATE TABLE denials (
+    request_id  TEXT PRIMARY KEY,
+    at          INTEGER NOT NULL,
+    reason      TEXT NOT NULL,                 -- Denial::kind()
+    explanation TEXT NOT NULL,                 -- the private reason in plain words
+    key_id      TEXT,
+    project_id  TEXT,
+    status      INTEGER NOT NULL,
+    method      TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    client_ip   TEXT
+);
+CREATE INDEX denials_at ON denials (at);

@@ -15,7 +15,8 @@ use crate::dialect::ApiError;
 use crate::key::{generate, KeyPrefix, PublicId, Secret};
 use crate::server::AppState;
 use crate::store::{
-    Access, KeyFilter, KeyKind, KeyRecord, KeyState, KeyUpdate, NewKey, OwnerRef, Revocation, SecretVersion, Timestamp,
+    Access, KeyFilter, KeyKind, KeyRecord, KeyState, KeyUpdate, NewKey, OwnerRef, Page, PageQuery, Revocation,
+    SecretVersion, Timestamp,
 };
 
 /// Everything a new key needs besides its secret.
@@ -79,22 +80,71 @@ fn parse_permissions(level: Option<&str>, scopes: Option<&[String]>) -> Result<O
     .map_err(|e| bad(format!("Invalid permissions: {e}."), "permissions"))
 }
 
+#[derive(Deserialize)]
+struct KeyListParams {
+    after: Option<String>,
+    limit: Option<u32>,
+    #[serde(default)]
+    include_revoked: bool,
+    /// Only keys due for rotation under the project's `max_key_age_seconds`.
+    #[serde(default)]
+    due: bool,
+}
+
 pub async fn list(
     State(state): State<AppState>,
     Path(project_id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let params: ListParams = query(raw.as_deref())?;
-    super::projects::find(&state, &project_id).await?;
-    let page = state.store.list_keys(&KeyFilter::Project(project_id), &params.page()?).await?;
-    to_json(objects::List::new(page, |k| k.id.api_id(), objects::project_api_key))
+    let params: KeyListParams = query(raw.as_deref())?;
+    let page = ListParams { after: params.after.clone(), limit: params.limit, include_archived: false }.page()?;
+    let project = super::projects::find(&state, &project_id).await?;
+    let filter = KeyFilter::Project { project_id: project.id.clone(), include_revoked: params.include_revoked };
+    if !params.due {
+        let page = state.store.list_keys(&filter, &page).await?;
+        return to_json(objects::List::new(page, |k| k.id.api_id(), objects::project_api_key));
+    }
+    // Due keys: all of them at once (a short list by nature).
+    let Some(max_age) = project.max_key_age_seconds else {
+        return to_json(objects::List::new(
+            Page { items: Vec::<KeyRecord>::new(), has_more: false },
+            |k| k.id.api_id(),
+            objects::project_api_key,
+        ));
+    };
+    let now = state.clock.now();
+    let mut due = Vec::new();
+    let mut cursor = PageQuery { after: None, limit: 100 };
+    loop {
+        let page = state.store.list_keys(&filter, &cursor).await?;
+        cursor.after = page.items.last().map(|k| k.id.api_id());
+        due.extend(
+            page.items.into_iter().filter(|k| k.state != KeyState::Revoked && now - k.secret_created_at() >= max_age),
+        );
+        if !page.has_more {
+            break;
+        }
+    }
+    to_json(objects::List::new(Page { items: due, has_more: false }, |k| k.id.api_id(), objects::project_api_key))
+}
+
+#[derive(Deserialize)]
+struct GetParams {
+    #[serde(default)]
+    include_revoked: bool,
 }
 
 pub async fn get(
     State(state): State<AppState>,
     Path((project_id, key_id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(objects::project_api_key(&find(&state, &project_id, &key_id).await?)))
+    let params: GetParams = query(raw.as_deref())?;
+    let key = find_any(&state, &key_id, params.include_revoked, |k| {
+        k.kind == KeyKind::Project && k.project_id.as_deref() == Some(project_id.as_str())
+    })
+    .await?;
+    Ok(Json(objects::project_api_key(&key)))
 }
 
 #[derive(Deserialize)]
@@ -192,6 +242,8 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 struct UpdateKey {
     name: Option<String>,
+    #[serde(default, deserialize_with = "super::nullable_i64")]
+    expires_at: Option<Option<Timestamp>>,
     permissions: Option<String>,
     scopes: Option<Vec<String>>,
     #[serde(default, with = "super::nullable")]
@@ -209,8 +261,14 @@ pub async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let req: UpdateKey = json_body(&body)?;
     let key = find(&state, &project_id, &key_id).await?;
+    if let Some(Some(at)) = req.expires_at {
+        if at <= state.clock.now() {
+            return Err(bad("`expires_at` must be in the future (unix seconds).", "expires_at"));
+        }
+    }
     let update = KeyUpdate {
         name: req.name.as_deref().map(|n| name(n, "Key")).transpose()?,
+        expires_at: req.expires_at,
         permissions: parse_permissions(req.permissions.as_deref(), req.scopes.as_deref())?,
         models: req.models.map(|m| m.map(models).transpose()).transpose()?,
         allowed_ips: req.allowed_ips.as_deref().map(cidrs).transpose()?,
@@ -260,6 +318,98 @@ pub async fn revoke(
     Ok(())
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateKey {
+    /// How long the old secret keeps working (default 24 h; 0 = immediately).
+    grace_period_seconds: Option<i64>,
+}
+
+pub const DEFAULT_GRACE_SECONDS: i64 = 24 * 3600;
+
+/// `POST .../api_keys/{id}/rotate` (extension): a new secret under the same
+/// id; the old one works until the grace period ends. Answers the key object
+/// plus `value`, shown once.
+pub async fn rotate(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Authorized>,
+    Path((project_id, key_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: RotateKey = if body.is_empty() { RotateKey::default() } else { json_body(&body)? };
+    let grace = req.grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
+    if !(0..=31_536_000).contains(&grace) {
+        return Err(bad(
+            format!("Invalid 'grace_period_seconds': {grace}. Expected a value between 0 and 31536000."),
+            "grace_period_seconds",
+        ));
+    }
+    let key = find(&state, &project_id, &key_id).await?;
+    let prefix = KeyPrefix::parse(&key.prefix).unwrap_or_default();
+    let now = state.clock.now();
+    let generated = generate(&prefix, &key.id);
+    let secret = SecretVersion {
+        digest: generated.digest,
+        legacy: false,
+        last4: generated.last4.clone(),
+        created_at: now,
+        expires_at: None,
+    };
+    let rotated = state.store.rotate_key(&key.id, &secret, now + grace).await?.ok_or(ApiError::Internal)?;
+    state.index.upsert([rotated.clone()]);
+    audit(
+        &state,
+        &actor,
+        "api_key.updated",
+        Some(&project_id),
+        json!({"id": key.id.api_id(), "changes_requested": {"rotated": true, "grace_period_seconds": grace}}),
+    )
+    .await;
+    let mut object = objects::project_api_key(&rotated);
+    object["value"] = Value::String(generated.secret.expose().to_owned());
+    Ok(Json(object))
+}
+
+/// `POST .../api_keys/{id}/suspend` (extension): refused like a revoked key, but reversible.
+pub async fn suspend(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Authorized>,
+    Path((project_id, key_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    set_active(&state, &actor, &project_id, &key_id, false).await
+}
+
+/// `POST .../api_keys/{id}/resume` (extension).
+pub async fn resume(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Authorized>,
+    Path((project_id, key_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    set_active(&state, &actor, &project_id, &key_id, true).await
+}
+
+async fn set_active(
+    state: &AppState,
+    actor: &Authorized,
+    project_id: &str,
+    key_id: &str,
+    active: bool,
+) -> Result<Json<Value>, ApiError> {
+    let key = find(state, project_id, key_id).await?;
+    let updated = state.store.set_key_active(&key.id, active).await?.ok_or(ApiError::Internal)?;
+    state.index.upsert([updated.clone()]);
+    let change = if active { "resumed" } else { "suspended" };
+    audit(
+        state,
+        actor,
+        "api_key.updated",
+        Some(project_id),
+        json!({"id": key.id.api_id(), "changes_requested": {"state": change}}),
+    )
+    .await;
+    Ok(Json(objects::project_api_key(&updated)))
+}
+
 /// A live key of this project; revoked keys and keys of other projects are 404.
 async fn find(state: &AppState, project_id: &str, key_id: &str) -> Result<KeyRecord, ApiError> {
     find_key(state, key_id, |k| k.kind == KeyKind::Project && k.project_id.as_deref() == Some(project_id)).await
@@ -271,10 +421,19 @@ pub async fn find_key(
     key_id: &str,
     belongs: impl Fn(&KeyRecord) -> bool,
 ) -> Result<KeyRecord, ApiError> {
+    find_any(state, key_id, false, belongs).await
+}
+
+async fn find_any(
+    state: &AppState,
+    key_id: &str,
+    include_revoked: bool,
+    belongs: impl Fn(&KeyRecord) -> bool,
+) -> Result<KeyRecord, ApiError> {
     let missing = || ApiError::NotFound { message: format!("No such API key: {key_id}.") };
     let id = PublicId::parse(key_id).ok_or_else(missing)?;
     let key = state.store.get_key(&id).await?.ok_or_else(missing)?;
-    if !belongs(&key) || key.state == KeyState::Revoked {
+    if !belongs(&key) || (key.state == KeyState::Revoked && !include_revoked) {
         return Err(missing());
     }
     Ok(key)

@@ -8,10 +8,12 @@
 //! answer is sent.
 
 mod admin_keys;
+mod audit_logs;
 mod bootstrap;
 mod keys;
 mod objects;
 mod projects;
+mod requests;
 mod service_accounts;
 mod users;
 
@@ -39,6 +41,11 @@ pub fn routes() -> Router<AppState> {
             "/v1/organization/projects/{project_id}/api_keys/{key_id}",
             get(keys::get).post(keys::update).delete(keys::delete),
         )
+        .route("/v1/organization/projects/{project_id}/api_keys/{key_id}/rotate", post(keys::rotate))
+        .route("/v1/organization/projects/{project_id}/api_keys/{key_id}/suspend", post(keys::suspend))
+        .route("/v1/organization/projects/{project_id}/api_keys/{key_id}/resume", post(keys::resume))
+        .route("/v1/organization/audit_logs", get(audit_logs::list))
+        .route("/v1/organization/requests/{request_id}", get(requests::get))
         .route(
             "/v1/organization/projects/{project_id}/service_accounts",
             get(service_accounts::list).post(service_accounts::create),
@@ -60,6 +67,11 @@ mod nullable {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Vec<String>>>, D::Error> {
         Option::<Vec<String>>::deserialize(d).map(Some)
     }
+}
+
+/// Like [`nullable`], for an optional number.
+fn nullable_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    Option::<i64>::deserialize(d).map(Some)
 }
 
 /// Parses a JSON body into `T`, with OpenAI-shaped errors.
@@ -107,7 +119,7 @@ fn cidrs(list: &[String]) -> Result<Vec<IpNet>, ApiError> {
         .collect()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct ListParams {
     after: Option<String>,
     limit: Option<u32>,

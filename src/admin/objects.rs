@@ -44,6 +44,7 @@ pub fn project(p: &Project) -> Value {
         "status": if p.archived_at.is_some() { "archived" } else { "active" },
     });
     access_fields(&mut object, &p.access);
+    object["max_key_age_seconds"] = json!(p.max_key_age_seconds);
     object
 }
 
@@ -80,7 +81,7 @@ pub fn project_api_key(k: &KeyRecord) -> Value {
         "redacted_value": redacted(k),
         "name": k.name,
         "created_at": k.created_at,
-        "last_used_at": k.last_used_at,
+        "last_used_at": k.last_used.as_ref().map(|t| t.at),
         "id": k.id.api_id(),
         "owner_project_access": "active",
         "owner": project_key_owner(&k.owner),
@@ -88,6 +89,13 @@ pub fn project_api_key(k: &KeyRecord) -> Value {
         "expires_at": k.expires_at,
         "permissions": k.permissions.level(),
         "scopes": k.permissions.scopes(),
+        "state": k.state,
+        "last_used_ip": k.last_used.as_ref().and_then(|t| t.ip.clone()),
+        "last_used_user_agent": k.last_used.as_ref().and_then(|t| t.user_agent.clone()),
+        "rotated_at": (k.secrets.len() > 1).then(|| k.secret_created_at()),
+        "previous_secret_expires_at": k.secrets.get(1).and_then(|s| s.expires_at),
+        "revoked_at": k.revocation.as_ref().map(|r| r.at),
+        "revoke_reason": k.revocation.as_ref().and_then(|r| r.reason.clone()),
     });
     access_fields(&mut object, &k.access);
     object
@@ -113,7 +121,7 @@ pub fn admin_api_key(k: &KeyRecord) -> Value {
         "redacted_value": redacted(k),
         "created_at": k.created_at,
         "expires_at": k.expires_at,
-        "last_used_at": k.last_used_at,
+        "last_used_at": k.last_used.as_ref().map(|t| t.at),
         "owner": owner,
     })
 }

@@ -28,6 +28,9 @@ struct ProjectBody {
     #[serde(default, with = "super::nullable")]
     models: Option<Option<Vec<String>>>,
     allowed_ips: Option<Vec<String>>,
+    /// Rotation policy (ours): keys whose newest secret is older are due.
+    #[serde(default, deserialize_with = "super::nullable_i64")]
+    max_key_age_seconds: Option<Option<i64>>,
 }
 
 pub async fn create(
@@ -41,7 +44,14 @@ pub async fn create(
         models: req.models.flatten().map(models).transpose()?,
         allowed_ips: cidrs(&req.allowed_ips.unwrap_or_default())?,
     };
-    let project = state.store.create_project(&project_name, &access, state.clock.now()).await?;
+    let mut project = state.store.create_project(&project_name, &access, state.clock.now()).await?;
+    if let Some(Some(age)) = req.max_key_age_seconds {
+        if age <= 0 {
+            return Err(super::bad("`max_key_age_seconds` must be positive.", "max_key_age_seconds"));
+        }
+        let update = ProjectUpdate { max_key_age_seconds: Some(Some(age)), ..ProjectUpdate::default() };
+        project = state.store.update_project(&project.id, &update).await?.ok_or(ApiError::Internal)?;
+    }
     state.index.upsert_project(project.clone());
     audit(
         &state,
@@ -66,6 +76,12 @@ pub async fn update(
         name: req.name.as_deref().map(|n| name(n, "Project")).transpose()?,
         models: req.models.map(|m| m.map(models).transpose()).transpose()?,
         allowed_ips: req.allowed_ips.as_deref().map(cidrs).transpose()?,
+        max_key_age_seconds: match req.max_key_age_seconds {
+            Some(Some(age)) if age <= 0 => {
+                return Err(super::bad("`max_key_age_seconds` must be positive.", "max_key_age_seconds"))
+            }
+            other => other,
+        },
     };
     let project = state.store.update_project(&project_id, &update).await?.ok_or_else(|| not_found(&project_id))?;
     state.index.upsert_project(project.clone());

@@ -105,6 +105,14 @@ pub async fn delete(
     Path((project_id, sa_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let sa = find(&state, &project_id, &sa_id).await?;
+    let default = state.store.default_service_account(&project_id).await?;
+    if default.is_some_and(|d| d.id == sa.id) {
+        return Err(ApiError::BadRequest {
+            message: "The project's default service account owns keys created without an owner and cannot be deleted."
+                .into(),
+            param: None,
+        });
+    }
     let revocation = Revocation {
         at: state.clock.now(),
         by: Some(actor_name(&actor)),

@@ -34,27 +34,114 @@ impl fmt::Display for KeyRef {
     }
 }
 
+/// Another provider's key, recognised by its shape alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignKey {
+    OpenAi,
+    Azure,
+}
+
+impl ForeignKey {
+    /// Classifies a presented string that is not a keygate key.
+    pub fn classify(presented: &str) -> Option<Self> {
+        let openai_prefix =
+            ["sk-proj-", "sk-svcacct-", "sk-admin-", "sk-None-"].iter().any(|p| presented.starts_with(p));
+        if presented.contains("T3BlbkFJ") || (openai_prefix && !presented.contains("-kg1")) {
+            Some(Self::OpenAi)
+        } else if presented.len() == 32 && presented.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Some(Self::Azure)
+        } else {
+            None
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::OpenAi => "an OpenAI API key",
+            Self::Azure => "an Azure OpenAI key (32 hex characters)",
+        }
+    }
+}
+
 /// `mask` is the presented value masked as OpenAI masks it; it appears in the
 /// public 401 text and nowhere else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
     MissingCredential,
-    MalformedAuthorization { detail: &'static str },
-    MalformedKey { mask: String, reason: KeyFormatError },
-    UnknownKey { mask: String },
-    WrongSecret { mask: String, key: KeyRef },
-    Revoked { mask: String, key: KeyRef, revocation: Option<Revocation> },
-    Suspended { mask: String, key: KeyRef },
-    Expired { mask: String, key: KeyRef, at: Timestamp },
-    RotatedOut { mask: String, key: KeyRef, at: Timestamp },
-    AdminKeyOnDataPlane { key: KeyRef, scope: Scope },
-    ProjectKeyOnAdmin { key: KeyRef, scope: Scope },
-    ProjectArchived { mask: String, key: KeyRef, project: String, at: Timestamp },
-    OrganizationMismatch { key: KeyRef, header: String },
-    ProjectMismatch { key: KeyRef, header: String },
-    IpNotAllowed { key: KeyRef, ip: Option<std::net::IpAddr> },
-    MissingScope { key: KeyRef, scope: Scope },
-    ModelNotAllowed { key: KeyRef, model: String },
+    MalformedAuthorization {
+        detail: &'static str,
+    },
+    /// `near`: the existing key the presented value names, if any.
+    MalformedKey {
+        mask: String,
+        reason: KeyFormatError,
+        near: Option<KeyRef>,
+    },
+    /// `foreign`: what the presented string looks like when it is another
+    /// provider's key.
+    UnknownKey {
+        mask: String,
+        foreign: Option<ForeignKey>,
+    },
+    WrongSecret {
+        mask: String,
+        key: KeyRef,
+    },
+    Revoked {
+        mask: String,
+        key: KeyRef,
+        revocation: Option<Revocation>,
+    },
+    Suspended {
+        mask: String,
+        key: KeyRef,
+    },
+    Expired {
+        mask: String,
+        key: KeyRef,
+        at: Timestamp,
+    },
+    /// `at`: end of the grace period; `rotated_at`: when the newest secret was made.
+    RotatedOut {
+        mask: String,
+        key: KeyRef,
+        at: Timestamp,
+        rotated_at: Option<Timestamp>,
+    },
+    AdminKeyOnDataPlane {
+        key: KeyRef,
+        scope: Scope,
+    },
+    ProjectKeyOnAdmin {
+        key: KeyRef,
+        scope: Scope,
+    },
+    ProjectArchived {
+        mask: String,
+        key: KeyRef,
+        project: String,
+        at: Timestamp,
+    },
+    OrganizationMismatch {
+        key: KeyRef,
+        header: String,
+    },
+    ProjectMismatch {
+        key: KeyRef,
+        header: String,
+    },
+    IpNotAllowed {
+        key: KeyRef,
+        ip: Option<std::net::IpAddr>,
+    },
+    MissingScope {
+        key: KeyRef,
+        scope: Scope,
+    },
+    ModelNotAllowed {
+        key: KeyRef,
+        model: String,
+    },
 }
 
 impl Denial {
@@ -63,7 +150,7 @@ impl Denial {
             Self::Revoked { key, revocation, .. } => Self::Revoked { mask: new, key, revocation },
             Self::Suspended { key, .. } => Self::Suspended { mask: new, key },
             Self::Expired { key, at, .. } => Self::Expired { mask: new, key, at },
-            Self::RotatedOut { key, at, .. } => Self::RotatedOut { mask: new, key, at },
+            Self::RotatedOut { key, at, rotated_at, .. } => Self::RotatedOut { mask: new, key, at, rotated_at },
             Self::ProjectArchived { key, project, at, .. } => Self::ProjectArchived { mask: new, key, project, at },
             other => other,
         }
@@ -95,10 +182,8 @@ impl Denial {
     /// The key this denial is about, when one was identified.
     pub fn key(&self) -> Option<&KeyRef> {
         match self {
-            Self::MissingCredential
-            | Self::MalformedAuthorization { .. }
-            | Self::MalformedKey { .. }
-            | Self::UnknownKey { .. } => None,
+            Self::MissingCredential | Self::MalformedAuthorization { .. } | Self::UnknownKey { .. } => None,
+            Self::MalformedKey { near, .. } => near.as_ref(),
             Self::WrongSecret { key, .. }
             | Self::Revoked { key, .. }
             | Self::Suspended { key, .. }
@@ -123,8 +208,21 @@ impl fmt::Display for Denial {
                 f.write_str("no Authorization header arrived (the client sent none, or a proxy stripped it)")
             }
             Self::MalformedAuthorization { detail } => write!(f, "malformed Authorization header: {detail}"),
-            Self::MalformedKey { reason, .. } => write!(f, "the presented key is malformed: {reason}"),
-            Self::UnknownKey { .. } => f.write_str("no key with this value exists on this gateway (from another gateway or environment, deleted, or not a keygate key)"),
+            Self::MalformedKey { reason, near, .. } => {
+                write!(f, "the presented key is malformed: {reason}")?;
+                match near {
+                    Some(key) => write!(f, "; it names {key}, so it is probably a mistyped or truncated copy of that key"),
+                    None => Ok(()),
+                }
+            }
+            Self::UnknownKey { foreign: Some(kind), .. } => write!(
+                f,
+                "the client sent {}, not a key issued by this gateway (it still uses its provider key; give it a keygate key)",
+                kind.describe()
+            ),
+            Self::UnknownKey { foreign: None, .. } => f.write_str(
+                "no key with this value exists on this gateway (from another gateway or environment, deleted, or not a keygate key)",
+            ),
             Self::WrongSecret { key, .. } => write!(
                 f,
                 "the key names {key} but its secret does not match any of that key's secrets (an old secret from before a rotation, or a forged key)"
@@ -144,11 +242,18 @@ impl fmt::Display for Denial {
             }
             Self::Suspended { key, .. } => write!(f, "{key} is suspended"),
             Self::Expired { key, at, .. } => write!(f, "{key} expired at {}", crate::time::rfc3339(*at)),
-            Self::RotatedOut { key, at, .. } => write!(
-                f,
-                "{key} was rotated; the presented secret's grace period ended at {}",
-                crate::time::rfc3339(*at)
-            ),
+            Self::RotatedOut { key, at, rotated_at, .. } => {
+                write!(f, "{key} was rotated")?;
+                if let Some(rotated_at) = rotated_at {
+                    write!(f, " at {}", crate::time::rfc3339(*rotated_at))?;
+                }
+                write!(
+                    f,
+                    "; the grace period of the presented (old) secret ended at {}; its replacement is the newest secret of {} (same id)",
+                    crate::time::rfc3339(*at),
+                    key.id
+                )
+            }
             Self::AdminKeyOnDataPlane { key, scope } => write!(
                 f,
                 "{key} is an admin key, which can only call the Administration API (this route needs scope {})",

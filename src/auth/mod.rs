@@ -20,7 +20,7 @@ use crate::proxy::glob_match;
 use crate::store::{Access, KeyKind, KeyRecord, KeyState, Project, Timestamp};
 
 pub use credential::{extract, Presented};
-pub use denial::{Denial, KeyRef};
+pub use denial::{Denial, ForeignKey, KeyRef};
 pub use index::KeyIndex;
 pub use scope::{admin_scope, data_plane_scope, Permissions, PermissionsError, Scope, KNOWN_SCOPES};
 
@@ -50,6 +50,9 @@ pub struct Admission<'a> {
 pub struct Authorized {
     pub key: Arc<KeyRecord>,
     pub project: Option<Arc<Project>>,
+    /// When the presented secret stops working: the key's expiry or the end
+    /// of its rotation grace, whichever is first.
+    pub expires_at: Option<Timestamp>,
 }
 
 impl Authorized {
@@ -89,7 +92,12 @@ pub fn authenticate(index: &KeyIndex, headers: &HeaderMap, admission: &Admission
     let project = record.project_id.as_deref().and_then(|id| index.project(id));
     decide(&record, &digest, project.as_deref(), headers, admission)
         .map_err(|reason| reason.with_mask(presented.mask()))?;
-    Ok(Authorized { key: record, project })
+    let secret_expires = record.secrets.iter().find(|s| s.digest.ct_eq(&digest)).and_then(|s| s.expires_at);
+    let expires_at = match (record.expires_at, secret_expires) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(Authorized { key: record, project, expires_at })
 }
 
 fn unknown(index: &KeyIndex, presented: &Presented, format: Result<String, KeyFormatError>) -> Denial {
@@ -97,10 +105,16 @@ fn unknown(index: &KeyIndex, presented: &Presented, format: Result<String, KeyFo
     match format {
         Ok(id) => match key::PublicId::parse(&id).and_then(|id| index.by_id(&id)) {
             Some(record) => Denial::WrongSecret { mask, key: KeyRef::of(&record) },
-            None => Denial::UnknownKey { mask },
+            None => Denial::UnknownKey { mask, foreign: None },
         },
-        Err(KeyFormatError::NotKeygate) => Denial::UnknownKey { mask },
-        Err(reason) => Denial::MalformedKey { mask, reason },
+        Err(KeyFormatError::NotKeygate) => {
+            Denial::UnknownKey { mask, foreign: ForeignKey::classify(presented.expose()) }
+        }
+        Err(reason) => {
+            // A mistyped key usually still names the key it was copied from.
+            let near = key::claimed_id(presented.expose()).and_then(|id| index.by_id(&id)).map(|r| KeyRef::of(&r));
+            Denial::MalformedKey { mask, reason, near }
+        }
     }
 }
 
@@ -136,7 +150,8 @@ pub fn decide(
     }
     let version = record.secrets.iter().find(|s| s.digest.ct_eq(digest));
     if let Some(at) = version.and_then(|v| v.expires_at).filter(|&at| at <= now) {
-        return Err(Denial::RotatedOut { mask, key: key(), at });
+        let rotated_at = record.secrets.first().map(|newest| newest.created_at);
+        return Err(Denial::RotatedOut { mask, key: key(), at, rotated_at });
     }
     let scope = admission.scope;
     match (record.kind, admission.plane) {

@@ -21,7 +21,7 @@ fn record(kind: KeyKind) -> (KeyRecord, String) {
         access: Access::default(),
         created_at: NOW - 100,
         expires_at: None,
-        last_used_at: None,
+        last_used: None,
         revocation: None,
         secrets: vec![SecretVersion {
             digest: generated.digest,
@@ -41,6 +41,7 @@ fn project() -> Project {
         created_at: NOW - 1000,
         archived_at: None,
         access: Access::default(),
+        max_key_age_seconds: None,
     }
 }
 

@@ -13,6 +13,21 @@ use crate::auth::Denial;
 
 pub use openai::render as render_openai;
 
+/// Per-deployment rendering choices.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RenderOptions {
+    /// `errors.hints`: append a safe hint (facts of the presented string only).
+    pub hints: bool,
+}
+
+/// Renders a denial with `options`, attaching it for the request recorder.
+pub fn render_denial(denial: Denial, options: &RenderOptions) -> Response {
+    let denial = Arc::new(denial);
+    let mut response = openai::render_with(&ApiError::Denied((*denial).clone()), options);
+    response.extensions_mut().insert(denial);
+    response
+}
+
 #[derive(Debug, Clone)]
 pub enum ApiError {
     Denied(Denial),
@@ -57,16 +72,11 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let denial = match &self {
-            Self::Denied(d) => Some(Arc::new(d.clone())),
-            _ => None,
-        };
-        let mut response = render_openai(&self);
         // The response itself has no side effects; the request-id middleware
-        // records the private reason it finds here.
-        if let Some(denial) = denial {
-            response.extensions_mut().insert(denial);
+        // records the private reason it finds in the extensions.
+        match self {
+            Self::Denied(denial) => render_denial(denial, &RenderOptions::default()),
+            other => render_openai(&other),
         }
-        response
     }
 }

@@ -6,8 +6,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
-use super::ApiError;
-use crate::auth::Denial;
+use super::{ApiError, RenderOptions};
+use crate::auth::{Denial, ForeignKey};
+use crate::key::KeyFormatError;
 
 const NO_KEY: &str = "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.";
 const BAD_SCHEME: &str = "Missing bearer or basic authentication in header";
@@ -46,7 +47,7 @@ fn parts(error: &ApiError) -> (StatusCode, String, &'static str, Option<&'static
             Denial::MissingCredential => (StatusCode::UNAUTHORIZED, NO_KEY.into(), IRE, None, None),
             Denial::MalformedAuthorization { .. } => (StatusCode::UNAUTHORIZED, BAD_SCHEME.into(), IRE, None, None),
             Denial::MalformedKey { mask, .. }
-            | Denial::UnknownKey { mask }
+            | Denial::UnknownKey { mask, .. }
             | Denial::WrongSecret { mask, .. }
             | Denial::Revoked { mask, .. }
             | Denial::Suspended { mask, .. }
@@ -122,8 +123,42 @@ fn parts(error: &ApiError) -> (StatusCode, String, &'static str, Option<&'static
     }
 }
 
+/// A hint for `errors.hints`, from facts of the presented string alone: it
+/// never tells whether a key exists.
+fn hint(denial: &Denial) -> Option<&'static str> {
+    match denial {
+        Denial::MalformedKey { reason, .. } => Some(match reason {
+            KeyFormatError::ChecksumMismatch => "the key's checksum does not match: it was mistyped or altered",
+            KeyFormatError::BadLength { .. } => "the key has the wrong length: it was truncated or pasted twice",
+            KeyFormatError::Whitespace { .. } => "the key contains whitespace",
+            KeyFormatError::Quoted => "the key is wrapped in quotes",
+            KeyFormatError::NonAscii { .. } => "the key contains a non-ASCII character (a look-alike letter?)",
+            KeyFormatError::BadCharacter { .. } => "the key contains a character keygate keys never contain",
+            KeyFormatError::BadPrefix(_) => "the key's prefix is malformed",
+            KeyFormatError::UnknownVersion(_) => "the key's format version is unknown to this gateway",
+            KeyFormatError::Empty | KeyFormatError::NotKeygate => return None,
+        }),
+        Denial::UnknownKey { foreign: Some(ForeignKey::OpenAi), .. } => {
+            Some("this is an OpenAI key; use a key issued by this gateway")
+        }
+        Denial::UnknownKey { foreign: Some(ForeignKey::Azure), .. } => {
+            Some("this looks like an Azure OpenAI key; use a key issued by this gateway")
+        }
+        _ => None,
+    }
+}
+
 pub fn render(error: &ApiError) -> Response {
-    let (status, message, kind, param, code) = parts(error);
+    render_with(error, &RenderOptions::default())
+}
+
+pub fn render_with(error: &ApiError, options: &RenderOptions) -> Response {
+    let (status, mut message, kind, param, code) = parts(error);
+    if let (true, ApiError::Denied(denial)) = (options.hints, error) {
+        if let Some(hint) = hint(denial) {
+            message.push_str(&format!(" (keygate hint: {hint}.)"));
+        }
+    }
     let envelope = Envelope { error: Body { message: &message, kind, param, code } };
     // OpenAI pretty-prints error bodies with a two-space indent.
     let mut body = serde_json::to_vec_pretty(&envelope).unwrap_or_default();
@@ -140,7 +175,7 @@ pub fn render(error: &ApiError) -> Response {
 mod tests {
     use super::*;
     use crate::auth::{data_plane_scope, KeyRef};
-    use crate::key::{KeyFormatError, PublicId};
+    use crate::key::PublicId;
 
     async fn body_of(error: ApiError) -> (StatusCode, String) {
         let response = render(&error);
@@ -156,7 +191,7 @@ mod tests {
     #[tokio::test]
     async fn invalid_key_is_byte_exact() {
         let mask = crate::key::mask_for_error(&format!("sk-4sJHr{}w8ZP", "x".repeat(39)));
-        let (status, body) = body_of(ApiError::Denied(Denial::UnknownKey { mask })).await;
+        let (status, body) = body_of(ApiError::Denied(Denial::UnknownKey { mask, foreign: None })).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(
             body,
@@ -168,13 +203,15 @@ mod tests {
     async fn unknown_revoked_and_mistyped_keys_look_the_same() {
         let mask = "sk-prod-****abcd".to_owned();
         let variants = [
-            Denial::UnknownKey { mask: mask.clone() },
-            Denial::MalformedKey { mask: mask.clone(), reason: KeyFormatError::ChecksumMismatch },
+            Denial::UnknownKey { mask: mask.clone(), foreign: None },
+            Denial::UnknownKey { mask: mask.clone(), foreign: Some(ForeignKey::OpenAi) },
+            Denial::MalformedKey { mask: mask.clone(), reason: KeyFormatError::ChecksumMismatch, near: None },
             Denial::WrongSecret { mask: mask.clone(), key: key_ref() },
             Denial::Revoked { mask: mask.clone(), key: key_ref(), revocation: None },
             Denial::Suspended { mask: mask.clone(), key: key_ref() },
             Denial::Expired { mask: mask.clone(), key: key_ref(), at: 1 },
-            Denial::RotatedOut { mask, key: key_ref(), at: 1 },
+            Denial::RotatedOut { mask: mask.clone(), key: key_ref(), at: 1, rotated_at: Some(0) },
+            Denial::ProjectArchived { mask, key: key_ref(), project: "proj_1".into(), at: 1 },
         ];
         let mut bodies = Vec::new();
         for denial in variants {
@@ -187,6 +224,24 @@ mod tests {
             ));
         }
         assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[tokio::test]
+    async fn hints_are_appended_only_when_enabled_and_only_from_the_string() {
+        let denial = Denial::MalformedKey { mask: "m".into(), reason: KeyFormatError::ChecksumMismatch, near: None };
+        let with = render_with(&ApiError::Denied(denial.clone()), &RenderOptions { hints: true });
+        let body = axum::body::to_bytes(with.into_body(), usize::MAX).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("api-keys. (keygate hint: the key's checksum does not match: it was mistyped or altered.)"));
+        let (_, plain) = body_of(ApiError::Denied(denial)).await;
+        assert!(!plain.contains("hint"));
+        let revoked = Denial::Revoked { mask: "m".into(), key: key_ref(), revocation: None };
+        let with = render_with(&ApiError::Denied(revoked), &RenderOptions { hints: true });
+        let body = axum::body::to_bytes(with.into_body(), usize::MAX).await.unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("hint"), "a hint must never reveal that a key exists");
     }
 
     #[tokio::test]

@@ -238,6 +238,17 @@ pub fn parse(key: &str) -> Result<ParsedKey<'_>, KeyFormatError> {
     Ok(ParsedKey { prefix, id: &body[id_start..id_start + ID_LEN] })
 }
 
+/// The public id a string names if it has a v1 key's shape, whatever its
+/// checksum says: `explain` uses it to name the key a typo was copied from.
+pub fn claimed_id(key: &str) -> Option<PublicId> {
+    let body = &key[key.rfind('-').map_or(0, |i| i + 1)..];
+    if body.len() != BODY_LEN || !body.starts_with(MARKER) {
+        return None;
+    }
+    let start = MARKER.len() + 1;
+    PublicId::parse(body.get(start..start + ID_LEN)?)
+}
+
 /// CRC-32 of `signed`, as 6 base62 characters, most significant first.
 pub fn checksum(signed: &str) -> String {
     let mut n = u64::from(crc32fast::hash(signed.as_bytes()));

@@ -10,8 +10,8 @@ mod format;
 mod secret;
 
 pub use format::{
-    checksum, generate, locate_typo, mask_for_error, parse, redact, GeneratedKey, KeyDigest, KeyFormatError, KeyPrefix,
-    ParsedKey, PrefixError, PublicId, TypoSuggestion, BODY_LEN, DEFAULT_PREFIX,
+    checksum, claimed_id, generate, locate_typo, mask_for_error, parse, redact, GeneratedKey, KeyDigest,
+    KeyFormatError, KeyPrefix, ParsedKey, PrefixError, PublicId, TypoSuggestion, BODY_LEN, DEFAULT_PREFIX,
 };
 pub use secret::Secret;
 

@@ -35,6 +35,46 @@ impl RequestMeta {
     }
 }
 
+impl RequestMeta {
+    /// Reads a body by its content type: JSON strictly (bad JSON is a 400),
+    /// multipart for its `model` field, anything else leniently (a JSON
+    /// object sent with another type still has its model checked, since an
+    /// upstream may read it anyway).
+    pub fn from_body(content_type: Option<&str>, body: &[u8]) -> Result<Self, ApiError> {
+        let media = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if media == "application/json" || media.ends_with("+json") {
+            return Self::parse(body);
+        }
+        if body.is_empty() {
+            return Ok(Self::default());
+        }
+        if media == "multipart/form-data" {
+            let boundary = content_type.and_then(multipart_boundary);
+            return Ok(Self { model: boundary.and_then(|b| multipart_field(body, &b, "model")), stream: false });
+        }
+        Ok(Self::parse(body).unwrap_or_default())
+    }
+}
+
+fn multipart_boundary(content_type: &str) -> Option<String> {
+    content_type.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.trim().split_once('=')?;
+        name.eq_ignore_ascii_case("boundary").then(|| value.trim_matches('"').to_owned())
+    })
+}
+
+/// The text value of form field `name` in a multipart body.
+fn multipart_field(body: &[u8], boundary: &str, name: &str) -> Option<String> {
+    let delimiter = format!("--{boundary}");
+    let text = String::from_utf8_lossy(body);
+    text.split(delimiter.as_str()).find_map(|part| {
+        let (headers, value) = part.split_once("\r\n\r\n")?;
+        let disposition = headers.lines().find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))?;
+        let wanted = format!("name=\"{name}\"");
+        disposition.split(';').any(|p| p.trim() == wanted).then(|| value.trim_end_matches("\r\n").to_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +84,19 @@ mod tests {
         let m = RequestMeta::parse(br#"{"model":"gpt-4o","stream":true,"messages":[]}"#).unwrap();
         assert_eq!(m, RequestMeta { model: Some("gpt-4o".into()), stream: true });
         assert_eq!(RequestMeta::parse(b"{}").unwrap(), RequestMeta::default());
+    }
+
+    #[test]
+    fn reads_the_model_whatever_the_content_type_says() {
+        let json = br#"{"model":"gpt-4o"}"#;
+        for ct in [Some("Application/JSON"), Some("text/plain"), None, Some("application/json; charset=utf-8")] {
+            assert_eq!(RequestMeta::from_body(ct, json).unwrap().model.as_deref(), Some("gpt-4o"), "{ct:?}");
+        }
+        assert!(RequestMeta::from_body(Some("APPLICATION/JSON"), b"{bad").is_err());
+        assert_eq!(RequestMeta::from_body(Some("text/plain"), b"{bad").unwrap(), RequestMeta::default());
+        let form = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XyZ--\r\n";
+        let meta = RequestMeta::from_body(Some("multipart/form-data; boundary=XyZ"), form).unwrap();
+        assert_eq!(meta.model.as_deref(), Some("whisper-1"));
     }
 
     #[test]

@@ -136,6 +136,23 @@ pub async fn forward(
     Ok(stream_back(response))
 }
 
+/// Whether a data-plane path is safe to authorize by its segments and to
+/// forward: no `.`/`..` segments (also percent-encoded), no encoded slashes or
+/// backslashes, no empty segments. URL resolution would otherwise send the
+/// request to another endpoint than the one whose scope was checked.
+pub fn is_clean_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
+        return false;
+    }
+    let segments: Vec<&str> = lower.split('/').skip(1).collect();
+    segments.iter().enumerate().all(|(i, segment)| {
+        let decoded = segment.replace("%2e", ".");
+        let trailing = i + 1 == segments.len();
+        decoded != "." && decoded != ".." && (!segment.is_empty() || trailing)
+    })
+}
+
 /// Keeps only the allowed models in a `GET /v1/models` answer. Lists are
 /// small, so this one route is buffered; an answer that is not a model list
 /// (an upstream error) passes unchanged.

@@ -79,6 +79,8 @@ pub struct Project {
     pub created_at: Timestamp,
     pub archived_at: Option<Timestamp>,
     pub access: Access,
+    /// Rotation policy: a key whose newest secret is older than this is due.
+    pub max_key_age_seconds: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -86,6 +88,7 @@ pub struct ProjectUpdate {
     pub name: Option<String>,
     pub models: Option<Option<Vec<String>>>,
     pub allowed_ips: Option<Vec<IpNet>>,
+    pub max_key_age_seconds: Option<Option<i64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +156,7 @@ pub struct KeyRecord {
     pub access: Access,
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
-    pub last_used_at: Option<Timestamp>,
+    pub last_used: Option<Touch>,
     pub revocation: Option<Revocation>,
     /// Newest first.
     pub secrets: Vec<SecretVersion>,
@@ -164,6 +167,19 @@ impl KeyRecord {
     pub fn last4(&self) -> &str {
         self.secrets.first().map_or("", |s| s.last4.as_str())
     }
+
+    /// When the newest secret was made: creation, or the last rotation.
+    pub fn secret_created_at(&self) -> Timestamp {
+        self.secrets.first().map_or(self.created_at, |s| s.created_at)
+    }
+}
+
+/// A use of a key, recorded off the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touch {
+    pub at: Timestamp,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 /// What `insert_key` needs; the secret itself never comes here, only its digest.
@@ -186,6 +202,7 @@ pub struct NewKey {
 #[derive(Debug, Clone, Default)]
 pub struct KeyUpdate {
     pub name: Option<String>,
+    pub expires_at: Option<Option<Timestamp>>,
     pub permissions: Option<Permissions>,
     pub models: Option<Option<Vec<String>>>,
     pub allowed_ips: Option<Vec<IpNet>>,
@@ -206,8 +223,7 @@ pub struct Page<T> {
 
 #[derive(Debug, Clone)]
 pub enum KeyFilter {
-    Project(String),
-    ServiceAccount(String),
+    Project { project_id: String, include_revoked: bool },
     Admin,
 }
 
@@ -220,6 +236,46 @@ pub struct AuditEvent {
     pub project_id: Option<String>,
     pub actor_key_id: Option<PublicId>,
     pub details: serde_json::Value,
+}
+
+/// An audit event as stored, with its project's name.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub id: String,
+    pub kind: String,
+    pub effective_at: Timestamp,
+    pub project: Option<(String, Option<String>)>,
+    pub actor_key: Option<KeyRecord>,
+    pub details: serde_json::Value,
+}
+
+/// `GET /v1/organization/audit_logs` filters.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub event_types: Vec<String>,
+    pub project_ids: Vec<String>,
+    pub resource_ids: Vec<String>,
+    pub actor_ids: Vec<String>,
+    pub effective_at_gte: Option<Timestamp>,
+    pub effective_at_lte: Option<Timestamp>,
+    pub after: Option<String>,
+    pub before: Option<String>,
+    pub limit: u32,
+}
+
+/// A refused request, kept for `keygate explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenialRecord {
+    pub request_id: String,
+    pub at: Timestamp,
+    pub reason: String,
+    pub explanation: String,
+    pub key_id: Option<PublicId>,
+    pub project_id: Option<String>,
+    pub status: u16,
+    pub method: String,
+    pub path: String,
+    pub client_ip: Option<String>,
 }
 
 /// What `bootstrap` found or created.
@@ -271,8 +327,25 @@ pub trait Store: Send + Sync + 'static {
     async fn all_keys(&self) -> StoreResult<Vec<KeyRecord>>;
     async fn update_key(&self, id: &PublicId, update: &KeyUpdate) -> StoreResult<Option<KeyRecord>>;
     async fn revoke_key(&self, id: &PublicId, revocation: &Revocation) -> StoreResult<Option<KeyRecord>>;
-    /// Records last-used times; later times win.
-    async fn touch_keys(&self, batch: &[(PublicId, Timestamp)]) -> StoreResult<()>;
+    /// Suspends (`false`) or resumes (`true`) a key that is not revoked.
+    async fn set_key_active(&self, id: &PublicId, active: bool) -> StoreResult<Option<KeyRecord>>;
+    /// Adds `secret` as the key's newest version; every older version without
+    /// an earlier expiry now expires at `grace_ends`.
+    async fn rotate_key(
+        &self,
+        id: &PublicId,
+        secret: &SecretVersion,
+        grace_ends: Timestamp,
+    ) -> StoreResult<Option<KeyRecord>>;
+    /// Records last uses; later times win.
+    async fn touch_keys(&self, batch: &[(PublicId, Touch)]) -> StoreResult<()>;
 
     async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()>;
+    async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Page<AuditRecord>>;
+
+    async fn insert_denials(&self, batch: &[DenialRecord]) -> StoreResult<()>;
+    async fn get_denial(&self, request_id: &str) -> StoreResult<Option<DenialRecord>>;
+    /// Deletes denial records older than `before`, then the oldest beyond
+    /// `max_rows`; returns how many were deleted.
+    async fn prune_denials(&self, before: Timestamp, max_rows: u64) -> StoreResult<u64>;
 }

@@ -17,14 +17,15 @@ pub struct SqliteStore {
 }
 
 const KEY_SELECT: &str = "SELECT k.id, k.kind, k.name, k.project_id, k.owner_type, k.owner_id, k.prefix, k.state, \
-     k.permissions, k.scopes, k.models, k.allowed_ips, k.created_at, k.expires_at, k.last_used_at, \
+     k.permissions, k.scopes, k.models, k.allowed_ips, k.created_at, k.expires_at, k.last_used_at, k.last_used_ip, k.last_used_user_agent, \
      k.revoked_at, k.revoked_by, k.revoke_reason, \
      sa.id AS sa_id, sa.project_id AS sa_project_id, sa.name AS sa_name, sa.role AS sa_role, sa.created_at AS sa_created_at, \
      u.id AS u_id, u.name AS u_name, u.email AS u_email, u.role AS u_role, u.added_at AS u_added_at \
      FROM api_keys k \
      LEFT JOIN service_accounts sa ON k.owner_type = 'service_account' AND sa.id = k.owner_id \
      LEFT JOIN users u ON k.owner_type = 'user' AND u.id = k.owner_id";
-const PROJECT_SELECT: &str = "SELECT id, name, created_at, archived_at, models, allowed_ips FROM projects";
+const PROJECT_SELECT: &str =
+    "SELECT id, name, created_at, archived_at, models, allowed_ips, max_key_age_seconds FROM projects";
 const SA_SELECT: &str = "SELECT id, project_id, name, role, created_at FROM service_accounts";
 const USER_SELECT: &str = "SELECT id, name, email, role, added_at FROM users";
 
@@ -237,7 +238,12 @@ fn key_from_row(row: &SqliteRow, secrets: Vec<SecretVersion>) -> StoreResult<Key
         access: access_from_row(row)?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
-        last_used_at: row.try_get("last_used_at")?,
+        last_used: match row.try_get::<Option<i64>, _>("last_used_at")? {
+            Some(at) => {
+                Some(Touch { at, ip: row.try_get("last_used_ip")?, user_agent: row.try_get("last_used_user_agent")? })
+            }
+            None => None,
+        },
         revocation,
         secrets,
     })
@@ -250,6 +256,7 @@ fn project_from_row(row: &SqliteRow) -> StoreResult<Project> {
         created_at: row.try_get("created_at")?,
         archived_at: row.try_get("archived_at")?,
         access: access_from_row(row)?,
+        max_key_age_seconds: row.try_get("max_key_age_seconds")?,
     })
 }
 
@@ -401,7 +408,14 @@ impl Store for SqliteStore {
             .await?;
         insert_service_account(&mut tx, Some(&id), "default", "member", true, now).await?;
         tx.commit().await?;
-        Ok(Project { id, name: name.to_owned(), created_at: now, archived_at: None, access: access.clone() })
+        Ok(Project {
+            id,
+            name: name.to_owned(),
+            created_at: now,
+            archived_at: None,
+            access: access.clone(),
+            max_key_age_seconds: None,
+        })
     }
 
     async fn update_project(&self, id: &str, update: &ProjectUpdate) -> StoreResult<Option<Project>> {
@@ -627,15 +641,10 @@ impl Store for SqliteStore {
         const CURSOR: &str = "(? = '' OR k.rowid > (SELECT rowid FROM api_keys WHERE id = ?))";
         let limit = Some(q.limit + 1);
         let items = match filter {
-            KeyFilter::Project(project_id) => {
-                let clause = format!("k.kind = 'project' AND k.project_id = ? AND k.state != 'revoked' AND {CURSOR}");
+            KeyFilter::Project { project_id, include_revoked } => {
+                let live = if *include_revoked { "" } else { "AND k.state != 'revoked'" };
+                let clause = format!("k.kind = 'project' AND k.project_id = ? {live} AND {CURSOR}");
                 self.keys_where(&clause, &[project_id, after, after], limit).await?
-            }
-            KeyFilter::ServiceAccount(sa_id) => {
-                let clause = format!(
-                    "k.owner_type = 'service_account' AND k.owner_id = ? AND k.state != 'revoked' AND {CURSOR}"
-                );
-                self.keys_where(&clause, &[sa_id, after, after], limit).await?
             }
             KeyFilter::Admin => {
                 let clause = format!("k.kind = 'admin' AND k.state != 'revoked' AND {CURSOR}");
@@ -654,6 +663,13 @@ impl Store for SqliteStore {
         if let Some(name) = &update.name {
             sqlx::query("UPDATE api_keys SET name = ? WHERE id = ?")
                 .bind(name)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(expires_at) = update.expires_at {
+            sqlx::query("UPDATE api_keys SET expires_at = ? WHERE id = ?")
+                .bind(expires_at)
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
@@ -692,14 +708,63 @@ impl Store for SqliteStore {
         self.get_key(id).await
     }
 
-    async fn touch_keys(&self, batch: &[(PublicId, Timestamp)]) -> StoreResult<()> {
+    async fn set_key_active(&self, id: &PublicId, active: bool) -> StoreResult<Option<KeyRecord>> {
+        sqlx::query("UPDATE api_keys SET state = ? WHERE id = ? AND state != 'revoked'")
+            .bind(if active { "active" } else { "suspended" })
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        self.get_key(id).await
+    }
+
+    async fn rotate_key(
+        &self,
+        id: &PublicId,
+        secret: &SecretVersion,
+        grace_ends: Timestamp,
+    ) -> StoreResult<Option<KeyRecord>> {
         let mut tx = self.pool.begin().await?;
-        for (id, at) in batch {
-            sqlx::query("UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?")
-                .bind(at)
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
+        let live: Option<String> = sqlx::query_scalar("SELECT id FROM api_keys WHERE id = ? AND state != 'revoked'")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if live.is_none() {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE api_key_secrets SET expires_at = MIN(COALESCE(expires_at, ?1), ?1) WHERE key_id = ?2")
+            .bind(grace_ends)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO api_key_secrets (digest, key_id, algorithm, last4, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&secret.digest.0[..])
+        .bind(id.as_str())
+        .bind(if secret.legacy { "legacy" } else { "v1" })
+        .bind(&secret.last4)
+        .bind(secret.created_at)
+        .bind(secret.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.get_key(id).await
+    }
+
+    async fn touch_keys(&self, batch: &[(PublicId, Touch)]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for (id, touch) in batch {
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = ?, last_used_ip = ?, last_used_user_agent = ? \
+                 WHERE id = ? AND COALESCE(last_used_at, 0) <= ?",
+            )
+            .bind(touch.at)
+            .bind(&touch.ip)
+            .bind(&touch.user_agent)
+            .bind(id.as_str())
+            .bind(touch.at)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -718,5 +783,130 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Page<AuditRecord>> {
+        let mut sql = String::from(
+            "SELECT a.id, a.type, a.effective_at, a.project_id, p.name AS project_name, a.actor_key_id, a.details \
+             FROM audit_log a LEFT JOIN projects p ON p.id = a.project_id WHERE 1 = 1",
+        );
+        let mut binds: Vec<String> = Vec::new();
+        let mut any_of = |sql: &mut String, column: &str, values: &[String]| {
+            if !values.is_empty() {
+                sql.push_str(&format!(" AND {column} IN ({})", vec!["?"; values.len()].join(",")));
+                binds.extend(values.iter().cloned());
+            }
+        };
+        any_of(&mut sql, "a.type", &f.event_types);
+        any_of(&mut sql, "a.project_id", &f.project_ids);
+        any_of(&mut sql, "json_extract(a.details, '$.id')", &f.resource_ids);
+        any_of(&mut sql, "('key_' || a.actor_key_id)", &f.actor_ids);
+        if let Some(gte) = f.effective_at_gte {
+            sql.push_str(&format!(" AND a.effective_at >= {gte}"));
+        }
+        if let Some(lte) = f.effective_at_lte {
+            sql.push_str(&format!(" AND a.effective_at <= {lte}"));
+        }
+        // Newest first, as OpenAI lists audit logs; `after` pages towards older events.
+        if let Some(after) = &f.after {
+            sql.push_str(" AND a.seq < (SELECT seq FROM audit_log WHERE id = ?)");
+            binds.push(after.clone());
+        }
+        if let Some(before) = &f.before {
+            sql.push_str(" AND a.seq > (SELECT seq FROM audit_log WHERE id = ?)");
+            binds.push(before.clone());
+        }
+        sql.push_str(&format!(" ORDER BY a.seq DESC LIMIT {}", u64::from(f.limit) + 1));
+        let mut query = sqlx::query(&sql);
+        for b in &binds {
+            query = query.bind(b);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let actor: Option<String> = row.try_get("actor_key_id")?;
+            let actor_key = match actor.as_deref().and_then(PublicId::parse) {
+                Some(id) => self.get_key(&id).await?,
+                None => None,
+            };
+            let details: String = row.try_get("details")?;
+            items.push(AuditRecord {
+                id: row.try_get("id")?,
+                kind: row.try_get("type")?,
+                effective_at: row.try_get("effective_at")?,
+                project: match row.try_get::<Option<String>, _>("project_id")? {
+                    Some(id) => Some((id, row.try_get("project_name")?)),
+                    None => None,
+                },
+                actor_key,
+                details: serde_json::from_str(&details)
+                    .map_err(|e| StoreError::Corrupt(format!("audit details: {e}")))?,
+            });
+        }
+        Ok(page(items, f.limit))
+    }
+
+    async fn insert_denials(&self, batch: &[DenialRecord]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for d in batch {
+            sqlx::query(
+                "INSERT OR REPLACE INTO denials (request_id, at, reason, explanation, key_id, project_id, status, method, path, client_ip) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&d.request_id)
+            .bind(d.at)
+            .bind(&d.reason)
+            .bind(&d.explanation)
+            .bind(d.key_id.as_ref().map(PublicId::as_str))
+            .bind(&d.project_id)
+            .bind(i64::from(d.status))
+            .bind(&d.method)
+            .bind(&d.path)
+            .bind(&d.client_ip)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_denial(&self, request_id: &str) -> StoreResult<Option<DenialRecord>> {
+        let row = sqlx::query(
+            "SELECT request_id, at, reason, explanation, key_id, project_id, status, method, path, client_ip FROM denials WHERE request_id = ?",
+        )
+        .bind(request_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let status: i64 = row.try_get("status")?;
+        Ok(Some(DenialRecord {
+            request_id: row.try_get("request_id")?,
+            at: row.try_get("at")?,
+            reason: row.try_get("reason")?,
+            explanation: row.try_get("explanation")?,
+            key_id: row.try_get::<Option<String>, _>("key_id")?.as_deref().and_then(PublicId::parse),
+            project_id: row.try_get("project_id")?,
+            status: u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("bad status {status}")))?,
+            method: row.try_get("method")?,
+            path: row.try_get("path")?,
+            client_ip: row.try_get("client_ip")?,
+        }))
+    }
+
+    async fn prune_denials(&self, before: Timestamp, max_rows: u64) -> StoreResult<u64> {
+        let old =
+            sqlx::query("DELETE FROM denials WHERE at < ?").bind(before).execute(&self.pool).await?.rows_affected();
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM denials").fetch_one(&self.pool).await?;
+        let excess = u64::try_from(count).unwrap_or(0).saturating_sub(max_rows);
+        let capped = if excess > 0 {
+            sqlx::query("DELETE FROM denials WHERE rowid IN (SELECT rowid FROM denials ORDER BY at, rowid LIMIT ?)")
+                .bind(i64::try_from(excess).unwrap_or(i64::MAX))
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+        } else {
+            0
+        };
+        Ok(old + capped)
     }
 }

@@ -149,10 +149,17 @@ async fn last_used_is_recorded_off_the_request_path_and_flushed_on_stop() {
     let gw = TestGateway::start(&mock.url, "").await;
     let (key, secret) = gw.create_key("used").await;
     let id = keygate::key::PublicId::parse(key["id"].as_str().unwrap()).unwrap();
-    let ok = http().get(format!("{}/v1/models", gw.url)).bearer_auth(&secret).send().await.unwrap();
+    let ok = http()
+        .get(format!("{}/v1/models", gw.url))
+        .bearer_auth(&secret)
+        .header("user-agent", "OpenAI/Python 3.3.1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     let store = gw.gateway_state.store.clone();
     gw.stop().await;
-    let record = store.get_key(&id).await.unwrap().unwrap();
-    assert!(record.last_used_at.is_some());
+    let used = store.get_key(&id).await.unwrap().unwrap().last_used.expect("last use recorded on stop");
+    assert_eq!(used.ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(used.user_agent.as_deref(), Some("OpenAI/Python 3.3.1"));
 }

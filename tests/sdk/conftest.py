@@ -231,15 +231,28 @@ class Gateway:
             self._project_id = (default or projects)[0]["id"]
         return self._project_id
 
-    def create_key(self, name: str = "test-key", prefix: str | None = None) -> dict:
-        body: dict[str, Any] = {"name": name}
+    def create_key(self, name: str = "test-key", prefix: str | None = None, project_id: str | None = None,
+                   **fields: Any) -> dict:
+        """Issues a project key; `fields` are extra body fields (permissions, scopes, models, allowed_ips...)."""
+        body: dict[str, Any] = {"name": name, **fields}
         if prefix is not None:
             body["prefix"] = prefix
-        r = self.admin("POST", f"/v1/organization/projects/{self.project_id()}/api_keys", body=body)
+        r = self.admin("POST", f"/v1/organization/projects/{project_id or self.project_id()}/api_keys", body=body)
         assert r.status in (200, 201), (r.status, r.body)
         key = r.json()
         assert key.get("value") and key.get("id"), key
         return key
+
+    def update_key(self, key_id: str, project_id: str | None = None, **fields: Any) -> dict:
+        r = self.admin("POST", f"/v1/organization/projects/{project_id or self.project_id()}/api_keys/{key_id}",
+                       body=fields)
+        assert r.status == 200, (r.status, r.body)
+        return r.json()
+
+    def create_project(self, name: str = "test-project", **fields: Any) -> dict:
+        r = self.admin("POST", "/v1/organization/projects", body={"name": name, **fields})
+        assert r.status == 200, (r.status, r.body)
+        return r.json()
 
     def organization_id(self, key: str) -> str:
         """The organization keygate reports in `openai-organization`, as OpenAI does."""

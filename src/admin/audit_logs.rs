@@ -1,0 +1,80 @@
+//! `GET /v1/organization/audit_logs` in OpenAI's shape: newest first, with
+//! `event_types[]`, `project_ids[]`, `actor_ids[]`, `resource_ids[]`,
+//! `effective_at[gt|gte|lt|lte]`, `after`, `before`, `limit`.
+
+use axum::extract::{RawQuery, State};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{bad, objects, to_json};
+use crate::dialect::ApiError;
+use crate::server::AppState;
+use crate::store::{AuditFilter, AuditRecord, KeyKind, Owner};
+
+fn parse_filter(raw: Option<&str>) -> Result<AuditFilter, ApiError> {
+    let mut filter = AuditFilter { limit: 20, ..AuditFilter::default() };
+    let int = |name: &str, value: &str| {
+        value
+            .parse::<i64>()
+            .map_err(|_| bad(format!("Invalid '{name}': `{value}` is not a unix timestamp."), "effective_at"))
+    };
+    for (name, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        let value = value.into_owned();
+        match name.as_ref() {
+            "event_types[]" | "event_types" => filter.event_types.push(value),
+            "project_ids[]" | "project_ids" => filter.project_ids.push(value),
+            "resource_ids[]" | "resource_ids" => filter.resource_ids.push(value),
+            "actor_ids[]" | "actor_ids" => filter.actor_ids.push(value),
+            "effective_at[gte]" => filter.effective_at_gte = Some(int(&name, &value)?),
+            "effective_at[gt]" => filter.effective_at_gte = Some(int(&name, &value)? + 1),
+            "effective_at[lte]" => filter.effective_at_lte = Some(int(&name, &value)?),
+            "effective_at[lt]" => filter.effective_at_lte = Some(int(&name, &value)? - 1),
+            "after" => filter.after = Some(value),
+            "before" => filter.before = Some(value),
+            "limit" => {
+                filter.limit = value.parse().ok().filter(|l| (1..=100).contains(l)).ok_or_else(|| {
+                    bad(format!("Invalid 'limit': {value}. Expected a value between 1 and 100."), "limit")
+                })?;
+            }
+            other => return Err(bad(format!("Unknown query parameter '{other}'."), "query")),
+        }
+    }
+    Ok(filter)
+}
+
+fn actor(record: &AuditRecord) -> Value {
+    let Some(key) = &record.actor_key else { return Value::Null };
+    let (kind, who) = match &key.owner {
+        Some(Owner::User(u)) => ("user", json!({"user": {"id": u.id, "email": u.email}})),
+        Some(Owner::ServiceAccount(sa)) => ("service_account", json!({"service_account": {"id": sa.id}})),
+        None => ("service_account", json!({"service_account": {"id": null}})),
+    };
+    let mut api_key = json!({"id": key.id.api_id(), "type": kind});
+    if let (Some(a), Some(b)) = (api_key.as_object_mut(), who.as_object()) {
+        a.extend(b.clone());
+    }
+    // Ours: which keygate key acted, by name (no secret).
+    api_key["name"] = json!(key.name);
+    api_key["admin"] = json!(key.kind == KeyKind::Admin);
+    json!({"type": "api_key", "api_key": api_key})
+}
+
+fn entry(record: &AuditRecord) -> Value {
+    let mut object = json!({
+        "id": record.id,
+        "type": record.kind,
+        "effective_at": record.effective_at,
+        "actor": actor(record),
+    });
+    if let Some((id, name)) = &record.project {
+        object["project"] = json!({"id": id, "name": name});
+    }
+    object[record.kind.as_str()] = record.details.clone();
+    object
+}
+
+pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+    let filter = parse_filter(raw.as_deref())?;
+    let page = state.store.list_audit(&filter).await?;
+    to_json(objects::List::new(page, |r| r.id.clone(), entry))
+}

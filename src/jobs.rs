@@ -1,0 +1,202 @@
+//! Work off the request path: the recorder (last-used times and denial records,
+//! batched into the store), periodic jobs (index reconcile, retention), and
+//! [`Tasks`], which stops and awaits all of them on shutdown so nothing
+//! pending is lost.
+//!
+//! Periodic jobs run in every process; with one SQLite file there is one
+//! process. (Replicas will take a PostgreSQL advisory lock per job.)
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::auth::KeyIndex;
+use crate::clock::Clock;
+use crate::key::PublicId;
+use crate::store::{DenialRecord, Store, Touch};
+
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Background tasks that all stop, and are awaited, on shutdown.
+pub struct Tasks {
+    shutdown: watch::Sender<bool>,
+    handles: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Default for Tasks {
+    fn default() -> Self {
+        Self { shutdown: watch::channel(false).0, handles: Vec::new() }
+    }
+}
+
+impl Tasks {
+    pub fn spawn(&mut self, name: &'static str, task: impl FnOnce(watch::Receiver<bool>) -> BoxFuture) {
+        #[allow(clippy::disallowed_methods)] // tracked here and awaited in `shutdown`
+        let handle = tokio::spawn(task(self.shutdown.subscribe()));
+        self.handles.push((name, handle));
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for (name, handle) in self.handles {
+            if let Err(error) = handle.await {
+                tracing::error!(task = name, %error, "background task failed");
+            }
+        }
+    }
+}
+
+enum Record {
+    Touch(PublicId, Touch),
+    Denial(Box<DenialRecord>),
+}
+
+/// Hands writes to the background writer; never blocks a request. When the
+/// queue is full the write is dropped and counted, never the request.
+#[derive(Clone)]
+pub struct Recorder(mpsc::Sender<Record>);
+
+impl Recorder {
+    pub fn touch(&self, id: &PublicId, touch: Touch) {
+        if self.0.try_send(Record::Touch(id.clone(), touch)).is_err() {
+            metrics::counter!("keygate_last_used_dropped_total").increment(1);
+        }
+    }
+
+    pub fn denial(&self, record: DenialRecord) {
+        if self.0.try_send(Record::Denial(Box::new(record))).is_err() {
+            metrics::counter!("keygate_denials_dropped_total").increment(1);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    touches: HashMap<PublicId, Touch>,
+    denials: Vec<DenialRecord>,
+}
+
+impl Pending {
+    fn add(&mut self, record: Record) {
+        match record {
+            Record::Touch(id, touch) => {
+                let slot = self.touches.entry(id).or_insert_with(|| touch.clone());
+                if touch.at >= slot.at {
+                    *slot = touch;
+                }
+            }
+            Record::Denial(d) => self.denials.push(*d),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.touches.len() + self.denials.len()
+    }
+
+    /// Writes what is pending; on failure keeps it for the next round (bounded).
+    async fn flush(&mut self, store: &dyn Store) {
+        if !self.touches.is_empty() {
+            let batch: Vec<_> = self.touches.drain().collect();
+            if let Err(error) = store.touch_keys(&batch).await {
+                tracing::warn!(%error, keys = batch.len(), "could not record last-used times; will retry");
+                self.touches.extend(batch);
+            }
+        }
+        if !self.denials.is_empty() {
+            let batch = std::mem::take(&mut self.denials);
+            if let Err(error) = store.insert_denials(&batch).await {
+                tracing::warn!(%error, records = batch.len(), "could not record denials; will retry");
+                if batch.len() < MAX_PENDING {
+                    self.denials = batch;
+                } else {
+                    metrics::counter!("keygate_denials_dropped_total").increment(batch.len() as u64);
+                }
+            }
+        }
+    }
+}
+
+const QUEUE: usize = 65_536;
+const MAX_PENDING: usize = 100_000;
+const BATCH: usize = 1_000;
+
+/// The recorder and its writer task: batches every `every` (or every 1,000
+/// records), and once more on shutdown.
+pub fn recorder(store: Arc<dyn Store>, every: Duration) -> (Recorder, impl FnOnce(watch::Receiver<bool>) -> BoxFuture) {
+    let (tx, mut rx) = mpsc::channel::<Record>(QUEUE);
+    let task = move |mut shutdown: watch::Receiver<bool>| -> BoxFuture {
+        Box::pin(async move {
+            let mut pending = Pending::default();
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    Some(record) = rx.recv() => {
+                        pending.add(record);
+                        if pending.len() >= BATCH {
+                            pending.flush(&*store).await;
+                        }
+                    }
+                    _ = tick.tick() => pending.flush(&*store).await,
+                    _ = shutdown.changed() => {
+                        while let Ok(record) = rx.try_recv() {
+                            pending.add(record);
+                        }
+                        pending.flush(&*store).await;
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    (Recorder(tx), task)
+}
+
+/// Runs `job` every `every` (first run after one period) until shutdown.
+pub fn periodic<F, Fut>(every: Duration, mut job: F) -> impl FnOnce(watch::Receiver<bool>) -> BoxFuture
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    move |mut shutdown| {
+        Box::pin(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => job().await,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        })
+    }
+}
+
+/// Reloads the whole index from the store, so a change made by another
+/// process (or a missed update) heals.
+pub async fn reconcile_index(store: &dyn Store, index: &KeyIndex) {
+    match tokio::try_join!(store.all_keys(), store.all_projects()) {
+        Ok((keys, projects)) => index.replace_all(keys, projects),
+        Err(error) => tracing::warn!(%error, "key index reconcile failed; serving the last good index"),
+    }
+}
+
+/// Retention for denial records: age, then count.
+#[derive(Debug, Clone, Copy)]
+pub struct DenialRetention {
+    pub max_age: Duration,
+    pub max_rows: u64,
+}
+
+pub async fn prune_denials(store: &dyn Store, clock: &dyn Clock, retention: DenialRetention) {
+    let before = clock.now() - i64::try_from(retention.max_age.as_secs()).unwrap_or(i64::MAX);
+    match store.prune_denials(before, retention.max_rows).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "pruned old denial records"),
+        Err(error) => tracing::warn!(%error, "could not prune denial records"),
+    }
+}
