@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::auth::KeyIndex;
 use crate::clock::Clock;
 use crate::key::PublicId;
-use crate::store::{DenialRecord, Store, Touch};
+use crate::store::{AuditEvent, DenialRecord, Store, Touch};
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -54,6 +54,7 @@ impl Tasks {
 enum Record {
     Touch(PublicId, Touch),
     Denial(Box<DenialRecord>),
+    Audit(Box<AuditEvent>),
 }
 
 /// Hands writes to the background writer; never blocks a request. When the
@@ -68,6 +69,14 @@ impl Recorder {
         }
     }
 
+    /// An audit event that follows a request rather than an admin action
+    /// (failed admin-key logins).
+    pub fn audit(&self, event: AuditEvent) {
+        if self.0.try_send(Record::Audit(Box::new(event))).is_err() {
+            metrics::counter!("keygate_audit_dropped_total").increment(1);
+        }
+    }
+
     pub fn denial(&self, record: DenialRecord) {
         if self.0.try_send(Record::Denial(Box::new(record))).is_err() {
             metrics::counter!("keygate_denials_dropped_total").increment(1);
@@ -79,6 +88,7 @@ impl Recorder {
 struct Pending {
     touches: HashMap<PublicId, Touch>,
     denials: Vec<DenialRecord>,
+    audits: Vec<AuditEvent>,
 }
 
 impl Pending {
@@ -91,15 +101,21 @@ impl Pending {
                 }
             }
             Record::Denial(d) => self.denials.push(*d),
+            Record::Audit(a) => self.audits.push(*a),
         }
     }
 
     fn len(&self) -> usize {
-        self.touches.len() + self.denials.len()
+        self.touches.len() + self.denials.len() + self.audits.len()
     }
 
     /// Writes what is pending; on failure keeps it for the next round (bounded).
     async fn flush(&mut self, store: &dyn Store) {
+        for event in std::mem::take(&mut self.audits) {
+            if let Err(error) = store.append_audit(&event).await {
+                tracing::warn!(%error, kind = event.kind, "could not write an audit event");
+            }
+        }
         if !self.touches.is_empty() {
             let batch: Vec<_> = self.touches.drain().collect();
             if let Err(error) = store.touch_keys(&batch).await {

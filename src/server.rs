@@ -195,6 +195,17 @@ async fn require(state: AppState, plane: Plane, scope: auth::Scope, mut req: Req
             response
         }
         Err(denial) => {
+            // A failed login with something that names an admin key is an audit event.
+            if let (Plane::Admin, Some(key)) = (plane, denial.key()) {
+                state.recorder.audit(crate::store::AuditEvent {
+                    id: crate::ids::audit_log_id(),
+                    kind: "login.failed",
+                    effective_at: now,
+                    project_id: None,
+                    actor_key_id: Some(key.id.clone()),
+                    details: serde_json::json!({"error_code": denial.kind(), "error_message": "authentication failed"}),
+                });
+            }
             let options = crate::dialect::RenderOptions { hints: state.settings.error_hints };
             crate::dialect::render_denial(denial, &options)
         }

@@ -39,6 +39,41 @@ pub enum KeysCommand {
     List {
         #[arg(long)]
         project: Option<String>,
+        /// Only keys due for rotation under the project's max key age.
+        #[arg(long)]
+        due: bool,
+        /// Include revoked keys.
+        #[arg(long)]
+        include_revoked: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Rotate a key: a new secret under the same id, printed once; the old
+    /// secret keeps working for the grace period.
+    Rotate {
+        /// The key id (`key_...`).
+        key_id: String,
+        /// How long the old secret keeps working: 0, 90s, 15m, 1h, 7d [default: 24h].
+        #[arg(long, value_parser = super::parse_duration)]
+        grace: Option<u64>,
+        #[arg(long)]
+        project: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Suspend a key: refused like a revoked key, but it can be resumed.
+    Suspend {
+        key_id: String,
+        #[arg(long)]
+        project: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Resume a suspended key.
+    Resume {
+        key_id: String,
+        #[arg(long)]
+        project: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -90,10 +125,14 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 ));
             }
         }
-        KeysCommand::List { project, client } => {
+        KeysCommand::List { project, due, include_revoked, client } => {
             let api = AdminClient::from_env(&client.url)?;
             let project = api.project_id(project).await?;
-            let all = api.list_all(&format!("/v1/organization/projects/{project}/api_keys")).await?;
+            let all = api
+                .list_all(&format!(
+                    "/v1/organization/projects/{project}/api_keys?due={due}&include_revoked={include_revoked}"
+                ))
+                .await?;
             if client.json {
                 output::json(&Value::Array(all));
             } else {
@@ -104,15 +143,53 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                             output::text(&k["id"]),
                             output::text(&k["name"]),
                             output::text(&k["redacted_value"]),
+                            output::text(&k["state"]),
                             output::text(&k["permissions"]),
                             output::when(k["created_at"].as_i64()),
+                            output::when(k["rotated_at"].as_i64()),
+                            output::when(k["expires_at"].as_i64()),
                             output::when(k["last_used_at"].as_i64()),
+                            output::text(&k["last_used_ip"]),
                         ]
                     })
                     .collect();
-                output::table(&["ID", "NAME", "KEY", "PERMISSIONS", "CREATED", "LAST USED"], &rows);
+                output::table(
+                    &[
+                        "ID",
+                        "NAME",
+                        "KEY",
+                        "STATE",
+                        "PERMISSIONS",
+                        "CREATED",
+                        "ROTATED",
+                        "EXPIRES",
+                        "LAST USED",
+                        "FROM",
+                    ],
+                    &rows,
+                );
             }
         }
+        KeysCommand::Rotate { key_id, grace, project, client } => {
+            let api = AdminClient::from_env(&client.url)?;
+            let project = api.project_id(project).await?;
+            let mut body = json!({});
+            if let Some(grace) = grace {
+                body["grace_period_seconds"] = json!(grace);
+            }
+            let key = api.post(&format!("/v1/organization/projects/{project}/api_keys/{key_id}/rotate"), body).await?;
+            if client.json {
+                output::json(&key);
+            } else {
+                output::line(key["value"].as_str().unwrap_or(""));
+                let until = output::when(key["previous_secret_expires_at"].as_i64());
+                output::line(&format!(
+                    "rotated {key_id}; the old secret works until {until}; this is the only time the new key is shown"
+                ));
+            }
+        }
+        KeysCommand::Suspend { key_id, project, client } => set_state("suspend", &key_id, project, &client).await?,
+        KeysCommand::Resume { key_id, project, client } => set_state("resume", &key_id, project, &client).await?,
         KeysCommand::Revoke { key_id, reason, project, client } => {
             let api = AdminClient::from_env(&client.url)?;
             let project = api.project_id(project).await?;
@@ -126,4 +203,16 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn set_state(action: &str, key_id: &str, project: Option<String>, client: &ClientArgs) -> anyhow::Result<()> {
+    let api = AdminClient::from_env(&client.url)?;
+    let project = api.project_id(project).await?;
+    let key = api.post(&format!("/v1/organization/projects/{project}/api_keys/{key_id}/{action}"), json!({})).await?;
+    if client.json {
+        output::json(&key);
+    } else {
+        output::line(&format!("{key_id} is now {}", output::text(&key["state"])));
+    }
+    Ok(())
 }

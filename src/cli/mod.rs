@@ -4,6 +4,7 @@
 
 mod admin_keys;
 mod client;
+mod explain;
 mod keys;
 pub mod output;
 mod projects;
@@ -25,7 +26,9 @@ pub struct Cli {
 enum Command {
     /// Run the gateway.
     Serve(serve::ServeArgs),
-    /// Create, list and revoke project API keys.
+    /// Explain why a request was refused, from its `x-request-id`.
+    Explain(explain::ExplainArgs),
+    /// Create, list, rotate, suspend, resume and revoke project API keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
     /// Create, list and archive projects.
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Keys(cmd) => keys::run(cmd).await,
+            Command::Explain(args) => explain::run(args).await,
             Command::Projects(cmd) => projects::run(cmd).await,
             Command::ServiceAccounts(cmd) => service_accounts::run(cmd).await,
             Command::AdminKeys(cmd) => admin_keys::run(cmd).await,
