@@ -17,6 +17,7 @@ pub mod ids;
 pub mod jobs;
 pub mod key;
 pub mod mock;
+pub mod openapi;
 pub mod proxy;
 pub mod server;
 pub mod store;

@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_json))
         // Reserved: keygate's own namespaces are never proxied.
         .route("/v1/organization/{*rest}", any(invalid_url))
         .route("/v1/keygate/{*rest}", any(invalid_url))
@@ -82,6 +83,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
     ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| serde_json::to_string(&crate::openapi::document()).unwrap_or_default());
+    ([(http::header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
 }
 
 async fn invalid_url(req: Request) -> ApiError {
@@ -152,8 +159,9 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
 // === authentication ===
 
 async fn require_project_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    // Checked before the scope is chosen from the path's segments.
-    if !proxy::is_clean_path(req.uri().path()) {
+    // Checked before the scope is chosen from the path's segments; methods
+    // such as TRACE and CONNECT are never forwarded.
+    if !proxy::is_clean_path(req.uri().path()) || !proxy::is_forwarded_method(req.method()) {
         return invalid_url(req).await.into_response();
     }
     let scope = auth::data_plane_scope(req.method(), req.uri().path());

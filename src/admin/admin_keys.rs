@@ -4,40 +4,50 @@ use axum::extract::{Path, RawQuery, State};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::keys::{find_key, issue, revoke, KeySpec};
-use super::{bad, json_body, name, objects, query, to_json, ListParams};
+use super::objects::{AdminApiKeyObject, Deleted, List, WithValue};
+use super::{bad, json_body, name, objects, query, ListParams};
 use crate::auth::{Authorized, Permissions};
-use crate::dialect::ApiError;
+use crate::dialect::{ApiError, ErrorResponse};
 use crate::key::KeyPrefix;
 use crate::server::AppState;
 use crate::store::{Access, KeyFilter, KeyKind, OwnerRef};
 
 pub const ADMIN_PREFIX: &str = "sk-admin-";
 
-pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/organization/admin_api_keys", tag = "admin keys", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20")), responses((status = 200, body = List<AdminApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<List<AdminApiKeyObject>>, ApiError> {
     let params: ListParams = query(raw.as_deref())?;
     let page = state.store.list_keys(&KeyFilter::Admin, &params.page()?).await?;
-    to_json(objects::List::new(page, |k| k.id.api_id(), objects::admin_api_key))
+    Ok(Json(List::new(page, |k| k.id.api_id(), objects::admin_api_key)))
 }
 
-pub async fn get(State(state): State<AppState>, Path(key_id): Path<String>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/organization/admin_api_keys/{key_id}", tag = "admin keys", params(("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = AdminApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(key_id): Path<String>,
+) -> Result<Json<AdminApiKeyObject>, ApiError> {
     Ok(Json(objects::admin_api_key(&find_key(&state, &key_id, |k| k.kind == KeyKind::Admin).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateAdminKey {
     name: String,
     expires_in_seconds: Option<i64>,
 }
 
+#[utoipa::path(post, path = "/v1/organization/admin_api_keys", tag = "admin keys", request_body = CreateAdminKey, responses((status = 200, body = WithValue<AdminApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WithValue<AdminApiKeyObject>>, ApiError> {
     let req: CreateAdminKey = json_body(&body)?;
     let key_name = name(&req.name, "Key")?;
     let expires_at = match req.expires_in_seconds {
@@ -73,16 +83,15 @@ pub async fn create(
         json!({"id": record.id.api_id(), "data": {"scopes": ["api.organization"]}}),
     )
     .await;
-    let mut object = objects::admin_api_key(&record);
-    object["value"] = Value::String(secret.expose().to_owned());
-    Ok(Json(object))
+    Ok(Json(WithValue { object: objects::admin_api_key(&record), value: secret.expose().to_owned() }))
 }
 
+#[utoipa::path(delete, path = "/v1/organization/admin_api_keys/{key_id}", tag = "admin keys", params(("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path(key_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     let key = find_key(&state, &key_id, |k| k.kind == KeyKind::Admin).await?;
     if key.id == actor.key.id {
         return Err(ApiError::BadRequest {

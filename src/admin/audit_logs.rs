@@ -6,8 +6,9 @@ use axum::extract::{RawQuery, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{bad, objects, to_json};
-use crate::dialect::ApiError;
+use super::bad;
+use super::objects::List;
+use crate::dialect::{ApiError, ErrorResponse};
 use crate::server::AppState;
 use crate::store::{AuditFilter, AuditRecord, KeyKind, Owner};
 
@@ -73,8 +74,18 @@ fn entry(record: &AuditRecord) -> Value {
     object
 }
 
-pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+/// One audit log entry; its details sit in a property named after its type.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct AuditLogEntry(Value);
+
+#[utoipa::path(get, path = "/v1/organization/audit_logs", tag = "audit logs", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("before" = Option<String>, Query), ("event_types[]" = Option<Vec<String>>, Query), ("project_ids[]" = Option<Vec<String>>, Query), ("resource_ids[]" = Option<Vec<String>>, Query), ("actor_ids[]" = Option<Vec<String>>, Query), ("effective_at[gte]" = Option<i64>, Query), ("effective_at[lte]" = Option<i64>, Query)), responses((status = 200, body = List<AuditLogEntry>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<List<AuditLogEntry>>, ApiError> {
     let filter = parse_filter(raw.as_deref())?;
     let page = state.store.list_audit(&filter).await?;
-    to_json(objects::List::new(page, |r| r.id.clone(), entry))
+    Ok(Json(List::new(page, |r| r.id.clone(), |r| AuditLogEntry(entry(r)))))
 }

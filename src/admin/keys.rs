@@ -6,12 +6,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
+use super::objects::{Deleted, List, ProjectApiKeyObject, WithValue};
 use super::projects::find_active;
-use super::{actor_name, audit, bad, cidrs, json_body, models, name, objects, query, to_json, ListParams};
+use super::{actor_name, audit, bad, cidrs, json_body, models, name, objects, query, ListParams};
 use crate::auth::{Authorized, Permissions};
-use crate::dialect::ApiError;
+use crate::dialect::{ApiError, ErrorResponse};
 use crate::key::{generate, KeyPrefix, PublicId, Secret};
 use crate::server::AppState;
 use crate::store::{
@@ -91,26 +92,24 @@ struct KeyListParams {
     due: bool,
 }
 
+#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/api_keys", tag = "api keys", params(("project_id" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("include_revoked" = Option<bool>, Query), ("due" = Option<bool>, Query, description = "Ours: only keys due for rotation")), responses((status = 200, body = List<ProjectApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn list(
     State(state): State<AppState>,
     Path(project_id): Path<String>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<ProjectApiKeyObject>>, ApiError> {
     let params: KeyListParams = query(raw.as_deref())?;
     let page = ListParams { after: params.after.clone(), limit: params.limit, include_archived: false }.page()?;
     let project = super::projects::find(&state, &project_id).await?;
     let filter = KeyFilter::Project { project_id: project.id.clone(), include_revoked: params.include_revoked };
     if !params.due {
         let page = state.store.list_keys(&filter, &page).await?;
-        return to_json(objects::List::new(page, |k| k.id.api_id(), objects::project_api_key));
+        return Ok(Json(List::new(page, |k| k.id.api_id(), objects::project_api_key)));
     }
     // Due keys: all of them at once (a short list by nature).
     let Some(max_age) = project.max_key_age_seconds else {
-        return to_json(objects::List::new(
-            Page { items: Vec::<KeyRecord>::new(), has_more: false },
-            |k| k.id.api_id(),
-            objects::project_api_key,
-        ));
+        let empty = Page { items: Vec::<KeyRecord>::new(), has_more: false };
+        return Ok(Json(List::new(empty, |k| k.id.api_id(), objects::project_api_key)));
     };
     let now = state.clock.now();
     let mut due = Vec::new();
@@ -125,7 +124,7 @@ pub async fn list(
             break;
         }
     }
-    to_json(objects::List::new(Page { items: due, has_more: false }, |k| k.id.api_id(), objects::project_api_key))
+    Ok(Json(List::new(Page { items: due, has_more: false }, |k| k.id.api_id(), objects::project_api_key)))
 }
 
 #[derive(Deserialize)]
@@ -134,11 +133,12 @@ struct GetParams {
     include_revoked: bool,
 }
 
+#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`"), ("include_revoked" = Option<bool>, Query)), responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn get(
     State(state): State<AppState>,
     Path((project_id, key_id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProjectApiKeyObject>, ApiError> {
     let params: GetParams = query(raw.as_deref())?;
     let key = find_any(&state, &key_id, params.include_revoked, |k| {
         k.kind == KeyKind::Project && k.project_id.as_deref() == Some(project_id.as_str())
@@ -147,7 +147,7 @@ pub async fn get(
     Ok(Json(objects::project_api_key(&key)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
     name: String,
@@ -156,6 +156,8 @@ struct CreateKey {
     scopes: Option<Vec<String>>,
     models: Option<Vec<String>>,
     allowed_ips: Option<Vec<String>>,
+    /// Ours: unix seconds after which the key is refused.
+    #[schema(value_type = Option<i64>)]
     expires_at: Option<Timestamp>,
     /// Owner: a user of the organization (default: the project's default service account).
     user_id: Option<String>,
@@ -166,12 +168,13 @@ struct CreateKey {
 /// `POST /v1/organization/projects/{id}/api_keys` (extension: OpenAI creates
 /// project keys only in its dashboard). Answers the key object plus `value`,
 /// the only time the secret is shown.
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys", tag = "api keys", description = "Ours: OpenAI creates project keys only in its dashboard.", params(("project_id" = String, Path)), request_body = CreateKey, responses((status = 200, body = WithValue<ProjectApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path(project_id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WithValue<ProjectApiKeyObject>>, ApiError> {
     let req: CreateKey = json_body(&body)?;
     let key_name = name(&req.name, "Key")?;
     let prefix = parse_prefix(req.prefix.as_deref())?;
@@ -233,16 +236,15 @@ pub async fn create(
         json!({"id": record.id.api_id(), "data": {"scopes": scopes}}),
     )
     .await;
-    let mut object = objects::project_api_key(&record);
-    object["value"] = Value::String(secret.expose().to_owned());
-    Ok(Json(object))
+    Ok(Json(WithValue { object: objects::project_api_key(&record), value: secret.expose().to_owned() }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateKey {
     name: Option<String>,
     #[serde(default, deserialize_with = "super::nullable_i64")]
+    #[schema(value_type = Option<i64>)]
     expires_at: Option<Option<Timestamp>>,
     permissions: Option<String>,
     scopes: Option<Vec<String>>,
@@ -253,12 +255,13 @@ struct UpdateKey {
 
 /// `POST .../api_keys/{id}` (extension): name, permissions, models, IPs; takes
 /// effect on the next request.
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}", tag = "api keys", description = "Ours.", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), request_body = UpdateKey, responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn update(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path((project_id, key_id)): Path<(String, String)>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProjectApiKeyObject>, ApiError> {
     let req: UpdateKey = json_body(&body)?;
     let key = find(&state, &project_id, &key_id).await?;
     if let Some(Some(at)) = req.expires_at {
@@ -292,12 +295,13 @@ struct DeleteParams {
 }
 
 /// Revokes the key at once: the index is updated before the answer is sent.
+#[utoipa::path(delete, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`"), ("reason" = Option<String>, Query, description = "Ours: recorded with the revocation")), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path((project_id, key_id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     let params: DeleteParams = query(raw.as_deref())?;
     let key = find(&state, &project_id, &key_id).await?;
     revoke(&state, &actor, &key, params.reason).await?;
@@ -318,7 +322,7 @@ pub async fn revoke(
     Ok(())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateKey {
     /// How long the old secret keeps working (default 24 h; 0 = immediately).
@@ -330,12 +334,13 @@ pub const DEFAULT_GRACE_SECONDS: i64 = 24 * 3600;
 /// `POST .../api_keys/{id}/rotate` (extension): a new secret under the same
 /// id; the old one works until the grace period ends. Answers the key object
 /// plus `value`, shown once.
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}/rotate", tag = "api keys", description = "Ours.", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), request_body(content = Option<RotateKey>), responses((status = 200, body = WithValue<ProjectApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn rotate(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path((project_id, key_id)): Path<(String, String)>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WithValue<ProjectApiKeyObject>>, ApiError> {
     let req: RotateKey = if body.is_empty() { RotateKey::default() } else { json_body(&body)? };
     let grace = req.grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
     if !(0..=31_536_000).contains(&grace) {
@@ -365,26 +370,26 @@ pub async fn rotate(
         json!({"id": key.id.api_id(), "changes_requested": {"rotated": true, "grace_period_seconds": grace}}),
     )
     .await;
-    let mut object = objects::project_api_key(&rotated);
-    object["value"] = Value::String(generated.secret.expose().to_owned());
-    Ok(Json(object))
+    Ok(Json(WithValue { object: objects::project_api_key(&rotated), value: generated.secret.expose().to_owned() }))
 }
 
 /// `POST .../api_keys/{id}/suspend` (extension): refused like a revoked key, but reversible.
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}/suspend", tag = "api keys", description = "Ours.", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn suspend(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path((project_id, key_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProjectApiKeyObject>, ApiError> {
     set_active(&state, &actor, &project_id, &key_id, false).await
 }
 
 /// `POST .../api_keys/{id}/resume` (extension).
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}/resume", tag = "api keys", description = "Ours.", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn resume(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path((project_id, key_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProjectApiKeyObject>, ApiError> {
     set_active(&state, &actor, &project_id, &key_id, true).await
 }
 
@@ -394,7 +399,7 @@ async fn set_active(
     project_id: &str,
     key_id: &str,
     active: bool,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProjectApiKeyObject>, ApiError> {
     let key = find(state, project_id, key_id).await?;
     let updated = state.store.set_key_active(&key.id, active).await?.ok_or(ApiError::Internal)?;
     state.index.upsert([updated.clone()]);

@@ -31,6 +31,40 @@ use crate::store::{AuditEvent, PageQuery};
 
 pub use bootstrap::bootstrap_admin_key;
 
+/// The Administration API's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    projects::list,
+    projects::create,
+    projects::get,
+    projects::update,
+    projects::archive,
+    keys::list,
+    keys::create,
+    keys::get,
+    keys::update,
+    keys::delete,
+    keys::rotate,
+    keys::suspend,
+    keys::resume,
+    service_accounts::list,
+    service_accounts::create,
+    service_accounts::get,
+    service_accounts::delete,
+    users::list,
+    users::create,
+    users::get,
+    users::update,
+    users::delete,
+    admin_keys::list,
+    admin_keys::create,
+    admin_keys::get,
+    admin_keys::delete,
+    audit_logs::list,
+    requests::get,
+))]
+pub struct AdminApi;
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/organization/projects", get(projects::list).post(projects::create))
@@ -162,8 +196,4 @@ async fn audit(
 /// Who did it, for revocation records: the admin key's name and id.
 fn actor_name(actor: &Authorized) -> String {
     format!("admin key `{}` ({})", actor.key.name, actor.key.id)
-}
-
-fn to_json<T: serde::Serialize>(value: T) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    serde_json::to_value(value).map(axum::Json).map_err(|_| ApiError::Internal)
 }

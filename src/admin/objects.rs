@@ -1,15 +1,17 @@
 //! API objects, field for field as OpenAI's Administration API has them, plus
-//! keygate's documented extension fields (`prefix`, `expires_at`, `permissions`,
-//! `scopes`, `models`, `allowed_ips`).
+//! keygate's documented extension fields (marked "ours"). Typed, so the
+//! OpenAPI document is generated from the same definitions the API serves.
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use crate::key::redact;
-use crate::store::{Access, KeyRecord, Owner, Page, Project, ServiceAccount, User};
+use crate::store::{Access, KeyRecord, KeyState, Owner, Page, Project, ServiceAccount, User};
 
-#[derive(Serialize)]
-pub struct List<T: Serialize> {
+/// OpenAI's list envelope.
+#[derive(Serialize, ToSchema)]
+pub struct List<T: ToSchema> {
+    /// Always `list`.
     object: &'static str,
     data: Vec<T>,
     first_id: Option<String>,
@@ -17,7 +19,7 @@ pub struct List<T: Serialize> {
     has_more: bool,
 }
 
-impl<T: Serialize> List<T> {
+impl<T: ToSchema> List<T> {
     pub fn new<S>(page: Page<S>, id: impl Fn(&S) -> String, to: impl Fn(&S) -> T) -> Self {
         Self {
             object: "list",
@@ -29,45 +31,170 @@ impl<T: Serialize> List<T> {
     }
 }
 
-fn access_fields(object: &mut Value, access: &Access) {
-    object["models"] = json!(access.models);
-    object["allowed_ips"] = json!(access.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>());
+/// `{object}.deleted`.
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    object: String,
+    id: String,
+    deleted: bool,
 }
 
-pub fn project(p: &Project) -> Value {
-    let mut object = json!({
-        "id": p.id,
-        "object": "organization.project",
-        "name": p.name,
-        "created_at": p.created_at,
-        "archived_at": p.archived_at,
-        "status": if p.archived_at.is_some() { "archived" } else { "active" },
-    });
-    access_fields(&mut object, &p.access);
-    object["max_key_age_seconds"] = json!(p.max_key_age_seconds);
-    object
+pub fn deleted(object: &str, id: &str) -> Deleted {
+    Deleted { object: format!("{object}.deleted"), id: id.to_owned(), deleted: true }
 }
 
-pub fn user(u: &User) -> Value {
-    json!({"object": "organization.user", "id": u.id, "name": u.name, "email": u.email, "role": u.role, "added_at": u.added_at})
+/// An object created with its secret, shown only in this answer.
+#[derive(Serialize, ToSchema)]
+pub struct WithValue<T: ToSchema> {
+    #[serde(flatten)]
+    pub object: T,
+    /// The secret key. Shown once.
+    pub value: String,
 }
 
-pub fn service_account(sa: &ServiceAccount) -> Value {
-    json!({"object": "organization.project.service_account", "id": sa.id, "name": sa.name, "role": sa.role, "created_at": sa.created_at})
+/// `organization.project`.
+#[derive(Serialize, ToSchema)]
+pub struct ProjectObject {
+    id: String,
+    object: &'static str,
+    name: String,
+    created_at: i64,
+    archived_at: Option<i64>,
+    /// `active` or `archived`.
+    status: &'static str,
+    /// Ours: model patterns the project's keys may use (null: any).
+    models: Option<Vec<String>>,
+    /// Ours: client address ranges the project's keys may be used from (empty: any).
+    allowed_ips: Vec<String>,
+    /// Ours: keys whose newest secret is older than this are due for rotation.
+    max_key_age_seconds: Option<i64>,
 }
 
-fn project_key_owner(owner: &Option<Owner>) -> Value {
-    match owner {
-        Some(Owner::ServiceAccount(sa)) => json!({
-            "type": "service_account",
-            "service_account": {"id": sa.id, "name": sa.name, "created_at": sa.created_at, "role": sa.role},
-        }),
-        Some(Owner::User(u)) => json!({
-            "type": "user",
-            "user": {"id": u.id, "name": u.name, "email": u.email, "role": u.role, "created_at": u.added_at},
-        }),
-        None => Value::Null,
+pub fn project(p: &Project) -> ProjectObject {
+    ProjectObject {
+        id: p.id.clone(),
+        object: "organization.project",
+        name: p.name.clone(),
+        created_at: p.created_at,
+        archived_at: p.archived_at,
+        status: if p.archived_at.is_some() { "archived" } else { "active" },
+        models: p.access.models.clone(),
+        allowed_ips: ips(&p.access),
+        max_key_age_seconds: p.max_key_age_seconds,
     }
+}
+
+fn ips(access: &Access) -> Vec<String> {
+    access.allowed_ips.iter().map(ToString::to_string).collect()
+}
+
+/// `organization.user`.
+#[derive(Serialize, ToSchema)]
+pub struct UserObject {
+    object: &'static str,
+    id: String,
+    name: String,
+    email: String,
+    /// `owner` or `reader`.
+    role: String,
+    added_at: i64,
+}
+
+pub fn user(u: &User) -> UserObject {
+    UserObject {
+        object: "organization.user",
+        id: u.id.clone(),
+        name: u.name.clone(),
+        email: u.email.clone(),
+        role: u.role.clone(),
+        added_at: u.added_at,
+    }
+}
+
+/// `organization.project.service_account`.
+#[derive(Serialize, ToSchema)]
+pub struct ServiceAccountObject {
+    object: &'static str,
+    id: String,
+    name: String,
+    role: String,
+    created_at: i64,
+}
+
+pub fn service_account(sa: &ServiceAccount) -> ServiceAccountObject {
+    ServiceAccountObject {
+        object: "organization.project.service_account",
+        id: sa.id.clone(),
+        name: sa.name.clone(),
+        role: sa.role.clone(),
+        created_at: sa.created_at,
+    }
+}
+
+/// A new service account's first key (`organization.project.service_account.api_key`).
+#[derive(Serialize, ToSchema)]
+pub struct ServiceAccountKey {
+    pub object: &'static str,
+    pub value: String,
+    pub name: String,
+    pub created_at: i64,
+    pub id: String,
+}
+
+/// `POST .../service_accounts` answer: the account and, unless
+/// `create_service_account_only`, its key.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedServiceAccount {
+    #[serde(flatten)]
+    pub account: ServiceAccountObject,
+    pub api_key: Option<ServiceAccountKey>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ServiceAccountRef {
+    id: String,
+    name: String,
+    created_at: i64,
+    role: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserRef {
+    id: String,
+    name: String,
+    email: String,
+    role: String,
+    created_at: i64,
+}
+
+/// A project key's owner, as OpenAI shapes it.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProjectKeyOwner {
+    ServiceAccount { service_account: ServiceAccountRef },
+    User { user: UserRef },
+}
+
+fn project_key_owner(owner: &Option<Owner>) -> Option<ProjectKeyOwner> {
+    owner.as_ref().map(|owner| match owner {
+        Owner::ServiceAccount(sa) => ProjectKeyOwner::ServiceAccount {
+            service_account: ServiceAccountRef {
+                id: sa.id.clone(),
+                name: sa.name.clone(),
+                created_at: sa.created_at,
+                role: sa.role.clone(),
+            },
+        },
+        Owner::User(u) => ProjectKeyOwner::User {
+            user: UserRef {
+                id: u.id.clone(),
+                name: u.name.clone(),
+                email: u.email.clone(),
+                role: u.role.clone(),
+                created_at: u.added_at,
+            },
+        },
+    })
 }
 
 fn redacted(k: &KeyRecord) -> String {
@@ -75,57 +202,123 @@ fn redacted(k: &KeyRecord) -> String {
 }
 
 /// `organization.project.api_key`.
-pub fn project_api_key(k: &KeyRecord) -> Value {
-    let mut object = json!({
-        "object": "organization.project.api_key",
-        "redacted_value": redacted(k),
-        "name": k.name,
-        "created_at": k.created_at,
-        "last_used_at": k.last_used.as_ref().map(|t| t.at),
-        "id": k.id.api_id(),
-        "owner_project_access": "active",
-        "owner": project_key_owner(&k.owner),
-        "prefix": k.prefix,
-        "expires_at": k.expires_at,
-        "permissions": k.permissions.level(),
-        "scopes": k.permissions.scopes(),
-        "state": k.state,
-        "last_used_ip": k.last_used.as_ref().and_then(|t| t.ip.clone()),
-        "last_used_user_agent": k.last_used.as_ref().and_then(|t| t.user_agent.clone()),
-        "rotated_at": (k.secrets.len() > 1).then(|| k.secret_created_at()),
-        "previous_secret_expires_at": k.secrets.get(1).and_then(|s| s.expires_at),
-        "revoked_at": k.revocation.as_ref().map(|r| r.at),
-        "revoke_reason": k.revocation.as_ref().and_then(|r| r.reason.clone()),
-    });
-    access_fields(&mut object, &k.access);
-    object
+#[derive(Serialize, ToSchema)]
+pub struct ProjectApiKeyObject {
+    object: &'static str,
+    /// The key up to the end of its public id, `...`, and its last four characters.
+    redacted_value: String,
+    name: String,
+    created_at: i64,
+    last_used_at: Option<i64>,
+    /// `key_` + the key's public id; stable across rotations.
+    id: String,
+    owner_project_access: &'static str,
+    owner: Option<ProjectKeyOwner>,
+    /// Ours: the key's prefix, e.g. `sk-prod-`.
+    prefix: String,
+    /// Ours: when the key stops working.
+    expires_at: Option<i64>,
+    /// Ours: `all`, `read_only` or `restricted`.
+    permissions: &'static str,
+    /// Ours: OpenAI scope strings (`api.all.read` for read-only keys).
+    scopes: Vec<String>,
+    /// Ours: `active`, `suspended` or `revoked`.
+    #[schema(value_type = String)]
+    state: KeyState,
+    /// Ours: model patterns the key may use (null: any).
+    models: Option<Vec<String>>,
+    /// Ours: client address ranges the key may be used from (empty: any).
+    allowed_ips: Vec<String>,
+    /// Ours: the client address and user agent of the last use.
+    last_used_ip: Option<String>,
+    last_used_user_agent: Option<String>,
+    /// Ours: when the newest secret was made by a rotation.
+    rotated_at: Option<i64>,
+    /// Ours: when the previous secret stops working (rotation grace).
+    previous_secret_expires_at: Option<i64>,
+    /// Ours: revocation time and reason (with `include_revoked=true`).
+    revoked_at: Option<i64>,
+    revoke_reason: Option<String>,
+}
+
+pub fn project_api_key(k: &KeyRecord) -> ProjectApiKeyObject {
+    ProjectApiKeyObject {
+        object: "organization.project.api_key",
+        redacted_value: redacted(k),
+        name: k.name.clone(),
+        created_at: k.created_at,
+        last_used_at: k.last_used.as_ref().map(|t| t.at),
+        id: k.id.api_id(),
+        owner_project_access: "active",
+        owner: project_key_owner(&k.owner),
+        prefix: k.prefix.clone(),
+        expires_at: k.expires_at,
+        permissions: k.permissions.level(),
+        scopes: k.permissions.scopes(),
+        state: k.state,
+        models: k.access.models.clone(),
+        allowed_ips: ips(&k.access),
+        last_used_ip: k.last_used.as_ref().and_then(|t| t.ip.clone()),
+        last_used_user_agent: k.last_used.as_ref().and_then(|t| t.user_agent.clone()),
+        rotated_at: (k.secrets.len() > 1).then(|| k.secret_created_at()),
+        previous_secret_expires_at: k.secrets.get(1).and_then(|s| s.expires_at),
+        revoked_at: k.revocation.as_ref().map(|r| r.at),
+        revoke_reason: k.revocation.as_ref().and_then(|r| r.reason.clone()),
+    }
+}
+
+/// An admin key's owner (`organization.user` or `organization.service_account`).
+#[derive(Serialize, ToSchema)]
+pub struct AdminKeyOwner {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    object: &'static str,
+    id: String,
+    name: String,
+    created_at: i64,
+    role: String,
 }
 
 /// `organization.admin_api_key`.
-pub fn admin_api_key(k: &KeyRecord) -> Value {
-    let owner = match &k.owner {
-        Some(Owner::ServiceAccount(sa)) => json!({
-            "type": "service_account", "object": "organization.service_account",
-            "id": sa.id, "name": sa.name, "created_at": sa.created_at, "role": sa.role,
-        }),
-        Some(Owner::User(u)) => json!({
-            "type": "user", "object": "organization.user",
-            "id": u.id, "name": u.name, "created_at": u.added_at, "role": u.role,
-        }),
-        None => Value::Null,
-    };
-    json!({
-        "object": "organization.admin_api_key",
-        "id": k.id.api_id(),
-        "name": k.name,
-        "redacted_value": redacted(k),
-        "created_at": k.created_at,
-        "expires_at": k.expires_at,
-        "last_used_at": k.last_used.as_ref().map(|t| t.at),
-        "owner": owner,
-    })
+#[derive(Serialize, ToSchema)]
+pub struct AdminApiKeyObject {
+    object: &'static str,
+    id: String,
+    name: String,
+    redacted_value: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    last_used_at: Option<i64>,
+    owner: Option<AdminKeyOwner>,
 }
 
-pub fn deleted(object: &str, id: &str) -> Value {
-    json!({"object": format!("{object}.deleted"), "id": id, "deleted": true})
+pub fn admin_api_key(k: &KeyRecord) -> AdminApiKeyObject {
+    let owner = k.owner.as_ref().map(|owner| match owner {
+        Owner::ServiceAccount(sa) => AdminKeyOwner {
+            kind: "service_account",
+            object: "organization.service_account",
+            id: sa.id.clone(),
+            name: sa.name.clone(),
+            created_at: sa.created_at,
+            role: sa.role.clone(),
+        },
+        Owner::User(u) => AdminKeyOwner {
+            kind: "user",
+            object: "organization.user",
+            id: u.id.clone(),
+            name: u.name.clone(),
+            created_at: u.added_at,
+            role: u.role.clone(),
+        },
+    });
+    AdminApiKeyObject {
+        object: "organization.admin_api_key",
+        id: k.id.api_id(),
+        name: k.name.clone(),
+        redacted_value: redacted(k),
+        created_at: k.created_at,
+        expires_at: k.expires_at,
+        last_used_at: k.last_used.as_ref().map(|t| t.at),
+        owner,
+    }
 }

@@ -2,26 +2,35 @@ use axum::extract::{Path, RawQuery, State};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{audit, cidrs, json_body, models, name, objects, query, to_json, ListParams};
+use super::objects::{List, ProjectObject};
+use super::{audit, cidrs, json_body, models, name, objects, query, ListParams};
 use crate::auth::Authorized;
-use crate::dialect::ApiError;
+use crate::dialect::{ApiError, ErrorResponse};
 use crate::server::AppState;
 use crate::store::{Access, Project, ProjectUpdate};
 
-pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/organization/projects", tag = "projects", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("include_archived" = Option<bool>, Query)), responses((status = 200, body = List<ProjectObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<List<ProjectObject>>, ApiError> {
     let params: ListParams = query(raw.as_deref())?;
     let page = state.store.list_projects(&params.page()?, params.include_archived).await?;
-    to_json(objects::List::new(page, |p| p.id.clone(), objects::project))
+    Ok(Json(List::new(page, |p| p.id.clone(), objects::project)))
 }
 
-pub async fn get(State(state): State<AppState>, Path(project_id): Path<String>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/organization/projects/{project_id}", tag = "projects", params(("project_id" = String, Path)), responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(project_id): Path<String>,
+) -> Result<Json<ProjectObject>, ApiError> {
     Ok(Json(objects::project(&find(&state, &project_id).await?)))
 }
 
 /// Create and update share these fields; `models` and `allowed_ips` are ours.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProjectBody {
     name: Option<String>,
@@ -33,11 +42,12 @@ struct ProjectBody {
     max_key_age_seconds: Option<Option<i64>>,
 }
 
+#[utoipa::path(post, path = "/v1/organization/projects", tag = "projects", request_body = ProjectBody, responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProjectObject>, ApiError> {
     let req: ProjectBody = json_body(&body)?;
     let project_name = name(req.name.as_deref().unwrap_or(""), "Project")?;
     let access = Access {
@@ -64,12 +74,13 @@ pub async fn create(
     Ok(Json(objects::project(&project)))
 }
 
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}", tag = "projects", params(("project_id" = String, Path)), request_body = ProjectBody, responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn update(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path(project_id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProjectObject>, ApiError> {
     let req: ProjectBody = json_body(&body)?;
     find(&state, &project_id).await?;
     let update = ProjectUpdate {
@@ -97,11 +108,12 @@ pub async fn update(
 }
 
 /// Archives a project; its keys are refused from the next request on.
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/archive", tag = "projects", params(("project_id" = String, Path)), responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn archive(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path(project_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProjectObject>, ApiError> {
     find(&state, &project_id).await?;
     if project_id == state.settings.default_project_id {
         return Err(ApiError::BadRequest { message: "The default project cannot be archived.".into(), param: None });

@@ -4,35 +4,38 @@ use axum::extract::{Path, RawQuery, State};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::keys::{issue, parse_prefix, KeySpec};
+use super::objects::{CreatedServiceAccount, Deleted, List, ServiceAccountKey, ServiceAccountObject};
 use super::projects::{find as find_project, find_active};
-use super::{actor_name, audit, json_body, name, objects, query, to_json, ListParams};
+use super::{actor_name, audit, json_body, name, objects, query, ListParams};
 use crate::auth::{Authorized, Permissions};
-use crate::dialect::ApiError;
+use crate::dialect::{ApiError, ErrorResponse};
 use crate::server::AppState;
 use crate::store::{Access, KeyKind, OwnerRef, Revocation, ServiceAccount};
 
+#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/service_accounts", tag = "service accounts", params(("project_id" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20")), responses((status = 200, body = List<ServiceAccountObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn list(
     State(state): State<AppState>,
     Path(project_id): Path<String>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<ServiceAccountObject>>, ApiError> {
     let params: ListParams = query(raw.as_deref())?;
     find_project(&state, &project_id).await?;
     let page = state.store.list_service_accounts(&project_id, &params.page()?).await?;
-    to_json(objects::List::new(page, |sa| sa.id.clone(), objects::service_account))
+    Ok(Json(List::new(page, |sa| sa.id.clone(), objects::service_account)))
 }
 
+#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/service_accounts/{sa_id}", tag = "service accounts", params(("project_id" = String, Path), ("sa_id" = String, Path)), responses((status = 200, body = ServiceAccountObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn get(
     State(state): State<AppState>,
     Path((project_id, sa_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ServiceAccountObject>, ApiError> {
     Ok(Json(objects::service_account(&find(&state, &project_id, &sa_id).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateServiceAccount {
     name: String,
@@ -43,12 +46,13 @@ struct CreateServiceAccount {
     prefix: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/service_accounts", tag = "service accounts", params(("project_id" = String, Path)), request_body = CreateServiceAccount, responses((status = 200, body = CreatedServiceAccount), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path(project_id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CreatedServiceAccount>, ApiError> {
     let req: CreateServiceAccount = json_body(&body)?;
     let sa_name = name(&req.name, "Service account")?;
     let prefix = parse_prefix(req.prefix.as_deref())?;
@@ -62,8 +66,7 @@ pub async fn create(
         json!({"id": sa.id, "data": {"role": sa.role}}),
     )
     .await;
-    let mut object = objects::service_account(&sa);
-    object["api_key"] = Value::Null;
+    let mut created = CreatedServiceAccount { account: objects::service_account(&sa), api_key: None };
     if req.create_service_account_only != Some(true) {
         let (key, secret) = issue(
             &state,
@@ -87,23 +90,24 @@ pub async fn create(
             json!({"id": key.id.api_id(), "data": {"scopes": []}}),
         )
         .await;
-        object["api_key"] = json!({
-            "object": "organization.project.service_account.api_key",
-            "value": secret.expose(),
-            "name": key.name,
-            "created_at": key.created_at,
-            "id": key.id.api_id(),
+        created.api_key = Some(ServiceAccountKey {
+            object: "organization.project.service_account.api_key",
+            value: secret.expose().to_owned(),
+            name: key.name.clone(),
+            created_at: key.created_at,
+            id: key.id.api_id(),
         });
     }
-    Ok(Json(object))
+    Ok(Json(created))
 }
 
 /// Deletes the service account and revokes every key it owns.
+#[utoipa::path(delete, path = "/v1/organization/projects/{project_id}/service_accounts/{sa_id}", tag = "service accounts", params(("project_id" = String, Path), ("sa_id" = String, Path)), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path((project_id, sa_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     let sa = find(&state, &project_id, &sa_id).await?;
     let default = state.store.default_service_account(&project_id).await?;
     if default.is_some_and(|d| d.id == sa.id) {

@@ -5,11 +5,12 @@ use axum::extract::{Path, RawQuery, State};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{actor_name, audit, bad, json_body, name, objects, query, to_json, ListParams};
+use super::objects::{Deleted, List, UserObject};
+use super::{actor_name, audit, bad, json_body, name, objects, query, ListParams};
 use crate::auth::Authorized;
-use crate::dialect::ApiError;
+use crate::dialect::{ApiError, ErrorResponse};
 use crate::server::AppState;
 use crate::store::{Revocation, StoreError, User};
 
@@ -23,17 +24,19 @@ fn role(value: Option<&str>) -> Result<String, ApiError> {
     Ok(role.to_owned())
 }
 
-pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/organization/users", tag = "users", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20")), responses((status = 200, body = List<UserObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<List<UserObject>>, ApiError> {
     let params: ListParams = query(raw.as_deref())?;
     let page = state.store.list_users(&params.page()?).await?;
-    to_json(objects::List::new(page, |u| u.id.clone(), objects::user))
+    Ok(Json(List::new(page, |u| u.id.clone(), objects::user)))
 }
 
-pub async fn get(State(state): State<AppState>, Path(user_id): Path<String>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/organization/users/{user_id}", tag = "users", params(("user_id" = String, Path)), responses((status = 200, body = UserObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn get(State(state): State<AppState>, Path(user_id): Path<String>) -> Result<Json<UserObject>, ApiError> {
     Ok(Json(objects::user(&find(&state, &user_id).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateUser {
     name: String,
@@ -42,11 +45,12 @@ struct CreateUser {
 }
 
 /// `POST /v1/organization/users` (extension: OpenAI adds users by invitation).
+#[utoipa::path(post, path = "/v1/organization/users", tag = "users", description = "Ours: OpenAI adds users by invitation.", request_body = CreateUser, responses((status = 200, body = UserObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserObject>, ApiError> {
     let req: CreateUser = json_body(&body)?;
     let user_name = name(&req.name, "User")?;
     let email = req.email.trim();
@@ -64,18 +68,19 @@ pub async fn create(
     Ok(Json(objects::user(&user)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateUser {
     role: String,
 }
 
+#[utoipa::path(post, path = "/v1/organization/users/{user_id}", tag = "users", params(("user_id" = String, Path)), request_body = UpdateUser, responses((status = 200, body = UserObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn update(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path(user_id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserObject>, ApiError> {
     let req: UpdateUser = json_body(&body)?;
     let role = role(Some(&req.role))?;
     find(&state, &user_id).await?;
@@ -85,11 +90,12 @@ pub async fn update(
 }
 
 /// Removes the user and revokes every key the user owns.
+#[utoipa::path(delete, path = "/v1/organization/users/{user_id}", tag = "users", params(("user_id" = String, Path)), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path(user_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     let user = find(&state, &user_id).await?;
     let revocation = Revocation {
         at: state.clock.now(),

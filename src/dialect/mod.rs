@@ -11,7 +11,7 @@ use http::Method;
 
 use crate::auth::Denial;
 
-pub use openai::render as render_openai;
+pub use openai::{render as render_openai, ErrorResponse};
 
 /// Per-deployment rendering choices.
 #[derive(Debug, Clone, Copy, Default)]

@@ -14,18 +14,19 @@ const NO_KEY: &str = "You didn't provide an API key. You need to provide your AP
 const BAD_SCHEME: &str = "Missing bearer or basic authentication in header";
 const BAD_JSON: &str = "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you have trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)";
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    error: Body<'a>,
+/// OpenAI's error envelope; all four fields are always present.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse {
+    error: ErrorBody,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    message: &'a str,
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    message: String,
     #[serde(rename = "type")]
-    kind: &'a str,
-    param: Option<&'a str>,
-    code: Option<&'a str>,
+    kind: &'static str,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
 }
 
 fn invalid_api_key(mask: &str) -> String {
@@ -159,7 +160,7 @@ pub fn render_with(error: &ApiError, options: &RenderOptions) -> Response {
             message.push_str(&format!(" (keygate hint: {hint}.)"));
         }
     }
-    let envelope = Envelope { error: Body { message: &message, kind, param, code } };
+    let envelope = ErrorResponse { error: ErrorBody { message, kind, param, code } };
     // OpenAI pretty-prints error bodies with a two-space indent.
     let mut body = serde_json::to_vec_pretty(&envelope).unwrap_or_default();
     body.push(b'\n');

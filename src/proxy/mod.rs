@@ -153,6 +153,12 @@ pub fn is_clean_path(path: &str) -> bool {
     })
 }
 
+/// The methods keygate forwards; anything else (TRACE, CONNECT, ...) is
+/// answered as an unknown route and never reaches the upstream.
+pub fn is_forwarded_method(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::POST | Method::DELETE | Method::PUT | Method::PATCH | Method::HEAD)
+}
+
 /// Keeps only the allowed models in a `GET /v1/models` answer. Lists are
 /// small, so this one route is buffered; an answer that is not a model list
 /// (an upstream error) passes unchanged.

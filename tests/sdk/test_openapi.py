@@ -1,0 +1,48 @@
+"""The OpenAPI document at /openapi.json, and a bounded schemathesis run against
+it: every generated request (valid and invalid) must get a non-5xx answer."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ADMIN_KEY
+
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+
+
+def run_schemathesis(gateway, key: str, *filters: str) -> subprocess.CompletedProcess:
+    cmd = [
+        str(SCHEMATHESIS), "run", f"{gateway.url}/openapi.json",
+        "--checks", "not_a_server_error",
+        "--max-examples", "8",
+        "--seed", "7",
+        "--workers", "1",
+        "--request-timeout", "10",
+        "--max-time", "30",
+        "--generation-database", "none",
+        "-H", f"Authorization: Bearer {key}",
+        *filters,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=170)
+
+
+def test_openapi_document_is_served_and_complete(gateway):
+    r = gateway.request("GET", "/openapi.json")
+    assert r.status == 200
+    doc = json.loads(r.body)
+    assert doc["openapi"].startswith("3.1")
+    for path in ("/v1/organization/projects", "/v1/organization/projects/{project_id}/api_keys",
+                 "/v1/organization/admin_api_keys", "/v1/organization/audit_logs",
+                 "/v1/organization/requests/{request_id}", "/v1/chat/completions", "/v1/embeddings"):
+        assert path in doc["paths"], path
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def test_schemathesis_finds_no_server_error_in_the_admin_api(gateway):
+    result = run_schemathesis(gateway, ADMIN_KEY, "--include-path-regex", "^/v1/organization")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_schemathesis_finds_no_server_error_in_the_data_plane(gateway, project_key):
+    result = run_schemathesis(gateway, project_key, "--exclude-path-regex", "^/v1/organization")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
