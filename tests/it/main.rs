@@ -13,3 +13,5 @@ mod cli;
 mod errors;
 /// Forwarding: credentials, headers, routing, streaming, cancellation.
 mod proxy;
+/// Administration API objects against OpenAI's examples.
+mod shapes;
