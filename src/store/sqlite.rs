@@ -437,6 +437,13 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        if let Some(age) = update.max_key_age_seconds {
+            sqlx::query("UPDATE projects SET max_key_age_seconds = ? WHERE id = ?")
+                .bind(age)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         self.get_project(id).await
     }

@@ -11,6 +11,8 @@ mod binary;
 mod cli;
 /// OpenAI-shaped errors keygate produces itself.
 mod errors;
+/// Rotation, expiry, suspension, explain, audit.
+mod lifecycle;
 /// Forwarding: credentials, headers, routing, streaming, cancellation.
 mod proxy;
 /// Administration API objects against OpenAI's examples.

@@ -150,12 +150,22 @@ impl TestGateway {
     }
 
     pub async fn start_in(db: tempfile::TempDir, upstream_url: &str, extra_toml: &str) -> Self {
+        Self::start_with_clock(db, upstream_url, extra_toml, Arc::new(keygate::clock::SystemClock)).await
+    }
+
+    /// Starts keygate reading time from `clock`, so tests move time instead of sleeping.
+    pub async fn start_with_clock(
+        db: tempfile::TempDir,
+        upstream_url: &str,
+        extra_toml: &str,
+        clock: Arc<dyn keygate::clock::Clock>,
+    ) -> Self {
         let toml = format!(
             "[database]\nurl = \"sqlite://{}\"\n[upstream]\nurl = \"{upstream_url}\"\nread_timeout_ms = 1000\nconnect_timeout_ms = 500\n{extra_toml}",
             db.path().join("keygate.db").display()
         );
         let config = Config::from_toml(&toml, &NoEnv).unwrap();
-        let gateway = Gateway::start(&config, Some(&Secret::new(ADMIN_KEY))).await.unwrap();
+        let gateway = Gateway::start_with_clock(&config, Some(&Secret::new(ADMIN_KEY)), clock).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let Gateway { state, tasks, .. } = gateway;
