@@ -13,10 +13,11 @@ use tokio::net::TcpListener;
 use crate::auth::KeyIndex;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, UpstreamTarget};
-use crate::jobs::{self, BoxFuture, DenialRetention, Tasks};
+use crate::jobs::{self, BoxFuture, Retention, Tasks};
 use crate::key::Secret;
 use crate::proxy::Upstreams;
 use crate::server::{AppState, Settings};
+use crate::usage::{AnomalyWatcher, Meter};
 
 /// The process-wide Prometheus recorder (the `metrics` facade allows one).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -98,15 +99,41 @@ impl Gateway {
             }),
         );
         let (prune_store, prune_clock) = (Arc::clone(&store), Arc::clone(&clock));
-        let retention = DenialRetention { max_age: config.denial_retention, max_rows: config.denial_max_rows };
-        jobs::prune_denials(&*store, &*clock, retention).await;
+        let retention = Retention {
+            denials: config.denial_retention,
+            denial_rows: config.denial_max_rows,
+            usage_records: config.usage_record_retention,
+            usage_rollups: config.usage_rollup_retention,
+            alerts: config.alert_retention,
+        };
+        jobs::enforce_retention(&*store, &*clock, &retention).await;
         tasks.spawn(
-            "denial retention",
+            "retention",
             jobs::periodic(Duration::from_secs(3600), move || {
                 let (store, clock) = (Arc::clone(&prune_store), Arc::clone(&prune_clock));
-                async move { jobs::prune_denials(&*store, &*clock, retention).await }
+                async move { jobs::enforce_retention(&*store, &*clock, &retention).await }
             }),
         );
+
+        let meter = Meter::new(recorder.clone(), Arc::new(config.prices.clone()));
+        let anomaly = config.anomaly.clone().map(|policy| {
+            Arc::new(AnomalyWatcher::new(Arc::clone(&store), Arc::clone(&index), Arc::clone(&clock), policy))
+        });
+        if let Some(watcher) = &anomaly {
+            let (watcher, flush) = (Arc::clone(watcher), recorder.clone());
+            tasks.spawn(
+                "usage anomalies",
+                jobs::periodic(watcher.policy().window, move || {
+                    let (watcher, flush) = (Arc::clone(&watcher), flush.clone());
+                    async move {
+                        flush.flush().await;
+                        if let Err(error) = watcher.run_once().await {
+                            tracing::warn!(%error, "usage anomaly check failed");
+                        }
+                    }
+                }),
+            );
+        }
 
         let organization_id = match &config.organization_id {
             Some(id) => id.clone(),
@@ -118,6 +145,8 @@ impl Gateway {
             clock,
             upstreams,
             recorder,
+            meter,
+            anomaly,
             settings: Arc::new(Settings {
                 max_body_bytes: config.max_body_bytes,
                 organization_id,

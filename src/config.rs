@@ -55,6 +55,10 @@ struct RawConfig {
     errors: RawErrors,
     #[serde(default)]
     retention: RawRetention,
+    #[serde(default)]
+    prices: std::collections::BTreeMap<String, RawPrice>,
+    #[serde(default)]
+    anomaly: RawAnomaly,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +72,32 @@ struct RawErrors {
 struct RawRetention {
     denials_days: Option<u64>,
     denials_max_rows: Option<u64>,
+    usage_records_days: Option<u64>,
+    usage_rollups_days: Option<u64>,
+    alerts_days: Option<u64>,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input: f64,
+    cached_input: Option<f64>,
+    output: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnomaly {
+    enabled: Option<bool>,
+    window_seconds: Option<u64>,
+    spike_factor: Option<f64>,
+    spike_min_requests: Option<i64>,
+    new_network_min_requests: Option<i64>,
+    dormant_days: Option<u64>,
+    cooldown_seconds: Option<u64>,
+    auto_suspend: Option<bool>,
+    webhook_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +162,12 @@ pub struct Config {
     pub denial_retention: Duration,
     /// At most this many denial records are kept (oldest go first).
     pub denial_max_rows: u64,
+    pub usage_record_retention: Duration,
+    pub usage_rollup_retention: Duration,
+    pub alert_retention: Duration,
+    pub prices: crate::usage::PriceTable,
+    /// `None` when the anomaly watcher is off.
+    pub anomaly: Option<crate::usage::AnomalyPolicy>,
 }
 
 #[derive(Debug, Clone)]
@@ -300,6 +336,19 @@ impl Config {
             return Err(invalid("retention.denials_max_rows", "must be greater than 0"));
         }
 
+        let days = |value: Option<u64>, default: u64, field: &str| -> Result<Duration, ConfigError> {
+            let days = value.unwrap_or(default);
+            if days == 0 || days > 3650 {
+                return Err(invalid(format!("retention.{field}"), format!("must be between 1 and 3650, got {days}")));
+            }
+            Ok(Duration::from_secs(days * 86_400))
+        };
+        let usage_record_retention = days(raw.retention.usage_records_days, 90, "usage_records_days")?;
+        let usage_rollup_retention = days(raw.retention.usage_rollups_days, 400, "usage_rollups_days")?;
+        let alert_retention = days(raw.retention.alerts_days, 90, "alerts_days")?;
+        let prices = prices(raw.prices)?;
+        let anomaly = anomaly(raw.anomaly)?;
+
         Ok(Self {
             listen,
             database_url,
@@ -313,8 +362,59 @@ impl Config {
             error_hints: raw.errors.hints.unwrap_or(false),
             denial_retention: Duration::from_secs(denials_days * 86_400),
             denial_max_rows,
+            usage_record_retention,
+            usage_rollup_retention,
+            alert_retention,
+            prices,
+            anomaly,
         })
     }
+}
+
+fn prices(raw: std::collections::BTreeMap<String, RawPrice>) -> Result<crate::usage::PriceTable, ConfigError> {
+    let mut overrides = Vec::new();
+    for (model, p) in raw {
+        let field = format!("prices.\"{model}\"");
+        let values = [p.input, p.cached_input.unwrap_or(p.input), p.output.unwrap_or(0.0)];
+        if values.iter().any(|v| !v.is_finite() || *v < 0.0 || *v > 1_000_000.0) {
+            return Err(invalid(field, "prices must be finite, non-negative USD per million tokens"));
+        }
+        overrides.push((model, crate::usage::Price::usd_per_million(values[0], values[1], values[2])));
+    }
+    Ok(crate::usage::PriceTable::with(overrides))
+}
+
+fn anomaly(raw: RawAnomaly) -> Result<Option<crate::usage::AnomalyPolicy>, ConfigError> {
+    if raw.enabled == Some(false) {
+        return Ok(None);
+    }
+    let d = crate::usage::AnomalyPolicy::default();
+    let window = raw.window_seconds.unwrap_or(d.window.as_secs());
+    if window < 60 || window % 60 != 0 || window > 86_400 {
+        return Err(invalid(
+            "anomaly.window_seconds",
+            format!("must be a multiple of 60 between 60 and 86400, got {window}"),
+        ));
+    }
+    let spike_factor = raw.spike_factor.unwrap_or(d.spike_factor);
+    if !spike_factor.is_finite() || spike_factor < 1.5 {
+        return Err(invalid("anomaly.spike_factor", format!("must be at least 1.5, got {spike_factor}")));
+    }
+    if let Some(url) = &raw.webhook_url {
+        if reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
+            return Err(invalid("anomaly.webhook_url", format!("must be an http(s) URL, got `{url}`")));
+        }
+    }
+    Ok(Some(crate::usage::AnomalyPolicy {
+        window: Duration::from_secs(window),
+        spike_factor,
+        spike_min_requests: raw.spike_min_requests.unwrap_or(d.spike_min_requests).max(1),
+        new_network_min_requests: raw.new_network_min_requests.unwrap_or(d.new_network_min_requests).max(1),
+        dormant_after: raw.dormant_days.map_or(d.dormant_after, |days| Duration::from_secs(days * 86_400)),
+        cooldown: raw.cooldown_seconds.map_or(d.cooldown, Duration::from_secs),
+        auto_suspend: raw.auto_suspend.unwrap_or(false),
+        webhook: raw.webhook_url,
+    }))
 }
 
 fn parse_cidr(text: &str) -> Option<IpNet> {

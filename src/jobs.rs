@@ -12,13 +12,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::auth::KeyIndex;
 use crate::clock::Clock;
 use crate::key::PublicId;
-use crate::store::{AuditEvent, DenialRecord, Store, Touch};
+use crate::store::{AuditEvent, DenialRecord, Store, Touch, UsageRecord};
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -55,6 +55,8 @@ enum Record {
     Touch(PublicId, Touch),
     Denial(Box<DenialRecord>),
     Audit(Box<AuditEvent>),
+    Usage(Box<UsageRecord>),
+    Flush(oneshot::Sender<()>),
 }
 
 /// Hands writes to the background writer; never blocks a request. When the
@@ -77,6 +79,22 @@ impl Recorder {
         }
     }
 
+    /// A metered request; when the queue is full it is counted in
+    /// `keygate_usage_dropped_total`, and the request itself still succeeds.
+    pub fn usage(&self, record: UsageRecord) {
+        if self.0.try_send(Record::Usage(Box::new(record))).is_err() {
+            metrics::counter!("keygate_usage_dropped_total").increment(1);
+        }
+    }
+
+    /// Waits until everything queued before this call is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.0.send(Record::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     pub fn denial(&self, record: DenialRecord) {
         if self.0.try_send(Record::Denial(Box::new(record))).is_err() {
             metrics::counter!("keygate_denials_dropped_total").increment(1);
@@ -89,6 +107,8 @@ struct Pending {
     touches: HashMap<PublicId, Touch>,
     denials: Vec<DenialRecord>,
     audits: Vec<AuditEvent>,
+    usage: Vec<UsageRecord>,
+    flushes: Vec<oneshot::Sender<()>>,
 }
 
 impl Pending {
@@ -102,11 +122,13 @@ impl Pending {
             }
             Record::Denial(d) => self.denials.push(*d),
             Record::Audit(a) => self.audits.push(*a),
+            Record::Usage(u) => self.usage.push(*u),
+            Record::Flush(done) => self.flushes.push(done),
         }
     }
 
     fn len(&self) -> usize {
-        self.touches.len() + self.denials.len() + self.audits.len()
+        self.touches.len() + self.denials.len() + self.audits.len() + self.usage.len() + self.flushes.len()
     }
 
     /// Writes what is pending; on failure keeps it for the next round (bounded).
@@ -123,6 +145,20 @@ impl Pending {
                 self.touches.extend(batch);
             }
         }
+        if !self.usage.is_empty() {
+            let batch = std::mem::take(&mut self.usage);
+            match store.insert_usage(&batch).await {
+                Ok(()) => metrics::counter!("keygate_usage_records_total").increment(batch.len() as u64),
+                Err(error) => {
+                    tracing::warn!(%error, records = batch.len(), "could not record usage; will retry");
+                    if batch.len() < MAX_PENDING {
+                        self.usage = batch;
+                    } else {
+                        metrics::counter!("keygate_usage_dropped_total").increment(batch.len() as u64);
+                    }
+                }
+            }
+        }
         if !self.denials.is_empty() {
             let batch = std::mem::take(&mut self.denials);
             if let Err(error) = store.insert_denials(&batch).await {
@@ -133,6 +169,9 @@ impl Pending {
                     metrics::counter!("keygate_denials_dropped_total").increment(batch.len() as u64);
                 }
             }
+        }
+        for done in self.flushes.drain(..) {
+            let _ = done.send(());
         }
     }
 }
@@ -153,7 +192,7 @@ pub fn recorder(store: Arc<dyn Store>, every: Duration) -> (Recorder, impl FnOnc
                 tokio::select! {
                     Some(record) = rx.recv() => {
                         pending.add(record);
-                        if pending.len() >= BATCH {
+                        if pending.len() >= BATCH || !pending.flushes.is_empty() {
                             pending.flush(&*store).await;
                         }
                     }
@@ -201,18 +240,31 @@ pub async fn reconcile_index(store: &dyn Store, index: &KeyIndex) {
     }
 }
 
-/// Retention for denial records: age, then count.
+/// How long each kind of record is kept.
 #[derive(Debug, Clone, Copy)]
-pub struct DenialRetention {
-    pub max_age: Duration,
-    pub max_rows: u64,
+pub struct Retention {
+    pub denials: Duration,
+    /// At most this many denial records (a flood of bad keys cannot grow it further).
+    pub denial_rows: u64,
+    pub usage_records: Duration,
+    pub usage_rollups: Duration,
+    pub alerts: Duration,
 }
 
-pub async fn prune_denials(store: &dyn Store, clock: &dyn Clock, retention: DenialRetention) {
-    let before = clock.now() - i64::try_from(retention.max_age.as_secs()).unwrap_or(i64::MAX);
-    match store.prune_denials(before, retention.max_rows).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(deleted = n, "pruned old denial records"),
-        Err(error) => tracing::warn!(%error, "could not prune denial records"),
+/// Deletes what is past its lifetime. Runs at start and every hour.
+pub async fn enforce_retention(store: &dyn Store, clock: &dyn Clock, r: &Retention) {
+    let now = clock.now();
+    let before = |d: Duration| now - i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let results = [
+        ("denials", store.prune_denials(before(r.denials), r.denial_rows).await),
+        ("usage", store.prune_usage(before(r.usage_records), before(r.usage_rollups)).await),
+        ("alerts", store.prune_alerts(before(r.alerts)).await),
+    ];
+    for (what, result) in results {
+        match result {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(what, deleted = n, "retention: deleted old rows"),
+            Err(error) => tracing::warn!(what, %error, "retention: could not delete old rows"),
+        }
     }
 }

@@ -22,3 +22,4 @@ pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod usage;

@@ -28,6 +28,7 @@ use crate::ids::RequestId;
 use crate::jobs::Recorder;
 use crate::proxy::{self, RequestMeta, Upstreams};
 use crate::store::{DenialRecord, Store, Touch};
+use crate::usage::{AnomalyWatcher, Meter, Metered};
 
 /// Settings the request path reads, fixed at start.
 #[derive(Debug, Clone)]
@@ -47,6 +48,9 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub upstreams: Arc<Upstreams>,
     pub recorder: Recorder,
+    pub meter: Meter,
+    /// `None` when `anomaly.enabled = false`.
+    pub anomaly: Option<Arc<AnomalyWatcher>>,
     pub settings: Arc<Settings>,
     pub metrics: PrometheusHandle,
 }
@@ -238,9 +242,34 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
         authorized.check_model(model)?;
     }
     let upstream = state.upstreams.route(model);
+    // To meter a stream, ask for its usage chunk; the tap removes it again.
+    let (body, strip_injected_usage) =
+        match meta.stream.then(|| crate::usage::inject_include_usage(path, &body)).flatten() {
+            Some(injected) => (injected, true),
+            None => (body, false),
+        };
+    let metered = Metered {
+        request_id: parts.extensions.get::<RequestId>().map(|id| id.as_str().to_owned()).unwrap_or_default(),
+        at: state.clock.now(),
+        model: model.map(str::to_owned),
+        route: path.to_owned(),
+        upstream: upstream.name.clone(),
+        client_ip: parts.extensions.get::<ClientIp>().map(|c| c.0),
+        started: Instant::now(),
+        request_body: body.clone(),
+        strip_injected_usage,
+        authorized: authorized.clone(),
+    };
     let relative = parts.uri.path_and_query().map_or(path, |pq| pq.as_str());
     let relative = relative.strip_prefix("/v1").unwrap_or(relative);
-    let mut response = proxy::forward(upstream, parts.method.clone(), relative, &parts.headers, body).await?;
+    let mut response = match proxy::forward(upstream, parts.method.clone(), relative, &parts.headers, body).await {
+        Ok(response) => response,
+        Err(error) => {
+            let status = if matches!(error, ApiError::UpstreamTimeout { .. }) { 504 } else { 502 };
+            state.meter.failed(metered, status);
+            return Err(error);
+        }
+    };
     if path == "/v1/models" && parts.method == http::Method::GET && authorized.restricts_models() {
         response = proxy::filter_model_list(response, |id| authorized.allows_model(id)).await;
     }
@@ -248,7 +277,7 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
     if let Ok(org) = HeaderValue::from_str(&state.settings.organization_id) {
         response.headers_mut().insert("openai-organization", org);
     }
-    Ok(response)
+    Ok(state.meter.tap(response, metered))
 }
 
 /// Reads a request body up to `limit` bytes; more is OpenAI-shaped 413.

@@ -101,3 +101,69 @@ CREATE TABLE denials (
     client_ip   TEXT
 );
 CREATE INDEX denials_at ON denials (at);
+
+-- One row per metered data-plane request.
+CREATE TABLE usage_records (
+    request_id       TEXT PRIMARY KEY,
+    at               INTEGER NOT NULL,
+    key_id           TEXT NOT NULL,
+    prefix           TEXT NOT NULL,
+    project_id       TEXT NOT NULL,
+    owner_id         TEXT,
+    model            TEXT,
+    route            TEXT NOT NULL,
+    kind             TEXT NOT NULL,             -- 'completions' | 'embeddings' | 'other'
+    status           INTEGER NOT NULL,
+    input_tokens     INTEGER NOT NULL,
+    output_tokens    INTEGER NOT NULL,
+    cached_tokens    INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    estimated        INTEGER NOT NULL,          -- 1: tokens estimated (stream cut short, no upstream usage)
+    cost_nanos       INTEGER NOT NULL,          -- nano-dollars
+    latency_ms       INTEGER NOT NULL,
+    upstream         TEXT NOT NULL,
+    client_ip        TEXT
+);
+CREATE INDEX usage_records_at ON usage_records (at);
+CREATE INDEX usage_records_key ON usage_records (key_id, at);
+
+-- Per-minute sums of usage_records, so Usage API queries stay fast.
+CREATE TABLE usage_rollups (
+    minute           INTEGER NOT NULL,          -- unix seconds, a multiple of 60
+    project_id       TEXT NOT NULL,
+    key_id           TEXT NOT NULL,
+    prefix           TEXT NOT NULL,
+    model            TEXT NOT NULL,             -- '' when the request named none
+    kind             TEXT NOT NULL,
+    requests         INTEGER NOT NULL,
+    input_tokens     INTEGER NOT NULL,
+    output_tokens    INTEGER NOT NULL,
+    cached_tokens    INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    cost_nanos       INTEGER NOT NULL,
+    PRIMARY KEY (minute, project_id, key_id, model, kind)
+);
+
+-- Anomaly alerts raised by the usage watcher.
+CREATE TABLE alerts (
+    id         TEXT PRIMARY KEY,
+    at         INTEGER NOT NULL,
+    key_id     TEXT NOT NULL,
+    project_id TEXT,
+    kind       TEXT NOT NULL,                   -- 'spike' | 'new_ip_range' | 'dormant_key'
+    severity   TEXT NOT NULL,                   -- 'warning' | 'critical'
+    message    TEXT NOT NULL,
+    details    TEXT NOT NULL                    -- JSON
+);
+CREATE INDEX alerts_at ON alerts (at);
+CREATE INDEX alerts_key ON alerts (key_id, kind, at);
+
+-- Client address ranges each key has been used from (for new-range alerts).
+CREATE TABLE key_networks (
+    key_id     TEXT NOT NULL,
+    network    TEXT NOT NULL,                   -- /24 (IPv4) or /48 (IPv6)
+    first_seen INTEGER NOT NULL,
+    last_seen  INTEGER NOT NULL,
+    requests   INTEGER NOT NULL,
+    PRIMARY KEY (key_id, network)
+);

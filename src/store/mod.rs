@@ -278,6 +278,123 @@ pub struct DenialRecord {
     pub client_ip: Option<String>,
 }
 
+/// Which Usage API family a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UsageKind {
+    Completions,
+    Embeddings,
+    Other,
+}
+
+impl UsageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+            Self::Other => "other",
+        }
+    }
+
+    /// The family of a data-plane path.
+    pub fn of_path(path: &str) -> Self {
+        match path {
+            "/v1/embeddings" => Self::Embeddings,
+            "/v1/chat/completions" | "/v1/completions" | "/v1/responses" => Self::Completions,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub input: i64,
+    pub output: i64,
+    pub cached: i64,
+    pub reasoning: i64,
+}
+
+/// One metered data-plane request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub at: Timestamp,
+    pub key_id: PublicId,
+    pub prefix: String,
+    pub project_id: String,
+    pub owner_id: Option<String>,
+    pub model: Option<String>,
+    pub route: String,
+    pub kind: UsageKind,
+    pub status: u16,
+    pub tokens: Tokens,
+    /// Tokens estimated by keygate (the upstream reported none: a stream cut short).
+    pub estimated: bool,
+    /// Nano-dollars.
+    pub cost_nanos: i64,
+    pub latency_ms: i64,
+    pub upstream: String,
+    pub client_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    Project,
+    ApiKey,
+    Model,
+    Prefix,
+}
+
+/// A Usage API or costs query over the per-minute rollups.
+#[derive(Debug, Clone)]
+pub struct UsageQuery {
+    /// `None`: every kind (costs).
+    pub kind: Option<UsageKind>,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub bucket_seconds: i64,
+    pub group_by: Vec<UsageGroup>,
+    pub project_ids: Vec<String>,
+    pub key_ids: Vec<String>,
+    pub models: Vec<String>,
+    pub prefixes: Vec<String>,
+}
+
+/// One group's sums within one bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageRow {
+    pub bucket_start: Timestamp,
+    pub project_id: Option<String>,
+    pub key_id: Option<String>,
+    pub model: Option<String>,
+    pub prefix: Option<String>,
+    pub requests: i64,
+    pub tokens: Tokens,
+    pub cost_nanos: i64,
+}
+
+/// A usage anomaly on one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub id: String,
+    pub at: Timestamp,
+    pub key_id: PublicId,
+    pub project_id: Option<String>,
+    pub kind: String,
+    pub severity: String,
+    pub message: String,
+    pub details: serde_json::Value,
+}
+
+/// A client network seen for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSighting {
+    pub key_id: PublicId,
+    pub network: String,
+    pub at: Timestamp,
+    pub requests: i64,
+}
+
 /// What `bootstrap` found or created.
 #[derive(Debug, Clone)]
 pub struct Bootstrap {
@@ -348,4 +465,27 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes denial records older than `before`, then the oldest beyond
     /// `max_rows`; returns how many were deleted.
     async fn prune_denials(&self, before: Timestamp, max_rows: u64) -> StoreResult<u64>;
+
+    /// Stores usage records and adds them to the per-minute rollups, in one
+    /// transaction; a record already stored (same request id) is skipped.
+    async fn insert_usage(&self, batch: &[UsageRecord]) -> StoreResult<()>;
+    async fn query_usage(&self, query: &UsageQuery) -> StoreResult<Vec<UsageRow>>;
+    /// Deletes usage records before `records_before` and rollups before
+    /// `rollups_before`; returns how many rows went.
+    async fn prune_usage(&self, records_before: Timestamp, rollups_before: Timestamp) -> StoreResult<u64>;
+
+    /// Records client networks per key; returns the sightings of networks
+    /// never seen before for a key that already had others.
+    async fn record_networks(&self, batch: &[NetworkSighting]) -> StoreResult<Vec<NetworkSighting>>;
+
+    /// Requests per (key id, client ip) in `[start, end)`.
+    async fn usage_clients(&self, start: Timestamp, end: Timestamp) -> StoreResult<Vec<(String, String, i64)>>;
+    /// The key's last metered request before `before`.
+    async fn last_usage_before(&self, key_id: &PublicId, before: Timestamp) -> StoreResult<Option<Timestamp>>;
+
+    async fn insert_alert(&self, alert: &Alert) -> StoreResult<()>;
+    async fn list_alerts(&self, since: Timestamp, page: &PageQuery) -> StoreResult<Page<Alert>>;
+    /// The newest alert of `kind` for a key, to avoid raising it twice.
+    async fn last_alert(&self, key_id: &PublicId, kind: &str) -> StoreResult<Option<Alert>>;
+    async fn prune_alerts(&self, before: Timestamp) -> StoreResult<u64>;
 }

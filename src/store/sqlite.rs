@@ -249,6 +249,22 @@ fn key_from_row(row: &SqliteRow, secrets: Vec<SecretVersion>) -> StoreResult<Key
     })
 }
 
+fn alert_from_row(row: &SqliteRow) -> StoreResult<Alert> {
+    let key_id: String = row.try_get("key_id")?;
+    let details: String = row.try_get("details")?;
+    Ok(Alert {
+        id: row.try_get("id")?,
+        at: row.try_get("at")?,
+        key_id: PublicId::parse(&key_id)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad key id `{key_id}` in alerts")))?,
+        project_id: row.try_get("project_id")?,
+        kind: row.try_get("kind")?,
+        severity: row.try_get("severity")?,
+        message: row.try_get("message")?,
+        details: serde_json::from_str(&details).map_err(|e| StoreError::Corrupt(format!("alert details: {e}")))?,
+    })
+}
+
 fn project_from_row(row: &SqliteRow) -> StoreResult<Project> {
     Ok(Project {
         id: row.try_get("id")?,
@@ -915,5 +931,241 @@ impl Store for SqliteStore {
             0
         };
         Ok(old + capped)
+    }
+
+    async fn insert_usage(&self, batch: &[UsageRecord]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for u in batch {
+            let inserted = sqlx::query(
+                "INSERT OR IGNORE INTO usage_records (request_id, at, key_id, prefix, project_id, owner_id, model, route, kind, \
+                 status, input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, cost_nanos, latency_ms, upstream, client_ip) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&u.request_id)
+            .bind(u.at)
+            .bind(u.key_id.as_str())
+            .bind(&u.prefix)
+            .bind(&u.project_id)
+            .bind(&u.owner_id)
+            .bind(&u.model)
+            .bind(&u.route)
+            .bind(u.kind.as_str())
+            .bind(i64::from(u.status))
+            .bind(u.tokens.input)
+            .bind(u.tokens.output)
+            .bind(u.tokens.cached)
+            .bind(u.tokens.reasoning)
+            .bind(u.estimated)
+            .bind(u.cost_nanos)
+            .bind(u.latency_ms)
+            .bind(&u.upstream)
+            .bind(&u.client_ip)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO usage_rollups (minute, project_id, key_id, prefix, model, kind, requests, input_tokens, output_tokens, \
+                 cached_tokens, reasoning_tokens, cost_nanos) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (minute, project_id, key_id, model, kind) DO UPDATE SET requests = requests + 1, \
+                 input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
+                 cached_tokens = cached_tokens + excluded.cached_tokens, reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, \
+                 cost_nanos = cost_nanos + excluded.cost_nanos",
+            )
+            .bind(u.at - u.at.rem_euclid(60))
+            .bind(&u.project_id)
+            .bind(u.key_id.as_str())
+            .bind(&u.prefix)
+            .bind(u.model.as_deref().unwrap_or(""))
+            .bind(u.kind.as_str())
+            .bind(u.tokens.input)
+            .bind(u.tokens.output)
+            .bind(u.tokens.cached)
+            .bind(u.tokens.reasoning)
+            .bind(u.cost_nanos)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn query_usage(&self, q: &UsageQuery) -> StoreResult<Vec<UsageRow>> {
+        let width = q.bucket_seconds.max(60);
+        let mut columns = Vec::new();
+        for g in &q.group_by {
+            columns.push(match g {
+                UsageGroup::Project => "project_id",
+                UsageGroup::ApiKey => "key_id",
+                UsageGroup::Model => "model",
+                UsageGroup::Prefix => "prefix",
+            });
+        }
+        let group_sql: String = columns.iter().map(|c| format!(", {c}")).collect();
+        let mut sql = format!(
+            "SELECT ((minute - ?) / {width}) * {width} + ? AS bucket{group_sql}, SUM(requests) AS requests, \
+             SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, SUM(cached_tokens) AS cached_tokens, \
+             SUM(reasoning_tokens) AS reasoning_tokens, SUM(cost_nanos) AS cost_nanos \
+             FROM usage_rollups WHERE minute >= ? AND minute < ?"
+        );
+        let mut binds: Vec<String> = Vec::new();
+        if let Some(kind) = q.kind {
+            sql.push_str(" AND kind = ?");
+            binds.push(kind.as_str().to_owned());
+        }
+        for (column, values) in
+            [("project_id", &q.project_ids), ("key_id", &q.key_ids), ("model", &q.models), ("prefix", &q.prefixes)]
+        {
+            if !values.is_empty() {
+                sql.push_str(&format!(" AND {column} IN ({})", vec!["?"; values.len()].join(",")));
+                binds.extend(
+                    values
+                        .iter()
+                        .map(|v| v.strip_prefix("key_").filter(|_| column == "key_id").unwrap_or(v).to_owned()),
+                );
+            }
+        }
+        sql.push_str(&format!(" GROUP BY bucket{group_sql} ORDER BY bucket{group_sql}"));
+        let mut query = sqlx::query(&sql).bind(q.start).bind(q.start).bind(q.start).bind(q.end);
+        for b in &binds {
+            query = query.bind(b);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let opt = |row: &SqliteRow, group: UsageGroup, column: &str| -> StoreResult<Option<String>> {
+            if q.group_by.contains(&group) {
+                Ok(Some(row.try_get(column)?))
+            } else {
+                Ok(None)
+            }
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(UsageRow {
+                    bucket_start: row.try_get("bucket")?,
+                    project_id: opt(row, UsageGroup::Project, "project_id")?,
+                    key_id: opt(row, UsageGroup::ApiKey, "key_id")?,
+                    model: opt(row, UsageGroup::Model, "model")?,
+                    prefix: opt(row, UsageGroup::Prefix, "prefix")?,
+                    requests: row.try_get("requests")?,
+                    tokens: Tokens {
+                        input: row.try_get("input_tokens")?,
+                        output: row.try_get("output_tokens")?,
+                        cached: row.try_get("cached_tokens")?,
+                        reasoning: row.try_get("reasoning_tokens")?,
+                    },
+                    cost_nanos: row.try_get("cost_nanos")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_usage(&self, records_before: Timestamp, rollups_before: Timestamp) -> StoreResult<u64> {
+        let a = sqlx::query("DELETE FROM usage_records WHERE at < ?")
+            .bind(records_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let b = sqlx::query("DELETE FROM usage_rollups WHERE minute < ?")
+            .bind(rollups_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(a + b)
+    }
+
+    async fn record_networks(&self, batch: &[NetworkSighting]) -> StoreResult<Vec<NetworkSighting>> {
+        let mut tx = self.pool.begin().await?;
+        let mut fresh = Vec::new();
+        for s in batch {
+            let known: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_networks WHERE key_id = ?")
+                .bind(s.key_id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            let inserted = sqlx::query(
+                "INSERT INTO key_networks (key_id, network, first_seen, last_seen, requests) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (key_id, network) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), \
+                 requests = requests + excluded.requests RETURNING first_seen",
+            )
+            .bind(s.key_id.as_str())
+            .bind(&s.network)
+            .bind(s.at)
+            .bind(s.at)
+            .bind(s.requests)
+            .fetch_one(&mut *tx)
+            .await?;
+            let first_seen: i64 = inserted.try_get("first_seen")?;
+            if first_seen == s.at && known > 0 {
+                fresh.push(s.clone());
+            }
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    async fn usage_clients(&self, start: Timestamp, end: Timestamp) -> StoreResult<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT key_id, client_ip, COUNT(*) AS requests FROM usage_records \
+             WHERE at >= ? AND at < ? AND client_ip IS NOT NULL GROUP BY key_id, client_ip",
+        )
+        .bind(start)
+        .bind(end)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("key_id")?, r.try_get("client_ip")?, r.try_get("requests")?))).collect()
+    }
+
+    async fn last_usage_before(&self, key_id: &PublicId, before: Timestamp) -> StoreResult<Option<Timestamp>> {
+        Ok(sqlx::query_scalar("SELECT MAX(at) FROM usage_records WHERE key_id = ? AND at < ?")
+            .bind(key_id.as_str())
+            .bind(before)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn insert_alert(&self, a: &Alert) -> StoreResult<()> {
+        sqlx::query("INSERT INTO alerts (id, at, key_id, project_id, kind, severity, message, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(&a.id)
+            .bind(a.at)
+            .bind(a.key_id.as_str())
+            .bind(&a.project_id)
+            .bind(&a.kind)
+            .bind(&a.severity)
+            .bind(&a.message)
+            .bind(a.details.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_alerts(&self, since: Timestamp, q: &PageQuery) -> StoreResult<Page<Alert>> {
+        let rows = sqlx::query(
+            "SELECT id, at, key_id, project_id, kind, severity, message, details FROM alerts WHERE at >= ? \
+             AND (? IS NULL OR rowid < (SELECT rowid FROM alerts WHERE id = ?)) ORDER BY rowid DESC LIMIT ?",
+        )
+        .bind(since)
+        .bind(&q.after)
+        .bind(&q.after)
+        .bind(i64::from(q.limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(page(rows.iter().map(alert_from_row).collect::<StoreResult<Vec<_>>>()?, q.limit))
+    }
+
+    async fn last_alert(&self, key_id: &PublicId, kind: &str) -> StoreResult<Option<Alert>> {
+        let row = sqlx::query(
+            "SELECT id, at, key_id, project_id, kind, severity, message, details FROM alerts WHERE key_id = ? AND kind = ? \
+             ORDER BY at DESC, rowid DESC LIMIT 1",
+        )
+        .bind(key_id.as_str())
+        .bind(kind)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(alert_from_row).transpose()
+    }
+
+    async fn prune_alerts(&self, before: Timestamp) -> StoreResult<u64> {
+        Ok(sqlx::query("DELETE FROM alerts WHERE at < ?").bind(before).execute(&self.pool).await?.rows_affected())
     }
 }

@@ -1224,13 +1224,6 @@ def due(gw: Gateway, pid: str) -> dict:
     return body
 
 
-MAX_AGE_NOT_STORED = (
-    "keygate bug: max_key_age_seconds is never persisted: SqliteStore::update_project (src/store/sqlite.rs) "
-    "ignores ProjectUpdate.max_key_age_seconds and create_project does not write it, so project create/update "
-    "answer max_key_age_seconds: null and `?due=true` is always empty")
-
-
-@pytest.mark.xfail(strict=True, reason=MAX_AGE_NOT_STORED)
 def test_max_key_age_seconds_is_stored_on_create_and_update(gateway):
     project = gateway.create_project("policy", max_key_age_seconds=90)
     assert project["max_key_age_seconds"] == 90
@@ -1243,7 +1236,6 @@ def test_max_key_age_seconds_is_stored_on_create_and_update(gateway):
     assert got["max_key_age_seconds"] == 120
 
 
-@pytest.mark.xfail(strict=True, reason=MAX_AGE_NOT_STORED)
 def test_due_lists_keys_older_than_max_key_age(gateway):
     project = gateway.create_project("rotating", max_key_age_seconds=2)
     pid = project["id"]

@@ -1,0 +1,150 @@
+//! Metering: what each data-plane request cost, measured as the answer streams
+//! through, recorded off the response path, priced in integer nano-dollars.
+//!
+//! Owns: the usage tap on response bodies (JSON and SSE), the injected
+//! `stream_options.include_usage` and its removal from what the client sees,
+//! token estimates for streams cut short, the price table, and the anomaly
+//! watcher. Leaves storage to `store`, batching to `jobs::Recorder`, and the
+//! Usage API's HTTP shape to `admin`.
+
+mod anomaly;
+mod estimate;
+mod price;
+mod tap;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+
+use crate::auth::Authorized;
+use crate::jobs::Recorder;
+use crate::store::{Owner, Timestamp, Tokens, UsageKind, UsageRecord};
+
+pub use anomaly::{alert_json, network_of, AnomalyPolicy, AnomalyWatcher};
+pub use price::{Price, PriceTable};
+pub use tap::Observed;
+
+/// Everything known about a request before its answer, to make its record.
+pub struct Metered {
+    pub request_id: String,
+    pub at: Timestamp,
+    pub authorized: Authorized,
+    pub model: Option<String>,
+    pub route: String,
+    pub upstream: String,
+    pub client_ip: Option<IpAddr>,
+    pub started: Instant,
+    /// The request body, for a token estimate if the answer is cut short.
+    pub request_body: Bytes,
+    /// keygate added `stream_options.include_usage`: drop the usage chunk and
+    /// the `"usage": null` fields from what the client receives.
+    pub strip_injected_usage: bool,
+}
+
+/// Records usage for every data-plane request that reached the forwarding step.
+#[derive(Clone)]
+pub struct Meter {
+    recorder: Recorder,
+    prices: Arc<PriceTable>,
+}
+
+impl Meter {
+    pub fn new(recorder: Recorder, prices: Arc<PriceTable>) -> Self {
+        Self { recorder, prices }
+    }
+
+    /// Wraps the answer's body in the usage tap; the record is written when
+    /// the body ends or the client goes away.
+    pub fn tap(&self, response: Response, metered: Metered) -> Response {
+        let (mut parts, body) = response.into_parts();
+        let status = parts.status.as_u16();
+        let sse = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let strip = metered.strip_injected_usage && sse && parts.status.is_success();
+        if strip {
+            // The body changes length when chunks are removed.
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
+        let meter = self.clone();
+        let on_done = move |observed: Observed| meter.record(metered, status, observed);
+        let tapped = tap::Tap::new(body.into_data_stream(), sse, strip, Box::new(on_done));
+        Response::from_parts(parts, Body::from_stream(tapped))
+    }
+
+    /// Records a request that got no upstream answer (502/504).
+    pub fn failed(&self, metered: Metered, status: u16) {
+        self.record(metered, status, Observed::default());
+    }
+
+    fn record(&self, m: Metered, status: u16, observed: Observed) {
+        let success = (200..300).contains(&status);
+        let (tokens, estimated) = match observed.tokens {
+            Some(tokens) => (tokens, false),
+            None if success && (observed.cut_short || !observed.text.is_empty()) => {
+                let model = m.model.as_deref().unwrap_or("");
+                let tokens = Tokens {
+                    input: estimate::prompt_tokens(model, &m.request_body),
+                    output: estimate::text_tokens(model, &observed.text),
+                    ..Tokens::default()
+                };
+                (tokens, true)
+            }
+            None => (Tokens::default(), false),
+        };
+        let cost_nanos = m.model.as_deref().map_or(0, |model| self.prices.cost_nanos(model, &tokens));
+        let key = &m.authorized.key;
+        let owner_id = key.owner.as_ref().map(|o| match o {
+            Owner::ServiceAccount(sa) => sa.id.clone(),
+            Owner::User(u) => u.id.clone(),
+        });
+        self.recorder.usage(UsageRecord {
+            request_id: m.request_id,
+            at: m.at,
+            key_id: key.id.clone(),
+            prefix: key.prefix.clone(),
+            project_id: key.project_id.clone().unwrap_or_default(),
+            owner_id,
+            model: m.model,
+            kind: UsageKind::of_path(&m.route),
+            route: m.route,
+            status,
+            tokens,
+            estimated,
+            cost_nanos,
+            latency_ms: i64::try_from(m.started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            upstream: m.upstream,
+            client_ip: m.client_ip.map(|ip| ip.to_string()),
+        });
+    }
+}
+
+/// Adds `stream_options.include_usage = true` to a streaming chat or
+/// completions body that did not ask for usage; returns the new body, or
+/// `None` when nothing needs to change.
+pub fn inject_include_usage(path: &str, body: &[u8]) -> Option<Bytes> {
+    if !matches!(path, "/v1/chat/completions" | "/v1/completions") {
+        return None;
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let object = value.as_object_mut()?;
+    if object.get("stream").and_then(serde_json::Value::as_bool) != Some(true) {
+        return None;
+    }
+    let options = object.entry("stream_options").or_insert_with(|| serde_json::json!({}));
+    let options = options.as_object_mut()?;
+    if options.get("include_usage").and_then(serde_json::Value::as_bool) == Some(true) {
+        return None;
+    }
+    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+    serde_json::to_vec(&value).ok().map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests;

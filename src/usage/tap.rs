@@ -1,0 +1,255 @@
+//! The usage tap: a body stream that passes the upstream's answer through as
+//! it arrives and reads its token usage on the way: the `usage` object of a
+//! JSON answer, the final usage chunk of a chat/completions stream, or the
+//! `response.completed` event of a Responses stream. When keygate injected
+//! `include_usage`, the tap rewrites events to take it out again.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde_json::Value;
+
+use crate::store::Tokens;
+
+/// A JSON answer larger than this is passed through unread.
+const JSON_CAP: usize = 8 * 1024 * 1024;
+/// Text kept for an estimate if the stream is cut short.
+const TEXT_CAP: usize = 256 * 1024;
+
+/// What the tap saw of an answer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// The upstream's own count, when it gave one.
+    pub tokens: Option<Tokens>,
+    /// Generated text seen in a stream (for an estimate).
+    pub text: String,
+    /// The body ended early: an error, or the client went away.
+    pub cut_short: bool,
+}
+
+type Done = Box<dyn FnOnce(Observed) + Send>;
+
+pub struct Tap<S> {
+    inner: S,
+    sse: bool,
+    strip: bool,
+    pending: Vec<u8>,
+    json: Vec<u8>,
+    observed: Observed,
+    on_done: Option<Done>,
+    ended: bool,
+}
+
+impl<S> Tap<S> {
+    pub fn new(inner: S, sse: bool, strip: bool, on_done: Done) -> Self {
+        Self {
+            inner,
+            sse,
+            strip,
+            pending: Vec::new(),
+            json: Vec::new(),
+            observed: Observed::default(),
+            on_done: Some(on_done),
+            ended: false,
+        }
+    }
+
+    fn finish(&mut self, cut_short: bool) {
+        if let Some(done) = self.on_done.take() {
+            if !self.sse && !cut_short && !self.json.is_empty() {
+                self.observed.tokens =
+                    serde_json::from_slice::<Value>(&self.json).ok().and_then(|v| tokens_from_usage(&v["usage"]));
+            }
+            self.observed.cut_short |= cut_short;
+            done(std::mem::take(&mut self.observed));
+        }
+    }
+
+    /// Takes the complete events out of `pending` and returns the bytes the
+    /// client gets for them (when rewriting; otherwise ignored).
+    fn drain_events(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some((end, sep)) = event_end(&self.pending) {
+            let event: Vec<u8> = self.pending.drain(..end + sep).collect();
+            match self.observe_event(&event[..end]) {
+                Action::Keep => out.extend_from_slice(&event),
+                Action::Drop => {}
+                Action::Replace(json) => {
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(&json);
+                    out.extend_from_slice(&event[end..]);
+                }
+            }
+        }
+        out
+    }
+
+    fn observe_event(&mut self, event: &[u8]) -> Action {
+        let Some(payload) = data_of(event) else { return Action::Keep };
+        if !payload.starts_with('{') {
+            return Action::Keep;
+        }
+        let Ok(mut value) = serde_json::from_str::<Value>(&payload) else { return Action::Keep };
+        self.collect_text(&value);
+        if let Some(tokens) = tokens_from_usage(&value["usage"]) {
+            self.observed.tokens = Some(tokens);
+            if self.strip && value["choices"].as_array().is_some_and(Vec::is_empty) {
+                return Action::Drop;
+            }
+        }
+        if let Some(kind) = value["type"].as_str() {
+            if matches!(kind, "response.completed" | "response.incomplete" | "response.failed") {
+                if let Some(tokens) = tokens_from_usage(&value["response"]["usage"]) {
+                    self.observed.tokens = Some(tokens);
+                }
+            }
+        }
+        if self.strip {
+            if let Some(object) = value.as_object_mut() {
+                if object.get("usage").is_some_and(Value::is_null) {
+                    object.remove("usage");
+                    return serde_json::to_vec(&value).map_or(Action::Keep, Action::Replace);
+                }
+            }
+        }
+        Action::Keep
+    }
+
+    fn collect_text(&mut self, value: &Value) {
+        if self.observed.text.len() >= TEXT_CAP {
+            return;
+        }
+        if let Some(choices) = value["choices"].as_array() {
+            for choice in choices {
+                if let Some(text) = choice["delta"]["content"].as_str().or_else(|| choice["text"].as_str()) {
+                    self.observed.text.push_str(text);
+                }
+            }
+        }
+        if value["type"].as_str() == Some("response.output_text.delta") {
+            if let Some(delta) = value["delta"].as_str() {
+                self.observed.text.push_str(delta);
+            }
+        }
+    }
+}
+
+enum Action {
+    Keep,
+    Drop,
+    Replace(Vec<u8>),
+}
+
+/// The end of the first complete event in `buf` and its separator's length.
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The joined `data:` lines of an event.
+fn data_of(event: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(event).ok()?;
+    let mut data: Option<String> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("data:") {
+            let rest = rest.strip_prefix(' ').unwrap_or(rest);
+            match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(rest);
+                }
+                None => data = Some(rest.to_owned()),
+            }
+        }
+    }
+    data
+}
+
+/// Tokens from a `usage` object: chat/completions/embeddings (`prompt_tokens`)
+/// or Responses (`input_tokens`).
+pub fn tokens_from_usage(usage: &Value) -> Option<Tokens> {
+    let int = |v: &Value| v.as_i64().unwrap_or(0);
+    if usage.get("prompt_tokens").is_some() {
+        return Some(Tokens {
+            input: int(&usage["prompt_tokens"]),
+            output: int(&usage["completion_tokens"]),
+            cached: int(&usage["prompt_tokens_details"]["cached_tokens"]),
+            reasoning: int(&usage["completion_tokens_details"]["reasoning_tokens"]),
+        });
+    }
+    if usage.get("input_tokens").is_some() {
+        return Some(Tokens {
+            input: int(&usage["input_tokens"]),
+            output: int(&usage["output_tokens"]),
+            cached: int(&usage["input_tokens_details"]["cached_tokens"]),
+            reasoning: int(&usage["output_tokens_details"]["reasoning_tokens"]),
+        });
+    }
+    None
+}
+
+impl<S, E> Stream for Tap<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    type Item = Result<Bytes, E>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            match Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if !this.sse {
+                        if this.json.len() + chunk.len() <= JSON_CAP {
+                            this.json.extend_from_slice(&chunk);
+                        }
+                        return Poll::Ready(Some(Ok(chunk)));
+                    }
+                    this.pending.extend_from_slice(&chunk);
+                    let rewritten = this.drain_events();
+                    if !this.strip {
+                        return Poll::Ready(Some(Ok(chunk)));
+                    }
+                    if !rewritten.is_empty() {
+                        return Poll::Ready(Some(Ok(Bytes::from(rewritten))));
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    this.finish(true);
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    // A last event without its blank line still counts, and a
+                    // rewriting tap still owes the client those bytes.
+                    let tail = std::mem::take(&mut this.pending);
+                    if !tail.is_empty() {
+                        let _ = this.observe_event(&tail);
+                    }
+                    this.finish(false);
+                    if this.strip && !tail.is_empty() {
+                        return Poll::Ready(Some(Ok(Bytes::from(tail))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
+
+impl<S> Drop for Tap<S> {
+    fn drop(&mut self) {
+        // The client went away (or the server is stopping) mid-answer.
+        self.finish(true);
+    }
+}
