@@ -15,6 +15,7 @@ mod objects;
 mod projects;
 mod requests;
 mod service_accounts;
+mod usage;
 mod users;
 
 use axum::routing::{get, post};
@@ -62,6 +63,10 @@ pub use bootstrap::bootstrap_admin_key;
     admin_keys::delete,
     audit_logs::list,
     requests::get,
+    usage::completions,
+    usage::embeddings,
+    usage::costs,
+    usage::alerts,
 ))]
 pub struct AdminApi;
 
@@ -80,6 +85,10 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/organization/projects/{project_id}/api_keys/{key_id}/resume", post(keys::resume))
         .route("/v1/organization/audit_logs", get(audit_logs::list))
         .route("/v1/organization/requests/{request_id}", get(requests::get))
+        .route("/v1/organization/usage/completions", get(usage::completions))
+        .route("/v1/organization/usage/embeddings", get(usage::embeddings))
+        .route("/v1/organization/costs", get(usage::costs))
+        .route("/v1/organization/alerts", get(usage::alerts))
         .route(
             "/v1/organization/projects/{project_id}/service_accounts",
             get(service_accounts::list).post(service_accounts::create),

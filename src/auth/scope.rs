@@ -124,6 +124,9 @@ pub fn data_plane_scope(method: &Method, path: &str) -> Scope {
 /// admin keys reach these routes; the scope names the refusal of other keys.
 pub fn admin_scope(method: &Method, path: &str) -> Scope {
     let is_write = !matches!(*method, Method::GET | Method::HEAD);
+    if path.starts_with("/v1/organization/usage/") || path == "/v1/organization/costs" {
+        return read("api.usage.read", &[]);
+    }
     match (path.contains("/api_keys"), is_write) {
         (true, false) => read("api.organization.projects.api_keys.read", &[]),
         (true, true) => write("api.organization.projects.api_keys.write", &[]),

@@ -10,6 +10,7 @@ pub mod output;
 mod projects;
 mod serve;
 mod service_accounts;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,10 @@ pub struct Cli {
 enum Command {
     /// Run the gateway.
     Serve(serve::ServeArgs),
+    /// Tokens and cost per key, prefix, project or model.
+    Usage(usage::UsageArgs),
+    /// Usage anomalies: spikes, new client networks, dormant keys.
+    Alerts(usage::AlertsArgs),
     /// Explain why a request was refused, from its `x-request-id`.
     Explain(explain::ExplainArgs),
     /// Create, list, rotate, suspend, resume and revoke project API keys.
@@ -60,6 +65,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Serve(args) => serve::run(args).await,
             Command::Keys(cmd) => keys::run(cmd).await,
             Command::Explain(args) => explain::run(args).await,
+            Command::Usage(args) => usage::run(args).await,
+            Command::Alerts(args) => usage::alerts(args).await,
             Command::Projects(cmd) => projects::run(cmd).await,
             Command::ServiceAccounts(cmd) => service_accounts::run(cmd).await,
             Command::AdminKeys(cmd) => admin_keys::run(cmd).await,

@@ -17,3 +17,5 @@ mod lifecycle;
 mod proxy;
 /// Administration API objects against OpenAI's examples.
 mod shapes;
+/// Metering, the Usage API, anomaly alerts.
+mod usage;
