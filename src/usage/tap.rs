@@ -56,11 +56,15 @@ impl<S> Tap<S> {
         }
     }
 
-    fn finish(&mut self, cut_short: bool) {
+    fn finish(&mut self, mut cut_short: bool) {
         if let Some(done) = self.on_done.take() {
-            if !self.sse && !cut_short && !self.json.is_empty() {
-                self.observed.tokens =
-                    serde_json::from_slice::<Value>(&self.json).ok().and_then(|v| tokens_from_usage(&v["usage"]));
+            if !self.sse && !self.json.is_empty() {
+                // The server may drop a body once its Content-Length is sent,
+                // without polling it to the end: a whole document is complete.
+                if let Ok(value) = serde_json::from_slice::<Value>(&self.json) {
+                    self.observed.tokens = tokens_from_usage(&value["usage"]);
+                    cut_short = false;
+                }
             }
             self.observed.cut_short |= cut_short;
             done(std::mem::take(&mut self.observed));

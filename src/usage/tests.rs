@@ -125,3 +125,19 @@ fn estimates_count_real_tokens() {
     let body = br#"{"messages":[{"role":"user","content":"Say hello to the world"}]}"#;
     assert!(estimate::prompt_tokens("gpt-4o", body) >= 5);
 }
+
+#[tokio::test]
+async fn a_whole_json_answer_counts_even_when_the_body_is_dropped_before_its_end() {
+    // hyper stops polling a body once Content-Length bytes are sent.
+    let seen = Arc::new(Mutex::new(None));
+    let sink = Arc::clone(&seen);
+    let body = r#"{"usage":{"prompt_tokens":2,"completion_tokens":3}}"#;
+    let items = vec![Ok::<_, std::convert::Infallible>(Bytes::from(body))];
+    let stream = futures_util::stream::iter(items).chain(futures_util::stream::pending());
+    let mut tap = Tap::new(Box::pin(stream), false, false, Box::new(move |o| *sink.lock() = Some(o)));
+    tap.next().await.unwrap().unwrap();
+    drop(tap);
+    let observed = seen.lock().take().unwrap();
+    assert_eq!(observed.tokens, Some(Tokens { input: 2, output: 3, ..Tokens::default() }));
+    assert!(!observed.cut_short);
+}
