@@ -54,12 +54,16 @@ pub async fn create(
         models: req.models.flatten().map(models).transpose()?,
         allowed_ips: cidrs(&req.allowed_ips.unwrap_or_default())?,
     };
-    let mut project = state.store.create_project(&project_name, &access, state.clock.now()).await?;
-    if let Some(Some(age)) = req.max_key_age_seconds {
-        if age <= 0 {
+    let max_age = match req.max_key_age_seconds {
+        Some(Some(age)) if age <= 0 => {
             return Err(super::bad("`max_key_age_seconds` must be positive.", "max_key_age_seconds"));
         }
-        let update = ProjectUpdate { max_key_age_seconds: Some(Some(age)), ..ProjectUpdate::default() };
+        Some(age) => age,
+        None => None,
+    };
+    let mut project = state.store.create_project(&project_name, &access, state.clock.now()).await?;
+    if max_age.is_some() {
+        let update = ProjectUpdate { max_key_age_seconds: Some(max_age), ..ProjectUpdate::default() };
         project = state.store.update_project(&project.id, &update).await?.ok_or(ApiError::Internal)?;
     }
     state.index.upsert_project(project.clone());

@@ -835,11 +835,14 @@ impl Store for SqliteStore {
             sql.push_str(" AND a.seq < (SELECT seq FROM audit_log WHERE id = ?)");
             binds.push(after.clone());
         }
+        // `before` pages towards newer events: take the nearest ones, then show them newest first.
+        let backwards = f.before.is_some() && f.after.is_none();
         if let Some(before) = &f.before {
             sql.push_str(" AND a.seq > (SELECT seq FROM audit_log WHERE id = ?)");
             binds.push(before.clone());
         }
-        sql.push_str(&format!(" ORDER BY a.seq DESC LIMIT {}", u64::from(f.limit) + 1));
+        let order = if backwards { "ASC" } else { "DESC" };
+        sql.push_str(&format!(" ORDER BY a.seq {order} LIMIT {}", u64::from(f.limit) + 1));
         let mut query = sqlx::query(&sql);
         for b in &binds {
             query = query.bind(b);
@@ -866,7 +869,11 @@ impl Store for SqliteStore {
                     .map_err(|e| StoreError::Corrupt(format!("audit details: {e}")))?,
             });
         }
-        Ok(page(items, f.limit))
+        let mut result = page(items, f.limit);
+        if backwards {
+            result.items.reverse();
+        }
+        Ok(result)
     }
 
     async fn insert_denials(&self, batch: &[DenialRecord]) -> StoreResult<()> {

@@ -196,3 +196,73 @@ async fn sigterm_lets_an_in_flight_stream_finish() {
     let (status, _) = terminate.await.unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_load_loses_no_usage_row_of_a_completed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("KEYGATE_ADMIN_KEY", "adm"), ("KEYGATE_UPSTREAM_URL", "mock")]);
+    let http = crate::util::http();
+    let projects: serde_json::Value = http
+        .get(format!("{}/v1/organization/projects", server.url))
+        .bearer_auth("adm")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let project = projects["data"][0]["id"].as_str().unwrap().to_owned();
+    let key: serde_json::Value = http
+        .post(format!("{}/v1/organization/projects/{project}/api_keys", server.url))
+        .bearer_auth("adm")
+        .json(&serde_json::json!({"name": "load"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = key["value"].as_str().unwrap().to_owned();
+    let mut load = Vec::new();
+    for i in 0..40 {
+        let (http, url, secret) = (http.clone(), server.url.clone(), secret.clone());
+        load.push(tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(i * 10)).await;
+            let body = serde_json::json!({"model": "gpt-4o", "stream": i % 2 == 0, "messages": [{"role": "user", "content": "hi"}]});
+            let response = http.post(format!("{url}/v1/chat/completions")).bearer_auth(&secret).json(&body).send().await.ok()?;
+            if response.status() != 200 {
+                return None;
+            }
+            let text = response.text().await.ok()?;
+            (text.contains("synthetic answer") && (i % 2 == 1 || text.ends_with("data: [DONE]\n\n"))).then_some(())
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let terminate = tokio::task::spawn_blocking(move || server.terminate());
+    let mut completed = 0;
+    for task in load {
+        if task.await.unwrap().is_some() {
+            completed += 1;
+        }
+    }
+    let (status, _) = terminate.await.unwrap();
+    assert!(status.success());
+    assert!(completed > 0, "some requests finished before the stop");
+    let store = keygate::store::open(&format!("sqlite://{}", dir.path().join("k.db").display())).await.unwrap();
+    let rows = store
+        .query_usage(&keygate::store::UsageQuery {
+            kind: None,
+            start: 0,
+            end: i64::MAX / 2,
+            bucket_seconds: i64::MAX / 4,
+            group_by: vec![],
+            project_ids: vec![],
+            key_ids: vec![key["id"].as_str().unwrap().to_owned()],
+            models: vec![],
+            prefixes: vec![],
+        })
+        .await
+        .unwrap();
+    let recorded: i64 = rows.iter().map(|r| r.requests).sum();
+    assert!(recorded >= completed, "{completed} requests completed but {recorded} were recorded");
+}

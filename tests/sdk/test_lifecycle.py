@@ -1054,10 +1054,6 @@ def test_audit_log_needs_an_admin_key(gateway, project_key):
     assert gateway.request("GET", "/v1/organization/audit_logs").status == 401
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "keygate bug: audit_logs `before=<id>` returns the NEWEST `limit` entries newer than the cursor "
-    "(SQL `seq > cursor ORDER BY seq DESC LIMIT n`), not the page adjacent to the cursor; it should select "
-    "ascending from the cursor and reverse (src/store/sqlite.rs list_audit)"))
 def test_audit_log_before_returns_the_adjacent_previous_page(gateway):
     """`before=<first id of a page>` gives the page just before it (as OpenAI's cursor lists do),
     not the newest page of the log."""
@@ -1279,10 +1275,6 @@ def test_max_key_age_must_be_positive(gateway, age):
     assert r.error["param"] == "max_key_age_seconds"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "keygate bug: POST /v1/organization/projects with max_key_age_seconds <= 0 answers 400 but only after "
-    "store.create_project ran (src/admin/projects.rs create validates after inserting), so the project exists "
-    "anyway, with no project.created audit entry"))
 @pytest.mark.parametrize("age", [0, -1])
 def test_project_create_with_bad_max_key_age_is_400_and_creates_nothing(gateway, age):
     r = gateway.admin("POST", "/v1/organization/projects", body={"name": "bad-age", "max_key_age_seconds": age})

@@ -10,7 +10,7 @@ from conftest import ADMIN_KEY
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
-def run_schemathesis(gateway, key: str, *filters: str) -> subprocess.CompletedProcess:
+def run_schemathesis(gateway, key: str, *filters: str, cwd) -> subprocess.CompletedProcess:
     cmd = [
         str(SCHEMATHESIS), "run", f"{gateway.url}/openapi.json",
         "--checks", "not_a_server_error",
@@ -23,7 +23,8 @@ def run_schemathesis(gateway, key: str, *filters: str) -> subprocess.CompletedPr
         "-H", f"Authorization: Bearer {key}",
         *filters,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=170)
+    # schemathesis keeps a crash cache in its working directory: not the repo's.
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=cwd)
 
 
 def test_openapi_document_is_served_and_complete(gateway):
@@ -38,11 +39,11 @@ def test_openapi_document_is_served_and_complete(gateway):
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
 
-def test_schemathesis_finds_no_server_error_in_the_admin_api(gateway):
-    result = run_schemathesis(gateway, ADMIN_KEY, "--include-path-regex", "^/v1/organization")
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+def test_schemathesis_finds_no_server_error_in_the_admin_api(gateway, tmp_path):
+    result = run_schemathesis(gateway, ADMIN_KEY, "--include-path-regex", "^/v1/organization", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:] + gateway.stderr()[-4000:]
 
 
-def test_schemathesis_finds_no_server_error_in_the_data_plane(gateway, project_key):
-    result = run_schemathesis(gateway, project_key, "--exclude-path-regex", "^/v1/organization")
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+def test_schemathesis_finds_no_server_error_in_the_data_plane(gateway, project_key, tmp_path):
+    result = run_schemathesis(gateway, project_key, "--exclude-path-regex", "^/v1/organization", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:] + gateway.stderr()[-4000:]
