@@ -15,8 +15,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, UpstreamTarget};
 use crate::jobs::{self, BoxFuture, Retention, Tasks};
 use crate::key::Secret;
+use crate::limits::{month_start, BudgetScope, Budgets, Limiter, LocalBackend};
 use crate::proxy::Upstreams;
 use crate::server::{AppState, Settings};
+use crate::store::{Store, UsageGroup, UsageQuery};
 use crate::usage::{AnomalyWatcher, Meter};
 
 /// The process-wide Prometheus recorder (the `metrics` facade allows one).
@@ -115,7 +117,23 @@ impl Gateway {
             }),
         );
 
-        let meter = Meter::new(recorder.clone(), Arc::new(config.prices.clone()));
+        let budgets = Arc::new(Budgets::default());
+        load_budgets(&*store, &budgets, clock.now()).await.context("cannot load this month's spend")?;
+        let limiter = Arc::new(Limiter::new(
+            Arc::new(LocalBackend::default()),
+            budgets,
+            Arc::clone(&clock),
+            config.failed_auth_per_minute,
+        ));
+        let prune_limiter = Arc::clone(&limiter);
+        tasks.spawn(
+            "limiter prune",
+            jobs::periodic(Duration::from_secs(60), move || {
+                let limiter = Arc::clone(&prune_limiter);
+                async move { limiter.prune() }
+            }),
+        );
+        let meter = Meter::new(recorder.clone(), Arc::new(config.prices.clone()), Arc::clone(&limiter));
         let anomaly = config.anomaly.clone().map(|policy| {
             Arc::new(AnomalyWatcher::new(Arc::clone(&store), Arc::clone(&index), Arc::clone(&clock), policy))
         });
@@ -147,17 +165,48 @@ impl Gateway {
             recorder,
             meter,
             anomaly,
+            limiter,
             settings: Arc::new(Settings {
                 max_body_bytes: config.max_body_bytes,
                 organization_id,
                 default_project_id: boot.default_project.id.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),
                 error_hints: config.error_hints,
+                default_max_tokens: config.default_max_tokens,
             }),
             metrics: metrics_handle(),
         };
         Ok(Self { state, tasks, generated_admin_key })
     }
+}
+
+/// This month's spend per key and project, from the usage rollups.
+async fn load_budgets(store: &dyn Store, budgets: &Budgets, now: i64) -> anyhow::Result<()> {
+    for group in [UsageGroup::ApiKey, UsageGroup::Project] {
+        let rows = store
+            .query_usage(&UsageQuery {
+                kind: None,
+                start: month_start(now),
+                end: now + 60,
+                bucket_seconds: 100 * 86_400,
+                group_by: vec![group],
+                project_ids: Vec::new(),
+                key_ids: Vec::new(),
+                models: Vec::new(),
+                prefixes: Vec::new(),
+            })
+            .await?;
+        for row in rows {
+            let scope = match group {
+                UsageGroup::ApiKey => row.key_id.as_deref().and_then(crate::key::PublicId::parse).map(BudgetScope::Key),
+                _ => row.project_id.clone().map(BudgetScope::Project),
+            };
+            if let Some(scope) = scope {
+                budgets.add(&scope, row.cost_nanos, now);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn start_mock(tasks: &mut Tasks) -> anyhow::Result<String> {

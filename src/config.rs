@@ -59,6 +59,15 @@ struct RawConfig {
     prices: std::collections::BTreeMap<String, RawPrice>,
     #[serde(default)]
     anomaly: RawAnomaly,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    failed_auth_per_minute: Option<u64>,
+    default_max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +177,12 @@ pub struct Config {
     pub prices: crate::usage::PriceTable,
     /// `None` when the anomaly watcher is off.
     pub anomaly: Option<crate::usage::AnomalyPolicy>,
+    /// Failed authentications a client may make per minute before its
+    /// failures get 429 (`None`: no throttle).
+    pub failed_auth_per_minute: Option<u64>,
+    /// Completion tokens a request is assumed to use for token limits when it
+    /// names no `max_tokens`.
+    pub default_max_tokens: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -367,6 +382,11 @@ impl Config {
             alert_retention,
             prices,
             anomaly,
+            failed_auth_per_minute: match raw.limits.failed_auth_per_minute.unwrap_or(30) {
+                0 => None,
+                n => Some(n),
+            },
+            default_max_tokens: raw.limits.default_max_tokens.unwrap_or(1024),
         })
     }
 }

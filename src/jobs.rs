@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::auth::KeyIndex;
 use crate::clock::Clock;
 use crate::key::PublicId;
-use crate::store::{AuditEvent, DenialRecord, Store, Touch, UsageRecord};
+use crate::store::{Alert, AuditEvent, DenialRecord, Store, Touch, UsageRecord};
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -56,6 +56,7 @@ enum Record {
     Denial(Box<DenialRecord>),
     Audit(Box<AuditEvent>),
     Usage(Box<UsageRecord>),
+    Alert(Box<Alert>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -87,6 +88,13 @@ impl Recorder {
         }
     }
 
+    /// An alert raised on the request path (a budget threshold crossed).
+    pub fn alert(&self, alert: Alert) {
+        if self.0.try_send(Record::Alert(Box::new(alert))).is_err() {
+            metrics::counter!("keygate_alerts_dropped_total").increment(1);
+        }
+    }
+
     /// Waits until everything queued before this call is written.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -108,6 +116,7 @@ struct Pending {
     denials: Vec<DenialRecord>,
     audits: Vec<AuditEvent>,
     usage: Vec<UsageRecord>,
+    alerts: Vec<Alert>,
     flushes: Vec<oneshot::Sender<()>>,
 }
 
@@ -123,16 +132,27 @@ impl Pending {
             Record::Denial(d) => self.denials.push(*d),
             Record::Audit(a) => self.audits.push(*a),
             Record::Usage(u) => self.usage.push(*u),
+            Record::Alert(a) => self.alerts.push(*a),
             Record::Flush(done) => self.flushes.push(done),
         }
     }
 
     fn len(&self) -> usize {
-        self.touches.len() + self.denials.len() + self.audits.len() + self.usage.len() + self.flushes.len()
+        self.touches.len()
+            + self.denials.len()
+            + self.audits.len()
+            + self.usage.len()
+            + self.alerts.len()
+            + self.flushes.len()
     }
 
     /// Writes what is pending; on failure keeps it for the next round (bounded).
     async fn flush(&mut self, store: &dyn Store) {
+        for alert in std::mem::take(&mut self.alerts) {
+            if let Err(error) = store.insert_alert(&alert).await {
+                tracing::warn!(%error, "could not store an alert");
+            }
+        }
         for event in std::mem::take(&mut self.audits) {
             if let Err(error) = store.append_audit(&event).await {
                 tracing::warn!(%error, kind = event.kind, "could not write an audit event");

@@ -16,6 +16,7 @@ pub mod dialect;
 pub mod ids;
 pub mod jobs;
 pub mod key;
+pub mod limits;
 pub mod mock;
 pub mod openapi;
 pub mod proxy;

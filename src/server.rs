@@ -39,6 +39,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// `errors.hints`: append safe, format-only hints to 401 messages.
     pub error_hints: bool,
+    /// Completion tokens assumed for token limits when a request names none.
+    pub default_max_tokens: u64,
 }
 
 #[derive(Clone)]
@@ -51,6 +53,7 @@ pub struct AppState {
     pub meter: Meter,
     /// `None` when `anomaly.enabled = false`.
     pub anomaly: Option<Arc<AnomalyWatcher>>,
+    pub limiter: Arc<crate::limits::Limiter>,
     pub settings: Arc<Settings>,
     pub metrics: PrometheusHandle,
 }
@@ -207,6 +210,15 @@ async fn require(state: AppState, plane: Plane, scope: auth::Scope, mut req: Req
             response
         }
         Err(denial) => {
+            // Past the throttle, a client's failures get 429: it learns nothing
+            // new, and a valid key from the same address still passes above.
+            let denial = match (denial.is_failed_authentication(), admission.client_ip) {
+                (true, Some(ip)) => match state.limiter.failed_auth(ip) {
+                    Some(exceeded) => Denial::Throttled { client: Some(ip), exceeded, failure: Box::new(denial) },
+                    None => denial,
+                },
+                _ => denial,
+            };
             // A failed login with something that names an admin key is an audit event.
             if let (Plane::Admin, Some(key)) = (plane, denial.key()) {
                 state.recorder.audit(crate::store::AuditEvent {
@@ -241,6 +253,21 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
     if let Some(model) = model {
         authorized.check_model(model)?;
     }
+    let tokens = match state.limiter.wants_tokens(&authorized, model) {
+        true => crate::usage::estimate_request_tokens(
+            model,
+            &body,
+            meta.max_tokens.unwrap_or(state.settings.default_max_tokens),
+        ),
+        false => 0,
+    };
+    let ticket = state.limiter.admit(&authorized, model, tokens).map_err(|exceeded| Denial::Limited {
+        key: auth::KeyRef::of(&authorized.key),
+        model: model.map(str::to_owned),
+        organization: state.settings.organization_id.clone(),
+        exceeded,
+    })?;
+    let rate_headers = ticket.headers.clone();
     let upstream = state.upstreams.route(model);
     // To meter a stream, ask for its usage chunk; the tap removes it again.
     let (body, strip_injected_usage) =
@@ -259,6 +286,7 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
         request_body: body.clone(),
         strip_injected_usage,
         authorized: authorized.clone(),
+        ticket: Some(ticket),
     };
     let relative = parts.uri.path_and_query().map_or(path, |pq| pq.as_str());
     let relative = relative.strip_prefix("/v1").unwrap_or(relative);
@@ -277,7 +305,32 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
     if let Ok(org) = HeaderValue::from_str(&state.settings.organization_id) {
         response.headers_mut().insert("openai-organization", org);
     }
+    rate_limit_headers(&rate_headers, response.headers_mut());
     Ok(state.meter.tap(response, metered))
+}
+
+/// keygate's own `x-ratelimit-*` values replace the upstream's (which describe
+/// keygate's upstream account, not this key).
+fn rate_limit_headers(values: &crate::limits::RateHeaders, headers: &mut http::HeaderMap) {
+    for (kind, value) in [("requests", values.requests), ("tokens", values.tokens)] {
+        let names = [
+            format!("x-ratelimit-limit-{kind}"),
+            format!("x-ratelimit-remaining-{kind}"),
+            format!("x-ratelimit-reset-{kind}"),
+        ];
+        for name in &names {
+            headers.remove(name.as_str());
+        }
+        let Some((limit, taken)) = value else { continue };
+        let values = [limit.to_string(), taken.remaining.to_string(), crate::limits::go_duration(taken.reset_us)];
+        for (name, value) in names.iter().zip(values) {
+            if let (Ok(name), Ok(value)) =
+                (http::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value))
+            {
+                headers.insert(name, value);
+            }
+        }
+    }
 }
 
 /// Reads a request body up to `limit` bytes; more is OpenAI-shaped 413.

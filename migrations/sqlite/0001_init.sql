@@ -14,7 +14,17 @@ CREATE TABLE projects (
     archived_at INTEGER,
     models      TEXT,                          -- model glob allow-list
     allowed_ips TEXT,                          -- CIDR allow-list
-    max_key_age_seconds INTEGER                -- rotation policy: keys older than this are due
+    max_key_age_seconds INTEGER,               -- rotation policy: keys older than this are due
+    budget_nanos INTEGER,                      -- monthly spend limit, nano-dollars
+    budget_alert_percent INTEGER
+);
+
+-- A project's rate limits per model pattern ('*' = all models together).
+CREATE TABLE project_rate_limits (
+    project_id TEXT NOT NULL REFERENCES projects (id),
+    model      TEXT NOT NULL,
+    limits     TEXT NOT NULL,                  -- JSON: max_requests_per_1_minute, ...
+    PRIMARY KEY (project_id, model)
 );
 
 CREATE TABLE users (
@@ -51,6 +61,9 @@ CREATE TABLE api_keys (
     scopes          TEXT,                      -- JSON array of OpenAI scope strings, for 'restricted'
     models          TEXT,                      -- model glob allow-list
     allowed_ips     TEXT,                      -- CIDR allow-list
+    rate_limits     TEXT,                      -- JSON: max_requests_per_1_minute, ...
+    budget_nanos    INTEGER,                   -- monthly spend limit, nano-dollars
+    budget_alert_percent INTEGER,
     created_at      INTEGER NOT NULL,
     expires_at      INTEGER,
     last_used_at    INTEGER,

@@ -71,6 +71,8 @@ pub async fn create(
             prefix: KeyPrefix::parse(ADMIN_PREFIX).map_err(|_| ApiError::Internal)?,
             permissions: Permissions::All,
             access: Access::default(),
+            limits: Default::default(),
+            budget: None,
             expires_at,
         },
     )

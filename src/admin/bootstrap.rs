@@ -66,6 +66,8 @@ fn admin_key(
         prefix,
         permissions: Permissions::All,
         access: Access::default(),
+        limits: Default::default(),
+        budget: None,
         created_at: now,
         expires_at: None,
         secret,

@@ -10,10 +10,11 @@ use serde_json::json;
 
 use super::objects::{Deleted, List, ProjectApiKeyObject, WithValue};
 use super::projects::find_active;
-use super::{actor_name, audit, bad, cidrs, json_body, models, name, objects, query, ListParams};
+use super::{actor_name, audit, bad, budget, cidrs, json_body, models, name, objects, query, rate_limits, ListParams};
 use crate::auth::{Authorized, Permissions};
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::key::{generate, KeyPrefix, PublicId, Secret};
+use crate::limits::{Budget, RateLimits};
 use crate::server::AppState;
 use crate::store::{
     Access, KeyFilter, KeyKind, KeyRecord, KeyState, KeyUpdate, NewKey, OwnerRef, Page, PageQuery, Revocation,
@@ -29,6 +30,8 @@ pub struct KeySpec {
     pub prefix: KeyPrefix,
     pub permissions: Permissions,
     pub access: Access,
+    pub limits: RateLimits,
+    pub budget: Option<Budget>,
     pub expires_at: Option<Timestamp>,
 }
 
@@ -47,6 +50,8 @@ pub async fn issue(state: &AppState, spec: KeySpec) -> Result<(KeyRecord, Secret
             prefix: spec.prefix.to_string(),
             permissions: spec.permissions,
             access: spec.access,
+            limits: spec.limits,
+            budget: spec.budget,
             created_at: now,
             expires_at: spec.expires_at,
             secret: SecretVersion {
@@ -163,6 +168,13 @@ struct CreateKey {
     user_id: Option<String>,
     /// Owner: one of the project's service accounts.
     service_account_id: Option<String>,
+    /// Ours: the key's own rate limits.
+    rate_limits: Option<RateLimits>,
+    /// Ours: monthly spend limit in US dollars; requests are refused with
+    /// `insufficient_quota` once it is spent.
+    monthly_budget_usd: Option<f64>,
+    /// Ours: alert when this share of the budget is spent (default 80).
+    budget_alert_percent: Option<u8>,
 }
 
 /// `POST /v1/organization/projects/{id}/api_keys` (extension: OpenAI creates
@@ -213,6 +225,8 @@ pub async fn create(
             OwnerRef::ServiceAccount(sa.id)
         }
     };
+    let limits = rate_limits(req.rate_limits.unwrap_or_default())?;
+    let budget = budget(req.monthly_budget_usd, req.budget_alert_percent)?;
     let scopes = permissions.scopes();
     let (record, secret) = issue(
         &state,
@@ -224,6 +238,8 @@ pub async fn create(
             prefix,
             permissions,
             access,
+            limits,
+            budget,
             expires_at: req.expires_at,
         },
     )
@@ -251,6 +267,12 @@ struct UpdateKey {
     #[serde(default, with = "super::nullable")]
     models: Option<Option<Vec<String>>>,
     allowed_ips: Option<Vec<String>>,
+    rate_limits: Option<RateLimits>,
+    /// `null` removes the budget.
+    #[serde(default, deserialize_with = "super::nullable_f64")]
+    #[schema(value_type = Option<f64>)]
+    monthly_budget_usd: Option<Option<f64>>,
+    budget_alert_percent: Option<u8>,
 }
 
 /// `POST .../api_keys/{id}` (extension): name, permissions, models, IPs; takes
@@ -275,6 +297,11 @@ pub async fn update(
         permissions: parse_permissions(req.permissions.as_deref(), req.scopes.as_deref())?,
         models: req.models.map(|m| m.map(models).transpose()).transpose()?,
         allowed_ips: req.allowed_ips.as_deref().map(cidrs).transpose()?,
+        limits: req.rate_limits.map(rate_limits).transpose()?,
+        budget: match req.monthly_budget_usd {
+            Some(usd) => Some(budget(usd, req.budget_alert_percent.or(key.budget.map(|b| b.alert_percent)))?),
+            None => None,
+        },
     };
     let updated = state.store.update_key(&key.id, &update).await?.ok_or(ApiError::Internal)?;
     state.index.upsert([updated.clone()]);

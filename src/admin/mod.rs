@@ -40,6 +40,8 @@ pub use bootstrap::bootstrap_admin_key;
     projects::get,
     projects::update,
     projects::archive,
+    projects::rate_limits,
+    projects::update_rate_limit,
     keys::list,
     keys::create,
     keys::get,
@@ -75,6 +77,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/organization/projects", get(projects::list).post(projects::create))
         .route("/v1/organization/projects/{project_id}", get(projects::get).post(projects::update))
         .route("/v1/organization/projects/{project_id}/archive", post(projects::archive))
+        .route("/v1/organization/projects/{project_id}/rate_limits", get(projects::rate_limits))
+        .route("/v1/organization/projects/{project_id}/rate_limits/{rate_limit_id}", post(projects::update_rate_limit))
         .route("/v1/organization/projects/{project_id}/api_keys", get(keys::list).post(keys::create))
         .route(
             "/v1/organization/projects/{project_id}/api_keys/{key_id}",
@@ -110,6 +114,11 @@ mod nullable {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Vec<String>>>, D::Error> {
         Option::<Vec<String>>::deserialize(d).map(Some)
     }
+}
+
+/// Like [`nullable`], for an optional amount.
+fn nullable_f64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(d).map(Some)
 }
 
 /// Like [`nullable`], for an optional number.
@@ -150,6 +159,40 @@ fn models(list: Vec<String>) -> Result<Vec<String>, ApiError> {
         return Err(bad("`models` must be a list of model names or `*` patterns.", "models"));
     }
     Ok(list)
+}
+
+/// A monthly budget from US dollars and an alert threshold.
+fn budget(usd: Option<f64>, alert_percent: Option<u8>) -> Result<Option<crate::limits::Budget>, ApiError> {
+    let Some(usd) = usd else { return Ok(None) };
+    if !usd.is_finite() || !(0.0..=1e9).contains(&usd) {
+        return Err(bad(
+            format!("Invalid 'monthly_budget_usd': {usd}. Expected 0 to 1000000000."),
+            "monthly_budget_usd",
+        ));
+    }
+    let alert_percent = alert_percent.unwrap_or(80);
+    if !(1..=100).contains(&alert_percent) {
+        return Err(bad(
+            format!("Invalid 'budget_alert_percent': {alert_percent}. Expected 1 to 100."),
+            "budget_alert_percent",
+        ));
+    }
+    Ok(Some(crate::limits::Budget { monthly_nanos: (usd * 1e9).round() as i64, alert_percent }))
+}
+
+/// Rate limits must be positive where given.
+fn rate_limits(limits: crate::limits::RateLimits) -> Result<crate::limits::RateLimits, ApiError> {
+    let values = [
+        limits.max_requests_per_1_minute,
+        limits.max_tokens_per_1_minute,
+        limits.max_requests_per_1_day,
+        limits.max_tokens_per_1_day,
+        limits.max_concurrent_requests,
+    ];
+    if values.iter().flatten().any(|v| *v == 0 || *v > 1_000_000_000_000) {
+        return Err(bad("Rate limits must be between 1 and 1000000000000.", "rate_limits"));
+    }
+    Ok(limits)
 }
 
 fn cidrs(list: &[String]) -> Result<Vec<IpNet>, ApiError> {

@@ -6,6 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::key::redact;
+use crate::limits::{ModelLimits, RateLimits};
 use crate::store::{Access, KeyRecord, KeyState, Owner, Page, Project, ServiceAccount, User};
 
 /// OpenAI's list envelope.
@@ -68,6 +69,9 @@ pub struct ProjectObject {
     allowed_ips: Vec<String>,
     /// Ours: keys whose newest secret is older than this are due for rotation.
     max_key_age_seconds: Option<i64>,
+    /// Ours: monthly spend limit in US dollars, and its alert threshold.
+    monthly_budget_usd: Option<f64>,
+    budget_alert_percent: Option<u8>,
 }
 
 pub fn project(p: &Project) -> ProjectObject {
@@ -81,6 +85,34 @@ pub fn project(p: &Project) -> ProjectObject {
         models: p.access.models.clone(),
         allowed_ips: ips(&p.access),
         max_key_age_seconds: p.max_key_age_seconds,
+        monthly_budget_usd: p.budget.map(|b| usd(b.monthly_nanos)),
+        budget_alert_percent: p.budget.map(|b| b.alert_percent),
+    }
+}
+
+/// Display only: budgets are kept in integer nano-dollars.
+fn usd(nanos: i64) -> f64 {
+    nanos as f64 / 1e9
+}
+
+/// `project.rate_limit` (OpenAI's object; the day, token-day and concurrency
+/// fields and `null` for "no limit" are ours).
+#[derive(Serialize, ToSchema)]
+pub struct ProjectRateLimitObject {
+    object: &'static str,
+    /// `rl-` + the model pattern.
+    id: String,
+    model: String,
+    #[serde(flatten)]
+    limits: RateLimits,
+}
+
+pub fn project_rate_limit(m: &ModelLimits) -> ProjectRateLimitObject {
+    ProjectRateLimitObject {
+        object: "project.rate_limit",
+        id: format!("rl-{}", m.model),
+        model: m.model.clone(),
+        limits: m.limits,
     }
 }
 
@@ -239,6 +271,11 @@ pub struct ProjectApiKeyObject {
     /// Ours: revocation time and reason (with `include_revoked=true`).
     revoked_at: Option<i64>,
     revoke_reason: Option<String>,
+    /// Ours: the key's own rate limits.
+    rate_limits: RateLimits,
+    /// Ours: monthly spend limit in US dollars, and its alert threshold.
+    monthly_budget_usd: Option<f64>,
+    budget_alert_percent: Option<u8>,
 }
 
 pub fn project_api_key(k: &KeyRecord) -> ProjectApiKeyObject {
@@ -264,6 +301,9 @@ pub fn project_api_key(k: &KeyRecord) -> ProjectApiKeyObject {
         previous_secret_expires_at: k.secrets.get(1).and_then(|s| s.expires_at),
         revoked_at: k.revocation.as_ref().map(|r| r.at),
         revoke_reason: k.revocation.as_ref().and_then(|r| r.reason.clone()),
+        rate_limits: k.limits,
+        monthly_budget_usd: k.budget.map(|b| usd(b.monthly_nanos)),
+        budget_alert_percent: k.budget.map(|b| b.alert_percent),
     }
 }
 

@@ -4,10 +4,11 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::objects::{List, ProjectObject};
+use super::objects::{List, ProjectObject, ProjectRateLimitObject};
 use super::{audit, cidrs, json_body, models, name, objects, query, ListParams};
 use crate::auth::Authorized;
 use crate::dialect::{ApiError, ErrorResponse};
+use crate::limits::RateLimits;
 use crate::server::AppState;
 use crate::store::{Access, Project, ProjectUpdate};
 
@@ -40,6 +41,12 @@ struct ProjectBody {
     /// Rotation policy (ours): keys whose newest secret is older are due.
     #[serde(default, deserialize_with = "super::nullable_i64")]
     max_key_age_seconds: Option<Option<i64>>,
+    /// Ours: monthly spend limit of the whole project in US dollars (`null` removes it).
+    #[serde(default, deserialize_with = "super::nullable_f64")]
+    #[schema(value_type = Option<f64>)]
+    monthly_budget_usd: Option<Option<f64>>,
+    /// Ours: alert when this share of the budget is spent (default 80).
+    budget_alert_percent: Option<u8>,
 }
 
 #[utoipa::path(post, path = "/v1/organization/projects", tag = "projects", request_body = ProjectBody, responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
@@ -61,9 +68,11 @@ pub async fn create(
         Some(age) => age,
         None => None,
     };
+    let budget = super::budget(req.monthly_budget_usd.flatten(), req.budget_alert_percent)?;
     let mut project = state.store.create_project(&project_name, &access, state.clock.now()).await?;
-    if max_age.is_some() {
-        let update = ProjectUpdate { max_key_age_seconds: Some(max_age), ..ProjectUpdate::default() };
+    if max_age.is_some() || budget.is_some() {
+        let update =
+            ProjectUpdate { max_key_age_seconds: Some(max_age), budget: Some(budget), ..ProjectUpdate::default() };
         project = state.store.update_project(&project.id, &update).await?.ok_or(ApiError::Internal)?;
     }
     state.index.upsert_project(project.clone());
@@ -91,6 +100,10 @@ pub async fn update(
         name: req.name.as_deref().map(|n| name(n, "Project")).transpose()?,
         models: req.models.map(|m| m.map(models).transpose()).transpose()?,
         allowed_ips: req.allowed_ips.as_deref().map(cidrs).transpose()?,
+        budget: match req.monthly_budget_usd {
+            Some(usd) => Some(super::budget(usd, req.budget_alert_percent)?),
+            None => None,
+        },
         max_key_age_seconds: match req.max_key_age_seconds {
             Some(Some(age)) if age <= 0 => {
                 return Err(super::bad("`max_key_age_seconds` must be positive.", "max_key_age_seconds"))
@@ -144,4 +157,46 @@ pub async fn find_active(state: &AppState, project_id: &str) -> Result<Project, 
 
 pub fn not_found(project_id: &str) -> ApiError {
     ApiError::NotFound { message: format!("No such project: {project_id}.") }
+}
+
+#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/rate_limits", tag = "projects", params(("project_id" = String, Path)), responses((status = 200, body = List<ProjectRateLimitObject>), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn rate_limits(
+    State(state): State<AppState>,
+    Path(project_id): Path<String>,
+) -> Result<Json<List<ProjectRateLimitObject>>, ApiError> {
+    let project = find(&state, &project_id).await?;
+    let page = crate::store::Page { items: project.rate_limits, has_more: false };
+    Ok(Json(List::new(page, |m| format!("rl-{}", m.model), objects::project_rate_limit)))
+}
+
+/// Sets a project's limits for `rl-<model pattern>` (`rl-*`: all models together).
+/// Ours: an entry that does not exist yet is created; all-null fields remove it.
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/rate_limits/{rate_limit_id}", tag = "projects", params(("project_id" = String, Path), ("rate_limit_id" = String, Path, description = "`rl-` + model pattern")), request_body = RateLimits, responses((status = 200, body = ProjectRateLimitObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn update_rate_limit(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Authorized>,
+    Path((project_id, rate_limit_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<ProjectRateLimitObject>, ApiError> {
+    let limits = super::rate_limits(json_body(&body)?)?;
+    let model = rate_limit_id
+        .strip_prefix("rl-")
+        .filter(|m| !m.is_empty() && m.len() <= 256 && !m.chars().any(char::is_control))
+        .ok_or_else(|| ApiError::NotFound { message: format!("No such rate limit: {rate_limit_id}.") })?;
+    find(&state, &project_id).await?;
+    let project = state
+        .store
+        .set_project_rate_limit(&project_id, model, (!limits.is_empty()).then_some(&limits))
+        .await?
+        .ok_or_else(|| not_found(&project_id))?;
+    state.index.upsert_project(project);
+    audit(
+        &state,
+        &actor,
+        "rate_limit.updated",
+        Some(&project_id),
+        json!({"id": rate_limit_id, "changes_requested": limits}),
+    )
+    .await;
+    Ok(Json(objects::project_rate_limit(&crate::limits::ModelLimits { model: model.to_owned(), limits })))
 }

@@ -78,6 +78,8 @@ pub async fn create(
                 prefix,
                 permissions: Permissions::All,
                 access: Access::default(),
+                limits: Default::default(),
+                budget: None,
                 expires_at: None,
             },
         )

@@ -6,6 +6,7 @@ use std::fmt;
 
 use super::Scope;
 use crate::key::{KeyFormatError, PublicId};
+use crate::limits::{BudgetScope, Dimension, Exceeded};
 use crate::store::{KeyRecord, Revocation, Timestamp};
 
 /// Names a key without any secret: public id, name, prefix.
@@ -142,6 +143,20 @@ pub enum Denial {
         key: KeyRef,
         model: String,
     },
+    /// A rate, concurrency or budget limit (`organization` names it in the 429).
+    Limited {
+        key: KeyRef,
+        model: Option<String>,
+        organization: String,
+        exceeded: Exceeded,
+    },
+    /// A client over the failed-authentication throttle; `failure` is what it
+    /// would otherwise have been told.
+    Throttled {
+        client: Option<std::net::IpAddr>,
+        exceeded: Exceeded,
+        failure: Box<Denial>,
+    },
 }
 
 impl Denial {
@@ -154,6 +169,24 @@ impl Denial {
             Self::ProjectArchived { key, project, at, .. } => Self::ProjectArchived { mask: new, key, project, at },
             other => other,
         }
+    }
+
+    /// Whether the credential itself failed (what the failed-authentication
+    /// throttle counts), as opposed to a valid key refused for its settings.
+    pub fn is_failed_authentication(&self) -> bool {
+        matches!(
+            self,
+            Self::MissingCredential
+                | Self::MalformedAuthorization { .. }
+                | Self::MalformedKey { .. }
+                | Self::UnknownKey { .. }
+                | Self::WrongSecret { .. }
+                | Self::Revoked { .. }
+                | Self::Suspended { .. }
+                | Self::Expired { .. }
+                | Self::RotatedOut { .. }
+                | Self::ProjectArchived { .. }
+        )
     }
 
     /// A stable label for metrics (`auth_failures_total{reason}`).
@@ -176,6 +209,9 @@ impl Denial {
             Self::IpNotAllowed { .. } => "ip_not_allowed",
             Self::MissingScope { .. } => "missing_scope",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
+            Self::Limited { exceeded: Exceeded::Budget { .. }, .. } => "budget_exceeded",
+            Self::Limited { .. } => "rate_limited",
+            Self::Throttled { .. } => "failed_auth_throttled",
         }
     }
 
@@ -196,7 +232,9 @@ impl Denial {
             | Self::ProjectMismatch { key, .. }
             | Self::IpNotAllowed { key, .. }
             | Self::MissingScope { key, .. }
-            | Self::ModelNotAllowed { key, .. } => Some(key),
+            | Self::ModelNotAllowed { key, .. }
+            | Self::Limited { key, .. } => Some(key),
+            Self::Throttled { failure, .. } => failure.key(),
         }
     }
 }
@@ -286,6 +324,49 @@ impl fmt::Display for Denial {
             Self::ModelNotAllowed { key, model } => {
                 write!(f, "model `{model}` is outside the model allow-list of {key} or its project")
             }
+            Self::Limited { key, exceeded, .. } => match exceeded {
+                Exceeded::Rate { dimension, limit, used, requested, retry_after_ms, owner } => write!(
+                    f,
+                    "{key} hit the {} limit of {owner}: limit {limit}, used {used}, requested {requested}; it frees up in {}",
+                    dimension_name(*dimension),
+                    crate::limits::go_duration(retry_after_ms * 1000)
+                ),
+                Exceeded::Concurrency { limit, owner } => {
+                    write!(f, "{key} hit the concurrent-request limit of {owner}: {limit} requests already in flight")
+                }
+                Exceeded::Budget { scope, budget_nanos, spent_nanos } => write!(
+                    f,
+                    "the monthly budget of {} (${:.2}) is spent: ${:.4} this month (request by {key})",
+                    match scope {
+                        BudgetScope::Key(id) => format!("key {id}"),
+                        BudgetScope::Project(id) => format!("project {id}"),
+                    },
+                    *budget_nanos as f64 / 1e9,
+                    *spent_nanos as f64 / 1e9
+                ),
+            },
+            Self::Throttled { client, exceeded, failure } => {
+                let limit = match exceeded {
+                    Exceeded::Rate { limit, .. } => *limit,
+                    _ => 0,
+                };
+                match client {
+                    Some(ip) => write!(f, "client {ip} made more than {limit} failed authentications a minute and is cooling down")?,
+                    None => write!(f, "the client made more than {limit} failed authentications a minute and is cooling down")?,
+                }
+                write!(f, "; this attempt failed because {failure}")
+            }
         }
+    }
+}
+
+/// How a rate dimension is named in explanations and in OpenAI's 429 text.
+pub fn dimension_name(dimension: Dimension) -> &'static str {
+    match dimension {
+        Dimension::RequestsPerMinute => "requests per min (RPM)",
+        Dimension::RequestsPerDay => "requests per day (RPD)",
+        Dimension::TokensPerMinute => "tokens per min (TPM)",
+        Dimension::TokensPerDay => "tokens per day (TPD)",
+        Dimension::FailedAuthPerMinute => "failed authentications per min",
     }
 }

@@ -20,7 +20,7 @@ use crate::proxy::glob_match;
 use crate::store::{Access, KeyKind, KeyRecord, KeyState, Project, Timestamp};
 
 pub use credential::{extract, Presented};
-pub use denial::{Denial, ForeignKey, KeyRef};
+pub use denial::{dimension_name, Denial, ForeignKey, KeyRef};
 pub use index::KeyIndex;
 pub use scope::{admin_scope, data_plane_scope, Permissions, PermissionsError, Scope, KNOWN_SCOPES};
 

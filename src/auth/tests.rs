@@ -19,6 +19,8 @@ fn record(kind: KeyKind) -> (KeyRecord, String) {
         state: KeyState::Active,
         permissions: Permissions::All,
         access: Access::default(),
+        limits: Default::default(),
+        budget: None,
         created_at: NOW - 100,
         expires_at: None,
         last_used: None,
@@ -42,6 +44,8 @@ fn project() -> Project {
         archived_at: None,
         access: Access::default(),
         max_key_age_seconds: None,
+        rate_limits: Vec::new(),
+        budget: None,
     }
 }
 

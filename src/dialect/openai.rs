@@ -7,8 +7,9 @@ use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
 use super::{ApiError, RenderOptions};
-use crate::auth::{Denial, ForeignKey};
+use crate::auth::{dimension_name, Denial, ForeignKey};
 use crate::key::KeyFormatError;
+use crate::limits::{go_duration, Dimension, Exceeded};
 
 const NO_KEY: &str = "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.";
 const BAD_SCHEME: &str = "Missing bearer or basic authentication in header";
@@ -79,6 +80,8 @@ fn parts(error: &ApiError) -> (StatusCode, String, &'static str, Option<&'static
             Denial::IpNotAllowed { .. } => {
                 (StatusCode::UNAUTHORIZED, "IP not authorized for this project.".into(), IRE, None, None)
             }
+            Denial::Limited { model, organization, exceeded, .. } => limited(exceeded, model.as_deref(), organization),
+            Denial::Throttled { exceeded, .. } => limited(exceeded, None, ""),
             Denial::ModelNotAllowed { model, .. } => (
                 StatusCode::NOT_FOUND,
                 format!("The model `{model}` does not exist or you do not have access to it."),
@@ -153,6 +156,78 @@ pub fn render(error: &ApiError) -> Response {
     render_with(error, &RenderOptions::default())
 }
 
+const QUOTA: &str = "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.";
+
+/// OpenAI's 429s: `rate_limit_exceeded` (type `requests` or `tokens`) with its
+/// sentence, or `insufficient_quota` for a spent budget.
+fn limited(
+    exceeded: &Exceeded,
+    model: Option<&str>,
+    organization: &str,
+) -> (StatusCode, String, &'static str, Option<&'static str>, Option<&'static str>) {
+    const TOO_MANY: StatusCode = StatusCode::TOO_MANY_REQUESTS;
+    let subject = match model {
+        Some(model) => format!("Rate limit reached for {model} in organization {organization}"),
+        None => format!("Rate limit reached for organization {organization}"),
+    };
+    const VISIT: &str = "Visit https://platform.openai.com/account/rate-limits to learn more.";
+    match exceeded {
+        Exceeded::Rate { dimension: Dimension::FailedAuthPerMinute, limit, used, retry_after_ms, .. } => (
+            TOO_MANY,
+            format!(
+                "Rate limit reached for failed authentication attempts from your address: Limit {limit} per min, Used {used}, Requested 1. Please try again in {}.",
+                go_duration(retry_after_ms * 1000)
+            ),
+            "requests",
+            None,
+            Some("rate_limit_exceeded"),
+        ),
+        Exceeded::Rate { dimension, limit, used, requested, retry_after_ms, .. } => (
+            TOO_MANY,
+            format!(
+                "{subject} on {}: Limit {limit}, Used {used}, Requested {requested}. Please try again in {}. {VISIT}",
+                dimension_name(*dimension),
+                go_duration(retry_after_ms * 1000)
+            ),
+            if dimension.is_tokens() { "tokens" } else { "requests" },
+            None,
+            Some("rate_limit_exceeded"),
+        ),
+        Exceeded::Concurrency { limit, .. } => (
+            TOO_MANY,
+            format!("{subject} on concurrent requests: Limit {limit}, Used {limit}, Requested 1. Please try again in 1s. {VISIT}"),
+            "requests",
+            None,
+            Some("rate_limit_exceeded"),
+        ),
+        Exceeded::Budget { .. } => (TOO_MANY, QUOTA.into(), "insufficient_quota", None, Some("insufficient_quota")),
+    }
+}
+
+/// The retry headers of a 429: `retry-after` (whole seconds, at least 1) and
+/// `retry-after-ms`, which the SDKs read first; a spent budget instead says
+/// `x-should-retry: false` so the SDKs stop retrying.
+fn retry_headers(error: &ApiError, headers: &mut http::HeaderMap) {
+    let exceeded = match error {
+        ApiError::Denied(Denial::Limited { exceeded, .. } | Denial::Throttled { exceeded, .. }) => exceeded,
+        _ => return,
+    };
+    let retry_ms = match exceeded {
+        Exceeded::Rate { retry_after_ms, .. } => (*retry_after_ms).max(1),
+        Exceeded::Concurrency { .. } => 1000,
+        Exceeded::Budget { .. } => {
+            headers.insert("x-should-retry", HeaderValue::from_static("false"));
+            return;
+        }
+    };
+    let seconds = ((retry_ms + 999) / 1000).max(1);
+    if let (Ok(s), Ok(ms)) = (HeaderValue::from_str(&seconds.to_string()), HeaderValue::from_str(&retry_ms.to_string()))
+    {
+        headers.insert(header::RETRY_AFTER, s);
+        headers.insert("retry-after-ms", ms);
+    }
+}
+
 pub fn render_with(error: &ApiError, options: &RenderOptions) -> Response {
     let (status, mut message, kind, param, code) = parts(error);
     if let (true, ApiError::Denied(denial)) = (options.hints, error) {
@@ -169,6 +244,7 @@ pub fn render_with(error: &ApiError, options: &RenderOptions) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert("openai-version", HeaderValue::from_static("2020-10-01"));
+    retry_headers(error, headers);
     response
 }
 

@@ -9,6 +9,8 @@ use crate::dialect::ApiError;
 pub struct RequestMeta {
     pub model: Option<String>,
     pub stream: bool,
+    /// `max_tokens`, `max_completion_tokens` or `max_output_tokens`.
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -17,6 +19,12 @@ struct Raw {
     model: Option<serde_json::Value>,
     #[serde(default)]
     stream: Option<serde_json::Value>,
+    #[serde(default)]
+    max_tokens: Option<serde_json::Value>,
+    #[serde(default)]
+    max_completion_tokens: Option<serde_json::Value>,
+    #[serde(default)]
+    max_output_tokens: Option<serde_json::Value>,
 }
 
 impl RequestMeta {
@@ -31,6 +39,10 @@ impl RequestMeta {
         Ok(Self {
             model: raw.model.and_then(|m| m.as_str().map(str::to_owned)),
             stream: raw.stream.and_then(|s| s.as_bool()).unwrap_or(false),
+            max_tokens: [raw.max_completion_tokens, raw.max_tokens, raw.max_output_tokens]
+                .into_iter()
+                .flatten()
+                .find_map(|v| v.as_u64()),
         })
     }
 }
@@ -50,7 +62,7 @@ impl RequestMeta {
         }
         if media == "multipart/form-data" {
             let boundary = content_type.and_then(multipart_boundary);
-            return Ok(Self { model: boundary.and_then(|b| multipart_field(body, &b, "model")), stream: false });
+            return Ok(Self { model: boundary.and_then(|b| multipart_field(body, &b, "model")), ..Self::default() });
         }
         Ok(Self::parse(body).unwrap_or_default())
     }
@@ -82,7 +94,9 @@ mod tests {
     #[test]
     fn reads_model_and_stream() {
         let m = RequestMeta::parse(br#"{"model":"gpt-4o","stream":true,"messages":[]}"#).unwrap();
-        assert_eq!(m, RequestMeta { model: Some("gpt-4o".into()), stream: true });
+        assert_eq!(m, RequestMeta { model: Some("gpt-4o".into()), stream: true, max_tokens: None });
+        let m = RequestMeta::parse(br#"{"max_completion_tokens":50,"max_tokens":9}"#).unwrap();
+        assert_eq!(m.max_tokens, Some(50));
         assert_eq!(RequestMeta::parse(b"{}").unwrap(), RequestMeta::default());
     }
 

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::auth::Permissions;
 use crate::key::{KeyDigest, PublicId};
+use crate::limits::{Budget, ModelLimits, RateLimits};
 
 pub use sqlite::SqliteStore;
 
@@ -81,6 +82,8 @@ pub struct Project {
     pub access: Access,
     /// Rotation policy: a key whose newest secret is older than this is due.
     pub max_key_age_seconds: Option<i64>,
+    pub rate_limits: Vec<ModelLimits>,
+    pub budget: Option<Budget>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -89,6 +92,7 @@ pub struct ProjectUpdate {
     pub models: Option<Option<Vec<String>>>,
     pub allowed_ips: Option<Vec<IpNet>>,
     pub max_key_age_seconds: Option<Option<i64>>,
+    pub budget: Option<Option<Budget>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +158,8 @@ pub struct KeyRecord {
     pub state: KeyState,
     pub permissions: Permissions,
     pub access: Access,
+    pub limits: RateLimits,
+    pub budget: Option<Budget>,
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub last_used: Option<Touch>,
@@ -193,6 +199,8 @@ pub struct NewKey {
     pub prefix: String,
     pub permissions: Permissions,
     pub access: Access,
+    pub limits: RateLimits,
+    pub budget: Option<Budget>,
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub secret: SecretVersion,
@@ -206,6 +214,8 @@ pub struct KeyUpdate {
     pub permissions: Option<Permissions>,
     pub models: Option<Option<Vec<String>>>,
     pub allowed_ips: Option<Vec<IpNet>>,
+    pub limits: Option<RateLimits>,
+    pub budget: Option<Option<Budget>>,
 }
 
 /// Cursor pagination as the Administration API has it (`after`, `limit`).
@@ -419,6 +429,13 @@ pub trait Store: Send + Sync + 'static {
     async fn create_project(&self, name: &str, access: &Access, now: Timestamp) -> StoreResult<Project>;
     async fn update_project(&self, id: &str, update: &ProjectUpdate) -> StoreResult<Option<Project>>;
     async fn archive_project(&self, id: &str, now: Timestamp) -> StoreResult<Option<Project>>;
+    /// Sets (or, with `None`, removes) the project's limits for a model pattern.
+    async fn set_project_rate_limit(
+        &self,
+        id: &str,
+        model: &str,
+        limits: Option<&RateLimits>,
+    ) -> StoreResult<Option<Project>>;
 
     async fn create_user(&self, name: &str, email: &str, role: &str, now: Timestamp) -> StoreResult<User>;
     async fn list_users(&self, page: &PageQuery) -> StoreResult<Page<User>>;

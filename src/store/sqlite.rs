@@ -11,21 +11,24 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::migrate::{self, SQLITE};
 use super::*;
+use crate::limits::{Budget, ModelLimits, RateLimits};
 
 pub struct SqliteStore {
     pool: SqlitePool,
 }
 
 const KEY_SELECT: &str = "SELECT k.id, k.kind, k.name, k.project_id, k.owner_type, k.owner_id, k.prefix, k.state, \
-     k.permissions, k.scopes, k.models, k.allowed_ips, k.created_at, k.expires_at, k.last_used_at, k.last_used_ip, k.last_used_user_agent, \
+     k.permissions, k.scopes, k.models, k.allowed_ips, k.rate_limits, k.budget_nanos, k.budget_alert_percent, k.created_at, k.expires_at, k.last_used_at, k.last_used_ip, k.last_used_user_agent, \
      k.revoked_at, k.revoked_by, k.revoke_reason, \
      sa.id AS sa_id, sa.project_id AS sa_project_id, sa.name AS sa_name, sa.role AS sa_role, sa.created_at AS sa_created_at, \
      u.id AS u_id, u.name AS u_name, u.email AS u_email, u.role AS u_role, u.added_at AS u_added_at \
      FROM api_keys k \
      LEFT JOIN service_accounts sa ON k.owner_type = 'service_account' AND sa.id = k.owner_id \
      LEFT JOIN users u ON k.owner_type = 'user' AND u.id = k.owner_id";
-const PROJECT_SELECT: &str =
-    "SELECT id, name, created_at, archived_at, models, allowed_ips, max_key_age_seconds FROM projects";
+const PROJECT_SELECT: &str = "SELECT id, name, created_at, archived_at, models, allowed_ips, max_key_age_seconds, \
+     budget_nanos, budget_alert_percent, \
+     (SELECT json_group_array(json_object('model', r.model, 'limits', json(r.limits))) \
+      FROM project_rate_limits r WHERE r.project_id = projects.id) AS rate_limits FROM projects";
 const SA_SELECT: &str = "SELECT id, project_id, name, role, created_at FROM service_accounts";
 const USER_SELECT: &str = "SELECT id, name, email, role, added_at FROM users";
 
@@ -236,6 +239,13 @@ fn key_from_row(row: &SqliteRow, secrets: Vec<SecretVersion>) -> StoreResult<Key
         state,
         permissions,
         access: access_from_row(row)?,
+        limits: match row.try_get::<Option<String>, _>("rate_limits")? {
+            Some(text) => {
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("key {id} rate limits: {e}")))?
+            }
+            None => RateLimits::default(),
+        },
+        budget: budget_from_row(row)?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         last_used: match row.try_get::<Option<i64>, _>("last_used_at")? {
@@ -273,7 +283,37 @@ fn project_from_row(row: &SqliteRow) -> StoreResult<Project> {
         archived_at: row.try_get("archived_at")?,
         access: access_from_row(row)?,
         max_key_age_seconds: row.try_get("max_key_age_seconds")?,
+        rate_limits: project_rate_limits(row.try_get("rate_limits")?)?,
+        budget: budget_from_row(row)?,
     })
+}
+
+fn budget_from_row(row: &SqliteRow) -> StoreResult<Option<Budget>> {
+    let nanos: Option<i64> = row.try_get("budget_nanos")?;
+    let percent: Option<i64> = row.try_get("budget_alert_percent")?;
+    Ok(nanos.map(|monthly_nanos| Budget {
+        monthly_nanos,
+        alert_percent: percent.and_then(|p| u8::try_from(p).ok()).unwrap_or(80),
+    }))
+}
+
+fn project_rate_limits(json: Option<String>) -> StoreResult<Vec<ModelLimits>> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        model: String,
+        limits: RateLimits,
+    }
+    let entries: Vec<Entry> = match json {
+        Some(text) => {
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("project rate limits: {e}")))?
+        }
+        None => Vec::new(),
+    };
+    Ok(entries.into_iter().map(|e| ModelLimits { model: e.model, limits: e.limits }).collect())
+}
+
+fn limits_json(limits: &RateLimits) -> Option<String> {
+    (!limits.is_empty()).then(|| serde_json::to_string(limits).unwrap_or_default())
 }
 
 fn service_account_from_row(row: &SqliteRow) -> StoreResult<ServiceAccount> {
@@ -431,6 +471,8 @@ impl Store for SqliteStore {
             archived_at: None,
             access: access.clone(),
             max_key_age_seconds: None,
+            rate_limits: Vec::new(),
+            budget: None,
         })
     }
 
@@ -453,6 +495,14 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        if let Some(budget) = update.budget {
+            sqlx::query("UPDATE projects SET budget_nanos = ?, budget_alert_percent = ? WHERE id = ?")
+                .bind(budget.map(|b| b.monthly_nanos))
+                .bind(budget.map(|b| i64::from(b.alert_percent)))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some(age) = update.max_key_age_seconds {
             sqlx::query("UPDATE projects SET max_key_age_seconds = ? WHERE id = ?")
                 .bind(age)
@@ -461,6 +511,35 @@ impl Store for SqliteStore {
                 .await?;
         }
         tx.commit().await?;
+        self.get_project(id).await
+    }
+
+    async fn set_project_rate_limit(
+        &self,
+        id: &str,
+        model: &str,
+        limits: Option<&RateLimits>,
+    ) -> StoreResult<Option<Project>> {
+        match limits.and_then(limits_json) {
+            Some(json) => {
+                sqlx::query(
+                    "INSERT INTO project_rate_limits (project_id, model, limits) VALUES (?, ?, ?) \
+                     ON CONFLICT (project_id, model) DO UPDATE SET limits = excluded.limits",
+                )
+                .bind(id)
+                .bind(model)
+                .bind(json)
+                .execute(&self.pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM project_rate_limits WHERE project_id = ? AND model = ?")
+                    .bind(id)
+                    .bind(model)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
         self.get_project(id).await
     }
 
@@ -611,7 +690,8 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO api_keys (id, kind, name, project_id, owner_type, owner_id, prefix, state, permissions, scopes, \
-             models, allowed_ips, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
+             models, allowed_ips, rate_limits, budget_nanos, budget_alert_percent, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(key.id.as_str())
         .bind(kind_str(key.kind))
@@ -624,6 +704,9 @@ impl Store for SqliteStore {
         .bind(scopes)
         .bind(json_list(key.access.models.as_ref()))
         .bind(ips_json(&key.access.allowed_ips))
+        .bind(limits_json(&key.limits))
+        .bind(key.budget.map(|b| b.monthly_nanos))
+        .bind(key.budget.map(|b| i64::from(b.alert_percent)))
         .bind(key.created_at)
         .bind(key.expires_at)
         .execute(&mut *tx)
@@ -686,6 +769,21 @@ impl Store for SqliteStore {
         if let Some(name) = &update.name {
             sqlx::query("UPDATE api_keys SET name = ? WHERE id = ?")
                 .bind(name)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(limits) = &update.limits {
+            sqlx::query("UPDATE api_keys SET rate_limits = ? WHERE id = ?")
+                .bind(limits_json(limits))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(budget) = update.budget {
+            sqlx::query("UPDATE api_keys SET budget_nanos = ?, budget_alert_percent = ? WHERE id = ?")
+                .bind(budget.map(|b| b.monthly_nanos))
+                .bind(budget.map(|b| i64::from(b.alert_percent)))
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;

@@ -22,7 +22,8 @@ use bytes::Bytes;
 
 use crate::auth::Authorized;
 use crate::jobs::Recorder;
-use crate::store::{Owner, Timestamp, Tokens, UsageKind, UsageRecord};
+use crate::limits::{Budget, BudgetScope, Limiter, Ticket};
+use crate::store::{Alert, Owner, Timestamp, Tokens, UsageKind, UsageRecord};
 
 pub use anomaly::{alert_json, network_of, AnomalyPolicy, AnomalyWatcher};
 pub use price::{Price, PriceTable};
@@ -43,6 +44,9 @@ pub struct Metered {
     /// keygate added `stream_options.include_usage`: drop the usage chunk and
     /// the `"usage": null` fields from what the client receives.
     pub strip_injected_usage: bool,
+    /// The admission to settle with the real usage (and the in-flight slots it
+    /// holds until the answer ends).
+    pub ticket: Option<Ticket>,
 }
 
 /// Records usage for every data-plane request that reached the forwarding step.
@@ -50,11 +54,12 @@ pub struct Metered {
 pub struct Meter {
     recorder: Recorder,
     prices: Arc<PriceTable>,
+    limiter: Arc<Limiter>,
 }
 
 impl Meter {
-    pub fn new(recorder: Recorder, prices: Arc<PriceTable>) -> Self {
-        Self { recorder, prices }
+    pub fn new(recorder: Recorder, prices: Arc<PriceTable>, limiter: Arc<Limiter>) -> Self {
+        Self { recorder, prices, limiter }
     }
 
     /// Wraps the answer's body in the usage tap; the record is written when
@@ -100,6 +105,12 @@ impl Meter {
         };
         let cost_nanos = m.model.as_deref().map_or(0, |model| self.prices.cost_nanos(model, &tokens));
         let key = &m.authorized.key;
+        if let Some(ticket) = &m.ticket {
+            let actual = u64::try_from(tokens.input + tokens.output).unwrap_or(0);
+            for (scope, budget, spent) in self.limiter.settle(ticket, actual, cost_nanos) {
+                self.recorder.alert(budget_alert(&m, &scope, budget, spent));
+            }
+        }
         let owner_id = key.owner.as_ref().map(|o| match o {
             Owner::ServiceAccount(sa) => sa.id.clone(),
             Owner::User(u) => u.id.clone(),
@@ -123,6 +134,35 @@ impl Meter {
             client_ip: m.client_ip.map(|ip| ip.to_string()),
         });
     }
+}
+
+fn budget_alert(m: &Metered, scope: &BudgetScope, budget: Budget, spent: i64) -> Alert {
+    let whose = match scope {
+        BudgetScope::Key(id) => format!("key {id}"),
+        BudgetScope::Project(id) => format!("project {id}"),
+    };
+    Alert {
+        id: format!("alert_{}", &m.request_id.get(4..28).unwrap_or("budget")),
+        at: m.at,
+        key_id: m.authorized.key.id.clone(),
+        project_id: m.authorized.key.project_id.clone(),
+        kind: "budget".into(),
+        severity: "warning".into(),
+        message: format!(
+            "{whose} has spent ${:.2} of its ${:.2} monthly budget ({}% alert threshold)",
+            spent as f64 / 1e9,
+            budget.monthly_nanos as f64 / 1e9,
+            budget.alert_percent
+        ),
+        details: serde_json::json!({"spent_nanos": spent, "budget_nanos": budget.monthly_nanos, "scope": whose}),
+    }
+}
+
+/// Tokens a request is expected to use, for token limits: its prompt (by the
+/// model's tokenizer) plus its completion allowance.
+pub fn estimate_request_tokens(model: Option<&str>, body: &[u8], max_tokens: u64) -> u64 {
+    let prompt = estimate::prompt_tokens(model.unwrap_or(""), body);
+    u64::try_from(prompt).unwrap_or(0).saturating_add(max_tokens)
 }
 
 /// Adds `stream_options.include_usage = true` to a streaming chat or

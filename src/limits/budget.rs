@@ -1,0 +1,55 @@
+//! Monthly spend per key and per project, kept in memory (loaded from the
+//! usage rollups at start, added to as requests settle), checked on admission.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+use crate::key::PublicId;
+use crate::store::Timestamp;
+
+/// A spend limit: requests are refused once `monthly_nanos` is spent in the
+/// calendar month (UTC); an alert fires at `alert_percent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub monthly_nanos: i64,
+    pub alert_percent: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BudgetScope {
+    Key(PublicId),
+    Project(String),
+}
+
+/// Spend this month per scope.
+#[derive(Default)]
+pub struct Budgets(Mutex<HashMap<BudgetScope, (Timestamp, i64)>>);
+
+/// The first second of `at`'s calendar month (UTC).
+pub fn month_start(at: Timestamp) -> Timestamp {
+    let day = at.div_euclid(86_400);
+    let date = crate::time::rfc3339(day * 86_400);
+    let dom: i64 = date[8..10].parse().unwrap_or(1);
+    (day - (dom - 1)) * 86_400
+}
+
+impl Budgets {
+    /// Spend of `scope` in the month of `now`.
+    pub fn spent(&self, scope: &BudgetScope, now: Timestamp) -> i64 {
+        let month = month_start(now);
+        self.0.lock().get(scope).filter(|(m, _)| *m == month).map_or(0, |(_, nanos)| *nanos)
+    }
+
+    /// Adds spend; returns the new total for the month.
+    pub fn add(&self, scope: &BudgetScope, nanos: i64, now: Timestamp) -> i64 {
+        let month = month_start(now);
+        let mut map = self.0.lock();
+        let entry = map.entry(scope.clone()).or_insert((month, 0));
+        if entry.0 != month {
+            *entry = (month, 0);
+        }
+        entry.1 = entry.1.saturating_add(nanos);
+        entry.1
+    }
+}

@@ -1,0 +1,189 @@
+//! GCRA (generic cell rate algorithm): a smooth limiter whose burst equals its
+//! limit. A bucket is one number, its theoretical arrival time (TAT); taking
+//! `cost` moves it `cost × interval` ahead, and a take is refused when the TAT
+//! would run more than one period ahead of now. Times are microseconds.
+//!
+//! [`RateBackend`] is the state store: [`LocalBackend`] (sharded maps) here;
+//! the replicas issue adds one in Redis with the same arithmetic.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+
+use parking_lot::Mutex;
+
+use crate::key::PublicId;
+
+/// `limit` units per `period_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub limit: u64,
+    pub period_us: i64,
+}
+
+pub const MINUTE_US: i64 = 60_000_000;
+pub const DAY_US: i64 = 86_400_000_000;
+
+impl Rate {
+    pub fn per_minute(limit: u64) -> Self {
+        Self { limit, period_us: MINUTE_US }
+    }
+
+    pub fn per_day(limit: u64) -> Self {
+        Self { limit, period_us: DAY_US }
+    }
+
+    /// Time one unit takes to drain (at least 1 µs).
+    pub fn interval_us(self) -> i64 {
+        (self.period_us / i64::try_from(self.limit.max(1)).unwrap_or(i64::MAX)).max(1)
+    }
+}
+
+/// Who a bucket belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    Key(PublicId),
+    /// A project, optionally for one model pattern of its rate limits.
+    Project(Box<str>, Option<Box<str>>),
+    /// A client address (failed-authentication throttle).
+    Client(IpAddr),
+}
+
+/// What a bucket counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dimension {
+    RequestsPerMinute,
+    RequestsPerDay,
+    TokensPerMinute,
+    TokensPerDay,
+    FailedAuthPerMinute,
+}
+
+impl Dimension {
+    pub fn is_tokens(self) -> bool {
+        matches!(self, Self::TokensPerMinute | Self::TokensPerDay)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BucketId {
+    pub owner: Owner,
+    pub dimension: Dimension,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub bucket: BucketId,
+    pub rate: Rate,
+    pub cost: u64,
+}
+
+/// A bucket after a successful take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    pub remaining: u64,
+    /// Until the bucket is full again.
+    pub reset_us: i64,
+}
+
+/// The check that refused, with what its 429 says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub index: usize,
+    pub used: u64,
+    pub retry_after_us: i64,
+}
+
+/// One GCRA step: the new TAT, or how long until `cost` would fit.
+pub fn step(tat: Option<i64>, now: i64, rate: Rate, cost: u64) -> Result<i64, (u64, i64)> {
+    let interval = rate.interval_us();
+    let tat = tat.unwrap_or(now).max(now);
+    let cost_us = interval.saturating_mul(i64::try_from(cost).unwrap_or(i64::MAX));
+    let new_tat = tat.saturating_add(cost_us);
+    if new_tat - now > rate.period_us {
+        let used = u64::try_from((tat - now + interval - 1) / interval).unwrap_or(0).min(rate.limit);
+        return Err((used, new_tat - rate.period_us - now));
+    }
+    Ok(new_tat)
+}
+
+pub fn taken(new_tat: i64, now: i64, rate: Rate) -> Taken {
+    let free = (rate.period_us - (new_tat - now)).max(0);
+    Taken {
+        remaining: u64::try_from(free / rate.interval_us()).unwrap_or(0).min(rate.limit),
+        reset_us: (new_tat - now).max(0),
+    }
+}
+
+/// Where bucket state lives.
+pub trait RateBackend: Send + Sync + 'static {
+    /// All or nothing: takes every check's cost, or none and says which refused.
+    fn take(&self, checks: &[Check], now_us: i64) -> Result<Vec<Taken>, Refusal>;
+    /// Moves a bucket by `delta` units (negative gives back), never below empty.
+    fn adjust(&self, bucket: &BucketId, rate: Rate, delta: i64, now_us: i64);
+    /// Forgets buckets that are full again (their state equals no state).
+    fn prune(&self, now_us: i64);
+}
+
+const SHARDS: usize = 64;
+
+/// In-process buckets, sharded so unrelated keys do not contend.
+pub struct LocalBackend {
+    shards: Vec<Mutex<HashMap<BucketId, i64>>>,
+}
+
+impl Default for LocalBackend {
+    fn default() -> Self {
+        Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+    }
+}
+
+fn shard_of(bucket: &BucketId) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bucket.hash(&mut h);
+    (h.finish() % SHARDS as u64) as usize
+}
+
+impl RateBackend for LocalBackend {
+    fn take(&self, checks: &[Check], now: i64) -> Result<Vec<Taken>, Refusal> {
+        // Lock every shard involved, in order, so the decision is atomic.
+        let mut order: Vec<usize> = checks.iter().map(|c| shard_of(&c.bucket)).collect();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<parking_lot::MutexGuard<'_, HashMap<BucketId, i64>>> =
+            order.iter().map(|&i| self.shards[i].lock()).collect();
+        // `order` holds every shard of `checks`, so the search always finds it.
+        let slot = |bucket: &BucketId| order.binary_search(&shard_of(bucket)).unwrap_or(0);
+        let mut new_tats = Vec::with_capacity(checks.len());
+        for (index, check) in checks.iter().enumerate() {
+            let map = &guards[slot(&check.bucket)];
+            // A bucket checked twice in one call sees its own earlier step.
+            let previous =
+                new_tats.iter().rev().find_map(|(b, t): &(&BucketId, i64)| (*b == &check.bucket).then_some(*t));
+            let tat = previous.or_else(|| map.get(&check.bucket).copied());
+            match step(tat, now, check.rate, check.cost) {
+                Ok(t) => new_tats.push((&check.bucket, t)),
+                Err((used, retry_after_us)) => return Err(Refusal { index, used, retry_after_us }),
+            }
+        }
+        let mut out = Vec::with_capacity(checks.len());
+        for (check, (bucket, tat)) in checks.iter().zip(&new_tats) {
+            guards[slot(bucket)].insert((*bucket).clone(), *tat);
+            out.push(taken(*tat, now, check.rate));
+        }
+        Ok(out)
+    }
+
+    fn adjust(&self, bucket: &BucketId, rate: Rate, delta: i64, now: i64) {
+        let mut map = self.shards[shard_of(bucket)].lock();
+        let tat = map.get(bucket).copied().unwrap_or(now).max(now);
+        let moved = tat.saturating_add(rate.interval_us().saturating_mul(delta)).max(now);
+        map.insert(bucket.clone(), moved);
+    }
+
+    fn prune(&self, now: i64) {
+        for shard in &self.shards {
+            shard.lock().retain(|_, tat| *tat > now);
+        }
+    }
+}

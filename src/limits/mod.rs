@@ -1,0 +1,311 @@
+//! Limits: requests and tokens per minute and per day, concurrent requests,
+//! monthly budgets, per key and per project (and per model within a project),
+//! and the failed-authentication throttle per client address.
+//!
+//! Owns: the admission decision before a request goes upstream, settling
+//! token estimates with real usage afterwards, the `x-ratelimit-*` values.
+//! Bucket state sits behind [`RateBackend`] (local now, Redis for replicas).
+//! Leaves rendering 429s to `dialect` (through `auth::Denial`).
+
+mod budget;
+mod gcra;
+mod inflight;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Authorized;
+use crate::clock::Clock;
+
+pub use budget::{month_start, Budget, BudgetScope, Budgets};
+pub use gcra::{BucketId, Check, Dimension, LocalBackend, Owner, Rate, RateBackend, Taken};
+pub use inflight::{Inflight, InflightGuard};
+
+/// Limits of a key, or of a project for one model pattern (`*` = all models
+/// together). Field names follow OpenAI's project rate limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    pub max_requests_per_1_minute: Option<u64>,
+    pub max_tokens_per_1_minute: Option<u64>,
+    pub max_requests_per_1_day: Option<u64>,
+    pub max_tokens_per_1_day: Option<u64>,
+    /// Ours: requests in flight at once (a stream counts until it ends).
+    pub max_concurrent_requests: Option<u64>,
+}
+
+impl RateLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn has_tokens(&self) -> bool {
+        self.max_tokens_per_1_minute.is_some() || self.max_tokens_per_1_day.is_some()
+    }
+
+    fn checks(&self, owner: &Owner, tokens: u64, out: &mut Vec<Check>) {
+        let dims = [
+            (self.max_requests_per_1_minute, Dimension::RequestsPerMinute, Rate::per_minute as fn(u64) -> Rate, 1),
+            (self.max_requests_per_1_day, Dimension::RequestsPerDay, Rate::per_day, 1),
+            (self.max_tokens_per_1_minute, Dimension::TokensPerMinute, Rate::per_minute, tokens),
+            (self.max_tokens_per_1_day, Dimension::TokensPerDay, Rate::per_day, tokens),
+        ];
+        for (limit, dimension, rate, cost) in dims {
+            if let Some(limit) = limit {
+                out.push(Check { bucket: BucketId { owner: owner.clone(), dimension }, rate: rate(limit), cost });
+            }
+        }
+    }
+}
+
+/// A project's limits for the models matching `model` (`*` for all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelLimits {
+    pub model: String,
+    pub limits: RateLimits,
+}
+
+/// Why a request was held back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exceeded {
+    Rate { dimension: Dimension, limit: u64, used: u64, requested: u64, retry_after_ms: i64, owner: String },
+    Concurrency { limit: u64, owner: String },
+    Budget { scope: BudgetScope, budget_nanos: i64, spent_nanos: i64 },
+}
+
+/// The `x-ratelimit-*` values of the tightest requests and tokens buckets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub requests: Option<(u64, Taken)>,
+    pub tokens: Option<(u64, Taken)>,
+}
+
+/// An admitted request: what to settle afterwards, and the slots it holds.
+#[derive(Debug, Default)]
+pub struct Ticket {
+    token_buckets: Vec<(BucketId, Rate)>,
+    estimated_tokens: u64,
+    budgets: Vec<(BudgetScope, Budget)>,
+    pub headers: RateHeaders,
+    _inflight: Vec<InflightGuard>,
+}
+
+pub struct Limiter {
+    backend: Arc<dyn RateBackend>,
+    inflight: Inflight,
+    budgets: Arc<Budgets>,
+    clock: Arc<dyn Clock>,
+    failed_auth: Option<Rate>,
+}
+
+impl Limiter {
+    pub fn new(
+        backend: Arc<dyn RateBackend>,
+        budgets: Arc<Budgets>,
+        clock: Arc<dyn Clock>,
+        failed_auth_per_minute: Option<u64>,
+    ) -> Self {
+        Self {
+            backend,
+            inflight: Inflight::default(),
+            budgets,
+            clock,
+            failed_auth: failed_auth_per_minute.map(Rate::per_minute),
+        }
+    }
+
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+
+    /// Whether a request needs a token estimate (any token limit applies).
+    pub fn wants_tokens(&self, authorized: &Authorized, model: Option<&str>) -> bool {
+        authorized.key.limits.has_tokens() || project_limits(authorized, model).iter().any(|(_, l)| l.has_tokens())
+    }
+
+    /// Admits a request or says which limit it hits. `tokens` is the estimate
+    /// (prompt plus the completion allowance) charged against token limits.
+    pub fn admit(&self, authorized: &Authorized, model: Option<&str>, tokens: u64) -> Result<Ticket, Exceeded> {
+        let key = &authorized.key;
+        let mut ticket = Ticket { estimated_tokens: tokens, ..Ticket::default() };
+        for scope in budget_scopes(authorized) {
+            let (scope, budget) = scope;
+            let spent = self.budgets.spent(&scope, self.clock.now());
+            if spent >= budget.monthly_nanos {
+                return Err(Exceeded::Budget { scope, budget_nanos: budget.monthly_nanos, spent_nanos: spent });
+            }
+            ticket.budgets.push((scope, budget));
+        }
+        let mut checks = Vec::new();
+        key.limits.checks(&Owner::Key(key.id.clone()), tokens, &mut checks);
+        let mut concurrency = Vec::new();
+        if let Some(max) = key.limits.max_concurrent_requests {
+            concurrency.push((Owner::Key(key.id.clone()), max, format!("key {}", key.id)));
+        }
+        for (owner, limits) in project_limits(authorized, model) {
+            limits.checks(&owner, tokens, &mut checks);
+            if let Some(max) = limits.max_concurrent_requests {
+                concurrency.push((owner.clone(), max, describe(&owner)));
+            }
+        }
+        if !checks.is_empty() {
+            let now = self.clock.now_millis() * 1000;
+            let taken = self.backend.take(&checks, now).map_err(|refusal| {
+                let check = &checks[refusal.index];
+                Exceeded::Rate {
+                    dimension: check.bucket.dimension,
+                    limit: check.rate.limit,
+                    used: refusal.used,
+                    requested: check.cost,
+                    retry_after_ms: (refusal.retry_after_us + 999) / 1000,
+                    owner: describe(&check.bucket.owner),
+                }
+            })?;
+            for (check, taken) in checks.iter().zip(taken) {
+                let slot = if check.bucket.dimension.is_tokens() {
+                    &mut ticket.headers.tokens
+                } else {
+                    &mut ticket.headers.requests
+                };
+                if slot.is_none_or(|(_, t)| taken.remaining < t.remaining) {
+                    *slot = Some((check.rate.limit, taken));
+                }
+                if check.bucket.dimension.is_tokens() {
+                    ticket.token_buckets.push((check.bucket.clone(), check.rate));
+                }
+            }
+        }
+        for (owner, max, name) in concurrency {
+            match self.inflight.acquire(owner, max) {
+                Some(guard) => ticket._inflight.push(guard),
+                None => {
+                    self.settle_tokens(&ticket, 0);
+                    return Err(Exceeded::Concurrency { limit: max, owner: name });
+                }
+            }
+        }
+        Ok(ticket)
+    }
+
+    /// Replaces the estimate with the real count and adds the cost to
+    /// budgets; returns the budgets whose alert threshold this request crossed.
+    pub fn settle(&self, ticket: &Ticket, actual_tokens: u64, cost_nanos: i64) -> Vec<(BudgetScope, Budget, i64)> {
+        self.settle_tokens(ticket, actual_tokens);
+        let mut crossed = Vec::new();
+        for (scope, budget) in &ticket.budgets {
+            let after = self.budgets.add(scope, cost_nanos, self.clock.now());
+            let threshold = i64::try_from(i128::from(budget.monthly_nanos) * i128::from(budget.alert_percent) / 100)
+                .unwrap_or(i64::MAX);
+            if after >= threshold && after - cost_nanos < threshold {
+                crossed.push((scope.clone(), *budget, after));
+            }
+        }
+        crossed
+    }
+
+    fn settle_tokens(&self, ticket: &Ticket, actual: u64) {
+        let delta =
+            i64::try_from(actual).unwrap_or(i64::MAX) - i64::try_from(ticket.estimated_tokens).unwrap_or(i64::MAX);
+        if delta == 0 {
+            return;
+        }
+        let now = self.clock.now_millis() * 1000;
+        for (bucket, rate) in &ticket.token_buckets {
+            self.backend.adjust(bucket, *rate, delta, now);
+        }
+    }
+
+    /// Counts a failed authentication from `client`; `Some` when that client
+    /// is over the throttle (its failures then get 429 instead of 401).
+    pub fn failed_auth(&self, client: IpAddr) -> Option<Exceeded> {
+        let rate = self.failed_auth?;
+        let check = Check {
+            bucket: BucketId { owner: Owner::Client(client), dimension: Dimension::FailedAuthPerMinute },
+            rate,
+            cost: 1,
+        };
+        let now = self.clock.now_millis() * 1000;
+        self.backend.take(std::slice::from_ref(&check), now).err().map(|refusal| Exceeded::Rate {
+            dimension: Dimension::FailedAuthPerMinute,
+            limit: rate.limit,
+            used: refusal.used,
+            requested: 1,
+            retry_after_ms: (refusal.retry_after_us + 999) / 1000,
+            owner: format!("client {client}"),
+        })
+    }
+
+    /// Drops bucket state that no longer limits anything.
+    pub fn prune(&self) {
+        self.backend.prune(self.clock.now_millis() * 1000);
+    }
+}
+
+fn describe(owner: &Owner) -> String {
+    match owner {
+        Owner::Key(id) => format!("key {id}"),
+        Owner::Project(id, Some(model)) if model.as_ref() != "*" => format!("project {id} (model {model})"),
+        Owner::Project(id, _) => format!("project {id}"),
+        Owner::Client(ip) => format!("client {ip}"),
+    }
+}
+
+/// The project's limit entries that apply to `model`: every matching pattern.
+fn project_limits(authorized: &Authorized, model: Option<&str>) -> Vec<(Owner, RateLimits)> {
+    let Some(project) = authorized.project.as_deref() else { return Vec::new() };
+    project
+        .rate_limits
+        .iter()
+        .filter(|m| m.model == "*" || model.is_some_and(|model| crate::proxy::glob_match(&m.model, model)))
+        .map(|m| (Owner::Project(project.id.as_str().into(), Some(m.model.as_str().into())), m.limits))
+        .collect()
+}
+
+fn budget_scopes(authorized: &Authorized) -> Vec<(BudgetScope, Budget)> {
+    let mut out = Vec::new();
+    if let Some(budget) = authorized.key.budget {
+        out.push((BudgetScope::Key(authorized.key.id.clone()), budget));
+    }
+    if let Some(project) = authorized.project.as_deref() {
+        if let Some(budget) = project.budget {
+            out.push((BudgetScope::Project(project.id.clone()), budget));
+        }
+    }
+    out
+}
+
+/// Formats microseconds as Go's `time.Duration` prints them (`120ms`, `1.78s`, `6m0s`).
+pub fn go_duration(us: i64) -> String {
+    let us = us.max(0);
+    if us == 0 {
+        return "0s".into();
+    }
+    let trim = |whole: i64, frac: i64, digits: usize, unit: &str| {
+        let frac = format!("{frac:0digits$}");
+        let frac = frac.trim_end_matches('0');
+        if frac.is_empty() {
+            format!("{whole}{unit}")
+        } else {
+            format!("{whole}.{frac}{unit}")
+        }
+    };
+    if us < 1_000 {
+        return format!("{us}µs");
+    }
+    if us < 1_000_000 {
+        return trim(us / 1_000, us % 1_000, 3, "ms");
+    }
+    let (h, rest) = (us / 3_600_000_000, us % 3_600_000_000);
+    let (m, rest) = (rest / 60_000_000, rest % 60_000_000);
+    let seconds = trim(rest / 1_000_000, rest % 1_000_000, 6, "s");
+    match (h, m) {
+        (0, 0) => seconds,
+        (0, m) => format!("{m}m{seconds}"),
+        (h, m) => format!("{h}h{m}m{seconds}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+use std::sync::Arc;
+
+use super::gcra::{step, DAY_US, MINUTE_US};
+use super::*;
+use crate::clock::ManualClock;
+
+fn limiter(clock: Arc<ManualClock>) -> Limiter {
+    Limiter::new(Arc::new(LocalBackend::default()), Arc::new(Budgets::default()), clock, Some(3))
+}
+
+fn bucket(dimension: Dimension) -> BucketId {
+    BucketId { owner: Owner::Client("192.0.2.1".parse().unwrap()), dimension }
+}
+
+#[test]
+fn the_burst_equals_the_limit_then_one_per_interval() {
+    let backend = LocalBackend::default();
+    let check = Check { bucket: bucket(Dimension::RequestsPerMinute), rate: Rate::per_minute(5), cost: 1 };
+    let now = 1_000 * MINUTE_US;
+    for i in 0..5 {
+        let taken = backend.take(std::slice::from_ref(&check), now).unwrap();
+        assert_eq!(taken[0].remaining, 4 - i);
+    }
+    let refusal = backend.take(std::slice::from_ref(&check), now).unwrap_err();
+    assert_eq!(refusal.used, 5);
+    assert_eq!(refusal.retry_after_us, 12_000_000, "one request frees every 60/5 s");
+    assert!(backend.take(std::slice::from_ref(&check), now + 11_999_999).is_err());
+    let taken = backend.take(std::slice::from_ref(&check), now + 12_000_000).unwrap();
+    assert_eq!(taken[0].remaining, 0);
+    assert_eq!(taken[0].reset_us, MINUTE_US);
+}
+
+#[test]
+fn a_take_is_all_or_nothing() {
+    let backend = LocalBackend::default();
+    let minute = Check { bucket: bucket(Dimension::RequestsPerMinute), rate: Rate::per_minute(10), cost: 1 };
+    let day = Check { bucket: bucket(Dimension::RequestsPerDay), rate: Rate::per_day(1), cost: 1 };
+    let now = DAY_US;
+    backend.take(&[minute.clone(), day.clone()], now).unwrap();
+    let refusal = backend.take(&[minute.clone(), day], now).unwrap_err();
+    assert_eq!(refusal.index, 1);
+    // The minute bucket was not charged by the refused take: 9 are left.
+    let taken = backend.take(std::slice::from_ref(&minute), now).unwrap();
+    assert_eq!(taken[0].remaining, 8);
+}
+
+#[test]
+fn token_costs_larger_than_the_limit_never_fit() {
+    assert!(step(None, 0, Rate::per_minute(100), 101).is_err());
+    assert!(step(None, 0, Rate::per_minute(100), 100).is_ok());
+}
+
+#[test]
+fn adjusting_gives_back_an_overestimate() {
+    let backend = LocalBackend::default();
+    let tokens = Check { bucket: bucket(Dimension::TokensPerMinute), rate: Rate::per_minute(1000), cost: 900 };
+    backend.take(std::slice::from_ref(&tokens), 0).unwrap();
+    assert!(backend.take(std::slice::from_ref(&tokens), 0).is_err());
+    backend.adjust(&tokens.bucket, tokens.rate, -800, 0);
+    assert!(backend.take(std::slice::from_ref(&tokens), 0).is_ok(), "100 used + 900 fits in 1000");
+}
+
+#[test]
+fn the_failed_auth_throttle_counts_per_client() {
+    let clock = Arc::new(ManualClock::new(1_800_000_000));
+    let limiter = limiter(clock.clone());
+    let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+    for _ in 0..3 {
+        assert!(limiter.failed_auth(a).is_none());
+    }
+    assert!(matches!(limiter.failed_auth(a), Some(Exceeded::Rate { limit: 3, .. })));
+    assert!(limiter.failed_auth(b).is_none(), "another client is not affected");
+    clock.advance(20);
+    assert!(limiter.failed_auth(a).is_none(), "one failure frees every 20 s");
+}
+
+#[test]
+fn in_flight_slots_are_freed_on_drop() {
+    let inflight = Inflight::default();
+    let owner = Owner::Project("proj_1".into(), None);
+    let first = inflight.acquire(owner.clone(), 2).unwrap();
+    let _second = inflight.acquire(owner.clone(), 2).unwrap();
+    assert!(inflight.acquire(owner.clone(), 2).is_none());
+    drop(first);
+    assert_eq!(inflight.held(&owner), 1);
+    assert!(inflight.acquire(owner, 2).is_some());
+}
+
+#[test]
+fn budgets_reset_each_month() {
+    let budgets = Budgets::default();
+    let scope = BudgetScope::Project("proj_1".into());
+    let nov = 1_795_000_000; // 2026-11-18
+    assert_eq!(budgets.add(&scope, 500, nov), 500);
+    assert_eq!(budgets.spent(&scope, nov + 86_400), 500);
+    let december = month_start(nov) + 31 * 86_400;
+    assert_eq!(budgets.spent(&scope, december), 0);
+    assert_eq!(crate::time::rfc3339(month_start(nov)), "2026-11-01T00:00:00Z");
+}
+
+#[test]
+fn go_durations_look_like_openais() {
+    assert_eq!(go_duration(0), "0s");
+    assert_eq!(go_duration(8_000), "8ms");
+    assert_eq!(go_duration(120_000), "120ms");
+    assert_eq!(go_duration(1_780_000), "1.78s");
+    assert_eq!(go_duration(20_000_000), "20s");
+    assert_eq!(go_duration(360_000_000), "6m0s");
+    assert_eq!(go_duration(3_723_500_000), "1h2m3.5s");
+    assert_eq!(go_duration(1_500), "1.5ms");
+}
