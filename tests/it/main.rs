@@ -13,6 +13,8 @@ mod cli;
 mod errors;
 /// Rotation, expiry, suspension, explain, audit.
 mod lifecycle;
+/// Rate limits, budgets, concurrency, failed-auth throttle.
+mod limits;
 /// Forwarding: credentials, headers, routing, streaming, cancellation.
 mod proxy;
 /// Administration API objects against OpenAI's examples.
