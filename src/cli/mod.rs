@@ -6,6 +6,7 @@ mod admin_keys;
 mod client;
 mod explain;
 mod keys;
+mod limits;
 pub mod output;
 mod projects;
 mod serve;
@@ -27,6 +28,12 @@ pub struct Cli {
 enum Command {
     /// Run the gateway.
     Serve(serve::ServeArgs),
+    /// Rate limits of keys and of a project's models.
+    #[command(subcommand)]
+    Limits(limits::LimitsCommand),
+    /// Monthly budgets of keys and projects.
+    #[command(subcommand)]
+    Budgets(limits::BudgetsCommand),
     /// Tokens and cost per key, prefix, project or model.
     Usage(usage::UsageArgs),
     /// Usage anomalies: spikes, new client networks, dormant keys.
@@ -66,6 +73,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Keys(cmd) => keys::run(cmd).await,
             Command::Explain(args) => explain::run(args).await,
             Command::Usage(args) => usage::run(args).await,
+            Command::Limits(cmd) => limits::run(cmd).await,
+            Command::Budgets(cmd) => limits::budgets(cmd).await,
             Command::Alerts(args) => usage::alerts(args).await,
             Command::Projects(cmd) => projects::run(cmd).await,
             Command::ServiceAccounts(cmd) => service_accounts::run(cmd).await,

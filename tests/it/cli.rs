@@ -124,3 +124,30 @@ async fn errors_say_what_to_do_next() {
     let out = keygate(&gw, Some(ADMIN_KEY), &["admin-keys", "create", "--name", "x", "--expires-in", "soon"]);
     assert_eq!(out.status.code(), Some(2), "clap rejects bad flags with exit 2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_budgets_are_set_from_the_cli() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let (key, secret) = gw.create_key("cli-limited").await;
+    let id = key["id"].as_str().unwrap();
+    stdout(&keygate(&gw, Some(ADMIN_KEY), &["limits", "set", "--key", id, "--rpm", "1"]));
+    let ok = http().get(format!("{}/v1/models", gw.url)).bearer_auth(&secret).send().await.unwrap();
+    assert_eq!(ok.headers()["x-ratelimit-limit-requests"], "1");
+    let refused = http().get(format!("{}/v1/models", gw.url)).bearer_auth(&secret).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+
+    stdout(&keygate(&gw, Some(ADMIN_KEY), &["limits", "set", "--model", "gpt-4o", "--tpm", "5000"]));
+    let listed = stdout(&keygate(&gw, Some(ADMIN_KEY), &["limits", "list"]));
+    assert!(listed.lines().any(|l| l.starts_with("gpt-4o") && l.contains("5000")), "{listed}");
+
+    let out = stdout(&keygate(&gw, Some(ADMIN_KEY), &["budgets", "set", "--key", id, "--monthly-usd", "25"]));
+    assert!(out.contains("$25.00 a month, alert at 80%"), "{out}");
+    let out =
+        stdout(&keygate(&gw, Some(ADMIN_KEY), &["budgets", "set", "--monthly-usd", "500", "--alert-percent", "90"]));
+    assert!(out.contains("$500.00 a month, alert at 90%"), "{out}");
+    let out = stdout(&keygate(&gw, Some(ADMIN_KEY), &["budgets", "set", "--key", id, "--clear"]));
+    assert!(out.contains("no budget"), "{out}");
+    let bad = keygate(&gw, Some(ADMIN_KEY), &["limits", "set", "--rpm", "1"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("give `--key KEY_ID` or `--model PATTERN`"));
+}

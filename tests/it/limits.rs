@@ -15,7 +15,13 @@ const T0: i64 = 1_900_000_000;
 async fn start() -> (MockUpstream, TestGateway, Arc<ManualClock>) {
     let mock = MockUpstream::start().await;
     let clock = Arc::new(ManualClock::new(T0));
-    let gw = TestGateway::start_with_clock(tempfile::tempdir().unwrap(), &mock.url, "[limits]\nfailed_auth_per_minute = 5\n", clock.clone()).await;
+    let gw = TestGateway::start_with_clock(
+        tempfile::tempdir().unwrap(),
+        &mock.url,
+        "[limits]\nfailed_auth_per_minute = 5\n",
+        clock.clone(),
+    )
+    .await;
     (mock, gw, clock)
 }
 
@@ -23,7 +29,8 @@ async fn key_with(gw: &TestGateway, extra: Value) -> (Value, String) {
     let project = gw.default_project().await;
     let mut body = json!({"name": "limited"});
     body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    let (status, key) = gw.admin(Method::POST, &format!("/v1/organization/projects/{project}/api_keys"), Some(body)).await;
+    let (status, key) =
+        gw.admin(Method::POST, &format!("/v1/organization/projects/{project}/api_keys"), Some(body)).await;
     assert_eq!(status, 200, "{key}");
     let secret = key["value"].as_str().unwrap().to_owned();
     (key, secret)
@@ -74,12 +81,19 @@ async fn rpm_5_refuses_the_sixth_call_with_openais_429_and_frees_one_every_12s()
 async fn tpm_counts_the_prompt_and_max_tokens_and_settles_with_real_usage() {
     let (_mock, gw, _clock) = start().await;
     let (_, key) = key_with(&gw, json!({"rate_limits": {"max_tokens_per_1_minute": 1000}})).await;
-    let big = json!({"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "word ".repeat(1200)}]});
+    let big =
+        json!({"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "word ".repeat(1200)}]});
     let refused = chat(&gw, &key, big).await;
     assert_eq!(refused.status(), 429);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["type"], "tokens");
-    assert!(body["error"]["message"].as_str().unwrap().contains("on tokens per min (TPM): Limit 1000, Used 0, Requested 12"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("on tokens per min (TPM): Limit 1000, Used 0, Requested 12"),
+        "{body}"
+    );
     // A small request reserves prompt + max_tokens, then settles to the real count.
     let small = json!({"model": "gpt-4o", "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]});
     let ok = chat(&gw, &key, small.clone()).await;
@@ -118,7 +132,13 @@ async fn a_spent_budget_is_insufficient_quota_and_stops_sdk_retries() {
 async fn concurrent_streams_hold_their_slot_until_they_end() {
     let (_mock, gw, _clock) = start().await;
     let (_, key) = key_with(&gw, json!({"rate_limits": {"max_concurrent_requests": 1}})).await;
-    let stream = http().post(format!("{}/v1/endless", gw.url)).bearer_auth(&key).json(&json!({"stream": true})).send().await.unwrap();
+    let stream = http()
+        .post(format!("{}/v1/endless", gw.url))
+        .bearer_auth(&key)
+        .json(&json!({"stream": true}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stream.status(), 200);
     let mut body = stream.bytes_stream();
     body.next().await.unwrap().unwrap();
@@ -143,11 +163,18 @@ async fn project_limits_apply_per_model_and_to_all_keys() {
     let (_mock, gw, _clock) = start().await;
     let project = gw.default_project().await;
     let (status, rl) = gw
-        .admin(Method::POST, &format!("/v1/organization/projects/{project}/rate_limits/rl-gpt-4o"), Some(json!({"max_requests_per_1_minute": 2})))
+        .admin(
+            Method::POST,
+            &format!("/v1/organization/projects/{project}/rate_limits/rl-gpt-4o"),
+            Some(json!({"max_requests_per_1_minute": 2})),
+        )
         .await;
     assert_eq!(status, 200, "{rl}");
-    assert_eq!(rl, json!({"object": "project.rate_limit", "id": "rl-gpt-4o", "model": "gpt-4o", "max_requests_per_1_minute": 2,
-        "max_tokens_per_1_minute": null, "max_requests_per_1_day": null, "max_tokens_per_1_day": null, "max_concurrent_requests": null}));
+    assert_eq!(
+        rl,
+        json!({"object": "project.rate_limit", "id": "rl-gpt-4o", "model": "gpt-4o", "max_requests_per_1_minute": 2,
+        "max_tokens_per_1_minute": null, "max_requests_per_1_day": null, "max_tokens_per_1_day": null, "max_concurrent_requests": null})
+    );
     let (_, list) = gw.admin(Method::GET, &format!("/v1/organization/projects/{project}/rate_limits"), None).await;
     assert_eq!(list["data"][0]["id"], "rl-gpt-4o");
     let (_, a) = gw.create_key("a").await;
@@ -158,7 +185,11 @@ async fn project_limits_apply_per_model_and_to_all_keys() {
     let mini = json!({"model": "gpt-4o-mini", "messages": []});
     assert_eq!(chat(&gw, &a, mini).await.status(), 200, "other models are not limited");
     let (status, _) = gw
-        .admin(Method::POST, &format!("/v1/organization/projects/{project}/rate_limits/rl-gpt-4o"), Some(json!({"max_requests_per_1_minute": 0})))
+        .admin(
+            Method::POST,
+            &format!("/v1/organization/projects/{project}/rate_limits/rl-gpt-4o"),
+            Some(json!({"max_requests_per_1_minute": 0})),
+        )
         .await;
     assert_eq!(status, 400);
 }
