@@ -61,6 +61,8 @@ struct RawConfig {
     anomaly: RawAnomaly,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    azure: RawAzure,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +144,22 @@ struct RawUpstream {
     models: Option<Vec<String>>,
     connect_timeout_ms: Option<u64>,
     read_timeout_ms: Option<u64>,
+    /// `openai` (default) or `azure`.
+    kind: Option<String>,
+    /// Azure: the api-version to call with.
+    api_version: Option<String>,
+    /// Azure: model → deployment name (a model not listed is its own deployment name).
+    deployments: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// The Azure front door: deployments clients may name, accepted api-versions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAzure {
+    /// Deployment name → model.
+    deployments: Option<std::collections::BTreeMap<String, String>>,
+    api_versions: Option<Vec<String>>,
+    region: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,6 +201,7 @@ pub struct Config {
     /// Completion tokens a request is assumed to use for token limits when it
     /// names no `max_tokens`.
     pub default_max_tokens: u64,
+    pub azure: AzureFrontDoor,
 }
 
 #[derive(Debug, Clone)]
@@ -209,7 +228,58 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     /// True when no upstream was configured at all and keygate fell back to the mock.
     pub defaulted_to_mock: bool,
+    pub kind: UpstreamKind,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamKind {
+    OpenAi,
+    /// Azure OpenAI: calls go to `/openai/deployments/{deployment}/...?api-version=`
+    /// with an `api-key` header.
+    Azure {
+        api_version: String,
+        deployments: std::collections::BTreeMap<String, String>,
+    },
+}
+
+/// The Azure front door keygate offers to Azure clients.
+#[derive(Debug, Clone)]
+pub struct AzureFrontDoor {
+    /// Deployment name → model.
+    pub deployments: std::collections::BTreeMap<String, String>,
+    pub api_versions: Vec<String>,
+    /// Sent as `x-ms-region`.
+    pub region: String,
+}
+
+/// The dated api-versions Azure serves (GA and preview), from Azure's specs.
+pub const AZURE_API_VERSIONS: &[&str] = &[
+    "2022-12-01",
+    "2023-05-15",
+    "2024-02-01",
+    "2024-06-01",
+    "2024-10-21",
+    "2023-03-15-preview",
+    "2023-06-01-preview",
+    "2023-07-01-preview",
+    "2023-08-01-preview",
+    "2023-09-01-preview",
+    "2023-10-01-preview",
+    "2023-12-01-preview",
+    "2024-02-15-preview",
+    "2024-03-01-preview",
+    "2024-04-01-preview",
+    "2024-05-01-preview",
+    "2024-07-01-preview",
+    "2024-08-01-preview",
+    "2024-09-01-preview",
+    "2024-10-01-preview",
+    "2024-12-01-preview",
+    "2025-01-01-preview",
+    "2025-02-01-preview",
+    "2025-03-01-preview",
+    "2025-04-01-preview",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -387,6 +457,14 @@ impl Config {
                 n => Some(n),
             },
             default_max_tokens: raw.limits.default_max_tokens.unwrap_or(1024),
+            azure: AzureFrontDoor {
+                deployments: raw.azure.deployments.unwrap_or_default(),
+                api_versions: raw
+                    .azure
+                    .api_versions
+                    .unwrap_or_else(|| AZURE_API_VERSIONS.iter().map(|v| (*v).to_owned()).collect()),
+                region: raw.azure.region.unwrap_or_else(|| "keygate".into()),
+            },
         })
     }
 }
@@ -476,6 +554,7 @@ fn credential_from(env_var: Option<&str>, env: &dyn Env, field: &str) -> Result<
 }
 
 fn default_upstream(raw: RawUpstream, o: &Overrides, env: &dyn Env) -> Result<UpstreamConfig, ConfigError> {
+    let kind = upstream_kind(&raw, "upstream")?;
     let (connect_timeout, read_timeout) = timeouts(&raw, "upstream")?;
     let credential = match credential_from(raw.api_key_env.as_deref(), env, "upstream")? {
         Some(c) => Some(c),
@@ -496,7 +575,21 @@ fn default_upstream(raw: RawUpstream, o: &Overrides, env: &dyn Env) -> Result<Up
         connect_timeout,
         read_timeout,
         defaulted_to_mock,
+        kind,
     })
+}
+
+fn upstream_kind(raw: &RawUpstream, field: &str) -> Result<UpstreamKind, ConfigError> {
+    match raw.kind.as_deref() {
+        None | Some("openai") => Ok(UpstreamKind::OpenAi),
+        Some("azure") => Ok(UpstreamKind::Azure {
+            api_version: raw.api_version.clone().ok_or_else(|| {
+                invalid(format!("{field}.api_version"), "is required for an azure upstream, e.g. \"2024-10-21\"")
+            })?,
+            deployments: raw.deployments.clone().unwrap_or_default(),
+        }),
+        Some(other) => Err(invalid(format!("{field}.kind"), format!("must be `openai` or `azure`, got `{other}`"))),
+    }
 }
 
 fn routed_upstream(raw: RawUpstream, i: usize, env: &dyn Env) -> Result<UpstreamConfig, ConfigError> {
@@ -508,6 +601,7 @@ fn routed_upstream(raw: RawUpstream, i: usize, env: &dyn Env) -> Result<Upstream
     if models.is_empty() {
         return Err(invalid(format!("{field}.models"), "must list at least one model pattern, e.g. [\"gpt-4o*\"]"));
     }
+    let kind = upstream_kind(&raw, &field)?;
     Ok(UpstreamConfig {
         name,
         target: target(url, &field)?,
@@ -516,6 +610,7 @@ fn routed_upstream(raw: RawUpstream, i: usize, env: &dyn Env) -> Result<Upstream
         connect_timeout,
         read_timeout,
         defaulted_to_mock: false,
+        kind,
     })
 }
 

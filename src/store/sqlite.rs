@@ -1109,11 +1109,20 @@ impl Store for SqliteStore {
             });
         }
         let group_sql: String = columns.iter().map(|c| format!(", {c}")).collect();
+        // Whole minutes come from the rollups; the partial minutes at either
+        // edge of an unaligned window come from the request rows themselves.
+        let (inner_start, inner_end) = (q.start + (60 - q.start.rem_euclid(60)) % 60, q.end - q.end.rem_euclid(60));
         let mut sql = format!(
-            "SELECT ((minute - ?) / {width}) * {width} + ? AS bucket{group_sql}, SUM(requests) AS requests, \
+            "SELECT ((t - ?) / {width}) * {width} + ? AS bucket{group_sql}, SUM(requests) AS requests, \
              SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, SUM(cached_tokens) AS cached_tokens, \
-             SUM(reasoning_tokens) AS reasoning_tokens, SUM(cost_nanos) AS cost_nanos \
-             FROM usage_rollups WHERE minute >= ? AND minute < ?"
+             SUM(reasoning_tokens) AS reasoning_tokens, SUM(cost_nanos) AS cost_nanos FROM ( \
+               SELECT minute AS t, project_id, key_id, prefix, model, kind, requests, input_tokens, output_tokens, \
+                 cached_tokens, reasoning_tokens, cost_nanos FROM usage_rollups WHERE minute >= {inner_start} AND minute < {inner_end} \
+               UNION ALL \
+               SELECT at AS t, project_id, key_id, prefix, COALESCE(model, '') AS model, kind, 1 AS requests, input_tokens, \
+                 output_tokens, cached_tokens, reasoning_tokens, cost_nanos FROM usage_records \
+                 WHERE at >= ? AND at < ? AND NOT (at >= {inner_start} AND at < {inner_end}) \
+             ) WHERE 1 = 1"
         );
         let mut binds: Vec<String> = Vec::new();
         if let Some(kind) = q.kind {
