@@ -20,6 +20,7 @@ pub mod limits;
 pub mod mock;
 pub mod openapi;
 pub mod proxy;
+pub mod route;
 pub mod server;
 pub mod store;
 pub mod time;

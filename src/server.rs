@@ -23,10 +23,11 @@ use tower::ServiceExt as _;
 
 use crate::auth::{self, Authorized, Denial, KeyIndex, Plane};
 use crate::clock::Clock;
-use crate::dialect::ApiError;
+use crate::dialect::{ApiError, Dialect};
 use crate::ids::RequestId;
 use crate::jobs::Recorder;
 use crate::proxy::{self, RequestMeta, Upstreams};
+use crate::route::Route;
 use crate::store::{DenialRecord, Store, Touch};
 use crate::usage::{AnomalyWatcher, Meter, Metered};
 
@@ -41,6 +42,10 @@ pub struct Settings {
     pub error_hints: bool,
     /// Completion tokens assumed for token limits when a request names none.
     pub default_max_tokens: u64,
+    /// The Azure front door: deployment name → model, accepted api-versions, region.
+    pub azure_deployments: std::collections::BTreeMap<String, String>,
+    pub azure_api_versions: Vec<String>,
+    pub azure_region: String,
 }
 
 #[derive(Clone)]
@@ -59,10 +64,14 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let data_plane = Router::new()
+    let openai = Router::new()
         .route("/v1/{*rest}", any(data_plane))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_project_key));
     let admin = crate::admin::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_admin_key));
+    let azure = Router::new()
+        .route("/openai/{*rest}", any(data_plane))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_project_key))
+        .route_layer(middleware::from_fn_with_state(state.clone(), crate::route::azure_front_door));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -72,7 +81,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/organization/{*rest}", any(invalid_url))
         .route("/v1/keygate/{*rest}", any(invalid_url))
         .merge(admin)
-        .merge(data_plane)
+        .merge(openai)
+        .merge(azure)
         .fallback(invalid_url)
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
@@ -168,10 +178,15 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
 async fn require_project_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
     // Checked before the scope is chosen from the path's segments; methods
     // such as TRACE and CONNECT are never forwarded.
-    if !proxy::is_clean_path(req.uri().path()) || !proxy::is_forwarded_method(req.method()) {
+    let canonical = req.extensions().get::<Route>().map(|r| r.path.clone());
+    let path = canonical.as_deref().unwrap_or(req.uri().path());
+    if !proxy::is_clean_path(req.uri().path())
+        || !proxy::is_clean_path(path)
+        || !proxy::is_forwarded_method(req.method())
+    {
         return invalid_url(req).await.into_response();
     }
-    let scope = auth::data_plane_scope(req.method(), req.uri().path());
+    let scope = auth::data_plane_scope(req.method(), path);
     require(state, Plane::Data, scope, req, next).await
 }
 
@@ -187,6 +202,7 @@ async fn require(state: AppState, plane: Plane, scope: auth::Scope, mut req: Req
         scope,
         client_ip: req.extensions().get::<ClientIp>().map(|c| c.0),
         organization_id: &state.settings.organization_id,
+        azure: req.extensions().get::<Route>().is_some_and(|r| r.dialect == Dialect::Azure),
         now,
     };
     match auth::authenticate(&state.index, req.headers(), &admission) {
@@ -248,8 +264,30 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
     } else {
         RequestMeta::default()
     };
-    let path = parts.uri.path();
-    let model = meta.model.as_deref().or_else(|| path.strip_prefix("/v1/models/"));
+    let route = parts.extensions.get::<Route>().cloned().unwrap_or_else(|| Route::openai(&parts.uri));
+    let path = route.path.as_str();
+    let azure = route.dialect == Dialect::Azure;
+    // An Azure URL names a deployment; on the Azure v1 surface the body's model
+    // is a deployment name. Either way keygate works with the model behind it.
+    let deployment_model = match &route.deployment {
+        Some(deployment) => Some(state.settings.azure_deployments.get(deployment).cloned().ok_or_else(|| {
+            let serving = state
+                .settings
+                .azure_deployments
+                .iter()
+                .filter(|(_, m)| *m == deployment)
+                .map(|(d, _)| d.clone())
+                .collect();
+            Denial::UnknownDeployment {
+                key: auth::KeyRef::of(&authorized.key),
+                deployment: deployment.clone(),
+                serving,
+            }
+        })?),
+        None if azure => meta.model.as_deref().and_then(|m| state.settings.azure_deployments.get(m).cloned()),
+        None => None,
+    };
+    let model = deployment_model.as_deref().or(meta.model.as_deref()).or_else(|| path.strip_prefix("/v1/models/"));
     if let Some(model) = model {
         authorized.check_model(model)?;
     }
@@ -275,6 +313,10 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
             Some(injected) => (injected, true),
             None => (body, false),
         };
+    let body = match (&deployment_model, meta.model.as_deref()) {
+        (Some(real), Some(sent)) if real != sent => crate::usage::replace_model(&body, real).unwrap_or(body),
+        _ => body,
+    };
     let metered = Metered {
         request_id: parts.extensions.get::<RequestId>().map(|id| id.as_str().to_owned()).unwrap_or_default(),
         at: state.clock.now(),
@@ -285,25 +327,28 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
         started: Instant::now(),
         request_body: body.clone(),
         strip_injected_usage,
+        strip_azure_fields: upstream.is_azure() && !azure,
         authorized: authorized.clone(),
         ticket: Some(ticket),
     };
-    let relative = parts.uri.path_and_query().map_or(path, |pq| pq.as_str());
-    let relative = relative.strip_prefix("/v1").unwrap_or(relative);
-    let mut response = match proxy::forward(upstream, parts.method.clone(), relative, &parts.headers, body).await {
-        Ok(response) => response,
-        Err(error) => {
-            let status = if matches!(error, ApiError::UpstreamTimeout { .. }) { 504 } else { 502 };
-            state.meter.failed(metered, status);
-            return Err(error);
-        }
-    };
+    let relative = route.relative();
+    let mut response =
+        match proxy::forward(upstream, parts.method.clone(), &relative, &parts.headers, body, model).await {
+            Ok(response) => response,
+            Err(error) => {
+                let status = if matches!(error, ApiError::UpstreamTimeout { .. }) { 504 } else { 502 };
+                state.meter.failed(metered, status);
+                return Err(error);
+            }
+        };
     if path == "/v1/models" && parts.method == http::Method::GET && authorized.restricts_models() {
         response = proxy::filter_model_list(response, |id| authorized.allows_model(id)).await;
     }
     // The client's organization is keygate's, never the upstream account's.
     if let Ok(org) = HeaderValue::from_str(&state.settings.organization_id) {
-        response.headers_mut().insert("openai-organization", org);
+        if !azure {
+            response.headers_mut().insert("openai-organization", org);
+        }
     }
     rate_limit_headers(&rate_headers, response.headers_mut());
     Ok(state.meter.tap(response, metered))

@@ -22,6 +22,22 @@ impl Presented {
     }
 }
 
+/// Azure clients send `api-key: <key>`; it wins over `Authorization` (old
+/// Python SDKs send both with the same value).
+pub fn extract_azure(headers: &HeaderMap) -> Result<Presented, Denial> {
+    match headers.get("api-key") {
+        Some(value) => {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            let value = value.trim();
+            if value.is_empty() {
+                return Err(Denial::MalformedAuthorization { detail: "the api-key header is empty" });
+            }
+            Ok(Presented(Secret::new(value)))
+        }
+        None => extract(headers),
+    }
+}
+
 pub fn extract(headers: &HeaderMap) -> Result<Presented, Denial> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Err(Denial::MissingCredential);

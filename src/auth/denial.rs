@@ -143,6 +143,13 @@ pub enum Denial {
         key: KeyRef,
         model: String,
     },
+    /// An Azure deployment name that is not configured; `serving` lists the
+    /// deployments of the model when the name was a model name.
+    UnknownDeployment {
+        key: KeyRef,
+        deployment: String,
+        serving: Vec<String>,
+    },
     /// A rate, concurrency or budget limit (`organization` names it in the 429).
     Limited {
         key: KeyRef,
@@ -212,6 +219,7 @@ impl Denial {
             Self::Limited { exceeded: Exceeded::Budget { .. }, .. } => "budget_exceeded",
             Self::Limited { .. } => "rate_limited",
             Self::Throttled { .. } => "failed_auth_throttled",
+            Self::UnknownDeployment { .. } => "unknown_deployment",
         }
     }
 
@@ -233,7 +241,8 @@ impl Denial {
             | Self::IpNotAllowed { key, .. }
             | Self::MissingScope { key, .. }
             | Self::ModelNotAllowed { key, .. }
-            | Self::Limited { key, .. } => Some(key),
+            | Self::Limited { key, .. }
+            | Self::UnknownDeployment { key, .. } => Some(key),
             Self::Throttled { failure, .. } => failure.key(),
         }
     }
@@ -324,12 +333,24 @@ impl fmt::Display for Denial {
             Self::ModelNotAllowed { key, model } => {
                 write!(f, "model `{model}` is outside the model allow-list of {key} or its project")
             }
+            Self::UnknownDeployment { key, deployment, serving } => {
+                write!(f, "Azure deployment `{deployment}` does not exist on this gateway (request by {key})")?;
+                if !serving.is_empty() {
+                    write!(f, "; `{deployment}` is a model name: Azure clients must name a deployment, and the deployments of this model are: {}", serving.join(", "))?;
+                }
+                Ok(())
+            }
             Self::Limited { key, exceeded, .. } => match exceeded {
                 Exceeded::Rate { dimension, limit, used, requested, retry_after_ms, owner } => write!(
                     f,
                     "{key} hit the {} limit of {owner}: limit {limit}, used {used}, requested {requested}; it frees up in {}",
                     dimension_name(*dimension),
                     crate::limits::go_duration(retry_after_ms * 1000)
+                ),
+                Exceeded::TooLarge { dimension, limit, requested, owner } => write!(
+                    f,
+                    "{key} sent a request needing {requested} against the {} limit of {owner}, which is only {limit}: it can never fit",
+                    dimension_name(*dimension)
                 ),
                 Exceeded::Concurrency { limit, owner } => {
                     write!(f, "{key} hit the concurrent-request limit of {owner}: {limit} requests already in flight")

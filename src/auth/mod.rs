@@ -41,6 +41,8 @@ pub struct Admission<'a> {
     pub client_ip: Option<IpAddr>,
     /// This gateway's organization id, which `OpenAI-Organization` must match.
     pub organization_id: &'a str,
+    /// Which front door: Azure clients send `api-key`.
+    pub azure: bool,
     pub now: Timestamp,
 }
 
@@ -80,7 +82,7 @@ impl Authorized {
 /// Authenticates and authorizes a request from its headers. Unknown and
 /// revoked keys differ only in the private reason the [`Denial`] carries.
 pub fn authenticate(index: &KeyIndex, headers: &HeaderMap, admission: &Admission<'_>) -> Result<Authorized, Denial> {
-    let presented = extract(headers)?;
+    let presented = if admission.azure { credential::extract_azure(headers)? } else { extract(headers)? };
     let text = presented.expose();
     let digest = KeyDigest::of(text);
     // Format errors are checked only after the digest is computed, so a

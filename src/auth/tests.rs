@@ -65,6 +65,7 @@ fn admission(method: Method, path: &str) -> Admission<'static> {
         scope: data_plane_scope(&method, path),
         client_ip: Some("192.0.2.7".parse().unwrap()),
         organization_id: ORG,
+        azure: false,
         now: NOW,
     }
 }

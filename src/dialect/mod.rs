@@ -2,6 +2,7 @@
 //! itself produces is an [`ApiError`]; each dialect renders it in exactly one
 //! function (`openai::render`; Azure joins later).
 
+mod azure;
 mod openai;
 
 use std::sync::Arc;
@@ -11,7 +12,15 @@ use http::Method;
 
 use crate::auth::Denial;
 
+pub use azure::{operation_id, render as render_azure};
 pub use openai::{render as render_openai, ErrorResponse};
+
+/// Which wire a client speaks; Azure routes mark their requests with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Azure,
+}
 
 /// Per-deployment rendering choices.
 #[derive(Debug, Clone, Copy, Default)]
@@ -22,9 +31,10 @@ pub struct RenderOptions {
 
 /// Renders a denial with `options`, attaching it for the request recorder.
 pub fn render_denial(denial: Denial, options: &RenderOptions) -> Response {
-    let denial = Arc::new(denial);
-    let mut response = openai::render_with(&ApiError::Denied((*denial).clone()), options);
-    response.extensions_mut().insert(denial);
+    let error = ApiError::Denied(denial.clone());
+    let mut response = openai::render_with(&error, options);
+    response.extensions_mut().insert(Arc::new(denial));
+    response.extensions_mut().insert(Arc::new(error));
     response
 }
 
@@ -48,6 +58,10 @@ pub enum ApiError {
     NotFound {
         message: String,
     },
+    /// Azure's routing-level 404 (missing or unknown api-version, unknown path).
+    ResourceNotFound,
+    /// Azure's 400 for a dated api-version on the `/openai/v1` surface.
+    ApiVersionNotSupported,
     UpstreamUnreachable {
         upstream: String,
     },
@@ -74,9 +88,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // The response itself has no side effects; the request-id middleware
         // records the private reason it finds in the extensions.
+        // The Azure front door re-renders from the attached error.
         match self {
             Self::Denied(denial) => render_denial(denial, &RenderOptions::default()),
-            other => render_openai(&other),
+            other => {
+                let mut response = render_openai(&other);
+                response.extensions_mut().insert(Arc::new(other));
+                response
+            }
         }
     }
 }

@@ -82,6 +82,13 @@ fn parts(error: &ApiError) -> (StatusCode, String, &'static str, Option<&'static
             }
             Denial::Limited { model, organization, exceeded, .. } => limited(exceeded, model.as_deref(), organization),
             Denial::Throttled { exceeded, .. } => limited(exceeded, None, ""),
+            Denial::UnknownDeployment { deployment, .. } => (
+                StatusCode::NOT_FOUND,
+                format!("The model `{deployment}` does not exist or you do not have access to it."),
+                IRE,
+                None,
+                Some("model_not_found"),
+            ),
             Denial::ModelNotAllowed { model, .. } => (
                 StatusCode::NOT_FOUND,
                 format!("The model `{model}` does not exist or you do not have access to it."),
@@ -94,6 +101,11 @@ fn parts(error: &ApiError) -> (StatusCode, String, &'static str, Option<&'static
             (StatusCode::NOT_FOUND, format!("Invalid URL ({method} {path})"), IRE, None, None)
         }
         ApiError::InvalidJson => (StatusCode::BAD_REQUEST, BAD_JSON.into(), IRE, None, None),
+        // Only the Azure front door raises these; OpenAI's equivalents:
+        ApiError::ResourceNotFound => (StatusCode::NOT_FOUND, "Resource not found".into(), IRE, None, None),
+        ApiError::ApiVersionNotSupported => {
+            (StatusCode::BAD_REQUEST, "API version not supported".into(), IRE, None, None)
+        }
         ApiError::BodyTooLarge { limit } => (
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("Request body too large: this gateway accepts at most {limit} bytes."),
@@ -156,7 +168,7 @@ pub fn render(error: &ApiError) -> Response {
     render_with(error, &RenderOptions::default())
 }
 
-const QUOTA: &str = "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.";
+pub const QUOTA: &str = "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.";
 
 /// OpenAI's 429s: `rate_limit_exceeded` (type `requests` or `tokens`) with its
 /// sentence, or `insufficient_quota` for a spent budget.
@@ -193,6 +205,20 @@ fn limited(
             None,
             Some("rate_limit_exceeded"),
         ),
+        Exceeded::TooLarge { dimension, limit, requested, .. } => (
+            TOO_MANY,
+            format!(
+                "Request too large for {} on {}: Limit {limit}, Requested {requested}. The input or output tokens must be reduced in order to run successfully. {VISIT}",
+                match model {
+                    Some(model) => format!("{model} in organization {organization}"),
+                    None => format!("organization {organization}"),
+                },
+                dimension_name(*dimension)
+            ),
+            if dimension.is_tokens() { "tokens" } else { "requests" },
+            None,
+            Some("rate_limit_exceeded"),
+        ),
         Exceeded::Concurrency { limit, .. } => (
             TOO_MANY,
             format!("{subject} on concurrent requests: Limit {limit}, Used {limit}, Requested 1. Please try again in 1s. {VISIT}"),
@@ -215,7 +241,7 @@ fn retry_headers(error: &ApiError, headers: &mut http::HeaderMap) {
     let retry_ms = match exceeded {
         Exceeded::Rate { retry_after_ms, .. } => (*retry_after_ms).max(1),
         Exceeded::Concurrency { .. } => 1000,
-        Exceeded::Budget { .. } => {
+        Exceeded::Budget { .. } | Exceeded::TooLarge { .. } => {
             headers.insert("x-should-retry", HeaderValue::from_static("false"));
             return;
         }

@@ -70,9 +70,30 @@ pub struct ModelLimits {
 /// Why a request was held back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exceeded {
-    Rate { dimension: Dimension, limit: u64, used: u64, requested: u64, retry_after_ms: i64, owner: String },
-    Concurrency { limit: u64, owner: String },
-    Budget { scope: BudgetScope, budget_nanos: i64, spent_nanos: i64 },
+    Rate {
+        dimension: Dimension,
+        limit: u64,
+        used: u64,
+        requested: u64,
+        retry_after_ms: i64,
+        owner: String,
+    },
+    /// The request alone needs more than the whole limit: waiting cannot help.
+    TooLarge {
+        dimension: Dimension,
+        limit: u64,
+        requested: u64,
+        owner: String,
+    },
+    Concurrency {
+        limit: u64,
+        owner: String,
+    },
+    Budget {
+        scope: BudgetScope,
+        budget_nanos: i64,
+        spent_nanos: i64,
+    },
 }
 
 /// The `x-ratelimit-*` values of the tightest requests and tokens buckets.
@@ -150,6 +171,21 @@ impl Limiter {
                 concurrency.push((owner.clone(), max, describe(&owner)));
             }
         }
+        // Concurrency first: a request refused for it must not use up a rate.
+        for (owner, max, name) in concurrency {
+            match self.inflight.acquire(owner, max) {
+                Some(guard) => ticket._inflight.push(guard),
+                None => return Err(Exceeded::Concurrency { limit: max, owner: name }),
+            }
+        }
+        if let Some(check) = checks.iter().find(|c| c.cost > c.rate.limit) {
+            return Err(Exceeded::TooLarge {
+                dimension: check.bucket.dimension,
+                limit: check.rate.limit,
+                requested: check.cost,
+                owner: describe(&check.bucket.owner),
+            });
+        }
         if !checks.is_empty() {
             let now = self.clock.now_millis() * 1000;
             let taken = self.backend.take(&checks, now).map_err(|refusal| {
@@ -174,15 +210,6 @@ impl Limiter {
                 }
                 if check.bucket.dimension.is_tokens() {
                     ticket.token_buckets.push((check.bucket.clone(), check.rate));
-                }
-            }
-        }
-        for (owner, max, name) in concurrency {
-            match self.inflight.acquire(owner, max) {
-                Some(guard) => ticket._inflight.push(guard),
-                None => {
-                    self.settle_tokens(&ticket, 0);
-                    return Err(Exceeded::Concurrency { limit: max, owner: name });
                 }
             }
         }

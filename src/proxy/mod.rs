@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 
-use crate::config::{UpstreamConfig, UpstreamTarget};
+use crate::config::{UpstreamConfig, UpstreamKind, UpstreamTarget};
 use crate::dialect::ApiError;
 use crate::key::Secret;
 
@@ -29,6 +29,35 @@ pub struct Upstream {
     credential: Option<Secret>,
     models: Vec<String>,
     client: reqwest::Client,
+    pub kind: UpstreamKind,
+}
+
+impl Upstream {
+    pub fn is_azure(&self) -> bool {
+        matches!(self.kind, UpstreamKind::Azure { .. })
+    }
+
+    /// The upstream URL for a `/v1`-relative path and query.
+    fn url(&self, relative: &str, model: Option<&str>) -> String {
+        match &self.kind {
+            UpstreamKind::OpenAi => format!("{}{relative}", self.base),
+            UpstreamKind::Azure { api_version, deployments } => {
+                let (path, query) = relative.split_once('?').map_or((relative, None), |(p, q)| (p, Some(q)));
+                let query = query.map(|q| format!("&{q}")).unwrap_or_default();
+                let deployment_op = ["/chat/completions", "/completions", "/embeddings", "/audio/", "/images/"]
+                    .iter()
+                    .any(|op| path == op.trim_end_matches('/') || path.starts_with(op));
+                match model.filter(|_| deployment_op) {
+                    Some(model) => {
+                        let deployment = deployments.get(model).map_or(model, String::as_str);
+                        let deployment: String = form_urlencoded::byte_serialize(deployment.as_bytes()).collect();
+                        format!("{}/openai/deployments/{deployment}{path}?api-version={api_version}{query}", self.base)
+                    }
+                    None => format!("{}/openai{path}?api-version={api_version}{query}", self.base),
+                }
+            }
+        }
+    }
 }
 
 /// All upstreams; the first is the default route.
@@ -56,6 +85,7 @@ impl Upstreams {
                 credential: c.credential.clone(),
                 models: c.models.clone(),
                 client,
+                kind: c.kind.clone(),
             });
         }
         anyhow::ensure!(!list.is_empty(), "no upstream configured");
@@ -96,15 +126,17 @@ const DROP_RESPONSE: &[&str] =
     &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "set-cookie"];
 
 /// Sends the request to `upstream` and streams its answer back. `path_and_query`
-/// is relative to the `/v1` root (`/chat/completions?x=1`).
+/// is relative to the `/v1` root (`/chat/completions?x=1`); `model` picks an
+/// Azure upstream's deployment.
 pub async fn forward(
     upstream: &Upstream,
     method: Method,
     path_and_query: &str,
     headers: &HeaderMap,
     body: Bytes,
+    model: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let url = format!("{}{}", upstream.base, path_and_query);
+    let url = upstream.url(path_and_query, model);
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         if !DROP_REQUEST.contains(&name.as_str()) {
@@ -112,12 +144,16 @@ pub async fn forward(
         }
     }
     if let Some(credential) = &upstream.credential {
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", credential.expose())).map_err(|_| {
+        let (name, text) = match upstream.kind {
+            UpstreamKind::OpenAi => (header::AUTHORIZATION, format!("Bearer {}", credential.expose())),
+            UpstreamKind::Azure { .. } => (HeaderName::from_static("api-key"), credential.expose().to_owned()),
+        };
+        let mut value = HeaderValue::from_str(&text).map_err(|_| {
             tracing::error!(upstream = %upstream.name, "the upstream credential is not a valid header value");
             ApiError::Internal
         })?;
         value.set_sensitive(true);
-        out.insert(header::AUTHORIZATION, value);
+        out.insert(name, value);
     }
     let started = Instant::now();
     let result = upstream.client.request(method, &url).headers(out).body(body).send().await;

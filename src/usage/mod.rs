@@ -44,6 +44,9 @@ pub struct Metered {
     /// keygate added `stream_options.include_usage`: drop the usage chunk and
     /// the `"usage": null` fields from what the client receives.
     pub strip_injected_usage: bool,
+    /// The upstream is Azure and the client speaks OpenAI: take Azure's
+    /// content-filter fields out of the answer.
+    pub strip_azure_fields: bool,
     /// The admission to settle with the real usage (and the in-flight slots it
     /// holds until the answer ends).
     pub ticket: Option<Ticket>,
@@ -73,13 +76,14 @@ impl Meter {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         let strip = metered.strip_injected_usage && sse && parts.status.is_success();
-        if strip {
+        let strip_azure = metered.strip_azure_fields && parts.status.is_success();
+        if strip || strip_azure {
             // The body changes length when chunks are removed.
             parts.headers.remove(http::header::CONTENT_LENGTH);
         }
         let meter = self.clone();
         let on_done = move |observed: Observed| meter.record(metered, status, observed);
-        let tapped = tap::Tap::new(body.into_data_stream(), sse, strip, Box::new(on_done));
+        let tapped = tap::Tap::new(body.into_data_stream(), sse, strip, strip_azure, Box::new(on_done));
         Response::from_parts(parts, Body::from_stream(tapped))
     }
 
@@ -163,6 +167,14 @@ fn budget_alert(m: &Metered, scope: &BudgetScope, budget: Budget, spent: i64) ->
 pub fn estimate_request_tokens(model: Option<&str>, body: &[u8], max_tokens: u64) -> u64 {
     let prompt = estimate::prompt_tokens(model.unwrap_or(""), body);
     u64::try_from(prompt).unwrap_or(0).saturating_add(max_tokens)
+}
+
+/// The body with its `model` set to `model` (an Azure deployment resolved to
+/// the model an OpenAI upstream knows); `None` if the body is not a JSON object.
+pub fn replace_model(body: &[u8], model: &str) -> Option<Bytes> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.as_object_mut()?.insert("model".into(), serde_json::Value::String(model.to_owned()));
+    serde_json::to_vec(&value).ok().map(Bytes::from)
 }
 
 /// Adds `stream_options.include_usage = true` to a streaming chat or

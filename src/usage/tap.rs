@@ -34,7 +34,11 @@ type Done = Box<dyn FnOnce(Observed) + Send>;
 pub struct Tap<S> {
     inner: S,
     sse: bool,
-    strip: bool,
+    /// Take out the usage chunk and `"usage": null` keygate asked for.
+    strip_usage: bool,
+    /// Take out Azure's content-filter fields and filter-only chunks, for
+    /// OpenAI clients of an Azure upstream.
+    strip_azure: bool,
     pending: Vec<u8>,
     json: Vec<u8>,
     observed: Observed,
@@ -43,11 +47,12 @@ pub struct Tap<S> {
 }
 
 impl<S> Tap<S> {
-    pub fn new(inner: S, sse: bool, strip: bool, on_done: Done) -> Self {
+    pub fn new(inner: S, sse: bool, strip_usage: bool, strip_azure: bool, on_done: Done) -> Self {
         Self {
             inner,
             sse,
-            strip,
+            strip_usage,
+            strip_azure,
             pending: Vec::new(),
             json: Vec::new(),
             observed: Observed::default(),
@@ -97,11 +102,16 @@ impl<S> Tap<S> {
         }
         let Ok(mut value) = serde_json::from_str::<Value>(&payload) else { return Action::Keep };
         self.collect_text(&value);
+        let no_choices = value["choices"].as_array().is_some_and(Vec::is_empty);
         if let Some(tokens) = tokens_from_usage(&value["usage"]) {
             self.observed.tokens = Some(tokens);
-            if self.strip && value["choices"].as_array().is_some_and(Vec::is_empty) {
+            if self.strip_usage && no_choices {
                 return Action::Drop;
             }
+        }
+        // Azure's first chunk carries only prompt filter results.
+        if self.strip_azure && no_choices && value.get("prompt_filter_results").is_some() {
+            return Action::Drop;
         }
         if let Some(kind) = value["type"].as_str() {
             if matches!(kind, "response.completed" | "response.incomplete" | "response.failed") {
@@ -110,15 +120,21 @@ impl<S> Tap<S> {
                 }
             }
         }
-        if self.strip {
-            if let Some(object) = value.as_object_mut() {
-                if object.get("usage").is_some_and(Value::is_null) {
-                    object.remove("usage");
-                    return serde_json::to_vec(&value).map_or(Action::Keep, Action::Replace);
-                }
+        let mut changed = false;
+        if let Some(object) = value.as_object_mut() {
+            if self.strip_usage && object.get("usage").is_some_and(Value::is_null) {
+                object.remove("usage");
+                changed = true;
+            }
+            if self.strip_azure {
+                changed |= strip_azure_fields(object);
             }
         }
-        Action::Keep
+        if changed {
+            serde_json::to_vec(&value).map_or(Action::Keep, Action::Replace)
+        } else {
+            Action::Keep
+        }
     }
 
     fn collect_text(&mut self, value: &Value) {
@@ -144,6 +160,30 @@ enum Action {
     Keep,
     Drop,
     Replace(Vec<u8>),
+}
+
+/// A whole JSON answer without Azure's fields (unchanged if it is not JSON).
+fn rewrite_json(body: &[u8]) -> Vec<u8> {
+    let Ok(mut value) = serde_json::from_slice::<Value>(body) else { return body.to_vec() };
+    let changed = value.as_object_mut().is_some_and(strip_azure_fields);
+    if changed {
+        serde_json::to_vec(&value).unwrap_or_else(|_| body.to_vec())
+    } else {
+        body.to_vec()
+    }
+}
+
+/// Removes Azure-only fields from a chat/completions object; says whether any went.
+pub fn strip_azure_fields(object: &mut serde_json::Map<String, Value>) -> bool {
+    let mut changed = object.remove("prompt_filter_results").is_some() | object.remove("prompt_annotations").is_some();
+    if let Some(choices) = object.get_mut("choices").and_then(Value::as_array_mut) {
+        for choice in choices.iter_mut().filter_map(Value::as_object_mut) {
+            for field in ["content_filter_results", "content_filter_offsets", "content_filter_raw"] {
+                changed |= choice.remove(field).is_some();
+            }
+        }
+    }
+    changed
 }
 
 /// The end of the first complete event in `buf` and its separator's length.
@@ -214,14 +254,25 @@ where
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
                     if !this.sse {
-                        if this.json.len() + chunk.len() <= JSON_CAP {
+                        let fits = this.json.len() + chunk.len() <= JSON_CAP;
+                        if fits {
                             this.json.extend_from_slice(&chunk);
                         }
-                        return Poll::Ready(Some(Ok(chunk)));
+                        if !this.strip_azure {
+                            return Poll::Ready(Some(Ok(chunk)));
+                        }
+                        if !fits {
+                            // Too large to rewrite: give up and pass the rest as it is.
+                            this.strip_azure = false;
+                            let mut held = std::mem::take(&mut this.json);
+                            held.extend_from_slice(&chunk);
+                            return Poll::Ready(Some(Ok(Bytes::from(held))));
+                        }
+                        continue;
                     }
                     this.pending.extend_from_slice(&chunk);
                     let rewritten = this.drain_events();
-                    if !this.strip {
+                    if !(this.strip_usage || this.strip_azure) {
                         return Poll::Ready(Some(Ok(chunk)));
                     }
                     if !rewritten.is_empty() {
@@ -240,8 +291,13 @@ where
                     if !tail.is_empty() {
                         let _ = this.observe_event(&tail);
                     }
+                    if !this.sse && this.strip_azure {
+                        let rewritten = rewrite_json(&this.json);
+                        this.finish(false);
+                        return Poll::Ready(Some(Ok(Bytes::from(rewritten))));
+                    }
                     this.finish(false);
-                    if this.strip && !tail.is_empty() {
+                    if (this.strip_usage || this.strip_azure) && !tail.is_empty() {
                         return Poll::Ready(Some(Ok(Bytes::from(tail))));
                     }
                     return Poll::Ready(None);

@@ -13,7 +13,7 @@ async fn run(chunks: &[&str], sse: bool, strip: bool) -> (String, Observed) {
     let sink = Arc::clone(&seen);
     let items: Vec<Result<Bytes, std::convert::Infallible>> =
         chunks.iter().map(|c| Ok(Bytes::from(c.to_string()))).collect();
-    let tap = Tap::new(futures_util::stream::iter(items), sse, strip, Box::new(move |o| *sink.lock() = Some(o)));
+    let tap = Tap::new(futures_util::stream::iter(items), sse, strip, false, Box::new(move |o| *sink.lock() = Some(o)));
     let out: Vec<Bytes> = tap.map(|r| r.unwrap()).collect().await;
     let text = out.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
     let observed = seen.lock().take().expect("the tap reports when the body ends");
@@ -72,7 +72,7 @@ async fn a_dropped_stream_reports_what_it_saw_as_cut_short() {
     let sink = Arc::clone(&seen);
     let items = vec![Ok::<_, std::convert::Infallible>(Bytes::from(format!("{CHUNK}\n\n")))];
     let stream = futures_util::stream::iter(items).chain(futures_util::stream::pending());
-    let mut tap = Tap::new(Box::pin(stream), true, false, Box::new(move |o| *sink.lock() = Some(o)));
+    let mut tap = Tap::new(Box::pin(stream), true, false, false, Box::new(move |o| *sink.lock() = Some(o)));
     tap.next().await.unwrap().unwrap();
     drop(tap);
     let observed = seen.lock().take().unwrap();
@@ -134,7 +134,7 @@ async fn a_whole_json_answer_counts_even_when_the_body_is_dropped_before_its_end
     let body = r#"{"usage":{"prompt_tokens":2,"completion_tokens":3}}"#;
     let items = vec![Ok::<_, std::convert::Infallible>(Bytes::from(body))];
     let stream = futures_util::stream::iter(items).chain(futures_util::stream::pending());
-    let mut tap = Tap::new(Box::pin(stream), false, false, Box::new(move |o| *sink.lock() = Some(o)));
+    let mut tap = Tap::new(Box::pin(stream), false, false, false, Box::new(move |o| *sink.lock() = Some(o)));
     tap.next().await.unwrap().unwrap();
     drop(tap);
     let observed = seen.lock().take().unwrap();

@@ -67,6 +67,7 @@ async fn upstream_without_credential_gets_no_authorization() {
         "/models",
         &http::HeaderMap::new(),
         bytes::Bytes::new(),
+        None,
     )
     .await
     .unwrap();
