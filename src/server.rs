@@ -424,6 +424,7 @@ pub async fn serve(
         };
         let trusted = Arc::clone(&trusted_proxies);
         let service = app.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
+            collapse_leading_slashes(req.uri_mut());
             let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
             let ip = client_ip(peer.ip(), forwarded, &trusted);
             req.extensions_mut().insert(ClientIp(ip));
@@ -464,6 +465,21 @@ pub async fn serve(
     }
 }
 
+/// `//openai/...` (older Azure SDKs with a trailing slash on the endpoint)
+/// becomes `/openai/...`.
+pub fn collapse_leading_slashes(uri: &mut http::Uri) {
+    let Some(pq) = uri.path_and_query() else { return };
+    if !pq.as_str().starts_with("//") {
+        return;
+    }
+    let fixed = format!("/{}", pq.as_str().trim_start_matches('/'));
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = fixed.parse().ok();
+    if let Ok(rebuilt) = http::Uri::from_parts(parts) {
+        *uri = rebuilt;
+    }
+}
+
 /// Loads a PEM certificate chain and private key for the listener.
 pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use anyhow::Context as _;
@@ -490,6 +506,16 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::client_ip;
+
+    #[test]
+    fn double_leading_slashes_collapse() {
+        let mut uri: http::Uri = "//openai/deployments/d/chat/completions?api-version=1".parse().unwrap();
+        super::collapse_leading_slashes(&mut uri);
+        assert_eq!(uri.to_string(), "/openai/deployments/d/chat/completions?api-version=1");
+        let mut plain: http::Uri = "/v1/models".parse().unwrap();
+        super::collapse_leading_slashes(&mut plain);
+        assert_eq!(plain.to_string(), "/v1/models");
+    }
 
     #[test]
     fn forwarded_for_is_trusted_only_from_configured_proxies() {

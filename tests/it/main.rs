@@ -5,6 +5,8 @@ mod util;
 
 /// Admin API shapes, pagination and validation.
 mod admin;
+/// The Azure front door and Azure upstreams.
+mod azure;
 /// The `keygate` binary itself: bootstrap, restart, SIGTERM.
 mod binary;
 /// The CLI against a running gateway.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use keygate::app::Gateway;
@@ -68,6 +68,8 @@ impl MockUpstream {
             .route("/v1/slow", get(slow))
             .route("/v1/endless", post(endless))
             .route("/v1/echo-error", post(echo_error))
+            .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
+            .route("/openai/deployments/{deployment}/embeddings", post(azure_embeddings))
             .with_state(state.clone());
         let app = keygate::mock::router().merge(extra).layer(middleware::from_fn_with_state(state.clone(), record));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -93,6 +95,40 @@ async fn record(State(state): State<MockState>, req: Request, next: Next) -> Res
     let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
     response.headers_mut().insert("x-request-id", "upstream-req-1".parse().unwrap());
     response
+}
+
+const FILTERS: &str = r#"{"hate":{"filtered":false,"severity":"safe"},"self_harm":{"filtered":false,"severity":"safe"},"sexual":{"filtered":false,"severity":"safe"},"violence":{"filtered":false,"severity":"safe"}}"#;
+
+/// Azure's answer shape: content-filter fields, and a filter-only first chunk when streaming.
+async fn azure_chat(
+    axum::extract::Path(deployment): axum::extract::Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let filters: Value = serde_json::from_str(FILTERS).unwrap();
+    if body["stream"].as_bool() == Some(true) {
+        let first = json!({"choices": [], "created": 0, "id": "", "model": "", "object": "", "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filters}]});
+        let role = json!({"choices": [{"content_filter_results": {}, "delta": {"role": "assistant"}, "finish_reason": null, "index": 0}], "created": 1, "id": "chatcmpl-az", "model": "gpt-4o", "object": "chat.completion.chunk"});
+        let text = json!({"choices": [{"content_filter_results": filters, "delta": {"content": format!("hi from {deployment}")}, "finish_reason": null, "index": 0}], "created": 1, "id": "chatcmpl-az", "model": "gpt-4o", "object": "chat.completion.chunk"});
+        let usage = json!({"choices": [], "created": 1, "id": "chatcmpl-az", "model": "gpt-4o", "object": "chat.completion.chunk", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}});
+        let events = format!("data: {first}\n\ndata: {role}\n\ndata: {text}\n\ndata: {usage}\n\ndata: [DONE]\n\n");
+        return Response::builder()
+            .header("content-type", "text/event-stream; charset=utf-8")
+            .body(Body::from(events))
+            .unwrap();
+    }
+    let answer = json!({
+        "id": "chatcmpl-az", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filters}],
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": format!("hi from {deployment}")}, "content_filter_results": filters}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    });
+    axum::Json(answer).into_response()
+}
+
+async fn azure_embeddings(axum::Json(_): axum::Json<Value>) -> axum::Json<Value> {
+    axum::Json(
+        json!({"object": "list", "model": "text-embedding-3-small", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "usage": {"prompt_tokens": 2, "total_tokens": 2}}),
+    )
 }
 
 async fn slow() -> &'static str {
