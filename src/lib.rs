@@ -12,6 +12,7 @@ pub mod app;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod diagnose;
 pub mod dialect;
 pub mod ids;
 pub mod jobs;

@@ -8,11 +8,13 @@ mod cli;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    let is_doctor = args.is_doctor();
     match cli::run(args) {
         Ok(code) => code,
         Err(error) => {
             cli::output::print_error(&error);
-            ExitCode::from(1)
+            // `doctor` promises 2 when it cannot run; other commands exit 1.
+            ExitCode::from(if is_doctor { 2 } else { 1 })
         }
     }
 }

@@ -80,6 +80,10 @@ pub fn router(state: AppState) -> Router {
         // Reserved: keygate's own namespaces are never proxied.
         .route("/v1/organization/{*rest}", any(invalid_url))
         .route("/v1/keygate/{*rest}", any(invalid_url))
+        .route(
+            "/v1/keygate/echo-auth",
+            get(echo_auth).route_layer(middleware::from_fn_with_state(state.clone(), require_project_key)),
+        )
         .merge(admin)
         .merge(openai)
         .merge(azure)
@@ -106,6 +110,19 @@ async fn openapi_json() -> Response {
     static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let body = DOCUMENT.get_or_init(|| serde_json::to_string(&crate::openapi::document()).unwrap_or_default());
     ([(http::header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
+}
+
+/// `GET /v1/keygate/echo-auth` (ours, any valid key): the length and a
+/// SHA-256 prefix of the Authorization header that arrived, so `keygate doctor`
+/// can tell whether something on the way stripped or rewrote it.
+async fn echo_auth(req: Request) -> Response {
+    use sha2::Digest as _;
+    let value = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
+    let digest = hex::encode(sha2::Sha256::digest(value));
+    axum::Json(
+        serde_json::json!({"object": "keygate.echo_auth", "length": value.len(), "sha256_prefix": &digest[..16]}),
+    )
+    .into_response()
 }
 
 async fn invalid_url(req: Request) -> ApiError {

@@ -79,6 +79,8 @@ const AUDIO: Scope =
     write("api.model.audio.request", &["model.request", "api.model.request", "api.model.audio.request"]);
 const IMAGES: Scope =
     write("api.model.images.request", &["model.request", "api.model.request", "api.model.images.request"]);
+/// keygate's own `/v1/keygate/*` reads: any valid project key may make them.
+const ANY_KEY: Scope = read("api.model.read", &["*"]);
 const UNMAPPED_READ: Scope = read("api.all.read", &[]);
 const UNMAPPED_WRITE: Scope = write("api.all.write", &[]); // ours: nothing grants it but `all`
 
@@ -110,6 +112,7 @@ pub fn data_plane_scope(method: &Method, path: &str) -> Scope {
         "assistants" => resource!("api.assistants.read", "api.assistants.write"),
         "threads" => resource!("api.threads.read", "api.threads.write"),
         "vector_stores" => resource!("api.vector_stores.read", "api.vector_stores.write"),
+        "keygate" => (ANY_KEY, UNMAPPED_WRITE),
         _ => (UNMAPPED_READ, UNMAPPED_WRITE),
     };
     if is_write {
@@ -193,6 +196,9 @@ impl Permissions {
     }
 
     pub fn allows(&self, scope: Scope) -> bool {
+        if scope.accepted == ["*"] {
+            return true;
+        }
         match self {
             Self::All => true,
             Self::ReadOnly => !scope.write && !scope.accepted.is_empty(),

@@ -4,6 +4,7 @@
 
 mod admin_keys;
 mod client;
+mod doctor;
 mod explain;
 mod keys;
 mod limits;
@@ -38,6 +39,8 @@ enum Command {
     Usage(usage::UsageArgs),
     /// Usage anomalies: spikes, new client networks, dormant keys.
     Alerts(usage::AlertsArgs),
+    /// Check a client's key and setup (offline and live) and say what to fix.
+    Doctor(doctor::DoctorArgs),
     /// Explain why a request was refused, from its `x-request-id`.
     Explain(explain::ExplainArgs),
     /// Create, list, rotate, suspend, resume and revoke project API keys.
@@ -65,6 +68,12 @@ pub struct ClientArgs {
     json: bool,
 }
 
+impl Cli {
+    pub fn is_doctor(&self) -> bool {
+        matches!(self.command, Command::Doctor(_))
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -72,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Serve(args) => serve::run(args).await,
             Command::Keys(cmd) => keys::run(cmd).await,
             Command::Explain(args) => explain::run(args).await,
+            Command::Doctor(args) => doctor::run(args).await,
             Command::Usage(args) => usage::run(args).await,
             Command::Limits(cmd) => limits::run(cmd).await,
             Command::Budgets(cmd) => limits::budgets(cmd).await,

@@ -11,6 +11,8 @@ mod azure;
 mod binary;
 /// The CLI against a running gateway.
 mod cli;
+/// `keygate doctor` against real misconfigurations.
+mod doctor;
 /// OpenAI-shaped errors keygate produces itself.
 mod errors;
 /// Rotation, expiry, suspension, explain, audit.

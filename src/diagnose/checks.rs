@@ -1,0 +1,574 @@
+//! The checklist, in the order a developer would work through it.
+
+use sha2::{Digest, Sha256};
+
+use super::env::Setup;
+use super::probe::{self, Answer};
+use super::{describe_key, Finding, Status};
+use crate::key::{self, KeyFormatError, Secret};
+
+const OPENAI_URL: &str = "https://api.openai.com/v1";
+
+/// Runs every check; live ones only without `offline`.
+pub async fn run(setup: &Setup) -> Vec<Finding> {
+    let mut out = vec![key_present(setup)];
+    if let Some((key, _)) = setup.key() {
+        out.extend(key_shape(key));
+        out.push(keygate_checksum(key));
+        out.push(key_kind(setup, key));
+    }
+    if setup.is_azure() || setup.deployment.is_some() {
+        out.extend(azure_settings(setup));
+    }
+    out.extend(base_url(setup));
+    if !setup.offline {
+        out.extend(reachability(setup).await);
+        if let Some((key, _)) = setup.key() {
+            out.extend(live(setup, key).await);
+        }
+    }
+    out
+}
+
+// === 1. the key is there ===
+
+fn key_present(setup: &Setup) -> Finding {
+    let var = &setup.key_var;
+    match (&setup.env_key, &setup.dotenv_key) {
+        (None, None) => Finding::new(
+            "key_present",
+            Status::Fail,
+            "API key",
+            format!("`{var}` is not set, in the environment or in .env."),
+        )
+        .fix(format!("export {var}=<your key>  (or add it to .env)")),
+        (Some(env), Some(file)) if env.expose() != file.expose() => Finding::new(
+            "key_present",
+            Status::Warn,
+            "API key",
+            format!(
+                "`{var}` is set in the environment and, differently, in .env; the SDK uses the environment's ({}).",
+                describe_key(env)
+            ),
+        )
+        .fix("Remove one of them so there is no doubt which key is used."),
+        (Some(key), _) => Finding::new(
+            "key_present",
+            Status::Pass,
+            "API key",
+            format!("`{var}` from the environment: {}", describe_key(key)),
+        ),
+        (None, Some(key)) => {
+            Finding::new("key_present", Status::Pass, "API key", format!("`{var}` from .env: {}", describe_key(key)))
+        }
+    }
+}
+
+// === 2. the key's shape ===
+
+fn look_alike(c: char) -> Option<char> {
+    Some(match c {
+        'а' => 'a',
+        'е' => 'e',
+        'о' => 'o',
+        'р' => 'p',
+        'с' => 'c',
+        'х' => 'x',
+        'у' => 'y',
+        'ѕ' => 's',
+        'і' => 'i',
+        'ј' => 'j',
+        'А' => 'A',
+        'В' => 'B',
+        'Е' => 'E',
+        'К' => 'K',
+        'М' => 'M',
+        'Н' => 'H',
+        'О' => 'O',
+        'Р' => 'P',
+        'С' => 'C',
+        'Т' => 'T',
+        'Х' => 'X',
+        'ο' => 'o',
+        'Ο' => 'O',
+        'α' => 'a',
+        'ν' => 'v',
+        'Ι' => 'I',
+        'Α' => 'A',
+        'Β' => 'B',
+        'Ε' => 'E',
+        'Κ' => 'K',
+        'Ν' => 'N',
+        'Τ' => 'T',
+        c if ('\u{FF01}'..='\u{FF5E}').contains(&c) => char::from_u32(c as u32 - 0xFEE0)?,
+        _ => return None,
+    })
+}
+
+fn key_shape(key: &Secret) -> Vec<Finding> {
+    let text = key.expose();
+    let mut problems = Vec::new();
+    let mut fixes = Vec::new();
+    if text != text.trim() {
+        let what = if text.ends_with('\n') || text.ends_with('\r') {
+            "a trailing newline"
+        } else {
+            "whitespace at its start or end"
+        };
+        problems.push(format!("the key has {what}"));
+        fixes.push("remove it (e.g. `export KEY=\"$(printf %s \"$KEY\" | tr -d '[:space:]')\"`)");
+    }
+    let trimmed = text.trim();
+    if trimmed.len() >= 2
+        && (trimmed.starts_with('"') && trimmed.ends_with('"') || trimmed.starts_with('\'') && trimmed.ends_with('\''))
+    {
+        problems.push("the key is wrapped in quotes, which the SDK would send as part of it".to_owned());
+        fixes.push("remove the quotes from the value");
+    }
+    if trimmed.to_ascii_lowercase().starts_with("bearer ") {
+        problems.push("the value starts with `Bearer `; the SDK adds that itself".to_owned());
+        fixes.push("set only the key, without `Bearer `");
+    }
+    for (position, c) in text.chars().enumerate() {
+        if matches!(c, '\u{200B}'..='\u{200D}' | '\u{FEFF}' | '\u{2060}' | '\u{00A0}') {
+            problems.push(format!("character {} is invisible (U+{:04X})", position + 1, c as u32));
+            fixes.push("retype or re-copy the key from its source");
+        } else if let Some(ascii) = look_alike(c) {
+            problems.push(format!(
+                "character {} is `{c}` (U+{:04X}), which looks like `{ascii}` but is not ASCII",
+                position + 1,
+                c as u32
+            ));
+            fixes.push("replace the look-alike character with the ASCII one");
+        } else if !c.is_ascii() && !c.is_whitespace() {
+            problems.push(format!("character {} is non-ASCII (U+{:04X})", position + 1, c as u32));
+            fixes.push("API keys are plain ASCII: re-copy the key");
+        }
+    }
+    let sk_count = trimmed.matches("sk-").count();
+    if sk_count > 1 {
+        problems.push(format!("the value holds {sk_count} keys run together"));
+        fixes.push("keep exactly one key");
+    }
+    if trimmed.starts_with("sk-proj-") && !trimmed.contains("-kg1") && trimmed.len() < 100 {
+        problems.push(format!("an OpenAI project key is about 164 characters; this one has {}", trimmed.len()));
+        fixes.push("the key looks truncated: copy it again in full");
+    }
+    if problems.is_empty() {
+        let ambiguous = trimmed.chars().any(|c| matches!(c, '0' | 'O' | '1' | 'l' | 'I'));
+        let note = if ambiguous && key::parse(trimmed).is_err() {
+            " It contains characters that are easy to confuse (0/O, 1/l/I) if it was typed by hand."
+        } else {
+            ""
+        };
+        return vec![Finding::new(
+            "key_shape",
+            Status::Pass,
+            "Key shape",
+            format!("No stray whitespace, quotes or look-alike characters.{note}"),
+        )];
+    }
+    fixes.dedup();
+    vec![Finding::new("key_shape", Status::Fail, "Key shape", problems.join("; ") + ".").fix(fixes.join("; "))]
+}
+
+// === 3. keygate's checksum ===
+
+fn keygate_checksum(key: &Secret) -> Finding {
+    let text = key.expose().trim();
+    let title = "keygate checksum";
+    match key::parse(text) {
+        Ok(parsed) => Finding::new(
+            "keygate_checksum",
+            Status::Pass,
+            title,
+            format!("A well-formed keygate key (prefix {}, id key_{}).", parsed.prefix, parsed.id),
+        ),
+        Err(KeyFormatError::NotKeygate) => Finding::new(
+            "keygate_checksum",
+            Status::Skip,
+            title,
+            "Not a keygate key: its checksum cannot be checked offline.",
+        ),
+        Err(KeyFormatError::ChecksumMismatch) => {
+            let typos = key::locate_typo(text);
+            let detail = match typos.as_slice() {
+                [one] => format!(
+                    "The checksum does not match: character {} is probably mistyped (you have `{}`, the checksum says `{}`).",
+                    one.position + 1,
+                    one.found,
+                    one.expected
+                ),
+                _ => "The checksum does not match: the key was mistyped or altered in more than one place.".to_owned(),
+            };
+            Finding::new("keygate_checksum", Status::Fail, title, detail)
+                .fix("Copy the key again from where it was issued (it is shown only once; if lost, rotate it).")
+        }
+        Err(reason @ KeyFormatError::BadLength { .. }) => {
+            Finding::new("keygate_checksum", Status::Fail, title, format!("{reason}.")).fix("Copy the whole key, once.")
+        }
+        Err(reason) => Finding::new("keygate_checksum", Status::Fail, title, format!("{reason}."))
+            .fix("Copy the key again from where it was issued."),
+    }
+}
+
+// === 4. the kind of key against the endpoint ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Keygate,
+    KeygateAdmin,
+    OpenAi,
+    OpenAiAdmin,
+    Azure,
+    Unknown,
+}
+
+fn key_kind_of(text: &str) -> KeyKind {
+    let text = text.trim();
+    if text.contains("-kg1") || key::parse(text).is_ok() {
+        return if text.starts_with("sk-admin-") { KeyKind::KeygateAdmin } else { KeyKind::Keygate };
+    }
+    if text.starts_with("sk-admin-") {
+        return KeyKind::OpenAiAdmin;
+    }
+    if text.contains("T3BlbkFJ") || ["sk-proj-", "sk-svcacct-", "sk-None-"].iter().any(|p| text.starts_with(p)) {
+        return KeyKind::OpenAi;
+    }
+    if text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return KeyKind::Azure;
+    }
+    KeyKind::Unknown
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    OpenAi,
+    Azure,
+    Other,
+}
+
+fn target_of(setup: &Setup) -> Target {
+    let url = setup.azure_endpoint.as_deref().or(setup.base_url.as_deref()).unwrap_or(OPENAI_URL);
+    if setup.is_azure() || url.contains(".openai.azure.com") || url.contains("cognitiveservices.azure.com") {
+        Target::Azure
+    } else if url.contains("api.openai.com") {
+        Target::OpenAi
+    } else {
+        Target::Other
+    }
+}
+
+fn key_kind(setup: &Setup, key: &Secret) -> Finding {
+    let kind = key_kind_of(key.expose());
+    let target = target_of(setup);
+    let title = "Kind of key for this endpoint";
+    let fail = |detail: &str, fix: &str| Finding::new("key_kind", Status::Fail, title, detail).fix(fix);
+    match (kind, target) {
+        (KeyKind::KeygateAdmin | KeyKind::OpenAiAdmin, _) => fail(
+            "This is an admin key: it can call the Administration API only, not models.",
+            "Use a project key for model calls.",
+        ),
+        (KeyKind::OpenAi, Target::Azure) => fail(
+            "An OpenAI key sent to Azure: Azure answers 401 `Access denied due to invalid subscription key`.",
+            "Use the key of your Azure OpenAI resource (Azure portal → Keys and Endpoint), or your keygate key.",
+        ),
+        (KeyKind::Azure, Target::OpenAi) => fail(
+            "An Azure OpenAI key (32 hex characters) sent to api.openai.com.",
+            "Use AzureOpenAI with your Azure endpoint, or an OpenAI key for api.openai.com.",
+        ),
+        (KeyKind::Keygate, Target::OpenAi) => fail(
+            "A keygate key sent to api.openai.com, which does not know it.",
+            "Set OPENAI_BASE_URL (or base_url=) to your keygate gateway, ending in /v1.",
+        ),
+        (KeyKind::OpenAi, Target::Other) => Finding::new(
+            "key_kind",
+            Status::Warn,
+            title,
+            "An OpenAI key sent to a gateway: a keygate gateway only accepts keys it issued.",
+        )
+        .fix("Use the key your keygate administrator gave you."),
+        (kind, _) => Finding::new("key_kind", Status::Pass, title, format!("{kind:?} key for a {target:?} endpoint.")),
+    }
+}
+
+// === 5. Azure settings ===
+
+fn looks_like_model(name: &str) -> bool {
+    ["gpt-", "o1", "o3", "o4", "text-embedding-", "dall-e", "whisper", "tts-"].iter().any(|p| name.starts_with(p))
+}
+
+fn azure_settings(setup: &Setup) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let title = "Azure settings";
+    match setup.azure_endpoint.as_deref() {
+        None => out.push(
+            Finding::new("azure_endpoint", Status::Fail, title, "A deployment is given but no Azure endpoint.")
+                .fix("Set AZURE_OPENAI_ENDPOINT=https://<resource>.openai.azure.com"),
+        ),
+        Some(endpoint) => match reqwest::Url::parse(endpoint) {
+            Err(_) => out.push(
+                Finding::new("azure_endpoint", Status::Fail, title, format!("`{endpoint}` is not a URL."))
+                    .fix("Use https://<resource>.openai.azure.com"),
+            ),
+            Ok(url) if url.path().trim_end_matches('/').contains("/openai") => out.push(
+                Finding::new(
+                    "azure_endpoint",
+                    Status::Fail,
+                    title,
+                    format!("The endpoint has a path (`{}`); the SDK adds /openai/... itself.", url.path()),
+                )
+                .fix("Give only the resource endpoint, e.g. https://<resource>.openai.azure.com"),
+            ),
+            Ok(url) if url.scheme() != "https" && !is_loopback(&url) => out.push(
+                Finding::new(
+                    "azure_endpoint",
+                    Status::Warn,
+                    title,
+                    "The endpoint is plain http: the key travels unencrypted.",
+                )
+                .fix("Use https."),
+            ),
+            Ok(_) => out.push(Finding::new("azure_endpoint", Status::Pass, title, format!("Endpoint {endpoint}."))),
+        },
+    }
+    match setup.api_version.as_deref() {
+        None => out.push(
+            Finding::new(
+                "azure_api_version",
+                Status::Fail,
+                "Azure api-version",
+                "No api-version: the SDK refuses to start, and raw calls get 404 `Resource not found`.",
+            )
+            .fix("Set OPENAI_API_VERSION=2024-10-21 (or pass api_version=)."),
+        ),
+        Some(v) if crate::config::AZURE_API_VERSIONS.contains(&v) || matches!(v, "preview" | "latest") => {
+            out.push(Finding::new(
+                "azure_api_version",
+                Status::Pass,
+                "Azure api-version",
+                format!("`{v}` is a known api-version."),
+            ))
+        }
+        Some(v) => out.push(
+            Finding::new(
+                "azure_api_version",
+                Status::Fail,
+                "Azure api-version",
+                format!("`{v}` is not an api-version Azure serves (it answers 404 `Resource not found`)."),
+            )
+            .fix("Use a dated version such as 2024-10-21 (not a model version like 0613)."),
+        ),
+    }
+    let deployment = setup.deployment.as_deref().or(setup.model.as_deref());
+    match deployment {
+        None => out.push(
+            Finding::new("azure_deployment", Status::Warn, "Azure deployment", "No deployment given: the SDK uses each call's `model` as the deployment name.")
+                .fix("Pass --deployment (or azure_deployment=) with your deployment's name."),
+        ),
+        Some(d) if looks_like_model(d) => out.push(
+            Finding::new("azure_deployment", Status::Warn, "Azure deployment", format!("`{d}` looks like a model name; Azure wants the name you gave your deployment."))
+                .fix("If your deployment is really called that, ignore this; otherwise use the deployment's name from the Azure portal."),
+        ),
+        Some(d) => out.push(Finding::new("azure_deployment", Status::Pass, "Azure deployment", format!("Deployment `{d}`."))),
+    }
+    out
+}
+
+// === 6. the base URL ===
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]" | "::1"))
+}
+
+fn base(setup: &Setup) -> String {
+    setup.base_url.clone().unwrap_or_else(|| OPENAI_URL.to_owned())
+}
+
+fn base_url(setup: &Setup) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if !setup.is_azure() {
+        let url_text = base(setup);
+        let title = "Base URL";
+        match reqwest::Url::parse(&url_text) {
+            Err(_) => out.push(
+                Finding::new("base_url", Status::Fail, title, format!("`{url_text}` is not a URL."))
+                    .fix("Set OPENAI_BASE_URL=https://<host>/v1"),
+            ),
+            Ok(url) => {
+                let path = url.path();
+                if url_text.ends_with("//") {
+                    out.push(
+                        Finding::new("base_url", Status::Warn, title, "The base URL ends in several slashes.")
+                            .fix("End it in /v1 exactly."),
+                    );
+                } else if !path.trim_end_matches('/').ends_with("/v1") {
+                    out.push(
+                        Finding::new("base_url", Status::Fail, title, format!("`{url_text}` does not end in /v1: the SDK appends /chat/completions to it, so calls miss the API."))
+                            .fix(format!("Use {}/v1", url_text.trim_end_matches('/'))),
+                    );
+                } else if url.scheme() == "http" && !is_loopback(&url) {
+                    out.push(
+                        Finding::new(
+                            "base_url",
+                            Status::Warn,
+                            title,
+                            "Plain http to another machine: the key travels unencrypted.",
+                        )
+                        .fix("Use https."),
+                    );
+                } else {
+                    out.push(Finding::new("base_url", Status::Pass, title, url_text.clone()));
+                }
+            }
+        }
+    }
+    if setup.proxies.is_empty() {
+        out.push(Finding::new("proxy", Status::Pass, "Proxy", "No HTTP(S)_PROXY is set."));
+    } else {
+        let names: Vec<&str> = setup.proxies.iter().map(|(n, _)| n.as_str()).collect();
+        out.push(
+            Finding::new(
+                "proxy",
+                Status::Warn,
+                "Proxy",
+                format!(
+                    "{} set: requests go through a proxy, and some proxies strip or rewrite Authorization.",
+                    names.join(", ")
+                ),
+            )
+            .fix("If calls fail with `You didn't provide an API key`, exempt the API host with NO_PROXY."),
+        );
+    }
+    out
+}
+
+async fn reachability(setup: &Setup) -> Vec<Finding> {
+    let url_text = setup.azure_endpoint.clone().unwrap_or_else(|| base(setup));
+    let Ok(url) = reqwest::Url::parse(&url_text) else { return Vec::new() };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else { return Vec::new() };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let title = "Network";
+    let addrs = match tokio::net::lookup_host((host.as_str(), port)).await {
+        Ok(addrs) => addrs.collect::<Vec<_>>(),
+        Err(_) => {
+            return vec![Finding::new("network", Status::Fail, title, format!("`{host}` does not resolve (DNS)."))
+                .fix("Check the host name, and your DNS or VPN.")]
+        }
+    };
+    for addr in &addrs {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await
+        {
+            return vec![Finding::new(
+                "network",
+                Status::Pass,
+                title,
+                format!("{host}:{port} resolves and accepts connections."),
+            )];
+        }
+    }
+    vec![Finding::new(
+        "network",
+        Status::Fail,
+        title,
+        format!("{host}:{port} resolves but does not accept connections."),
+    )
+    .fix("Is the server running, and is a firewall in the way?")]
+}
+
+// === 7-8. live calls ===
+
+async fn live(setup: &Setup, key: &Secret) -> Vec<Finding> {
+    let client = probe::client();
+    let key = key.expose().trim();
+    let mut out = Vec::new();
+    if let Some(endpoint) = &setup.azure_endpoint {
+        let root = endpoint.trim_end_matches('/');
+        let version = setup.api_version.as_deref().unwrap_or("");
+        let models = client.get(format!("{root}/openai/models?api-version={version}")).header("api-key", key);
+        out.push(answer_finding("live_models", "Listing models", probe::send(models).await));
+        if let Some(deployment) = setup.deployment.as_deref().or(setup.model.as_deref()) {
+            let chat = client
+                .post(format!("{root}/openai/deployments/{deployment}/chat/completions?api-version={version}"))
+                .header("api-key", key)
+                .json(&serde_json::json!({"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}));
+            out.push(answer_finding(
+                "live_call",
+                &format!("A call to deployment `{deployment}`"),
+                probe::send(chat).await,
+            ));
+        }
+        return out;
+    }
+    let root = base(setup);
+    let root = root.trim_end_matches('/');
+    let with_identity = |mut request: reqwest::RequestBuilder| {
+        if let Some(org) = &setup.organization {
+            request = request.header("OpenAI-Organization", org);
+        }
+        if let Some(project) = &setup.project {
+            request = request.header("OpenAI-Project", project);
+        }
+        request.bearer_auth(key)
+    };
+    out.push(answer_finding(
+        "live_models",
+        "Listing models",
+        probe::send(with_identity(client.get(format!("{root}/models")))).await,
+    ));
+    if let Some(model) = &setup.model {
+        let request = if model.contains("embedding") {
+            with_identity(client.post(format!("{root}/embeddings")))
+                .json(&serde_json::json!({"model": model, "input": "ping"}))
+        } else {
+            with_identity(client.post(format!("{root}/chat/completions")))
+                .json(&serde_json::json!({"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}))
+        };
+        out.push(answer_finding("live_call", &format!("A call to `{model}`"), probe::send(request).await));
+    }
+    out.push(header_integrity(&client, root, key).await);
+    out
+}
+
+fn answer_finding(id: &'static str, what: &str, answer: Result<Answer, String>) -> Finding {
+    match answer {
+        Ok(answer) => probe::interpret(id, what, &answer),
+        Err(problem) => Finding::new(id, Status::Fail, what, format!("The call {problem}."))
+            .fix("Check the URL and the network (see above)."),
+    }
+}
+
+/// Asks a keygate gateway what Authorization header it received (its length
+/// and a digest prefix, never the value) and compares with what was sent.
+async fn header_integrity(client: &reqwest::Client, root: &str, key: &str) -> Finding {
+    let title = "Authorization header integrity";
+    let sent = format!("Bearer {key}");
+    let answer = match probe::send(client.get(format!("{root}/keygate/echo-auth")).header("authorization", &sent)).await
+    {
+        Ok(answer) => answer,
+        Err(problem) => return Finding::new("header_integrity", Status::Skip, title, format!("The check {problem}.")),
+    };
+    match answer.status {
+        200 => {
+            let digest = hex::encode(Sha256::digest(sent.as_bytes()));
+            let same = answer.body["length"].as_u64() == Some(sent.len() as u64)
+                && answer.body["sha256_prefix"].as_str().is_some_and(|p| digest.starts_with(p));
+            if same {
+                Finding::new("header_integrity", Status::Pass, title, "keygate received the Authorization header exactly as sent.")
+            } else {
+                Finding::new("header_integrity", Status::Fail, title, "keygate received a different Authorization header than was sent: something on the way rewrites it.")
+                    .fix("Check proxies and API gateways between you and keygate.")
+            }
+        }
+        401 if answer.body["error"]["message"].as_str().is_some_and(|m| m.starts_with("You didn't provide an API key")) => Finding::new(
+            "header_integrity",
+            Status::Fail,
+            title,
+            "keygate received no Authorization header although one was sent: a proxy or gateway on the way strips it.",
+        )
+        .fix("Configure the proxy to pass Authorization through, or bypass it with NO_PROXY."),
+        401 => Finding::new("header_integrity", Status::Skip, title, "The key was refused, so the header could not be compared (see the live checks)."),
+        _ => Finding::new("header_integrity", Status::Skip, title, "Not a keygate gateway (no echo endpoint): skipped."),
+    }
+}

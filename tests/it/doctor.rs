@@ -1,0 +1,287 @@
+//! `keygate doctor` against real misconfigurations: a real gateway, env and
+//! .env files made here, and a proxy that strips Authorization.
+
+use std::process::Command;
+
+use axum::body::Body;
+use axum::extract::Request;
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::util::*;
+
+struct Run {
+    code: i32,
+    json: Value,
+    text: String,
+}
+
+/// Runs `keygate doctor --json` (and once more for text) in an empty folder
+/// with exactly `env`.
+fn doctor(env: &[(&str, &str)], args: &[&str], dotenv: Option<&str>) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(text) = dotenv {
+        std::fs::write(dir.path().join(".env"), text).unwrap();
+    }
+    let run = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        cmd.arg("doctor").args(args).current_dir(dir.path()).env_clear();
+        if json {
+            cmd.arg("--json");
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(true);
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&out.stdout)));
+    let text = run(false);
+    Run { code: out.status.code().unwrap(), json, text: String::from_utf8_lossy(&text.stdout).into_owned() }
+}
+
+impl Run {
+    fn check(&self, id: &str) -> &Value {
+        self.json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or_else(|| panic!("no check {id}: {}", self.json))
+    }
+
+    fn status(&self, id: &str) -> &str {
+        self.check(id)["status"].as_str().unwrap()
+    }
+
+    fn assert_never_shows(&self, secret: &str) {
+        let all = format!("{}{}", self.json, self.text);
+        assert!(!all.contains(secret), "the key appears in doctor's output");
+        // Nor its secret part alone.
+        let body = &secret[secret.len().saturating_sub(40)..];
+        assert!(!all.contains(body), "part of the secret appears in doctor's output");
+    }
+}
+
+async fn gateway() -> (MockUpstream, TestGateway, String) {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let base = format!("{}/v1", gw.url);
+    (mock, gw, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_setup_passes_every_check() {
+    let (_mock, gw, base) = gateway().await;
+    let (_, key) = gw.create_key("clean").await;
+    let run = tokio::task::spawn_blocking(move || {
+        doctor(&[("OPENAI_API_KEY", &key), ("OPENAI_BASE_URL", &base)], &["--model", "gpt-4o"], None).tap(&key)
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 0, "{}", run.text);
+    for id in [
+        "key_present",
+        "key_shape",
+        "keygate_checksum",
+        "key_kind",
+        "base_url",
+        "proxy",
+        "network",
+        "live_models",
+        "live_call",
+        "header_integrity",
+    ] {
+        assert_eq!(run.status(id), "pass", "{id}: {}", run.check(id));
+    }
+    assert!(run.text.contains("PASS  API key"), "{}", run.text);
+}
+
+trait Tap {
+    fn tap(self, secret: &str) -> Self;
+}
+
+impl Tap for Run {
+    /// Every run also proves the key never shows up.
+    fn tap(self, secret: &str) -> Self {
+        self.assert_never_shows(secret);
+        self
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whitespace_quotes_and_look_alikes_are_named() {
+    let (_mock, gw, base) = gateway().await;
+    let (_, key) = gw.create_key("shape").await;
+    let newline = format!("{key}\n");
+    let run = doctor(&[("OPENAI_API_KEY", &newline), ("OPENAI_BASE_URL", &base)], &["--offline"], None).tap(&key);
+    assert_eq!(run.code, 1);
+    assert!(run.check("key_shape")["detail"].as_str().unwrap().contains("trailing newline"));
+
+    let quoted = format!("\"{key}\"");
+    let run = doctor(&[("OPENAI_API_KEY", &quoted), ("OPENAI_BASE_URL", &base)], &["--offline"], None).tap(&key);
+    assert!(run.check("key_shape")["detail"].as_str().unwrap().contains("wrapped in quotes"));
+
+    // A .env value in quotes is fine: dotenv strips them, as the SDK's loaders do.
+    let run =
+        doctor(&[("OPENAI_BASE_URL", &base)], &["--offline"], Some(&format!("OPENAI_API_KEY=\"{key}\"\n"))).tap(&key);
+    assert_eq!(run.status("key_shape"), "pass");
+    assert!(run.check("key_present")["detail"].as_str().unwrap().contains("from .env"));
+
+    let mut chars: Vec<char> = key.chars().collect();
+    chars[20] = 'о'; // Cyrillic
+    let cyrillic: String = chars.into_iter().collect();
+    let run = doctor(&[("OPENAI_API_KEY", &cyrillic), ("OPENAI_BASE_URL", &base)], &["--offline"], None).tap(&key);
+    let detail = run.check("key_shape")["detail"].as_str().unwrap();
+    assert!(detail.contains("character 21") && detail.contains("looks like `o`"), "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_character_typo_is_located_offline() {
+    let (_mock, gw, base) = gateway().await;
+    let (_, key) = gw.create_key("typo").await;
+    let mut bytes = key.clone().into_bytes();
+    let position = 30;
+    bytes[position] = if bytes[position] == b'0' { b'O' } else { b'0' };
+    let typo = String::from_utf8(bytes).unwrap();
+    let run = doctor(&[("OPENAI_API_KEY", &typo), ("OPENAI_BASE_URL", &base)], &["--offline"], None).tap(&key);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.status("keygate_checksum"), "fail");
+    let detail = run.check("keygate_checksum")["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("character {} is probably mistyped", position + 1)), "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_and_a_missing_scope_are_told_apart() {
+    let (_mock, gw, base) = gateway().await;
+    let project = gw.default_project().await;
+    let (revoked, revoked_secret) = gw.create_key("old").await;
+    gw.admin(
+        Method::DELETE,
+        &format!("/v1/organization/projects/{project}/api_keys/{}", revoked["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    let (status, narrow) = gw
+        .admin(
+            Method::POST,
+            &format!("/v1/organization/projects/{project}/api_keys"),
+            Some(json!({"name": "reader", "permissions": "restricted", "scopes": ["api.model.read"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let narrow_secret = narrow["value"].as_str().unwrap().to_owned();
+    let (b1, b2, s1, s2) = (base.clone(), base.clone(), revoked_secret.clone(), narrow_secret.clone());
+    let (revoked_run, scope_run) = tokio::task::spawn_blocking(move || {
+        (
+            doctor(&[("OPENAI_API_KEY", &s1), ("OPENAI_BASE_URL", &b1)], &[], None),
+            doctor(&[("OPENAI_API_KEY", &s2), ("OPENAI_BASE_URL", &b2)], &["--model", "gpt-4o"], None),
+        )
+    })
+    .await
+    .unwrap();
+    let revoked_run = revoked_run.tap(&revoked_secret);
+    let detail = revoked_run.check("live_models")["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("unknown there, revoked, expired or mistyped") && detail.contains("request id req_"),
+        "{detail}"
+    );
+    assert!(revoked_run.check("live_models")["fix"].as_str().unwrap().contains("keygate explain req_"));
+    let scope_run = scope_run.tap(&narrow_secret);
+    assert_eq!(scope_run.status("live_models"), "pass");
+    let detail = scope_run.check("live_call")["detail"].as_str().unwrap();
+    assert!(detail.contains("lacks the scope `model.request`"), "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_mistakes_are_caught_offline() {
+    let azure_key = "0123456789abcdef0123456789abcdef";
+    let run = doctor(&[("OPENAI_API_KEY", azure_key)], &["--offline"], None).tap(azure_key);
+    assert_eq!(run.status("key_kind"), "fail");
+    assert!(run.check("key_kind")["detail"].as_str().unwrap().contains("Azure OpenAI key"));
+
+    let endpoint = [("AZURE_OPENAI_API_KEY", azure_key), ("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com")];
+    let run = doctor(&endpoint, &["--offline", "--deployment", "gpt-4o"], None).tap(azure_key);
+    assert_eq!(run.status("azure_api_version"), "fail");
+    assert_eq!(run.status("azure_deployment"), "warn");
+    assert!(run.check("azure_deployment")["detail"].as_str().unwrap().contains("looks like a model name"));
+
+    let run =
+        doctor(&endpoint, &["--offline", "--deployment", "prod-4o", "--api-version", "0613"], None).tap(azure_key);
+    assert_eq!(run.status("azure_api_version"), "fail");
+    let openai_key = format!("sk-proj-{}T3BlbkFJ{}", "a".repeat(60), "b".repeat(60));
+    let run = doctor(
+        &[
+            ("AZURE_OPENAI_API_KEY", &openai_key),
+            ("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com/openai/deployments/x"),
+        ],
+        &["--offline", "--api-version", "2024-10-21"],
+        None,
+    )
+    .tap(&openai_key);
+    assert_eq!(run.status("key_kind"), "fail");
+    assert_eq!(run.status("azure_endpoint"), "fail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_url_and_proxy_problems_are_named() {
+    let key = "sk-proj-abc";
+    let run = doctor(
+        &[
+            ("OPENAI_API_KEY", key),
+            ("OPENAI_BASE_URL", "https://gateway.example.com"),
+            ("HTTPS_PROXY", "http://10.0.0.1:3128"),
+        ],
+        &["--offline"],
+        None,
+    );
+    assert_eq!(run.status("base_url"), "fail");
+    assert!(run.check("base_url")["detail"].as_str().unwrap().contains("does not end in /v1"));
+    assert_eq!(run.status("proxy"), "warn");
+    let run = doctor(&[], &["--offline"], None);
+    assert_eq!(run.status("key_present"), "fail");
+    assert_eq!(run.code, 1);
+}
+
+/// A reverse proxy that drops the Authorization header on the way.
+async fn stripping_proxy(target: String) -> String {
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let (client, target) = (client.clone(), target.clone());
+        async move {
+            let url = format!("{target}{}", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+            let mut headers = req.headers().clone();
+            headers.remove("authorization");
+            headers.remove("host");
+            let body = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap();
+            let answer = client.request(reqwest::Method::GET, url).headers(headers).body(body).send().await.unwrap();
+            let status = answer.status();
+            let bytes = answer.bytes().await.unwrap();
+            axum::response::Response::builder().status(status).body(Body::from(bytes)).unwrap()
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_strips_authorization_is_detected() {
+    let (_mock, gw, _base) = gateway().await;
+    let (_, key) = gw.create_key("proxied").await;
+    let proxy = stripping_proxy(gw.url.clone()).await;
+    let secret = key.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        doctor(&[("OPENAI_API_KEY", &secret), ("OPENAI_BASE_URL", &format!("{proxy}/v1"))], &[], None)
+    })
+    .await
+    .unwrap()
+    .tap(&key);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.status("header_integrity"), "fail");
+    assert!(run.check("header_integrity")["detail"].as_str().unwrap().contains("strips it"));
+    assert!(run.check("live_models")["detail"].as_str().unwrap().contains("no usable Authorization header"));
+}
