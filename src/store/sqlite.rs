@@ -1039,6 +1039,10 @@ impl Store for SqliteStore {
     }
 
     async fn insert_usage(&self, batch: &[UsageRecord]) -> StoreResult<()> {
+        // Rows one by one (a repeated request id is skipped), then one rollup
+        // upsert per (minute, project, key, model, kind) of the batch.
+        type Group = (i64, String, String, String, &'static str);
+        let mut groups: HashMap<Group, (String, [i64; 6])> = HashMap::new();
         let mut tx = self.pool.begin().await?;
         for u in batch {
             let inserted = sqlx::query(
@@ -1071,25 +1075,46 @@ impl Store for SqliteStore {
             if inserted == 0 {
                 continue;
             }
+            let key = (
+                u.at - u.at.rem_euclid(60),
+                u.project_id.clone(),
+                u.key_id.as_str().to_owned(),
+                u.model.clone().unwrap_or_default(),
+                u.kind.as_str(),
+            );
+            let (_, sums) = groups.entry(key).or_insert_with(|| (u.prefix.clone(), [0; 6]));
+            for (sum, value) in sums.iter_mut().zip([
+                1,
+                u.tokens.input,
+                u.tokens.output,
+                u.tokens.cached,
+                u.tokens.reasoning,
+                u.cost_nanos,
+            ]) {
+                *sum += value;
+            }
+        }
+        for ((minute, project_id, key_id, model, kind), (prefix, sums)) in &groups {
             sqlx::query(
                 "INSERT INTO usage_rollups (minute, project_id, key_id, prefix, model, kind, requests, input_tokens, output_tokens, \
-                 cached_tokens, reasoning_tokens, cost_nanos) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (minute, project_id, key_id, model, kind) DO UPDATE SET requests = requests + 1, \
+                 cached_tokens, reasoning_tokens, cost_nanos) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (minute, project_id, key_id, model, kind) DO UPDATE SET requests = requests + excluded.requests, \
                  input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
                  cached_tokens = cached_tokens + excluded.cached_tokens, reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, \
                  cost_nanos = cost_nanos + excluded.cost_nanos",
             )
-            .bind(u.at - u.at.rem_euclid(60))
-            .bind(&u.project_id)
-            .bind(u.key_id.as_str())
-            .bind(&u.prefix)
-            .bind(u.model.as_deref().unwrap_or(""))
-            .bind(u.kind.as_str())
-            .bind(u.tokens.input)
-            .bind(u.tokens.output)
-            .bind(u.tokens.cached)
-            .bind(u.tokens.reasoning)
-            .bind(u.cost_nanos)
+            .bind(minute)
+            .bind(project_id)
+            .bind(key_id)
+            .bind(prefix)
+            .bind(model)
+            .bind(*kind)
+            .bind(sums[0])
+            .bind(sums[1])
+            .bind(sums[2])
+            .bind(sums[3])
+            .bind(sums[4])
+            .bind(sums[5])
             .execute(&mut *tx)
             .await?;
         }

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Load benchmark, loopback only, bounded: the mock upstream directly, keygate in
+# front of it, and nginx with a static map of bearer keys in front of it (the
+# floor for "a proxy that checks a key"), for non-streaming chat, streaming chat
+# and the 401 path. Writes a table to bench/RESULTS.md.
+#   DURATION=5 CONCURRENCY=64 THREADS=2 bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-5}
+CONCURRENCY=${CONCURRENCY:-64}
+THREADS=${THREADS:-2}
+MOCK_PORT=18001 KEYGATE_PORT=18002 NGINX_PORT=18003
+
+need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+need wrk wrk
+need nginx nginx-light
+
+cargo build --release --locked --bin keygate --example bench_upstream 2>&1 | tail -1
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+PORT=$MOCK_PORT target/release/examples/bench_upstream & pids+=($!)
+KEYGATE_ADMIN_KEY=bench-admin KEYGATE_LOG=warn KEYGATE_ANOMALY__ENABLED=false \
+  target/release/keygate serve --listen 127.0.0.1:$KEYGATE_PORT --database "sqlite://$work/k.db" \
+  --upstream "http://127.0.0.1:$MOCK_PORT/v1" 2>"$work/keygate.log" & pids+=($!)
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$KEYGATE_PORT/readyz" >/dev/null && break; sleep 0.1; done
+project=$(curl -fs -H "Authorization: Bearer bench-admin" "http://127.0.0.1:$KEYGATE_PORT/v1/organization/projects" | sed 's/.*"id":"\(proj_[^"]*\)".*/\1/')
+KEY=$(curl -fs -H "Authorization: Bearer bench-admin" -H "Content-Type: application/json" \
+  -d '{"name":"bench"}' "http://127.0.0.1:$KEYGATE_PORT/v1/organization/projects/$project/api_keys" | sed 's/.*"value":"\([^"]*\)".*/\1/')
+
+cat > "$work/nginx.conf" <<NGINX
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 128; }
+  map_hash_bucket_size 256;
+  map \$http_authorization \$key_ok { "Bearer $KEY" 1; default 0; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      if (\$key_ok = 0) { return 401 '{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}'; }
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer upstream";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf" -g 'daemon off;' & pids+=($!)
+sleep 0.5
+
+run() { # target case url key stream
+  local out
+  out=$(KEY="$4" STREAM="$5" wrk -t"$THREADS" -c"$CONCURRENCY" -d"${DURATION}s" --latency -s bench/chat.lua "$3/v1/chat/completions" | grep '^RESULT')
+  echo "$1 $2 ${out#RESULT }"
+}
+results="$work/results"
+{
+  run direct chat "http://127.0.0.1:$MOCK_PORT" none 0
+  run keygate chat "http://127.0.0.1:$KEYGATE_PORT" "$KEY" 0
+  run nginx chat "http://127.0.0.1:$NGINX_PORT" "$KEY" 0
+  run direct stream "http://127.0.0.1:$MOCK_PORT" none 1
+  run keygate stream "http://127.0.0.1:$KEYGATE_PORT" "$KEY" 1
+  run nginx stream "http://127.0.0.1:$NGINX_PORT" "$KEY" 1
+  run keygate 401 "http://127.0.0.1:$KEYGATE_PORT" sk-wrong 0
+  run nginx 401 "http://127.0.0.1:$NGINX_PORT" sk-wrong 0
+} | tee "$results"
+
+rss_kb=$(ps -o rss= -p "${pids[1]}" | tr -d ' ')
+{
+  echo "# keygate load benchmark"
+  echo
+  echo "- date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+  echo "- command: \`DURATION=$DURATION CONCURRENCY=$CONCURRENCY THREADS=$THREADS bench/run.sh\` (wrk, loopback, ${DURATION}s per case)"
+  echo "- keygate RSS after the run: $((rss_kb / 1024)) MiB"
+  echo
+  echo "| case | target | requests/s | p50 | p99 | p99.9 | vs direct | vs nginx | non-2xx | socket errors |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  awk '
+    { rps[$1" "$2]=$4; line[NR]=$0 }
+    END {
+      for (i = 1; i <= NR; i++) {
+        split(line[i], f, " ");
+        d = rps["direct "f[2]]; n = rps["nginx "f[2]];
+        vd = d ? sprintf("%.0f%%", 100*f[4]/d) : "-"; vn = n ? sprintf("%.0f%%", 100*f[4]/n) : "-";
+        printf "| %s | %s | %.0f | %.2f ms | %.2f ms | %.2f ms | %s | %s | %s | %s |\n", f[2], f[1], f[4], f[5]/1000, f[6]/1000, f[7]/1000, vd, vn, f[8], f[9]
+      }
+    }' "$results"
+} > bench/RESULTS.md
+cat bench/RESULTS.md

@@ -1,0 +1,147 @@
+//! Micro-benchmarks of the per-request path: key parse and checksum, index
+//! lookup at 1k/100k/1M keys, the whole authentication decision, the limiter,
+//! error rendering. `cargo bench --bench hot_path`.
+#![allow(clippy::unwrap_used)] // benchmark setup: a panic is a broken benchmark
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, HeaderValue, Method};
+use keygate::auth::{authenticate, data_plane_scope, Admission, Authorized, KeyIndex, Permissions, Plane};
+use keygate::clock::SystemClock;
+use keygate::dialect::{render_openai, ApiError};
+use keygate::key::{generate, KeyDigest, KeyPrefix, PublicId};
+use keygate::limits::{Budgets, Limiter, LocalBackend, RateLimits};
+use keygate::store::{Access, KeyKind, KeyRecord, KeyState, Project, SecretVersion};
+
+fn record(limits: RateLimits) -> (KeyRecord, String) {
+    let generated = generate(&KeyPrefix::parse("sk-prod-").unwrap(), &PublicId::random());
+    let record = KeyRecord {
+        id: generated.id.clone(),
+        kind: KeyKind::Project,
+        name: "bench".into(),
+        project_id: Some("proj_bench".into()),
+        owner: None,
+        prefix: "sk-prod-".into(),
+        state: KeyState::Active,
+        permissions: Permissions::All,
+        access: Access::default(),
+        limits,
+        budget: None,
+        created_at: 0,
+        expires_at: None,
+        last_used: None,
+        revocation: None,
+        secrets: vec![SecretVersion {
+            digest: generated.digest,
+            legacy: false,
+            last4: generated.last4,
+            created_at: 0,
+            expires_at: None,
+        }],
+    };
+    (record, generated.secret.expose().to_owned())
+}
+
+fn project() -> Project {
+    Project {
+        id: "proj_bench".into(),
+        name: "bench".into(),
+        created_at: 0,
+        archived_at: None,
+        access: Access::default(),
+        max_key_age_seconds: None,
+        rate_limits: Vec::new(),
+        budget: None,
+    }
+}
+
+/// An index of `n` keys and one key string in it.
+fn index_of(n: usize) -> (KeyIndex, String) {
+    let mut records = Vec::with_capacity(n);
+    let (first, key) = record(RateLimits::default());
+    records.push(first);
+    for _ in 1..n {
+        records.push(record(RateLimits::default()).0);
+    }
+    (KeyIndex::new(records, vec![project()]), key)
+}
+
+fn key_format(c: &mut Criterion) {
+    let (_, key) = record(RateLimits::default());
+    c.bench_function("key parse + checksum", |b| b.iter(|| keygate::key::parse(black_box(&key)).is_ok()));
+    c.bench_function("key sha256", |b| b.iter(|| KeyDigest::of(black_box(&key))));
+}
+
+fn index(c: &mut Criterion) {
+    let mut group = c.benchmark_group("index lookup");
+    for n in [1_000usize, 100_000, 1_000_000] {
+        let (index, key) = index_of(n);
+        let digest = KeyDigest::of(&key);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| index.lookup(black_box(&digest)).is_some())
+        });
+    }
+    group.finish();
+}
+
+fn decision(c: &mut Criterion) {
+    let mut group = c.benchmark_group("authentication decision");
+    for n in [1_000usize, 1_000_000] {
+        let (index, key) = index_of(n);
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")).unwrap());
+        let admission = Admission {
+            plane: Plane::Data,
+            scope: data_plane_scope(&Method::POST, "/v1/chat/completions"),
+            client_ip: Some("192.0.2.1".parse().unwrap()),
+            organization_id: "org-bench",
+            azure: false,
+            now: 1_800_000_000,
+        };
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| authenticate(&index, black_box(&headers), &admission).is_ok())
+        });
+    }
+    group.finish();
+}
+
+fn limiter(c: &mut Criterion) {
+    let mut group = c.benchmark_group("limiter admit (RPM + TPM)");
+    let limits = RateLimits {
+        max_requests_per_1_minute: Some(1_000_000_000),
+        max_tokens_per_1_minute: Some(1_000_000_000_000),
+        ..RateLimits::default()
+    };
+    for n in [1_000usize, 100_000] {
+        let limiter =
+            Limiter::new(Arc::new(LocalBackend::default()), Arc::new(Budgets::default()), Arc::new(SystemClock), None);
+        let keys: Vec<Authorized> = (0..n)
+            .map(|_| Authorized {
+                key: Arc::new(record(limits).0),
+                project: Some(Arc::new(project())),
+                expires_at: None,
+            })
+            .collect();
+        for key in &keys {
+            drop(limiter.admit(key, Some("gpt-4o"), 10));
+        }
+        let mut i = 0;
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 7919) % keys.len();
+                limiter.admit(&keys[i], Some("gpt-4o"), 10).is_ok()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn rendering(c: &mut Criterion) {
+    let error = ApiError::Denied(keygate::auth::Denial::UnknownKey { mask: "sk-prod-****abcd".into(), foreign: None });
+    c.bench_function("render OpenAI 401", |b| b.iter(|| render_openai(black_box(&error))));
+}
+
+criterion_group!(benches, key_format, index, decision, limiter, rendering);
+criterion_main!(benches);
