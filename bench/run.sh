@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 CONCURRENCY=${CONCURRENCY:-64}
 THREADS=${THREADS:-2}
-MOCK_PORT=18001 KEYGATE_PORT=18002 NGINX_PORT=18003
+MOCK_PORT=18001 KEYGATE_PORT=18002 NGINX_PORT=18003 BARE_PORT=18004
 
 need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
 need wrk wrk
@@ -29,6 +29,13 @@ for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$KEYGATE_PORT/readyz" >/dev
 project=$(curl -fs -H "Authorization: Bearer bench-admin" "http://127.0.0.1:$KEYGATE_PORT/v1/organization/projects" | sed 's/.*"id":"\(proj_[^"]*\)".*/\1/')
 KEY=$(curl -fs -H "Authorization: Bearer bench-admin" -H "Content-Type: application/json" \
   -d '{"name":"bench"}' "http://127.0.0.1:$KEYGATE_PORT/v1/organization/projects/$project/api_keys" | sed 's/.*"value":"\([^"]*\)".*/\1/')
+
+# The same database without metering (started after the key exists, so its
+# index loads it), to measure what metering costs.
+KEYGATE_ADMIN_KEY=bench-admin KEYGATE_LOG=warn KEYGATE_ANOMALY__ENABLED=false KEYGATE_USAGE__ENABLED=false \
+  target/release/keygate serve --listen 127.0.0.1:$BARE_PORT --database "sqlite://$work/k.db" \
+  --upstream "http://127.0.0.1:$MOCK_PORT/v1" 2>"$work/bare.log" & pids+=($!)
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$BARE_PORT/readyz" >/dev/null && break; sleep 0.1; done
 
 cat > "$work/nginx.conf" <<NGINX
 worker_processes auto;
@@ -65,9 +72,11 @@ results="$work/results"
 {
   run direct chat "http://127.0.0.1:$MOCK_PORT" none 0
   run keygate chat "http://127.0.0.1:$KEYGATE_PORT" "$KEY" 0
+  run keygate-unmetered chat "http://127.0.0.1:$BARE_PORT" "$KEY" 0
   run nginx chat "http://127.0.0.1:$NGINX_PORT" "$KEY" 0
   run direct stream "http://127.0.0.1:$MOCK_PORT" none 1
   run keygate stream "http://127.0.0.1:$KEYGATE_PORT" "$KEY" 1
+  run keygate-unmetered stream "http://127.0.0.1:$BARE_PORT" "$KEY" 1
   run nginx stream "http://127.0.0.1:$NGINX_PORT" "$KEY" 1
   run keygate 401 "http://127.0.0.1:$KEYGATE_PORT" sk-wrong 0
   run nginx 401 "http://127.0.0.1:$NGINX_PORT" sk-wrong 0

@@ -173,6 +173,7 @@ impl Gateway {
                 trusted_proxies: config.trusted_proxies.clone(),
                 error_hints: config.error_hints,
                 default_max_tokens: config.default_max_tokens,
+                metering: config.metering,
                 azure_deployments: config.azure.deployments.clone(),
                 azure_api_versions: config.azure.api_versions.clone(),
                 azure_region: config.azure.region.clone(),

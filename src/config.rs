@@ -63,6 +63,14 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     azure: RawAzure,
+    #[serde(default)]
+    usage: RawUsage,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUsage {
+    enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,6 +210,9 @@ pub struct Config {
     /// names no `max_tokens`.
     pub default_max_tokens: u64,
     pub azure: AzureFrontDoor,
+    /// `usage.enabled = false` turns metering off (for benchmarks): no usage
+    /// rows, and token limits and budgets are not settled.
+    pub metering: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -457,6 +468,7 @@ impl Config {
                 n => Some(n),
             },
             default_max_tokens: raw.limits.default_max_tokens.unwrap_or(1024),
+            metering: raw.usage.enabled.unwrap_or(true),
             azure: AzureFrontDoor {
                 deployments: raw.azure.deployments.unwrap_or_default(),
                 api_versions: raw

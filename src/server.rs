@@ -42,6 +42,8 @@ pub struct Settings {
     pub error_hints: bool,
     /// Completion tokens assumed for token limits when a request names none.
     pub default_max_tokens: u64,
+    /// Off only for benchmarks (`usage.enabled = false`).
+    pub metering: bool,
     /// The Azure front door: deployment name → model, accepted api-versions, region.
     pub azure_deployments: std::collections::BTreeMap<String, String>,
     pub azure_api_versions: Vec<String>,
@@ -308,13 +310,16 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
     if let Some(model) = model {
         authorized.check_model(model)?;
     }
-    let tokens = match state.limiter.wants_tokens(&authorized, model) {
-        true => crate::usage::estimate_request_tokens(
+    // Only model calls use tokens: completions get the completion allowance,
+    // embeddings their prompt, everything else (lists, files) none.
+    let tokens = match (state.limiter.wants_tokens(&authorized, model), crate::store::UsageKind::of_path(path)) {
+        (false, _) | (true, crate::store::UsageKind::Other) => 0,
+        (true, crate::store::UsageKind::Embeddings) => crate::usage::estimate_request_tokens(model, &body, 0),
+        (true, crate::store::UsageKind::Completions) => crate::usage::estimate_request_tokens(
             model,
             &body,
             meta.max_tokens.unwrap_or(state.settings.default_max_tokens),
         ),
-        false => 0,
     };
     let ticket = state.limiter.admit(&authorized, model, tokens).map_err(|exceeded| Denial::Limited {
         key: auth::KeyRef::of(&authorized.key),
@@ -325,11 +330,13 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
     let rate_headers = ticket.headers.clone();
     let upstream = state.upstreams.route(model);
     // To meter a stream, ask for its usage chunk; the tap removes it again.
-    let (body, strip_injected_usage) =
-        match meta.stream.then(|| crate::usage::inject_include_usage(path, &body)).flatten() {
-            Some(injected) => (injected, true),
-            None => (body, false),
-        };
+    let (body, strip_injected_usage) = match (meta.stream && state.settings.metering)
+        .then(|| crate::usage::inject_include_usage(path, &body))
+        .flatten()
+    {
+        Some(injected) => (injected, true),
+        None => (body, false),
+    };
     let body = match (&deployment_model, meta.model.as_deref()) {
         (Some(real), Some(sent)) if real != sent => crate::usage::replace_model(&body, real).unwrap_or(body),
         _ => body,
@@ -368,6 +375,9 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
         }
     }
     rate_limit_headers(&rate_headers, response.headers_mut());
+    if !state.settings.metering {
+        return Ok(response);
+    }
     Ok(state.meter.tap(response, metered))
 }
 

@@ -103,7 +103,11 @@ class Gateway:
         admin_key: str | None = ADMIN_KEY,
         upstream_secret: str | None = UPSTREAM_SECRET,
         extra_env: dict[str, str] | None = None,
+        config_toml: str | None = None,
     ) -> None:
+        """`config_toml`, when given, is written to `keygate.toml` in the workdir and
+        passed as KEYGATE_CONFIG (for settings env vars cannot express, such as
+        several `[[upstreams]]`)."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.db_path = workdir / "keygate.db"
@@ -111,6 +115,10 @@ class Gateway:
         self.admin_key = admin_key
         self.upstream_secret = upstream_secret
         self.extra_env = dict(extra_env or {})
+        self.config_path: Path | None = None
+        if config_toml is not None:
+            self.config_path = workdir / "keygate.toml"
+            self.config_path.write_text(config_toml)
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.runs = 0
@@ -132,6 +140,8 @@ class Gateway:
             env["KEYGATE_ADMIN_KEY"] = self.admin_key
         if self.upstream_secret is not None:
             env["KEYGATE_UPSTREAM_API_KEY"] = self.upstream_secret
+        if self.config_path is not None:
+            env["KEYGATE_CONFIG"] = str(self.config_path)
         env.update(self.extra_env)
         return env
 

@@ -10,6 +10,13 @@ Endpoints:
   POST /v1/completions
   POST /v1/embeddings         (base64 little-endian float32, or a float list)
   POST /v1/responses          (JSON, or SSE with `event:` lines)
+Azure OpenAI routes (what an Azure upstream of keygate calls), answered in
+Azure's shape: `prompt_filter_results`, per-choice `content_filter_results`,
+and in streams a filter-only first chunk (`choices: []`) and
+`"content_filter_results": {}` on the role chunk:
+  POST /openai/deployments/{deployment}/chat/completions?api-version=V
+  POST /openai/deployments/{deployment}/embeddings?api-version=V
+A missing `api-version` gets Azure's 404 "Resource not found".
 Anything else gets an OpenAI-shaped 404 "Invalid URL (...)".
 
 Special models (chat/completions/responses/embeddings):
@@ -26,13 +33,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 CREATED = 1_700_000_000
 
@@ -65,6 +73,17 @@ RESPONSE_INPUT_TOKENS = 13
 RESPONSE_OUTPUT_TOKENS = 6
 RESPONSE_TOTAL_TOKENS = RESPONSE_INPUT_TOKENS + RESPONSE_OUTPUT_TOKENS
 
+# Azure OpenAI routes: the answer names the deployment it was sent to.
+AZURE_CHAT_TEMPLATE = "Hello from Azure deployment {deployment}!"
+AZURE_STREAM_PIECES = ["Hello", " from", " Azure", " deployment", " {deployment}!"]
+AZURE_FILTERS = {
+    "hate": {"filtered": False, "severity": "safe"},
+    "self_harm": {"filtered": False, "severity": "safe"},
+    "sexual": {"filtered": False, "severity": "safe"},
+    "violence": {"filtered": False, "severity": "safe"},
+}
+AZURE_RESOURCE_NOT_FOUND = b'{"error":{"code":"404","message": "Resource not found"}}'
+
 TRIGGER_400_MODEL = "trigger-400"
 TRIGGER_400_MESSAGE = "The mock upstream refuses model `trigger-400` (on purpose)."
 TRIGGER_400_CODE = "mock_refused"
@@ -72,6 +91,10 @@ SLOW_MODEL = "trigger-slow"
 SLOW_SECONDS = 3.0
 GATED_STREAM_MODEL = "gated-stream"
 GATE_SECONDS = 5.0
+
+
+AZURE_CHAT_ID = "chatcmpl-azure123"
+_AZURE_ROUTE = re.compile(r"/openai/deployments/(?P<deployment>[^/]+)/(?P<operation>chat/completions|embeddings)")
 
 
 @dataclass
@@ -282,6 +305,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         rec = self._record()
         path = urlsplit(self.path).path
+        azure = _AZURE_ROUTE.fullmatch(path)
+        if azure is not None:
+            self._azure(rec, azure.group("deployment"), azure.group("operation"))
+            return
         route = {
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completions,
@@ -304,6 +331,121 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _not_found(self, rec: RecordedRequest) -> None:
         self._send_json(rec, 404, _error(f"Invalid URL ({rec.method} {urlsplit(rec.path).path})"))
+
+    # --- Azure OpenAI ---------------------------------------------------
+
+    def _azure(self, rec: RecordedRequest, deployment: str, operation: str) -> None:
+        if not parse_qs(urlsplit(rec.path).query).get("api-version"):
+            rec.response_status = 404
+            rec.response_body = AZURE_RESOURCE_NOT_FOUND
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(AZURE_RESOURCE_NOT_FOUND)))
+            self.end_headers()
+            self.wfile.write(AZURE_RESOURCE_NOT_FOUND)
+            self.wfile.flush()
+            return
+        body = self._json_body(rec)
+        if body is None:
+            return
+        if operation == "embeddings":
+            self._azure_embeddings(rec, deployment, body)
+        else:
+            self._azure_chat(rec, deployment, body)
+
+    def _azure_chat(self, rec: RecordedRequest, deployment: str, body: dict) -> None:
+        # Azure reports the model behind the deployment, not the deployment.
+        model = "gpt-4o-2024-08-06"
+        if not body.get("stream"):
+            self._send_json(
+                rec,
+                200,
+                {
+                    "id": AZURE_CHAT_ID,
+                    "object": "chat.completion",
+                    "created": CREATED,
+                    "model": model,
+                    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": AZURE_FILTERS}],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "logprobs": None,
+                            "message": {
+                                "role": "assistant",
+                                "content": AZURE_CHAT_TEMPLATE.format(deployment=deployment),
+                                "refusal": None,
+                            },
+                            "content_filter_results": AZURE_FILTERS,
+                        }
+                    ],
+                    "usage": chat_usage(),
+                    "system_fingerprint": "fp_azure",
+                },
+            )
+            return
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def event(obj: dict) -> bytes:
+            return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+        def chunk(choices: list, **extra: Any) -> dict:
+            return {
+                "id": AZURE_CHAT_ID,
+                "object": "chat.completion.chunk",
+                "created": CREATED,
+                "model": model,
+                "system_fingerprint": "fp_azure",
+                "choices": choices,
+                **extra,
+            }
+
+        def choice(d: dict, filters: dict, finish: Any = None) -> list:
+            return [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish, "content_filter_results": filters}]
+
+        self._start_sse(rec)
+        # Azure's first event carries only the prompt's filter results.
+        self._sse_write(
+            rec,
+            event(
+                {
+                    "choices": [],
+                    "created": 0,
+                    "id": "",
+                    "model": "",
+                    "object": "",
+                    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": AZURE_FILTERS}],
+                }
+            ),
+        )
+        self._sse_write(rec, event(chunk(choice({"role": "assistant", "content": "", "refusal": None}, {}))))
+        for piece in AZURE_STREAM_PIECES:
+            self._sse_write(rec, event(chunk(choice({"content": piece.format(deployment=deployment)}, AZURE_FILTERS))))
+        self._sse_write(rec, event(chunk(choice({}, {}, "stop"))))
+        if include_usage:
+            self._sse_write(rec, event(chunk([], usage=chat_usage())))
+        self._sse_write(rec, b"data: [DONE]\n\n")
+        self._end_sse()
+
+    def _azure_embeddings(self, rec: RecordedRequest, deployment: str, body: dict) -> None:
+        inputs = body.get("input")
+        n = len(inputs) if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else 1
+        if body.get("encoding_format") == "base64":
+            vector: Any = base64.b64encode(struct.pack(f"<{len(EMBEDDING)}f", *EMBEDDING)).decode()
+        else:
+            vector = list(EMBEDDING)
+        tokens = EMBEDDING_TOKENS_PER_INPUT * n
+        self._send_json(
+            rec,
+            200,
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "embedding": vector, "index": i} for i in range(n)],
+                "model": "text-embedding-3-small",
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
 
     # --- endpoints ------------------------------------------------------
 
@@ -472,6 +614,11 @@ class MockUpstream:
     def url(self) -> str:
         """Base URL including /v1, as keygate's --upstream expects."""
         return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        """The bare origin: an Azure upstream's `url` (keygate appends /openai/...)."""
+        return f"http://{self.host}:{self.port}"
 
     def _next_request_id(self) -> str:
         with self._lock:
