@@ -14,11 +14,7 @@ use crate::store::{AuditFilter, AuditRecord, KeyKind, Owner};
 
 fn parse_filter(raw: Option<&str>) -> Result<AuditFilter, ApiError> {
     let mut filter = AuditFilter { limit: 20, ..AuditFilter::default() };
-    let int = |name: &str, value: &str| {
-        value
-            .parse::<i64>()
-            .map_err(|_| bad(format!("Invalid '{name}': `{value}` is not a unix timestamp."), "effective_at"))
-    };
+    let int = |name: &str, value: &str| super::usage::timestamp(name, value);
     for (name, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         let value = value.into_owned();
         match name.as_ref() {

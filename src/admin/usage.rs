@@ -41,6 +41,25 @@ struct Params {
     prefixes: Vec<String>,
 }
 
+/// Unix seconds between 1970 and 9999 (larger values would overflow bucket arithmetic).
+pub(super) fn timestamp(name: &str, value: &str) -> Result<Timestamp, ApiError> {
+    value
+        .parse::<Timestamp>()
+        .ok()
+        .filter(|t| (0..=253_402_300_799).contains(t))
+        .ok_or_else(|| bad(format!("Invalid '{name}': `{value}` is not a unix timestamp."), name_param(name)))
+}
+
+fn name_param(name: &str) -> &'static str {
+    if name.starts_with("end") {
+        "end_time"
+    } else if name.starts_with("effective") {
+        "effective_at"
+    } else {
+        "start_time"
+    }
+}
+
 fn parse(raw: Option<&str>, costs: bool) -> Result<Params, ApiError> {
     let mut start = None;
     let mut p = Params {
@@ -63,8 +82,8 @@ fn parse(raw: Option<&str>, costs: bool) -> Result<Params, ApiError> {
         let key = name.trim_end_matches("[]");
         let value = value.into_owned();
         match key {
-            "start_time" => start = Some(int(key, &value)?),
-            "end_time" => p.end = Some(int(key, &value)?),
+            "start_time" => start = Some(timestamp(key, &value)?),
+            "end_time" => p.end = Some(timestamp(key, &value)?),
             "bucket_width" => {
                 p.width = match (value.as_str(), costs) {
                     ("1d", _) => 86_400,
@@ -123,7 +142,8 @@ async fn buckets(
     kind: Option<UsageKind>,
     result: impl Fn(&UsageRow) -> Value,
 ) -> Result<UsagePage, ApiError> {
-    let end = p.end.unwrap_or_else(|| state.clock.now());
+    // Without an end, "now" includes the current second.
+    let end = p.end.unwrap_or_else(|| state.clock.now() + 1);
     let from = p.page.unwrap_or(p.start).max(p.start);
     let count = ((end - from + p.width - 1) / p.width).clamp(0, p.limit);
     let until = (from + count * p.width).min(end);

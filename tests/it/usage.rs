@@ -255,6 +255,8 @@ async fn the_usage_api_buckets_groups_filters_and_pages() {
     assert_eq!(costs["data"][0]["results"][0]["amount_nanos"], 1580);
 
     for bad in [
+        "?start_time=-9223372036854775808",
+        "?start_time=99999999999999",
         "",
         "?start_time=x",
         &format!("?start_time={h}&bucket_width=2h"),
