@@ -118,6 +118,28 @@ impl SqliteStore {
             .collect()
     }
 
+    /// One page of `select` rows matching `filter` (its `?`s take `binds`), in
+    /// insertion order after the `after` cursor.
+    async fn paged<T>(
+        &self,
+        select: &str,
+        table: &str,
+        filter: &str,
+        binds: &[&str],
+        q: &PageQuery,
+        map: fn(&SqliteRow) -> StoreResult<T>,
+    ) -> StoreResult<Page<T>> {
+        let sql = format!(
+            "{select} WHERE {filter} AND (? IS NULL OR rowid > (SELECT rowid FROM {table} WHERE id = ?)) ORDER BY rowid LIMIT ?"
+        );
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = query.bind(*b);
+        }
+        let rows = query.bind(&q.after).bind(&q.after).bind(i64::from(q.limit) + 1).fetch_all(&self.pool).await?;
+        Ok(page(rows.iter().map(map).collect::<StoreResult<Vec<_>>>()?, q.limit))
+    }
+
     async fn one<T>(&self, sql: &str, id: &str, map: fn(&SqliteRow) -> StoreResult<T>) -> StoreResult<Option<T>> {
         let row = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(map).transpose()
@@ -428,18 +450,8 @@ impl Store for SqliteStore {
     }
 
     async fn list_projects(&self, q: &PageQuery, include_archived: bool) -> StoreResult<Page<Project>> {
-        let rows = sqlx::query(&format!(
-            "{PROJECT_SELECT} WHERE (? OR archived_at IS NULL) \
-             AND (? IS NULL OR rowid > (SELECT rowid FROM projects WHERE id = ?)) ORDER BY rowid LIMIT ?"
-        ))
-        .bind(include_archived)
-        .bind(&q.after)
-        .bind(&q.after)
-        .bind(i64::from(q.limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let items = rows.iter().map(project_from_row).collect::<StoreResult<Vec<_>>>()?;
-        Ok(page(items, q.limit))
+        let filter = if include_archived { "1 = 1" } else { "archived_at IS NULL" };
+        self.paged(PROJECT_SELECT, "projects", filter, &[], q, project_from_row).await
     }
 
     async fn all_projects(&self) -> StoreResult<Vec<Project>> {
@@ -572,16 +584,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_users(&self, q: &PageQuery) -> StoreResult<Page<User>> {
-        let rows = sqlx::query(&format!(
-            "{USER_SELECT} WHERE deleted_at IS NULL AND (? IS NULL OR rowid > (SELECT rowid FROM users WHERE id = ?)) \
-             ORDER BY rowid LIMIT ?"
-        ))
-        .bind(&q.after)
-        .bind(&q.after)
-        .bind(i64::from(q.limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(page(rows.iter().map(user_from_row).collect::<StoreResult<Vec<_>>>()?, q.limit))
+        self.paged(USER_SELECT, "users", "deleted_at IS NULL", &[], q, user_from_row).await
     }
 
     async fn get_user(&self, id: &str) -> StoreResult<Option<User>> {
@@ -626,17 +629,8 @@ impl Store for SqliteStore {
     }
 
     async fn list_service_accounts(&self, project_id: &str, q: &PageQuery) -> StoreResult<Page<ServiceAccount>> {
-        let rows = sqlx::query(&format!(
-            "{SA_SELECT} WHERE project_id = ? AND deleted_at IS NULL \
-             AND (? IS NULL OR rowid > (SELECT rowid FROM service_accounts WHERE id = ?)) ORDER BY rowid LIMIT ?"
-        ))
-        .bind(project_id)
-        .bind(&q.after)
-        .bind(&q.after)
-        .bind(i64::from(q.limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(page(rows.iter().map(service_account_from_row).collect::<StoreResult<Vec<_>>>()?, q.limit))
+        let filter = "project_id = ? AND deleted_at IS NULL";
+        self.paged(SA_SELECT, "service_accounts", filter, &[project_id], q, service_account_from_row).await
     }
 
     async fn get_service_account(&self, id: &str) -> StoreResult<Option<ServiceAccount>> {

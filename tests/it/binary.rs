@@ -45,6 +45,30 @@ impl Server {
         Self { child, url }
     }
 
+    /// Creates a key in the default project with `admin`; returns the key object.
+    async fn create_key(&self, admin: &str, name: &str) -> serde_json::Value {
+        let http = crate::util::http();
+        let projects: serde_json::Value = http
+            .get(format!("{}/v1/organization/projects", self.url))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let project = projects["data"][0]["id"].as_str().unwrap();
+        http.post(format!("{}/v1/organization/projects/{project}/api_keys", self.url))
+            .bearer_auth(admin)
+            .json(&serde_json::json!({"name": name}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// SIGTERM, then the exit status and everything written to stderr.
     fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
@@ -161,26 +185,7 @@ async fn sigterm_lets_an_in_flight_stream_finish() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("KEYGATE_ADMIN_KEY", "adm")]);
     let http = crate::util::http();
-    let projects: serde_json::Value = http
-        .get(format!("{}/v1/organization/projects", server.url))
-        .bearer_auth("adm")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let project = projects["data"][0]["id"].as_str().unwrap();
-    let key: serde_json::Value = http
-        .post(format!("{}/v1/organization/projects/{project}/api_keys", server.url))
-        .bearer_auth("adm")
-        .json(&serde_json::json!({"name": "streamer"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let key = server.create_key("adm", "streamer").await;
     let response = http
         .post(format!("{}/v1/chat/completions", server.url))
         .bearer_auth(key["value"].as_str().unwrap())
@@ -202,26 +207,7 @@ async fn sigterm_mid_load_loses_no_usage_row_of_a_completed_request() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("KEYGATE_ADMIN_KEY", "adm"), ("KEYGATE_UPSTREAM_URL", "mock")]);
     let http = crate::util::http();
-    let projects: serde_json::Value = http
-        .get(format!("{}/v1/organization/projects", server.url))
-        .bearer_auth("adm")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let project = projects["data"][0]["id"].as_str().unwrap().to_owned();
-    let key: serde_json::Value = http
-        .post(format!("{}/v1/organization/projects/{project}/api_keys", server.url))
-        .bearer_auth("adm")
-        .json(&serde_json::json!({"name": "load"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let key = server.create_key("adm", "load").await;
     let secret = key["value"].as_str().unwrap().to_owned();
     let mut load = Vec::new();
     for i in 0..40 {
