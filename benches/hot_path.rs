@@ -12,7 +12,7 @@ use keygate::auth::{authenticate, data_plane_scope, Admission, Authorized, KeyIn
 use keygate::clock::SystemClock;
 use keygate::dialect::{render_openai, ApiError};
 use keygate::key::{generate, KeyDigest, KeyPrefix, PublicId};
-use keygate::limits::{Budgets, Limiter, LocalBackend, RateLimits};
+use keygate::limits::{Budgets, FailurePolicy, Limiter, LocalBackend, RateLimits, RedisBackend};
 use keygate::store::{Access, KeyKind, KeyRecord, KeyState, Project, SecretVersion};
 
 fn record(limits: RateLimits) -> (KeyRecord, String) {
@@ -125,17 +125,57 @@ fn limiter(c: &mut Criterion) {
             })
             .collect();
         for key in &keys {
-            drop(limiter.admit(key, Some("gpt-4o"), 10));
+            drop(futures_util::FutureExt::now_or_never(limiter.admit(key, Some("gpt-4o"), 10)));
         }
         let mut i = 0;
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 i = (i + 7919) % keys.len();
-                limiter.admit(&keys[i], Some("gpt-4o"), 10).is_ok()
+                futures_util::FutureExt::now_or_never(limiter.admit(&keys[i], Some("gpt-4o"), 10))
+                    .is_some_and(|r| r.is_ok())
             })
         });
     }
     group.finish();
+}
+
+/// Authentication plus a Redis-backed admit: the per-request cost a replica
+/// pays with `--redis` (one Lua round trip). Needs Redis at
+/// `KEYGATE_BENCH_REDIS` (default redis://127.0.0.1:6379); skipped without it.
+fn redis_limiter(c: &mut Criterion) {
+    let url = std::env::var("KEYGATE_BENCH_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let backend = match runtime.block_on(RedisBackend::connect(&url, "kgbench:", FailurePolicy::Closed)) {
+        Ok(backend) => backend,
+        Err(error) => {
+            eprintln!("skipping the Redis limiter benchmark: {error}");
+            return;
+        }
+    };
+    let limiter = Limiter::new(Arc::new(backend), Arc::new(Budgets::default()), Arc::new(SystemClock), None);
+    let limits = RateLimits {
+        max_requests_per_1_minute: Some(1_000_000_000),
+        max_tokens_per_1_minute: Some(1_000_000_000_000),
+        ..RateLimits::default()
+    };
+    let (record, key) = record(limits);
+    let index = KeyIndex::new(vec![record], vec![project()]);
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")).unwrap());
+    let admission = Admission {
+        plane: Plane::Data,
+        scope: data_plane_scope(&Method::POST, "/v1/chat/completions"),
+        client_ip: Some("192.0.2.1".parse().unwrap()),
+        organization_id: "org-bench",
+        azure: false,
+        now: 1_800_000_000,
+    };
+    c.bench_function("auth + Redis limiter admit (RPM + TPM)", |b| {
+        b.iter(|| {
+            let authorized = authenticate(&index, black_box(&headers), &admission).unwrap();
+            runtime.block_on(limiter.admit(&authorized, Some("gpt-4o"), 10)).is_ok()
+        })
+    });
 }
 
 fn rendering(c: &mut Criterion) {
@@ -143,5 +183,5 @@ fn rendering(c: &mut Criterion) {
     c.bench_function("render OpenAI 401", |b| b.iter(|| render_openai(black_box(&error))));
 }
 
-criterion_group!(benches, key_format, index, decision, limiter, rendering);
+criterion_group!(benches, key_format, index, decision, limiter, redis_limiter, rendering);
 criterion_main!(benches);

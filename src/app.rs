@@ -15,7 +15,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, UpstreamTarget};
 use crate::jobs::{self, BoxFuture, Retention, Tasks};
 use crate::key::Secret;
-use crate::limits::{month_start, BudgetScope, Budgets, Limiter, LocalBackend};
+use crate::limits::{month_start, BudgetScope, Budgets, Limiter, LocalBackend, RateBackend, RedisBackend};
 use crate::proxy::Upstreams;
 use crate::server::{AppState, Settings};
 use crate::store::{Store, UsageGroup, UsageQuery};
@@ -119,18 +119,21 @@ impl Gateway {
 
         let budgets = Arc::new(Budgets::default());
         load_budgets(&*store, &budgets, clock.now()).await.context("cannot load this month's spend")?;
-        let limiter = Arc::new(Limiter::new(
-            Arc::new(LocalBackend::default()),
-            budgets,
-            Arc::clone(&clock),
-            config.failed_auth_per_minute,
-        ));
+        let backend: Arc<dyn RateBackend> = match &config.redis {
+            None => Arc::new(LocalBackend::default()),
+            Some(redis) => Arc::new(
+                RedisBackend::connect(&redis.url, &redis.key_prefix, redis.on_failure)
+                    .await
+                    .with_context(|| format!("cannot connect to Redis at {}", redact_url(&redis.url)))?,
+            ),
+        };
+        let limiter = Arc::new(Limiter::new(backend, budgets, Arc::clone(&clock), config.failed_auth_per_minute));
         let prune_limiter = Arc::clone(&limiter);
         tasks.spawn(
             "limiter prune",
             jobs::periodic(Duration::from_secs(60), move || {
                 let limiter = Arc::clone(&prune_limiter);
-                async move { limiter.prune() }
+                async move { limiter.prune().await }
             }),
         );
         let meter = Meter::new(recorder.clone(), Arc::new(config.prices.clone()), Arc::clone(&limiter));
@@ -228,4 +231,16 @@ async fn start_mock(tasks: &mut Tasks) -> anyhow::Result<String> {
         })
     });
     Ok(format!("http://{addr}/v1"))
+}
+
+/// `url` without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparsable URL>".into(),
+    }
 }

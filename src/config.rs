@@ -65,6 +65,16 @@ struct RawConfig {
     azure: RawAzure,
     #[serde(default)]
     usage: RawUsage,
+    #[serde(default)]
+    redis: RawRedis,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: Option<String>,
+    on_failure: Option<String>,
+    key_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +223,16 @@ pub struct Config {
     /// `usage.enabled = false` turns metering off (for benchmarks): no usage
     /// rows, and token limits and budgets are not settled.
     pub metering: bool,
+    /// Shared rate-limit state for many replicas; `None` limits per process.
+    pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub on_failure: crate::limits::FailurePolicy,
+    /// Prepended to every key, so deployments can share one Redis.
+    pub key_prefix: String,
 }
 
 #[derive(Debug, Clone)]
@@ -312,6 +332,7 @@ pub struct Overrides {
     pub upstream_url: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub redis_url: Option<String>,
 }
 
 /// Where settings come from besides flags: the process environment, injectable
@@ -442,6 +463,7 @@ impl Config {
         let usage_record_retention = days(raw.retention.usage_records_days, 90, "usage_records_days")?;
         let usage_rollup_retention = days(raw.retention.usage_rollups_days, 400, "usage_rollups_days")?;
         let alert_retention = days(raw.retention.alerts_days, 90, "alerts_days")?;
+        let redis = redis(raw.redis, o)?;
         let prices = prices(raw.prices)?;
         let anomaly = anomaly(raw.anomaly)?;
 
@@ -469,6 +491,7 @@ impl Config {
             },
             default_max_tokens: raw.limits.default_max_tokens.unwrap_or(1024),
             metering: raw.usage.enabled.unwrap_or(true),
+            redis,
             azure: AzureFrontDoor {
                 deployments: raw.azure.deployments.unwrap_or_default(),
                 api_versions: raw
@@ -479,6 +502,19 @@ impl Config {
             },
         })
     }
+}
+
+fn redis(raw: RawRedis, o: &Overrides) -> Result<Option<RedisConfig>, ConfigError> {
+    let Some(url) = o.redis_url.clone().or(raw.url) else { return Ok(None) };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
+        return Err(invalid("redis.url", format!("must be a redis:// or rediss:// URL, got `{url}`")));
+    }
+    let on_failure = match raw.on_failure.as_deref() {
+        None | Some("open") => crate::limits::FailurePolicy::Open,
+        Some("closed") => crate::limits::FailurePolicy::Closed,
+        Some(other) => return Err(invalid("redis.on_failure", format!("must be `open` or `closed`, got `{other}`"))),
+    };
+    Ok(Some(RedisConfig { url, on_failure, key_prefix: raw.key_prefix.unwrap_or_else(|| "keygate:".into()) }))
 }
 
 fn prices(raw: std::collections::BTreeMap<String, RawPrice>) -> Result<crate::usage::PriceTable, ConfigError> {

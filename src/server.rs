@@ -248,7 +248,7 @@ async fn require(state: AppState, plane: Plane, scope: auth::Scope, mut req: Req
             // Past the throttle, a client's failures get 429: it learns nothing
             // new, and a valid key from the same address still passes above.
             let denial = match (denial.is_failed_authentication(), admission.client_ip) {
-                (true, Some(ip)) => match state.limiter.failed_auth(ip) {
+                (true, Some(ip)) => match state.limiter.failed_auth(ip).await {
                     Some(exceeded) => Denial::Throttled { client: Some(ip), exceeded, failure: Box::new(denial) },
                     None => denial,
                 },
@@ -321,7 +321,7 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
             meta.max_tokens.unwrap_or(state.settings.default_max_tokens),
         ),
     };
-    let ticket = state.limiter.admit(&authorized, model, tokens).map_err(|exceeded| Denial::Limited {
+    let ticket = state.limiter.admit(&authorized, model, tokens).await.map_err(|exceeded| Denial::Limited {
         key: auth::KeyRef::of(&authorized.key),
         model: model.map(str::to_owned),
         organization: state.settings.organization_id.clone(),

@@ -217,6 +217,7 @@ impl Denial {
             Self::MissingScope { .. } => "missing_scope",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::Limited { exceeded: Exceeded::Budget { .. }, .. } => "budget_exceeded",
+            Self::Limited { exceeded: Exceeded::Unavailable, .. } => "limiter_unavailable",
             Self::Limited { .. } => "rate_limited",
             Self::Throttled { .. } => "failed_auth_throttled",
             Self::UnknownDeployment { .. } => "unknown_deployment",
@@ -364,6 +365,10 @@ impl fmt::Display for Denial {
                     },
                     *budget_nanos as f64 / 1e9,
                     *spent_nanos as f64 / 1e9
+                ),
+                Exceeded::Unavailable => write!(
+                    f,
+                    "the shared rate limiter (Redis) was unreachable and `[redis] on_failure = \"closed\"` refuses requests it cannot meter (request by {key})"
                 ),
             },
             Self::Throttled { client, exceeded, failure } => {

@@ -29,6 +29,9 @@ pub struct ServeArgs {
     /// PEM private key for TLS.
     #[arg(long, env = "KEYGATE_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Redis URL for rate limits shared by every replica.
+    #[arg(long, env = "KEYGATE_REDIS_URL")]
+    redis: Option<String>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -38,6 +41,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         upstream_url: args.upstream,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
+        redis_url: args.redis,
     };
     let config = Config::load(args.config.as_deref(), &overrides, &ProcessEnv).context("invalid configuration")?;
     init_tracing(&config);

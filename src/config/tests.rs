@@ -84,6 +84,14 @@ fn bad_fields_are_named() {
         "`upstreams[0].api_key_env` names `NOPE`, which is not set"
     );
     assert!(err("[server]\nlisten_port = 1").contains("unknown field `listen_port`"));
+    assert_eq!(
+        err("[redis]\nurl = \"127.0.0.1:6379\""),
+        "`redis.url` must be a redis:// or rediss:// URL, got `127.0.0.1:6379`"
+    );
+    assert_eq!(
+        err("[redis]\nurl = \"redis://h\"\non_failure = \"maybe\""),
+        "`redis.on_failure` must be `open` or `closed`, got `maybe`"
+    );
 }
 
 #[test]

@@ -18,6 +18,7 @@ const RESOURCE_NOT_FOUND: &str = r#"{"error":{"code":"404","message": "Resource 
 const DEPLOYMENT_NOT_FOUND: &str = r#"{"error":{"code":"DeploymentNotFound","message":"The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again."}}"#;
 const PERMISSION_DENIED: &str =
     r#"{"error":{"code":"PermissionDenied","message":"Principal does not have access to API/Operation."}}"#;
+const SERVICE_UNAVAILABLE: &str = r#"{"error":{"code":"ServiceUnavailable","message":"The service is temporarily unable to process your request. Please try again later."}}"#;
 const VERSION_NOT_SUPPORTED: &str = r#"{"error":{"code":"BadRequest","message":"API version not supported"}}"#;
 
 fn compact(status: StatusCode, body: String) -> Response {
@@ -51,7 +52,7 @@ fn rate_limited(exceeded: &Exceeded, operation: &str, api_version: &str) -> (Str
             format!("Requests to the {operation} Operation under Azure OpenAI API version {api_version} need {requested} tokens, more than the token rate limit of {limit}. Please reduce the prompt or max_tokens."),
             0,
         ),
-        Exceeded::Budget { .. } => (String::new(), 0),
+        Exceeded::Budget { .. } | Exceeded::Unavailable => (String::new(), 0),
     }
 }
 
@@ -96,6 +97,11 @@ pub fn render(error: &ApiError, path: &str, api_version: &str) -> Response {
                 let body = serde_json::json!({"error": {"code": "insufficient_quota", "message": openai::QUOTA}});
                 let mut response = compact(StatusCode::TOO_MANY_REQUESTS, body.to_string());
                 response.headers_mut().insert("x-should-retry", HeaderValue::from_static("false"));
+                response
+            }
+            Denial::Limited { exceeded: Exceeded::Unavailable, .. } => {
+                let mut response = json(StatusCode::SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE);
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
             }
             Denial::Limited { exceeded, .. } | Denial::Throttled { exceeded, .. } => {

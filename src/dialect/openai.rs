@@ -227,6 +227,13 @@ fn limited(
             Some("rate_limit_exceeded"),
         ),
         Exceeded::Budget { .. } => (TOO_MANY, QUOTA.into(), "insufficient_quota", None, Some("insufficient_quota")),
+        Exceeded::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The rate limiter is unavailable; please retry your request shortly.".into(),
+            "server_error",
+            None,
+            None,
+        ),
     }
 }
 
@@ -240,7 +247,7 @@ fn retry_headers(error: &ApiError, headers: &mut http::HeaderMap) {
     };
     let retry_ms = match exceeded {
         Exceeded::Rate { retry_after_ms, .. } => (*retry_after_ms).max(1),
-        Exceeded::Concurrency { .. } => 1000,
+        Exceeded::Concurrency { .. } | Exceeded::Unavailable => 1000,
         Exceeded::Budget { .. } | Exceeded::TooLarge { .. } => {
             headers.insert("x-should-retry", HeaderValue::from_static("false"));
             return;

@@ -115,14 +115,42 @@ pub fn taken(new_tat: i64, now: i64, rate: Rate) -> Taken {
     }
 }
 
+/// Why a take did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeError {
+    Refused(Refusal),
+    /// The shared state store is unreachable and the policy is to refuse.
+    Unavailable,
+}
+
 /// Where bucket state lives.
+#[async_trait::async_trait]
 pub trait RateBackend: Send + Sync + 'static {
     /// All or nothing: takes every check's cost, or none and says which refused.
-    fn take(&self, checks: &[Check], now_us: i64) -> Result<Vec<Taken>, Refusal>;
+    async fn take(&self, checks: &[Check], now_us: i64) -> Result<Vec<Taken>, TakeError>;
     /// Moves a bucket by `delta` units (negative gives back), never below empty.
-    fn adjust(&self, bucket: &BucketId, rate: Rate, delta: i64, now_us: i64);
+    async fn adjust(&self, bucket: &BucketId, rate: Rate, delta: i64, now_us: i64);
     /// Forgets buckets that are full again (their state equals no state).
-    fn prune(&self, now_us: i64);
+    async fn prune(&self, now_us: i64);
+}
+
+impl BucketId {
+    /// A stable text form, for shared stores.
+    pub fn key(&self) -> String {
+        let owner = match &self.owner {
+            Owner::Key(id) => format!("k:{}", id.as_str()),
+            Owner::Project(id, model) => format!("p:{id}:{}", model.as_deref().unwrap_or("*")),
+            Owner::Client(ip) => format!("c:{ip}"),
+        };
+        let dimension = match self.dimension {
+            Dimension::RequestsPerMinute => "rpm",
+            Dimension::RequestsPerDay => "rpd",
+            Dimension::TokensPerMinute => "tpm",
+            Dimension::TokensPerDay => "tpd",
+            Dimension::FailedAuthPerMinute => "fail",
+        };
+        format!("{owner}:{dimension}")
+    }
 }
 
 const SHARDS: usize = 64;
@@ -144,8 +172,8 @@ fn shard_of(bucket: &BucketId) -> usize {
     (h.finish() % SHARDS as u64) as usize
 }
 
-impl RateBackend for LocalBackend {
-    fn take(&self, checks: &[Check], now: i64) -> Result<Vec<Taken>, Refusal> {
+impl LocalBackend {
+    pub fn take_now(&self, checks: &[Check], now: i64) -> Result<Vec<Taken>, Refusal> {
         // Lock every shard involved, in order, so the decision is atomic.
         let mut order: Vec<usize> = checks.iter().map(|c| shard_of(&c.bucket)).collect();
         order.sort_unstable();
@@ -174,16 +202,31 @@ impl RateBackend for LocalBackend {
         Ok(out)
     }
 
-    fn adjust(&self, bucket: &BucketId, rate: Rate, delta: i64, now: i64) {
+    pub fn adjust_now(&self, bucket: &BucketId, rate: Rate, delta: i64, now: i64) {
         let mut map = self.shards[shard_of(bucket)].lock();
         let tat = map.get(bucket).copied().unwrap_or(now).max(now);
         let moved = tat.saturating_add(rate.interval_us().saturating_mul(delta)).max(now);
         map.insert(bucket.clone(), moved);
     }
 
-    fn prune(&self, now: i64) {
+    pub fn prune_now(&self, now: i64) {
         for shard in &self.shards {
             shard.lock().retain(|_, tat| *tat > now);
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl RateBackend for LocalBackend {
+    async fn take(&self, checks: &[Check], now: i64) -> Result<Vec<Taken>, TakeError> {
+        self.take_now(checks, now).map_err(TakeError::Refused)
+    }
+
+    async fn adjust(&self, bucket: &BucketId, rate: Rate, delta: i64, now: i64) {
+        self.adjust_now(bucket, rate, delta, now);
+    }
+
+    async fn prune(&self, now: i64) {
+        self.prune_now(now);
     }
 }

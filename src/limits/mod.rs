@@ -10,6 +10,7 @@
 mod budget;
 mod gcra;
 mod inflight;
+mod redis;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,8 +21,9 @@ use crate::auth::Authorized;
 use crate::clock::Clock;
 
 pub use budget::{month_start, Budget, BudgetScope, Budgets};
-pub use gcra::{BucketId, Check, Dimension, LocalBackend, Owner, Rate, RateBackend, Taken};
+pub use gcra::{BucketId, Check, Dimension, LocalBackend, Owner, Rate, RateBackend, TakeError, Taken};
 pub use inflight::{Inflight, InflightGuard};
+pub use redis::{FailurePolicy, RedisBackend};
 
 /// Limits of a key, or of a project for one model pattern (`*` = all models
 /// together). Field names follow OpenAI's project rate limits.
@@ -94,6 +96,9 @@ pub enum Exceeded {
         budget_nanos: i64,
         spent_nanos: i64,
     },
+    /// The shared limiter (Redis) could not be reached and the configured
+    /// failure policy is to refuse rather than admit unmetered.
+    Unavailable,
 }
 
 /// The `x-ratelimit-*` values of the tightest requests and tokens buckets.
@@ -148,7 +153,7 @@ impl Limiter {
 
     /// Admits a request or says which limit it hits. `tokens` is the estimate
     /// (prompt plus the completion allowance) charged against token limits.
-    pub fn admit(&self, authorized: &Authorized, model: Option<&str>, tokens: u64) -> Result<Ticket, Exceeded> {
+    pub async fn admit(&self, authorized: &Authorized, model: Option<&str>, tokens: u64) -> Result<Ticket, Exceeded> {
         let key = &authorized.key;
         let mut ticket = Ticket { estimated_tokens: tokens, ..Ticket::default() };
         for scope in budget_scopes(authorized) {
@@ -188,15 +193,18 @@ impl Limiter {
         }
         if !checks.is_empty() {
             let now = self.clock.now_millis() * 1000;
-            let taken = self.backend.take(&checks, now).map_err(|refusal| {
-                let check = &checks[refusal.index];
-                Exceeded::Rate {
-                    dimension: check.bucket.dimension,
-                    limit: check.rate.limit,
-                    used: refusal.used,
-                    requested: check.cost,
-                    retry_after_ms: (refusal.retry_after_us + 999) / 1000,
-                    owner: describe(&check.bucket.owner),
+            let taken = self.backend.take(&checks, now).await.map_err(|error| match error {
+                TakeError::Unavailable => Exceeded::Unavailable,
+                TakeError::Refused(refusal) => {
+                    let check = &checks[refusal.index.min(checks.len() - 1)];
+                    Exceeded::Rate {
+                        dimension: check.bucket.dimension,
+                        limit: check.rate.limit,
+                        used: refusal.used,
+                        requested: check.cost,
+                        retry_after_ms: (refusal.retry_after_us + 999) / 1000,
+                        owner: describe(&check.bucket.owner),
+                    }
                 }
             })?;
             for (check, taken) in checks.iter().zip(taken) {
@@ -239,14 +247,27 @@ impl Limiter {
             return;
         }
         let now = self.clock.now_millis() * 1000;
-        for (bucket, rate) in &ticket.token_buckets {
-            self.backend.adjust(bucket, *rate, delta, now);
+        // Settling happens after the response: local buckets settle at once,
+        // while a shared backend's round trip goes on in its own task.
+        let backend = Arc::clone(&self.backend);
+        let buckets = ticket.token_buckets.clone();
+        let mut settle = Box::pin(async move {
+            for (bucket, rate) in &buckets {
+                backend.adjust(bucket, *rate, delta, now).await;
+            }
+        });
+        if futures_util::FutureExt::now_or_never(settle.as_mut()).is_none() {
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "a settle lost at shutdown only leaves the estimate counted until the bucket drains"
+            )]
+            tokio::spawn(settle);
         }
     }
 
     /// Counts a failed authentication from `client`; `Some` when that client
     /// is over the throttle (its failures then get 429 instead of 401).
-    pub fn failed_auth(&self, client: IpAddr) -> Option<Exceeded> {
+    pub async fn failed_auth(&self, client: IpAddr) -> Option<Exceeded> {
         let rate = self.failed_auth?;
         let check = Check {
             bucket: BucketId { owner: Owner::Client(client), dimension: Dimension::FailedAuthPerMinute },
@@ -254,19 +275,22 @@ impl Limiter {
             cost: 1,
         };
         let now = self.clock.now_millis() * 1000;
-        self.backend.take(std::slice::from_ref(&check), now).err().map(|refusal| Exceeded::Rate {
-            dimension: Dimension::FailedAuthPerMinute,
-            limit: rate.limit,
-            used: refusal.used,
-            requested: 1,
-            retry_after_ms: (refusal.retry_after_us + 999) / 1000,
-            owner: format!("client {client}"),
-        })
+        match self.backend.take(std::slice::from_ref(&check), now).await {
+            Ok(_) | Err(TakeError::Unavailable) => None,
+            Err(TakeError::Refused(refusal)) => Some(Exceeded::Rate {
+                dimension: Dimension::FailedAuthPerMinute,
+                limit: rate.limit,
+                used: refusal.used,
+                requested: 1,
+                retry_after_ms: (refusal.retry_after_us + 999) / 1000,
+                owner: format!("client {client}"),
+            }),
+        }
     }
 
     /// Drops bucket state that no longer limits anything.
-    pub fn prune(&self) {
-        self.backend.prune(self.clock.now_millis() * 1000);
+    pub async fn prune(&self) {
+        self.backend.prune(self.clock.now_millis() * 1000).await;
     }
 }
 

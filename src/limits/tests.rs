@@ -18,14 +18,14 @@ fn the_burst_equals_the_limit_then_one_per_interval() {
     let check = Check { bucket: bucket(Dimension::RequestsPerMinute), rate: Rate::per_minute(5), cost: 1 };
     let now = 1_000 * MINUTE_US;
     for i in 0..5 {
-        let taken = backend.take(std::slice::from_ref(&check), now).unwrap();
+        let taken = backend.take_now(std::slice::from_ref(&check), now).unwrap();
         assert_eq!(taken[0].remaining, 4 - i);
     }
-    let refusal = backend.take(std::slice::from_ref(&check), now).unwrap_err();
+    let refusal = backend.take_now(std::slice::from_ref(&check), now).unwrap_err();
     assert_eq!(refusal.used, 5);
     assert_eq!(refusal.retry_after_us, 12_000_000, "one request frees every 60/5 s");
-    assert!(backend.take(std::slice::from_ref(&check), now + 11_999_999).is_err());
-    let taken = backend.take(std::slice::from_ref(&check), now + 12_000_000).unwrap();
+    assert!(backend.take_now(std::slice::from_ref(&check), now + 11_999_999).is_err());
+    let taken = backend.take_now(std::slice::from_ref(&check), now + 12_000_000).unwrap();
     assert_eq!(taken[0].remaining, 0);
     assert_eq!(taken[0].reset_us, MINUTE_US);
 }
@@ -36,11 +36,11 @@ fn a_take_is_all_or_nothing() {
     let minute = Check { bucket: bucket(Dimension::RequestsPerMinute), rate: Rate::per_minute(10), cost: 1 };
     let day = Check { bucket: bucket(Dimension::RequestsPerDay), rate: Rate::per_day(1), cost: 1 };
     let now = DAY_US;
-    backend.take(&[minute.clone(), day.clone()], now).unwrap();
-    let refusal = backend.take(&[minute.clone(), day], now).unwrap_err();
+    backend.take_now(&[minute.clone(), day.clone()], now).unwrap();
+    let refusal = backend.take_now(&[minute.clone(), day], now).unwrap_err();
     assert_eq!(refusal.index, 1);
     // The minute bucket was not charged by the refused take: 9 are left.
-    let taken = backend.take(std::slice::from_ref(&minute), now).unwrap();
+    let taken = backend.take_now(std::slice::from_ref(&minute), now).unwrap();
     assert_eq!(taken[0].remaining, 8);
 }
 
@@ -54,24 +54,24 @@ fn token_costs_larger_than_the_limit_never_fit() {
 fn adjusting_gives_back_an_overestimate() {
     let backend = LocalBackend::default();
     let tokens = Check { bucket: bucket(Dimension::TokensPerMinute), rate: Rate::per_minute(1000), cost: 900 };
-    backend.take(std::slice::from_ref(&tokens), 0).unwrap();
-    assert!(backend.take(std::slice::from_ref(&tokens), 0).is_err());
-    backend.adjust(&tokens.bucket, tokens.rate, -800, 0);
-    assert!(backend.take(std::slice::from_ref(&tokens), 0).is_ok(), "100 used + 900 fits in 1000");
+    backend.take_now(std::slice::from_ref(&tokens), 0).unwrap();
+    assert!(backend.take_now(std::slice::from_ref(&tokens), 0).is_err());
+    backend.adjust_now(&tokens.bucket, tokens.rate, -800, 0);
+    assert!(backend.take_now(std::slice::from_ref(&tokens), 0).is_ok(), "100 used + 900 fits in 1000");
 }
 
-#[test]
-fn the_failed_auth_throttle_counts_per_client() {
+#[tokio::test]
+async fn the_failed_auth_throttle_counts_per_client() {
     let clock = Arc::new(ManualClock::new(1_800_000_000));
     let limiter = limiter(clock.clone());
     let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
     for _ in 0..3 {
-        assert!(limiter.failed_auth(a).is_none());
+        assert!(limiter.failed_auth(a).await.is_none());
     }
-    assert!(matches!(limiter.failed_auth(a), Some(Exceeded::Rate { limit: 3, .. })));
-    assert!(limiter.failed_auth(b).is_none(), "another client is not affected");
+    assert!(matches!(limiter.failed_auth(a).await, Some(Exceeded::Rate { limit: 3, .. })));
+    assert!(limiter.failed_auth(b).await.is_none(), "another client is not affected");
     clock.advance(20);
-    assert!(limiter.failed_auth(a).is_none(), "one failure frees every 20 s");
+    assert!(limiter.failed_auth(a).await.is_none(), "one failure frees every 20 s");
 }
 
 #[test]

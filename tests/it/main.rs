@@ -21,6 +21,8 @@ mod lifecycle;
 mod limits;
 /// Forwarding: credentials, headers, routing, streaming, cancellation.
 mod proxy;
+/// Limits shared by replicas through Redis, and its failure policies.
+mod redis;
 /// Administration API objects against OpenAI's examples.
 mod shapes;
 /// Metering, the Usage API, anomaly alerts.

@@ -196,9 +196,27 @@ impl TestGateway {
         extra_toml: &str,
         clock: Arc<dyn keygate::clock::Clock>,
     ) -> Self {
+        let file = db.path().join("keygate.db");
+        Self::boot(db, &file, upstream_url, extra_toml, clock).await
+    }
+
+    /// A second gateway process on `primary`'s database, as replicas run.
+    pub async fn replica_of(primary: &TestGateway, upstream_url: &str, extra_toml: &str) -> Self {
+        let file = primary.db.path().join("keygate.db");
+        let own = tempfile::tempdir().unwrap();
+        Self::boot(own, &file, upstream_url, extra_toml, Arc::new(keygate::clock::SystemClock)).await
+    }
+
+    async fn boot(
+        db: tempfile::TempDir,
+        file: &std::path::Path,
+        upstream_url: &str,
+        extra_toml: &str,
+        clock: Arc<dyn keygate::clock::Clock>,
+    ) -> Self {
         let toml = format!(
             "[database]\nurl = \"sqlite://{}\"\n[upstream]\nurl = \"{upstream_url}\"\nread_timeout_ms = 1000\nconnect_timeout_ms = 500\n{extra_toml}",
-            db.path().join("keygate.db").display()
+            file.display()
         );
         let config = Config::from_toml(&toml, &NoEnv).unwrap();
         let gateway = Gateway::start_with_clock(&config, Some(&Secret::new(ADMIN_KEY)), clock).await.unwrap();

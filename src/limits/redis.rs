@@ -1,0 +1,153 @@
+//! Bucket state in Redis, shared by every replica: the same GCRA arithmetic as
+//! [`LocalBackend`], in one Lua script per request (one round trip, atomic
+//! across all of a request's buckets). When Redis cannot be reached the
+//! configured policy applies: fail open to per-replica local limits, or fail
+//! closed and refuse.
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+use super::gcra::{BucketId, Check, LocalBackend, Rate, RateBackend, Refusal, TakeError, Taken};
+
+/// What to do while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Limit per replica with local buckets (logged and counted).
+    Open,
+    /// Refuse requests (503) until Redis is back.
+    Closed,
+}
+
+/// KEYS: bucket keys. ARGV: now (µs), then period, interval, cost per key.
+/// Returns {1, tat...} or {0, index, used, retry_after}. TATs are written
+/// with `%.0f`: Lua's default number format (`%.14g`) would round µs times.
+const TAKE: &str = r"
+local now = tonumber(ARGV[1])
+local tats = {}
+for i = 1, #KEYS do
+  local base = 2 + (i - 1) * 3
+  local period, interval, cost = tonumber(ARGV[base]), tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  for j = 1, i - 1 do
+    if KEYS[j] == KEYS[i] then tat = tats[j] end
+  end
+  if tat < now then tat = now end
+  local new = tat + cost * interval
+  if new - now > period then
+    return {0, i - 1, math.floor((tat - now + interval - 1) / interval), new - period - now}
+  end
+  tats[i] = new
+end
+local out = {1}
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.floor((tats[i] - now) / 1000) + 1000)
+  out[#out + 1] = tats[i]
+end
+return out
+";
+
+/// KEYS[1]: bucket. ARGV: now, interval, delta.
+const ADJUST: &str = r"
+local now, interval, delta = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new = tat + delta * interval
+if new <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1000)
+end
+return 1
+";
+
+pub struct RedisBackend {
+    connection: ConnectionManager,
+    prefix: String,
+    take: Script,
+    adjust: Script,
+    policy: FailurePolicy,
+    fallback: LocalBackend,
+}
+
+impl RedisBackend {
+    /// Connects (the manager reconnects by itself afterwards).
+    pub async fn connect(url: &str, prefix: &str, policy: FailurePolicy) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(std::time::Duration::from_millis(500))
+            .set_response_timeout(std::time::Duration::from_millis(500))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            connection,
+            prefix: prefix.to_owned(),
+            take: Script::new(TAKE),
+            adjust: Script::new(ADJUST),
+            policy,
+            fallback: LocalBackend::default(),
+        })
+    }
+
+    fn key(&self, bucket: &BucketId) -> String {
+        format!("{}{}", self.prefix, bucket.key())
+    }
+
+    fn unavailable(&self, error: &redis::RedisError) {
+        metrics::counter!("keygate_redis_failures_total").increment(1);
+        tracing::warn!(%error, policy = ?self.policy, "Redis is unreachable for rate limits");
+    }
+}
+
+#[async_trait::async_trait]
+impl RateBackend for RedisBackend {
+    async fn take(&self, checks: &[Check], now: i64) -> Result<Vec<Taken>, TakeError> {
+        let mut invocation = self.take.prepare_invoke();
+        invocation.arg(now);
+        for check in checks {
+            invocation.key(self.key(&check.bucket));
+            invocation.arg(check.rate.period_us).arg(check.rate.interval_us()).arg(check.cost);
+        }
+        let mut connection = self.connection.clone();
+        let reply: redis::RedisResult<Vec<i64>> = invocation.invoke_async(&mut connection).await;
+        match reply {
+            Ok(values) if values.first() == Some(&1) => Ok(checks
+                .iter()
+                .zip(&values[1..])
+                .map(|(check, tat)| super::gcra::taken(*tat, now, check.rate))
+                .collect()),
+            Ok(values) => {
+                let get = |i: usize| values.get(i).copied().unwrap_or(0);
+                let index = usize::try_from(get(1)).unwrap_or(0);
+                let limit = checks.get(index).map_or(0, |check| check.rate.limit);
+                Err(TakeError::Refused(Refusal {
+                    index,
+                    used: u64::try_from(get(2)).unwrap_or(0).min(limit),
+                    retry_after_us: get(3),
+                }))
+            }
+            Err(error) => {
+                self.unavailable(&error);
+                match self.policy {
+                    FailurePolicy::Open => self.fallback.take_now(checks, now).map_err(TakeError::Refused),
+                    FailurePolicy::Closed => Err(TakeError::Unavailable),
+                }
+            }
+        }
+    }
+
+    async fn adjust(&self, bucket: &BucketId, rate: Rate, delta: i64, now: i64) {
+        let mut invocation = self.adjust.prepare_invoke();
+        invocation.key(self.key(bucket)).arg(now).arg(rate.interval_us()).arg(delta);
+        let mut connection = self.connection.clone();
+        let reply: redis::RedisResult<i64> = invocation.invoke_async(&mut connection).await;
+        if let Err(error) = reply {
+            self.unavailable(&error);
+            self.fallback.adjust_now(bucket, rate, delta, now);
+        }
+    }
+
+    async fn prune(&self, now: i64) {
+        // Redis keys expire by themselves; only the local fallback needs it.
+        self.fallback.prune_now(now);
+    }
+}

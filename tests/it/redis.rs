@@ -1,0 +1,186 @@
+//! Rate limits shared through Redis: the machine's server at 127.0.0.1:6379
+//! for replicas sharing a limit, and a private `redis-server` this test stops
+//! and restarts for the failure policies.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::util::*;
+
+const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+
+/// A key prefix no other test run shares.
+fn prefix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("kgtest:{}:{nanos}:", std::process::id())
+}
+
+fn redis_toml(url: &str, policy: &str) -> String {
+    format!("[redis]\nurl = \"{url}\"\non_failure = \"{policy}\"\nkey_prefix = \"{}\"\n", prefix())
+}
+
+async fn limited_key(gw: &TestGateway, limits: Value) -> String {
+    let project = gw.default_project().await;
+    let (status, key) = gw
+        .admin(
+            Method::POST,
+            &format!("/v1/organization/projects/{project}/api_keys"),
+            Some(json!({"name": "shared", "rate_limits": limits})),
+        )
+        .await;
+    assert_eq!(status, 200, "{key}");
+    key["value"].as_str().unwrap().to_owned()
+}
+
+async fn chat(gw: &TestGateway, key: &str, body: &Value) -> reqwest::Response {
+    http().post(format!("{}/v1/chat/completions", gw.url)).bearer_auth(key).json(body).send().await.unwrap()
+}
+
+fn hello() -> Value {
+    json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[tokio::test]
+async fn an_rpm_limit_of_10_holds_across_two_replicas_combined() {
+    let mock = MockUpstream::start().await;
+    let config = redis_toml(SHARED_REDIS, "closed");
+    let a = TestGateway::start(&mock.url, &config).await;
+    let key = limited_key(&a, json!({"max_requests_per_1_minute": 10})).await;
+    let b = TestGateway::replica_of(&a, &mock.url, &config).await;
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        statuses.push(chat(gw, &key, &hello()).await.status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 10, "{statuses:?}");
+    assert!(statuses[..10].iter().all(|s| *s == 200), "the first ten pass, whichever replica: {statuses:?}");
+    let refused = chat(&b, &key, &hello()).await;
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("Limit 10, Used 10, Requested 1."), "{body}");
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn token_reservations_settle_to_real_usage_in_redis() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, &redis_toml(SHARED_REDIS, "closed")).await;
+    let key = limited_key(&gw, json!({"max_tokens_per_1_minute": 1000})).await;
+    let small = json!({"model": "gpt-4o", "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]});
+    let first = chat(&gw, &key, &small).await;
+    assert_eq!(first.status(), 200);
+    let remaining: u64 = first.headers()["x-ratelimit-remaining-tokens"].to_str().unwrap().parse().unwrap();
+    assert!(remaining < 500, "the reservation counts max_tokens: {remaining}");
+    first.text().await.unwrap();
+    // Settling runs beside the response; once it lands a second reservation fits.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = chat(&gw, &key, &small).await;
+        if again.status() == 200 {
+            break;
+        }
+        assert_eq!(again.status(), 429);
+        assert!(Instant::now() < deadline, "the reservation never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.stop().await;
+}
+
+/// A `redis-server` of this test's own, killed on drop.
+struct PrivateRedis {
+    port: u16,
+    child: Child,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (.ci/run installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, child }
+    }
+
+    fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Retries `chat` until it answers `status`, for at most 10 s.
+async fn eventually(gw: &TestGateway, key: &str, status: u16) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = chat(gw, key, &hello()).await;
+        if response.status().as_u16() == status {
+            return response;
+        }
+        assert!(Instant::now() < deadline, "still {} instead of {status}", response.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn when_redis_stops_each_failure_policy_applies_and_both_recover() {
+    let mock = MockUpstream::start().await;
+    let redis = PrivateRedis::start(free_port());
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let closed = TestGateway::start(&mock.url, &redis_toml(&url, "closed")).await;
+    let closed_key = limited_key(&closed, json!({"max_requests_per_1_minute": 100})).await;
+    let open = TestGateway::start(&mock.url, &redis_toml(&url, "open")).await;
+    let open_key = limited_key(&open, json!({"max_requests_per_1_minute": 3})).await;
+    assert_eq!(chat(&closed, &closed_key, &hello()).await.status(), 200);
+    assert_eq!(chat(&open, &open_key, &hello()).await.status(), 200);
+
+    let port = redis.stop();
+
+    // Fail closed: 503 in OpenAI's server_error shape, retryable.
+    let refused = chat(&closed, &closed_key, &hello()).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_request_id(&refused);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "server_error");
+    assert!(body["error"]["message"].as_str().unwrap().contains("rate limiter is unavailable"), "{body}");
+    // Fail open: per-replica local limits still hold (3 a minute, one already
+    // counted in Redis, so three more locally and then a 429).
+    for _ in 0..3 {
+        assert_eq!(chat(&open, &open_key, &hello()).await.status(), 200);
+    }
+    assert_eq!(chat(&open, &open_key, &hello()).await.status(), 429);
+
+    let _redis = PrivateRedis::start(port);
+    eventually(&closed, &closed_key, 200).await;
+    // The local fallback is spent, so a 200 means the open gateway counts in
+    // the restarted (empty) Redis again: 3 a minute, one just used.
+    eventually(&open, &open_key, 200).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(chat(&open, &open_key, &hello()).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    open.stop().await;
+    closed.stop().await;
+}
