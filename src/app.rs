@@ -117,6 +117,11 @@ impl Gateway {
             }),
         );
 
+        if let Some(redis) = &config.redis {
+            crate::replicas::start(&mut tasks, &redis.url, &redis.key_prefix, Arc::clone(&store), Arc::clone(&index))
+                .await
+                .with_context(|| format!("cannot subscribe to key changes on Redis at {}", redact_url(&redis.url)))?;
+        }
         let budgets = Arc::new(Budgets::default());
         load_budgets(&*store, &budgets, clock.now()).await.context("cannot load this month's spend")?;
         let backend: Arc<dyn RateBackend> = match &config.redis {

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod mock;
 pub mod openapi;
 pub mod proxy;
+pub mod replicas;
 pub mod route;
 pub mod server;
 pub mod store;

@@ -1,11 +1,13 @@
 //! The in-memory index of keys: digest → record and public id → record, in one
 //! immutable snapshot swapped atomically. Readers never lock; writers (admin
-//! actions, the periodic reload) build a new snapshot.
+//! actions, the periodic reload) build a new snapshot. Local changes are
+//! announced on a channel so other replicas can reload them ([`crate::replicas`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
 
 use crate::key::{KeyDigest, PublicId};
 use crate::store::{KeyRecord, Project};
@@ -34,9 +36,17 @@ impl Snapshot {
     }
 }
 
+/// A key or project whose stored state changed on this replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Key(PublicId),
+    Project(String),
+}
+
 #[derive(Default)]
 pub struct KeyIndex {
     snapshot: ArcSwap<Snapshot>,
+    changes: OnceLock<mpsc::Sender<Change>>,
 }
 
 fn project_map(projects: Vec<Project>) -> HashMap<String, Arc<Project>> {
@@ -47,6 +57,22 @@ impl KeyIndex {
     pub fn new(records: Vec<KeyRecord>, projects: Vec<Project>) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::build(records.into_iter().map(Arc::new), project_map(projects))),
+            changes: OnceLock::new(),
+        }
+    }
+
+    /// Starts announcing local changes (once; later calls get `None`). A full
+    /// channel drops announcements: the periodic reconcile heals peers.
+    pub fn announce_changes(&self, capacity: usize) -> Option<mpsc::Receiver<Change>> {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.changes.set(tx).ok().map(|()| rx)
+    }
+
+    fn announce(&self, change: Change) {
+        if let Some(tx) = self.changes.get() {
+            if tx.try_send(change).is_err() {
+                metrics::counter!("keygate_index_changes_dropped_total").increment(1);
+            }
         }
     }
 
@@ -55,8 +81,19 @@ impl KeyIndex {
         self.snapshot.store(Arc::new(Snapshot::build(records.into_iter().map(Arc::new), project_map(projects))));
     }
 
-    /// Inserts or replaces keys, dropping digests they no longer have.
+    /// Inserts or replaces keys changed here, dropping digests they no longer
+    /// have, and announces them to peers.
     pub fn upsert(&self, records: impl IntoIterator<Item = KeyRecord>) {
+        let records: Vec<KeyRecord> = records.into_iter().collect();
+        let ids: Vec<PublicId> = records.iter().map(|r| r.id.clone()).collect();
+        self.refresh(records);
+        for id in ids {
+            self.announce(Change::Key(id));
+        }
+    }
+
+    /// Inserts or replaces keys a peer changed (not announced again).
+    pub fn refresh(&self, records: impl IntoIterator<Item = KeyRecord>) {
         let records: Vec<Arc<KeyRecord>> = records.into_iter().map(Arc::new).collect();
         self.snapshot.rcu(|current| {
             let others = current.by_id.values().filter(|r| !records.iter().any(|n| n.id == r.id)).cloned();
@@ -64,8 +101,16 @@ impl KeyIndex {
         });
     }
 
-    /// Inserts or replaces a project's policy (archive, allow-lists).
+    /// Inserts or replaces a project's policy (archive, allow-lists) changed
+    /// here, and announces it to peers.
     pub fn upsert_project(&self, project: Project) {
+        let id = project.id.clone();
+        self.refresh_project(project);
+        self.announce(Change::Project(id));
+    }
+
+    /// Inserts or replaces a project a peer changed (not announced again).
+    pub fn refresh_project(&self, project: Project) {
         let project = Arc::new(project);
         self.snapshot.rcu(|current| {
             let mut projects = current.projects.clone();

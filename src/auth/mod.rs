@@ -21,7 +21,7 @@ use crate::store::{Access, KeyKind, KeyRecord, KeyState, Project, Timestamp};
 
 pub use credential::{extract, Presented};
 pub use denial::{dimension_name, Denial, ForeignKey, KeyRef};
-pub use index::KeyIndex;
+pub use index::{Change, KeyIndex};
 pub use scope::{admin_scope, data_plane_scope, Permissions, PermissionsError, Scope, KNOWN_SCOPES};
 
 /// Which side of the gateway a request is for.

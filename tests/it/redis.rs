@@ -184,3 +184,51 @@ async fn when_redis_stops_each_failure_policy_applies_and_both_recover() {
     open.stop().await;
     closed.stop().await;
 }
+
+/// Polls `gw` with `key` until it answers `status`; how long that took.
+async fn within(gw: &TestGateway, key: &str, status: u16, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let response = chat(gw, key, &hello()).await;
+        if response.status().as_u16() == status {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "still {} after {limit:?}", response.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_key_revoked_on_one_replica_is_refused_by_the_other_within_a_second() {
+    let mock = MockUpstream::start().await;
+    let config = redis_toml(SHARED_REDIS, "closed");
+    let a = TestGateway::start(&mock.url, &config).await;
+    let b = TestGateway::replica_of(&a, &mock.url, &config).await;
+    // Created on A after B started: B learns of it from the announcement.
+    let (key, secret) = a.create_key("replicated").await;
+    within(&b, &secret, 200, Duration::from_secs(1)).await;
+
+    let project = a.default_project().await;
+    let id = key["id"].as_str().unwrap();
+    let (status, _) =
+        a.admin(Method::DELETE, &format!("/v1/organization/projects/{project}/api_keys/{id}"), None).await;
+    assert_eq!(status, 200);
+    let took = within(&b, &secret, 401, Duration::from_secs(1)).await;
+    eprintln!("replica B refused the revoked key after {took:?}");
+
+    // A project created and then archived on A: B serves, then refuses, its key.
+    let (status, project) = a.admin(Method::POST, "/v1/organization/projects", Some(json!({"name": "fleet"}))).await;
+    assert_eq!(status, 200, "{project}");
+    let project = project["id"].as_str().unwrap();
+    let (status, key) = a
+        .admin(Method::POST, &format!("/v1/organization/projects/{project}/api_keys"), Some(json!({"name": "k"})))
+        .await;
+    assert_eq!(status, 200, "{key}");
+    let secret = key["value"].as_str().unwrap();
+    within(&b, secret, 200, Duration::from_secs(1)).await;
+    let (status, _) = a.admin(Method::POST, &format!("/v1/organization/projects/{project}/archive"), None).await;
+    assert_eq!(status, 200);
+    within(&b, secret, 401, Duration::from_secs(1)).await;
+    b.stop().await;
+    a.stop().await;
+}
