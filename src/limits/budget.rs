@@ -22,6 +22,16 @@ pub enum BudgetScope {
     Project(String),
 }
 
+impl BudgetScope {
+    /// The name of its spend counter for the month starting at `month`.
+    pub fn counter(&self, month: Timestamp) -> String {
+        match self {
+            Self::Key(id) => format!("spend:k:{}:{month}", id.as_str()),
+            Self::Project(id) => format!("spend:p:{id}:{month}"),
+        }
+    }
+}
+
 /// Spend this month per scope.
 #[derive(Default)]
 pub struct Budgets(Mutex<HashMap<BudgetScope, (Timestamp, i64)>>);
@@ -39,6 +49,18 @@ impl Budgets {
     pub fn spent(&self, scope: &BudgetScope, now: Timestamp) -> i64 {
         let month = month_start(now);
         self.0.lock().get(scope).filter(|(m, _)| *m == month).map_or(0, |(_, nanos)| *nanos)
+    }
+
+    /// Raises the month's spend to `total` (a shared counter's answer, which
+    /// includes other replicas' spend); a lower total changes nothing.
+    pub fn observe(&self, scope: &BudgetScope, total: i64, now: Timestamp) {
+        let month = month_start(now);
+        let mut map = self.0.lock();
+        let entry = map.entry(scope.clone()).or_insert((month, 0));
+        if entry.0 != month {
+            *entry = (month, 0);
+        }
+        entry.1 = entry.1.max(total);
     }
 
     /// Adds spend; returns the new total for the month.

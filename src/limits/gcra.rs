@@ -132,6 +132,12 @@ pub trait RateBackend: Send + Sync + 'static {
     async fn adjust(&self, bucket: &BucketId, rate: Rate, delta: i64, now_us: i64);
     /// Forgets buckets that are full again (their state equals no state).
     async fn prune(&self, now_us: i64);
+    /// Adds to a month's spend shared by every replica and returns the new
+    /// total; `seed` starts a counter this replica is the first to touch.
+    /// `None` when spend is not shared (each process counts its own).
+    async fn add_spend(&self, _counter: &str, _seed: i64, _nanos: i64) -> Option<i64> {
+        None
+    }
 }
 
 impl BucketId {

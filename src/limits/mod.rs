@@ -228,6 +228,7 @@ impl Limiter {
     /// budgets; returns the budgets whose alert threshold this request crossed.
     pub fn settle(&self, ticket: &Ticket, actual_tokens: u64, cost_nanos: i64) -> Vec<(BudgetScope, Budget, i64)> {
         self.settle_tokens(ticket, actual_tokens);
+        self.share_spend(ticket, cost_nanos);
         let mut crossed = Vec::new();
         for (scope, budget) in &ticket.budgets {
             let after = self.budgets.add(scope, cost_nanos, self.clock.now());
@@ -238,6 +239,27 @@ impl Limiter {
             }
         }
         crossed
+    }
+
+    /// Adds the cost to the shared month counters (when the backend has them)
+    /// and takes their totals, so this replica's budget checks see every
+    /// replica's spend without a round trip on admission.
+    fn share_spend(&self, ticket: &Ticket, cost_nanos: i64) {
+        if cost_nanos <= 0 || ticket.budgets.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        let month = month_start(now);
+        let counters: Vec<(BudgetScope, i64)> =
+            ticket.budgets.iter().map(|(scope, _)| (scope.clone(), self.budgets.spent(scope, now))).collect();
+        let (backend, budgets) = (Arc::clone(&self.backend), Arc::clone(&self.budgets));
+        spawn_unless_ready(async move {
+            for (scope, seed) in counters {
+                if let Some(total) = backend.add_spend(&scope.counter(month), seed, cost_nanos).await {
+                    budgets.observe(&scope, total, now);
+                }
+            }
+        });
     }
 
     fn settle_tokens(&self, ticket: &Ticket, actual: u64) {
@@ -251,18 +273,11 @@ impl Limiter {
         // while a shared backend's round trip goes on in its own task.
         let backend = Arc::clone(&self.backend);
         let buckets = ticket.token_buckets.clone();
-        let mut settle = Box::pin(async move {
+        spawn_unless_ready(async move {
             for (bucket, rate) in &buckets {
                 backend.adjust(bucket, *rate, delta, now).await;
             }
         });
-        if futures_util::FutureExt::now_or_never(settle.as_mut()).is_none() {
-            #[allow(
-                clippy::disallowed_methods,
-                reason = "a settle lost at shutdown only leaves the estimate counted until the bucket drains"
-            )]
-            tokio::spawn(settle);
-        }
     }
 
     /// Counts a failed authentication from `client`; `Some` when that client
@@ -291,6 +306,19 @@ impl Limiter {
     /// Drops bucket state that no longer limits anything.
     pub async fn prune(&self) {
         self.backend.prune(self.clock.now_millis() * 1000).await;
+    }
+}
+
+/// Runs `work` to completion here when it needs no I/O (local state), or in
+/// its own task when it waits on a shared backend.
+fn spawn_unless_ready(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let mut work = Box::pin(work);
+    if futures_util::FutureExt::now_or_never(work.as_mut()).is_none() {
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a settle lost at shutdown only leaves a bucket or budget slightly off until it drains"
+        )]
+        tokio::spawn(work);
     }
 }
 

@@ -60,11 +60,21 @@ end
 return 1
 ";
 
+/// KEYS[1]: a month's spend counter. ARGV: seed, nanos. Counters outlive
+/// their month by a few days so late settles still land.
+const SPEND: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', 3456000)
+end
+return redis.call('INCRBY', KEYS[1], ARGV[2])
+";
+
 pub struct RedisBackend {
     connection: ConnectionManager,
     prefix: String,
     take: Script,
     adjust: Script,
+    spend: Script,
     policy: FailurePolicy,
     fallback: LocalBackend,
 }
@@ -83,6 +93,7 @@ impl RedisBackend {
             prefix: prefix.to_owned(),
             take: Script::new(TAKE),
             adjust: Script::new(ADJUST),
+            spend: Script::new(SPEND),
             policy,
             fallback: LocalBackend::default(),
         })
@@ -144,6 +155,14 @@ impl RateBackend for RedisBackend {
             self.unavailable(&error);
             self.fallback.adjust_now(bucket, rate, delta, now);
         }
+    }
+
+    async fn add_spend(&self, counter: &str, seed: i64, nanos: i64) -> Option<i64> {
+        let mut invocation = self.spend.prepare_invoke();
+        invocation.key(format!("{}{counter}", self.prefix)).arg(seed).arg(nanos);
+        let mut connection = self.connection.clone();
+        let reply: redis::RedisResult<i64> = invocation.invoke_async(&mut connection).await;
+        reply.map_err(|error| self.unavailable(&error)).ok()
     }
 
     async fn prune(&self, now: i64) {

@@ -232,3 +232,39 @@ async fn a_key_revoked_on_one_replica_is_refused_by_the_other_within_a_second() 
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test]
+async fn a_budget_counts_the_spend_of_every_replica() {
+    let mock = MockUpstream::start().await;
+    let config = redis_toml(SHARED_REDIS, "closed");
+    let a = TestGateway::start(&mock.url, &config).await;
+    // A chat on the mock costs $0.0000475 (3 input and 4 output tokens of
+    // gpt-4o), so $0.00012 allows two and a half.
+    let project = a.default_project().await;
+    let (status, key) = a
+        .admin(
+            Method::POST,
+            &format!("/v1/organization/projects/{project}/api_keys"),
+            Some(json!({"name": "budgeted", "monthly_budget_usd": 0.00012})),
+        )
+        .await;
+    assert_eq!(status, 200, "{key}");
+    let key = key["value"].as_str().unwrap().to_owned();
+    let b = TestGateway::replica_of(&a, &mock.url, &config).await;
+    for _ in 0..2 {
+        let response = chat(&a, &key, &hello()).await;
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap();
+    }
+    let first = chat(&b, &key, &hello()).await;
+    assert_eq!(first.status(), 200, "B has seen none of A's spend yet");
+    first.text().await.unwrap();
+    // B's settle took the shared total ($0.0001425), past the budget.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = chat(&b, &key, &hello()).await;
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    b.stop().await;
+    a.stop().await;
+}
