@@ -94,12 +94,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `ready`; `degraded: ...` (200) while serving with reduced guarantees, such as
+/// per-replica limits while Redis is away; 503 when requests cannot be served.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
+    if let Err(error) = state.store.ping().await {
+        tracing::warn!(%error, "readiness check failed");
+        return (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response();
+    }
+    match state.limiter.health().await {
         Ok(()) => "ready".into_response(),
-        Err(error) => {
-            tracing::warn!(%error, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response()
+        Err(degraded) if degraded.serving => {
+            format!("degraded: {}; rate limits are per replica until it returns", degraded.reason).into_response()
+        }
+        Err(degraded) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{}; requests are refused until it returns", degraded.reason))
+                .into_response()
         }
     }
 }

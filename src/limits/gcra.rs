@@ -138,6 +138,19 @@ pub trait RateBackend: Send + Sync + 'static {
     async fn add_spend(&self, _counter: &str, _seed: i64, _nanos: i64) -> Option<i64> {
         None
     }
+    /// For `/readyz`: `Err` says what is wrong with a shared backend and
+    /// whether the gateway can still serve.
+    async fn health(&self) -> Result<(), Degraded> {
+        Ok(())
+    }
+}
+
+/// A shared backend that cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Degraded {
+    pub reason: String,
+    /// Whether requests are still served (fail-open) or refused (fail-closed).
+    pub serving: bool,
 }
 
 impl BucketId {

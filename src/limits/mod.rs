@@ -21,7 +21,7 @@ use crate::auth::Authorized;
 use crate::clock::Clock;
 
 pub use budget::{month_start, Budget, BudgetScope, Budgets};
-pub use gcra::{BucketId, Check, Dimension, LocalBackend, Owner, Rate, RateBackend, TakeError, Taken};
+pub use gcra::{BucketId, Check, Degraded, Dimension, LocalBackend, Owner, Rate, RateBackend, TakeError, Taken};
 pub use inflight::{Inflight, InflightGuard};
 pub use redis::{FailurePolicy, RedisBackend};
 
@@ -301,6 +301,11 @@ impl Limiter {
                 owner: format!("client {client}"),
             }),
         }
+    }
+
+    /// Whether the rate-limit backend is reachable (always, when local).
+    pub async fn health(&self) -> Result<(), Degraded> {
+        self.backend.health().await
     }
 
     /// Drops bucket state that no longer limits anything.

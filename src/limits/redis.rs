@@ -7,7 +7,7 @@
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::gcra::{BucketId, Check, LocalBackend, Rate, RateBackend, Refusal, TakeError, Taken};
+use super::gcra::{BucketId, Check, Degraded, LocalBackend, Rate, RateBackend, Refusal, TakeError, Taken};
 
 /// What to do while Redis is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +163,15 @@ impl RateBackend for RedisBackend {
         let mut connection = self.connection.clone();
         let reply: redis::RedisResult<i64> = invocation.invoke_async(&mut connection).await;
         reply.map_err(|error| self.unavailable(&error)).ok()
+    }
+
+    async fn health(&self) -> Result<(), Degraded> {
+        let mut connection = self.connection.clone();
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut connection).await;
+        pong.map(drop).map_err(|error| Degraded {
+            reason: format!("redis unreachable ({:?})", error.kind()),
+            serving: self.policy == FailurePolicy::Open,
+        })
     }
 
     async fn prune(&self, now: i64) {

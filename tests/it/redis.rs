@@ -154,7 +154,13 @@ async fn when_redis_stops_each_failure_policy_applies_and_both_recover() {
     assert_eq!(chat(&closed, &closed_key, &hello()).await.status(), 200);
     assert_eq!(chat(&open, &open_key, &hello()).await.status(), 200);
 
+    assert_eq!(http().get(format!("{}/readyz", open.url)).send().await.unwrap().text().await.unwrap(), "ready");
     let port = redis.stop();
+    let ready = http().get(format!("{}/readyz", open.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(ready.text().await.unwrap().starts_with("degraded: redis unreachable"));
+    let ready = http().get(format!("{}/readyz", closed.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
 
     // Fail closed: 503 in OpenAI's server_error shape, retryable.
     let refused = chat(&closed, &closed_key, &hello()).await;
@@ -173,6 +179,7 @@ async fn when_redis_stops_each_failure_policy_applies_and_both_recover() {
 
     let _redis = PrivateRedis::start(port);
     eventually(&closed, &closed_key, 200).await;
+    assert_eq!(http().get(format!("{}/readyz", closed.url)).send().await.unwrap().text().await.unwrap(), "ready");
     // The local fallback is spent, so a 200 means the open gateway counts in
     // the restarted (empty) Redis again: 3 a minute, one just used.
     eventually(&open, &open_key, 200).await;
