@@ -4,6 +4,7 @@
 
 mod admin_keys;
 mod client;
+mod database;
 mod doctor;
 mod explain;
 mod keys;
@@ -29,6 +30,10 @@ pub struct Cli {
 enum Command {
     /// Run the gateway.
     Serve(serve::ServeArgs),
+    /// Apply database migrations (`serve` also applies them at start).
+    Migrate(database::MigrateArgs),
+    /// Write a consistent copy of a live SQLite database.
+    Backup(database::BackupArgs),
     /// Rate limits of keys and of a project's models.
     #[command(subcommand)]
     Limits(limits::LimitsCommand),
@@ -79,6 +84,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Migrate(args) => database::migrate(args).await,
+            Command::Backup(args) => database::backup(args).await,
             Command::Keys(cmd) => keys::run(cmd).await,
             Command::Explain(args) => explain::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,

@@ -43,7 +43,8 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    pub async fn migrate(&self) -> StoreResult<()> {
+    /// Applies pending migrations; returns (version, name) of each one applied.
+    pub async fn migrate(&self) -> StoreResult<Vec<(i64, &'static str)>> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS keygate_schema (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
         )
@@ -55,6 +56,7 @@ impl SqliteStore {
         if current > known {
             return Err(StoreError::SchemaTooNew { found: current, known });
         }
+        let mut applied = Vec::new();
         for m in SQLITE.iter().filter(|m| m.version > current) {
             let mut tx = self.pool.begin().await?;
             sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
@@ -66,7 +68,28 @@ impl SqliteStore {
                 .await?;
             tx.commit().await?;
             tracing::info!(version = m.version, name = m.name, "applied migration");
+            applied.push((m.version, m.name));
         }
+        Ok(applied)
+    }
+
+    /// The schema version recorded in the database (0 for a new one).
+    pub async fn schema_version(&self) -> StoreResult<i64> {
+        let exists: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'keygate_schema'")
+                .fetch_one(&self.pool)
+                .await?;
+        if exists == 0 {
+            return Ok(0);
+        }
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM keygate_schema").fetch_one(&self.pool).await?)
+    }
+
+    /// Writes a consistent copy of the live database to `path` (`VACUUM
+    /// INTO`: readers and writers carry on meanwhile).
+    pub async fn backup_to(&self, path: &std::path::Path) -> StoreResult<()> {
+        let path = path.to_str().ok_or_else(|| StoreError::Corrupt("the backup path is not UTF-8".into()))?;
+        sqlx::query("VACUUM INTO ?").bind(path).execute(&self.pool).await?;
         Ok(())
     }
 

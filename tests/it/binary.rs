@@ -252,3 +252,62 @@ async fn sigterm_mid_load_loses_no_usage_row_of_a_completed_request() {
     let recorded: i64 = rows.iter().map(|r| r.requests).sum();
     assert!(recorded >= completed, "{completed} requests completed but {recorded} were recorded");
 }
+
+fn keygate(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_keygate")).args(args).env_remove("KEYGATE_DATABASE_URL").output().unwrap()
+}
+
+#[tokio::test]
+async fn migrate_reports_what_it_applied_and_a_backup_serves_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("k.db").display());
+    let first = keygate(&["migrate", "--database", &url, "--json"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(report["from_version"], 0);
+    assert_eq!(report["applied"][0]["name"], "init");
+    let again: serde_json::Value =
+        serde_json::from_slice(&keygate(&["migrate", "--database", &url, "--json"]).stdout).unwrap();
+    assert_eq!(again["applied"], serde_json::json!([]));
+    assert_eq!(again["from_version"], again["to_version"]);
+
+    let env = [("KEYGATE_ADMIN_KEY", "backup-admin-secret")];
+    let server = Server::start(dir.path(), &env);
+    let key = server.create_key("backup-admin-secret", "kept").await;
+    let secret = key["value"].as_str().unwrap();
+    // The copy is taken while the server runs.
+    let copy = tempfile::tempdir().unwrap();
+    let destination = copy.path().join("k.db");
+    let backup = keygate(&["backup", destination.to_str().unwrap(), "--database", &url]);
+    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
+    assert!(server.terminate().0.success());
+    let restored = Server::start(copy.path(), &env);
+    let models =
+        crate::util::http().get(format!("{}/v1/models", restored.url)).bearer_auth(secret).send().await.unwrap();
+    assert_eq!(models.status(), 200, "the key works on the restored copy");
+    restored.terminate();
+
+    let refused = keygate(&["backup", destination.to_str().unwrap(), "--database", &url]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("already exists"));
+    let missing = keygate(&["backup", "/tmp/never.db", "--database", "sqlite:///nonexistent/k.db"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("there is no database"));
+
+    // A database migrated by a newer keygate is refused, by migrate and serve alike.
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("INSERT INTO keygate_schema (version, name, applied_at) VALUES (99, 'future', 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let newer = keygate(&["migrate", "--database", &url]);
+    assert!(!newer.status.success());
+    assert!(String::from_utf8_lossy(&newer.stderr).contains("newer than this keygate knows"));
+    let serve = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &url])
+        .env("KEYGATE_UPSTREAM_URL", "mock")
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("newer than this keygate knows"));
+}
