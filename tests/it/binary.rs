@@ -311,3 +311,77 @@ async fn migrate_reports_what_it_applied_and_a_backup_serves_every_key() {
     assert!(!serve.status.success());
     assert!(String::from_utf8_lossy(&serve.stderr).contains("newer than this keygate knows"));
 }
+
+#[tokio::test]
+async fn two_serve_processes_share_limits_and_revocations_through_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let prefix = format!("kgbin:{nanos}:");
+    let env = [
+        ("KEYGATE_ADMIN_KEY", "replica-admin-secret"),
+        ("KEYGATE_REDIS_URL", "redis://127.0.0.1:6379"),
+        ("KEYGATE_REDIS__KEY_PREFIX", prefix.as_str()),
+    ];
+    let a = Server::start(dir.path(), &env);
+    let b = Server::start(dir.path(), &env);
+    let http = crate::util::http();
+    let projects: serde_json::Value = http
+        .get(format!("{}/v1/organization/projects", a.url))
+        .bearer_auth("replica-admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let project = projects["data"][0]["id"].as_str().unwrap();
+    let key: serde_json::Value = http
+        .post(format!("{}/v1/organization/projects/{project}/api_keys", a.url))
+        .bearer_auth("replica-admin-secret")
+        .json(&serde_json::json!({"name": "shared", "rate_limits": {"max_requests_per_1_minute": 10}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = key["value"].as_str().unwrap();
+    let chat = |url: String| {
+        http.post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(secret)
+            .json(&serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    // B learns of the key A created from the announcement.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while http.get(format!("{}/v1/keygate/echo-auth", b.url)).bearer_auth(secret).send().await.unwrap().status() != 200
+    {
+        assert!(Instant::now() < deadline, "replica B never learned of the key");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ok = 0;
+    for i in 0..20 {
+        let url = if i % 2 == 0 { a.url.clone() } else { b.url.clone() };
+        let status = chat(url).await.unwrap().status().as_u16();
+        assert!(status == 200 || status == 429, "{status}");
+        ok += usize::from(status == 200);
+    }
+    assert_eq!(ok, 10, "RPM 10 holds across both processes combined");
+
+    let id = key["id"].as_str().unwrap();
+    let revoked = http
+        .delete(format!("{}/v1/organization/projects/{project}/api_keys/{id}", a.url))
+        .bearer_auth("replica-admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while http.get(format!("{}/v1/keygate/echo-auth", b.url)).bearer_auth(secret).send().await.unwrap().status() != 401
+    {
+        assert!(Instant::now() < deadline, "replica B still accepts the revoked key after 1 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.terminate();
+    b.terminate();
+}
