@@ -1,6 +1,7 @@
 //! `keygate migrate` and `keygate backup`: work on the database file itself,
 //! not through a running gateway.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -97,5 +98,83 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
             args.destination.display()
         ));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Database URL [default: sqlite://keygate.db].
+    #[arg(long, env = "KEYGATE_DATABASE_URL")]
+    database: Option<String>,
+    /// Write to this file instead of standard output (must not exist yet).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// A file written by `keygate export`.
+    file: PathBuf,
+    /// Database URL of a new database [default: sqlite://keygate.db].
+    #[arg(long, env = "KEYGATE_DATABASE_URL")]
+    database: Option<String>,
+}
+
+/// A one-line progress bar on standard error, when it is a terminal.
+fn progress_bar(verb: &'static str) -> impl FnMut(u64, u64) {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut shown = 0u64;
+    move |done, total| {
+        if !tty || total == 0 {
+            return;
+        }
+        let percent = done * 100 / total;
+        if percent != shown || done == total {
+            shown = percent;
+            let filled = usize::try_from(percent / 4).unwrap_or(25);
+            let bar = format!("{}{}", "#".repeat(filled), "-".repeat(25 - filled.min(25)));
+            let end = if done == total { "\n" } else { "" };
+            let _ = write!(std::io::stderr(), "\r{verb} [{bar}] {percent:>3}% {done}/{total} rows{end}");
+        }
+    }
+}
+
+pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let url = args.database.unwrap_or_else(|| DEFAULT_DATABASE.into());
+    let store = open_existing(&url).await?;
+    let mut bar = progress_bar("export");
+    let now = keygate::clock::unix_now();
+    let rows = match &args.output {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| {
+                anyhow::Error::new(Help("choose a new file name; keygate never overwrites an export".into()))
+                    .context(format!("cannot create `{}`: {e}", path.display()))
+            })?;
+            let mut out = std::io::BufWriter::new(file);
+            store.export(&mut out, now, &mut bar).await?
+        }
+        None => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            store.export(&mut out, now, &mut bar).await?
+        }
+    };
+    if let Some(path) = &args.output {
+        eprintln!("Exported {rows} rows to {}.", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let url = args.database.unwrap_or_else(|| DEFAULT_DATABASE.into());
+    sqlite_path(&url)?;
+    let file = std::fs::File::open(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
+    let store = SqliteStore::open(&url).await.with_context(|| format!("cannot open `{url}`"))?;
+    store.migrate().await?;
+    let mut bar = progress_bar("import");
+    let rows = store
+        .import(&mut std::io::BufReader::new(file), &mut bar)
+        .await
+        .with_context(|| format!("nothing was imported from `{}`", args.file.display()))?;
+    eprintln!("Imported {rows} rows. Start it with: keygate serve --database {url}");
     Ok(ExitCode::SUCCESS)
 }

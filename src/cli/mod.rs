@@ -34,6 +34,10 @@ enum Command {
     Migrate(database::MigrateArgs),
     /// Write a consistent copy of a live SQLite database.
     Backup(database::BackupArgs),
+    /// Write every key, project and usage row as JSON Lines (see README).
+    Export(database::ExportArgs),
+    /// Load a `keygate export` file into a new database.
+    Import(database::ImportArgs),
     /// Rate limits of keys and of a project's models.
     #[command(subcommand)]
     Limits(limits::LimitsCommand),
@@ -86,6 +90,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Serve(args) => serve::run(args).await,
             Command::Migrate(args) => database::migrate(args).await,
             Command::Backup(args) => database::backup(args).await,
+            Command::Export(args) => database::export(args).await,
+            Command::Import(args) => database::import(args).await,
             Command::Keys(cmd) => keys::run(cmd).await,
             Command::Explain(args) => explain::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,

@@ -5,6 +5,7 @@
 //! from it at start and after each change. Writes that follow requests
 //! (last-used times) arrive here in batches.
 
+pub mod dump;
 mod migrate;
 mod sqlite;
 

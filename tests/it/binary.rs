@@ -385,3 +385,77 @@ async fn two_serve_processes_share_limits_and_revocations_through_redis() {
     a.terminate();
     b.terminate();
 }
+
+#[tokio::test]
+async fn export_then_import_moves_every_key_and_usage_row_to_a_new_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("KEYGATE_ADMIN_KEY", "move-admin-secret")];
+    let server = Server::start(dir.path(), &env);
+    let key = server.create_key("move-admin-secret", "moved").await;
+    let secret = key["value"].as_str().unwrap();
+    let http = crate::util::http();
+    let chat = http
+        .post(format!("{}/v1/chat/completions", server.url))
+        .bearer_auth(secret)
+        .json(&serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200);
+    chat.text().await.unwrap();
+    assert!(server.terminate().0.success(), "SIGTERM flushes the usage row");
+
+    let source = format!("sqlite://{}", dir.path().join("k.db").display());
+    let file = dir.path().join("export.jsonl");
+    let export = keygate(&["export", "--database", &source, "--output", file.to_str().unwrap()]);
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("{\"format\":\"keygate-export\",\"version\":1,"), "{}", &text[..80]);
+    assert!(!text.contains(secret), "an export holds digests, never secrets");
+    assert!(text.lines().any(|l| l.starts_with("{\"table\":\"usage_records\"")));
+
+    let target_dir = tempfile::tempdir().unwrap();
+    let target = format!("sqlite://{}", target_dir.path().join("k.db").display());
+    let import = keygate(&["import", file.to_str().unwrap(), "--database", &target]);
+    assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
+    let again = keygate(&["import", file.to_str().unwrap(), "--database", &target]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds data"));
+
+    let moved = Server::start(target_dir.path(), &env);
+    let models = http.get(format!("{}/v1/models", moved.url)).bearer_auth(secret).send().await.unwrap();
+    assert_eq!(models.status(), 200, "the key works in the new database");
+    let day_ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 86_400;
+    let usage: serde_json::Value = http
+        .get(format!("{}/v1/organization/usage/completions?start_time={day_ago}&bucket_width=1h&limit=25", moved.url))
+        .bearer_auth("move-admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let requests: u64 = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["results"].as_array().unwrap())
+        .map(|r| r["num_model_requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(requests, 1, "{usage}");
+    moved.terminate();
+
+    // A cut-short file imports nothing.
+    let short = dir.path().join("short.jsonl");
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&short, lines[..lines.len() - 1].join("\n")).unwrap();
+    let empty_dir = tempfile::tempdir().unwrap();
+    let empty = format!("sqlite://{}", empty_dir.path().join("k.db").display());
+    let truncated = keygate(&["import", short.to_str().unwrap(), "--database", &empty]);
+    assert!(!truncated.status.success());
+    assert!(String::from_utf8_lossy(&truncated.stderr).contains("the file ends after"));
+    let garbage = dir.path().join("garbage.jsonl");
+    std::fs::write(&garbage, "hello\n").unwrap();
+    let refused = keygate(&["import", garbage.to_str().unwrap(), "--database", &empty]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("line 1: not a keygate export header"));
+}
