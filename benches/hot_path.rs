@@ -68,6 +68,18 @@ fn index_of(n: usize) -> (KeyIndex, String) {
     (KeyIndex::new(records, vec![project()]), key)
 }
 
+/// A chat completion on the data plane, as the authentication benchmarks see it.
+fn chat_admission() -> Admission<'static> {
+    Admission {
+        plane: Plane::Data,
+        scope: data_plane_scope(&Method::POST, "/v1/chat/completions"),
+        client_ip: Some("192.0.2.1".parse().unwrap()),
+        organization_id: "org-bench",
+        azure: false,
+        now: 1_800_000_000,
+    }
+}
+
 fn key_format(c: &mut Criterion) {
     let (_, key) = record(RateLimits::default());
     c.bench_function("key parse + checksum", |b| b.iter(|| keygate::key::parse(black_box(&key)).is_ok()));
@@ -92,14 +104,7 @@ fn decision(c: &mut Criterion) {
         let (index, key) = index_of(n);
         let mut headers = HeaderMap::new();
         headers.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")).unwrap());
-        let admission = Admission {
-            plane: Plane::Data,
-            scope: data_plane_scope(&Method::POST, "/v1/chat/completions"),
-            client_ip: Some("192.0.2.1".parse().unwrap()),
-            organization_id: "org-bench",
-            azure: false,
-            now: 1_800_000_000,
-        };
+        let admission = chat_admission();
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| authenticate(&index, black_box(&headers), &admission).is_ok())
         });
@@ -162,14 +167,7 @@ fn redis_limiter(c: &mut Criterion) {
     let index = KeyIndex::new(vec![record], vec![project()]);
     let mut headers = HeaderMap::new();
     headers.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")).unwrap());
-    let admission = Admission {
-        plane: Plane::Data,
-        scope: data_plane_scope(&Method::POST, "/v1/chat/completions"),
-        client_ip: Some("192.0.2.1".parse().unwrap()),
-        organization_id: "org-bench",
-        azure: false,
-        now: 1_800_000_000,
-    };
+    let admission = chat_admission();
     c.bench_function("auth + Redis limiter admit (RPM + TPM)", |b| {
         b.iter(|| {
             let authorized = authenticate(&index, black_box(&headers), &admission).unwrap();

@@ -47,8 +47,11 @@ impl Server {
 
     /// Creates a key in the default project with `admin`; returns the key object.
     async fn create_key(&self, admin: &str, name: &str) -> serde_json::Value {
-        let http = crate::util::http();
-        let projects: serde_json::Value = http
+        self.create_key_with(admin, serde_json::json!({"name": name})).await
+    }
+
+    async fn default_project(&self, admin: &str) -> String {
+        let projects: serde_json::Value = crate::util::http()
             .get(format!("{}/v1/organization/projects", self.url))
             .bearer_auth(admin)
             .send()
@@ -57,10 +60,16 @@ impl Server {
             .json()
             .await
             .unwrap();
-        let project = projects["data"][0]["id"].as_str().unwrap();
-        http.post(format!("{}/v1/organization/projects/{project}/api_keys", self.url))
+        projects["data"][0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a key from `body` in the default project with `admin`.
+    async fn create_key_with(&self, admin: &str, body: serde_json::Value) -> serde_json::Value {
+        let project = self.default_project(admin).await;
+        crate::util::http()
+            .post(format!("{}/v1/organization/projects/{project}/api_keys", self.url))
             .bearer_auth(admin)
-            .json(&serde_json::json!({"name": name}))
+            .json(&body)
             .send()
             .await
             .unwrap()
@@ -105,26 +114,7 @@ async fn first_start_prints_an_admin_key_once_and_restart_keeps_keys() {
     assert!(stderr.contains("MOCK"), "the mock upstream must be announced loudly");
 
     let second = Server::start(dir.path(), &[]);
-    let projects: serde_json::Value = http
-        .get(format!("{}/v1/organization/projects", second.url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let project = projects["data"][0]["id"].as_str().unwrap();
-    let key: serde_json::Value = http
-        .post(format!("{}/v1/organization/projects/{project}/api_keys", second.url))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"name": "survivor"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let key = second.create_key(&admin, "survivor").await;
     let secret = key["value"].as_str().unwrap().to_owned();
     let (status, stderr) = second.terminate();
     assert!(status.success());
@@ -325,26 +315,13 @@ async fn two_serve_processes_share_limits_and_revocations_through_redis() {
     let a = Server::start(dir.path(), &env);
     let b = Server::start(dir.path(), &env);
     let http = crate::util::http();
-    let projects: serde_json::Value = http
-        .get(format!("{}/v1/organization/projects", a.url))
-        .bearer_auth("replica-admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let project = projects["data"][0]["id"].as_str().unwrap();
-    let key: serde_json::Value = http
-        .post(format!("{}/v1/organization/projects/{project}/api_keys", a.url))
-        .bearer_auth("replica-admin-secret")
-        .json(&serde_json::json!({"name": "shared", "rate_limits": {"max_requests_per_1_minute": 10}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let key = a
+        .create_key_with(
+            "replica-admin-secret",
+            serde_json::json!({"name": "shared", "rate_limits": {"max_requests_per_1_minute": 10}}),
+        )
+        .await;
+    let project = a.default_project("replica-admin-secret").await;
     let secret = key["value"].as_str().unwrap();
     let chat = |url: String| {
         http.post(format!("{url}/v1/chat/completions"))
