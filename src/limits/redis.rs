@@ -4,6 +4,8 @@
 //! configured policy applies: fail open to per-replica local limits, or fail
 //! closed and refuse.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use redis::aio::ConnectionManager;
 use redis::Script;
 
@@ -77,7 +79,13 @@ pub struct RedisBackend {
     spend: Script,
     policy: FailurePolicy,
     fallback: LocalBackend,
+    /// After a failure Redis is left alone until this instant (ms since the
+    /// epoch), so an unreachable host costs one timeout a second, not one per request.
+    resting_until: AtomicI64,
 }
+
+/// How long Redis is left alone after a failure.
+const REST_MS: i64 = 1000;
 
 impl RedisBackend {
     /// Connects (the manager reconnects by itself afterwards).
@@ -96,6 +104,7 @@ impl RedisBackend {
             spend: Script::new(SPEND),
             policy,
             fallback: LocalBackend::default(),
+            resting_until: AtomicI64::new(0),
         })
     }
 
@@ -106,12 +115,29 @@ impl RedisBackend {
     fn unavailable(&self, error: &redis::RedisError) {
         metrics::counter!("keygate_redis_failures_total").increment(1);
         tracing::warn!(%error, policy = ?self.policy, "Redis is unreachable for rate limits");
+        self.resting_until
+            .store(crate::clock::Clock::now_millis(&crate::clock::SystemClock) + REST_MS, Ordering::Relaxed);
+    }
+
+    fn resting(&self) -> bool {
+        crate::clock::Clock::now_millis(&crate::clock::SystemClock) < self.resting_until.load(Ordering::Relaxed)
+    }
+
+    /// What a request gets while Redis cannot answer.
+    fn fall_back(&self, checks: &[Check], now: i64) -> Result<Vec<Taken>, TakeError> {
+        match self.policy {
+            FailurePolicy::Open => self.fallback.take_now(checks, now).map_err(TakeError::Refused),
+            FailurePolicy::Closed => Err(TakeError::Unavailable),
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl RateBackend for RedisBackend {
     async fn take(&self, checks: &[Check], now: i64) -> Result<Vec<Taken>, TakeError> {
+        if self.resting() {
+            return self.fall_back(checks, now);
+        }
         let mut invocation = self.take.prepare_invoke();
         invocation.arg(now);
         for check in checks {
@@ -138,15 +164,15 @@ impl RateBackend for RedisBackend {
             }
             Err(error) => {
                 self.unavailable(&error);
-                match self.policy {
-                    FailurePolicy::Open => self.fallback.take_now(checks, now).map_err(TakeError::Refused),
-                    FailurePolicy::Closed => Err(TakeError::Unavailable),
-                }
+                self.fall_back(checks, now)
             }
         }
     }
 
     async fn adjust(&self, bucket: &BucketId, rate: Rate, delta: i64, now: i64) {
+        if self.resting() {
+            return self.fallback.adjust_now(bucket, rate, delta, now);
+        }
         let mut invocation = self.adjust.prepare_invoke();
         invocation.key(self.key(bucket)).arg(now).arg(rate.interval_us()).arg(delta);
         let mut connection = self.connection.clone();
@@ -158,6 +184,9 @@ impl RateBackend for RedisBackend {
     }
 
     async fn add_spend(&self, counter: &str, seed: i64, nanos: i64) -> Option<i64> {
+        if self.resting() {
+            return None;
+        }
         let mut invocation = self.spend.prepare_invoke();
         invocation.key(format!("{}{counter}", self.prefix)).arg(seed).arg(nanos);
         let mut connection = self.connection.clone();
