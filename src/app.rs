@@ -126,11 +126,23 @@ impl Gateway {
         load_budgets(&*store, &budgets, clock.now()).await.context("cannot load this month's spend")?;
         let backend: Arc<dyn RateBackend> = match &config.redis {
             None => Arc::new(LocalBackend::default()),
-            Some(redis) => Arc::new(
-                RedisBackend::connect(&redis.url, &redis.key_prefix, redis.on_failure)
-                    .await
-                    .with_context(|| format!("cannot connect to Redis at {}", redact_url(&redis.url)))?,
-            ),
+            Some(redis) => {
+                let shared = Arc::new(
+                    RedisBackend::connect(&redis.url, &redis.key_prefix, redis.on_failure)
+                        .await
+                        .with_context(|| format!("cannot connect to Redis at {}", redact_url(&redis.url)))?,
+                );
+                let renewing = Arc::clone(&shared);
+                let every = Duration::from_millis(crate::limits::LEASE_MS.unsigned_abs() / 3);
+                tasks.spawn(
+                    "in-flight lease renewal",
+                    jobs::periodic(every, move || {
+                        let shared = Arc::clone(&renewing);
+                        async move { shared.renew_leases().await }
+                    }),
+                );
+                shared
+            }
         };
         let limiter = Arc::new(Limiter::new(backend, budgets, Arc::clone(&clock), config.failed_auth_per_minute));
         let prune_limiter = Arc::clone(&limiter);

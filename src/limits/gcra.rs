@@ -138,12 +138,23 @@ pub trait RateBackend: Send + Sync + 'static {
     async fn add_spend(&self, _counter: &str, _seed: i64, _nanos: i64) -> Option<i64> {
         None
     }
+    /// Takes one in-flight slot for each `(owner, max)` in a set every replica
+    /// shares, all or none; dropping the lease frees them. `None` when slots
+    /// are not shared (or Redis is away and the policy is open): the limiter
+    /// then counts them in process.
+    async fn acquire_slots(&self, _slots: &[(Owner, u64)]) -> Option<Result<SharedLease, TakeError>> {
+        None
+    }
     /// For `/readyz`: `Err` says what is wrong with a shared backend and
     /// whether the gateway can still serve.
     async fn health(&self) -> Result<(), Degraded> {
         Ok(())
     }
 }
+
+/// Shared in-flight slots held by one request; dropping it gives them back.
+#[derive(Debug)]
+pub struct SharedLease(pub Box<dyn std::fmt::Debug + Send + Sync>);
 
 /// A shared backend that cannot be reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,14 +164,21 @@ pub struct Degraded {
     pub serving: bool,
 }
 
-impl BucketId {
+impl Owner {
     /// A stable text form, for shared stores.
     pub fn key(&self) -> String {
-        let owner = match &self.owner {
+        match self {
             Owner::Key(id) => format!("k:{}", id.as_str()),
             Owner::Project(id, model) => format!("p:{id}:{}", model.as_deref().unwrap_or("*")),
             Owner::Client(ip) => format!("c:{ip}"),
-        };
+        }
+    }
+}
+
+impl BucketId {
+    /// A stable text form, for shared stores.
+    pub fn key(&self) -> String {
+        let owner = self.owner.key();
         let dimension = match self.dimension {
             Dimension::RequestsPerMinute => "rpm",
             Dimension::RequestsPerDay => "rpd",

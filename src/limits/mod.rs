@@ -21,9 +21,11 @@ use crate::auth::Authorized;
 use crate::clock::Clock;
 
 pub use budget::{month_start, Budget, BudgetScope, Budgets};
-pub use gcra::{BucketId, Check, Degraded, Dimension, LocalBackend, Owner, Rate, RateBackend, TakeError, Taken};
+pub use gcra::{
+    BucketId, Check, Degraded, Dimension, LocalBackend, Owner, Rate, RateBackend, SharedLease, TakeError, Taken,
+};
 pub use inflight::{Inflight, InflightGuard};
-pub use redis::{FailurePolicy, RedisBackend};
+pub use redis::{FailurePolicy, RedisBackend, LEASE_MS};
 
 /// Limits of a key, or of a project for one model pattern (`*` = all models
 /// together). Field names follow OpenAI's project rate limits.
@@ -116,6 +118,7 @@ pub struct Ticket {
     budgets: Vec<(BudgetScope, Budget)>,
     pub headers: RateHeaders,
     _inflight: Vec<InflightGuard>,
+    _lease: Option<SharedLease>,
 }
 
 pub struct Limiter {
@@ -177,10 +180,23 @@ impl Limiter {
             }
         }
         // Concurrency first: a request refused for it must not use up a rate.
-        for (owner, max, name) in concurrency {
-            match self.inflight.acquire(owner, max) {
-                Some(guard) => ticket._inflight.push(guard),
-                None => return Err(Exceeded::Concurrency { limit: max, owner: name }),
+        if !concurrency.is_empty() {
+            let slots: Vec<(Owner, u64)> = concurrency.iter().map(|(owner, max, _)| (owner.clone(), *max)).collect();
+            match self.backend.acquire_slots(&slots).await {
+                Some(Ok(lease)) => ticket._lease = Some(lease),
+                Some(Err(TakeError::Unavailable)) => return Err(Exceeded::Unavailable),
+                Some(Err(TakeError::Refused(refusal))) => {
+                    let (_, max, name) = concurrency.swap_remove(refusal.index.min(concurrency.len() - 1));
+                    return Err(Exceeded::Concurrency { limit: max, owner: name });
+                }
+                None => {
+                    for (owner, max, name) in concurrency {
+                        match self.inflight.acquire(owner, max) {
+                            Some(guard) => ticket._inflight.push(guard),
+                            None => return Err(Exceeded::Concurrency { limit: max, owner: name }),
+                        }
+                    }
+                }
             }
         }
         if let Some(check) = checks.iter().find(|c| c.cost > c.rate.limit) {

@@ -4,12 +4,16 @@
 //! configured policy applies: fail open to per-replica local limits, or fail
 //! closed and refuse.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::gcra::{BucketId, Check, Degraded, LocalBackend, Rate, RateBackend, Refusal, TakeError, Taken};
+use super::gcra::{
+    BucketId, Check, Degraded, LocalBackend, Owner, Rate, RateBackend, Refusal, SharedLease, TakeError, Taken,
+};
 
 /// What to do while Redis is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +75,68 @@ end
 return redis.call('INCRBY', KEYS[1], ARGV[2])
 ";
 
+/// KEYS: in-flight sets. ARGV: now (ms), lease (ms), member, then each set's
+/// maximum. Expired leases (a replica that died) are dropped first. Returns
+/// -1 when every slot was taken, else the index of the full set.
+const ACQUIRE: &str = r"
+local now, lease, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+for i = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[3 + i]) then return i - 1 end
+end
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], now + lease, member)
+  redis.call('PEXPIRE', KEYS[i], lease)
+end
+return -1
+";
+
+/// A slot lease outlives its replica by at most this long; live ones are
+/// renewed every third of it ([`RedisBackend::renew_leases`]).
+pub const LEASE_MS: i64 = 30_000;
+
+/// The slots this replica holds, so they can be renewed and released.
+struct Leases {
+    connection: ConnectionManager,
+    live: parking_lot::Mutex<HashMap<String, Vec<String>>>,
+    origin: String,
+    next: AtomicU64,
+}
+
+/// One request's slots; dropping it releases them.
+struct Held {
+    leases: Arc<Leases>,
+    member: String,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held").field("member", &self.member).finish()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(keys) = self.leases.live.lock().remove(&self.member) else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (mut connection, member) = (self.leases.connection.clone(), std::mem::take(&mut self.member));
+        #[allow(clippy::disallowed_methods, reason = "a release lost at shutdown expires with its lease")]
+        runtime.spawn(async move {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("ZREM").arg(key).arg(&member).ignore();
+            }
+            if let Err(error) = pipe.query_async::<()>(&mut connection).await {
+                tracing::warn!(%error, "cannot release in-flight slots; they expire with their lease");
+            }
+        });
+    }
+}
+
 pub struct RedisBackend {
     connection: ConnectionManager,
+    leases: Arc<Leases>,
+    acquire: Script,
     prefix: String,
     take: Script,
     adjust: Script,
@@ -97,6 +161,13 @@ impl RedisBackend {
             .set_number_of_retries(1);
         let connection = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self {
+            leases: Arc::new(Leases {
+                connection: connection.clone(),
+                live: parking_lot::Mutex::new(HashMap::new()),
+                origin: format!("{:016x}", rand::random::<u64>()),
+                next: AtomicU64::new(0),
+            }),
+            acquire: Script::new(ACQUIRE),
             connection,
             prefix: prefix.to_owned(),
             take: Script::new(TAKE),
@@ -115,12 +186,34 @@ impl RedisBackend {
     fn unavailable(&self, error: &redis::RedisError) {
         metrics::counter!("keygate_redis_failures_total").increment(1);
         tracing::warn!(%error, policy = ?self.policy, "Redis is unreachable for rate limits");
-        self.resting_until
-            .store(crate::clock::Clock::now_millis(&crate::clock::SystemClock) + REST_MS, Ordering::Relaxed);
+        self.resting_until.store(now_ms() + REST_MS, Ordering::Relaxed);
+    }
+
+    /// Pushes the expiry of every slot this replica still holds (every
+    /// `LEASE_MS / 3`), so long streams keep their slots and a dead
+    /// replica's slots free themselves.
+    pub async fn renew_leases(&self) {
+        let live: Vec<(String, Vec<String>)> =
+            self.leases.live.lock().iter().map(|(member, keys)| (member.clone(), keys.clone())).collect();
+        if live.is_empty() {
+            return;
+        }
+        let expiry = now_ms() + LEASE_MS;
+        let mut pipe = redis::pipe();
+        for (member, keys) in &live {
+            for key in keys {
+                pipe.cmd("ZADD").arg(key).arg("XX").arg(expiry).arg(member).ignore();
+                pipe.cmd("PEXPIRE").arg(key).arg(LEASE_MS).ignore();
+            }
+        }
+        let mut connection = self.connection.clone();
+        if let Err(error) = pipe.query_async::<()>(&mut connection).await {
+            self.unavailable(&error);
+        }
     }
 
     fn resting(&self) -> bool {
-        crate::clock::Clock::now_millis(&crate::clock::SystemClock) < self.resting_until.load(Ordering::Relaxed)
+        now_ms() < self.resting_until.load(Ordering::Relaxed)
     }
 
     /// What a request gets while Redis cannot answer.
@@ -194,6 +287,48 @@ impl RateBackend for RedisBackend {
         reply.map_err(|error| self.unavailable(&error)).ok()
     }
 
+    async fn acquire_slots(&self, slots: &[(Owner, u64)]) -> Option<Result<SharedLease, TakeError>> {
+        let unavailable = || match self.policy {
+            FailurePolicy::Open => None,
+            FailurePolicy::Closed => Some(Err(TakeError::Unavailable)),
+        };
+        if self.resting() {
+            return unavailable();
+        }
+        let n = self.leases.next.fetch_add(1, Ordering::Relaxed);
+        let member = format!("{}:{n}", self.leases.origin);
+        let keys: Vec<String> =
+            slots.iter().map(|(owner, _)| format!("{}inflight:{}", self.prefix, owner.key())).collect();
+        let mut invocation = self.acquire.prepare_invoke();
+        invocation.arg(now_ms()).arg(LEASE_MS).arg(&member);
+        for (key, (_, max)) in keys.iter().zip(slots) {
+            invocation.key(key).arg(*max);
+        }
+        // Registered before the call: a lease taken by a call that then
+        // times out is still released (or expires).
+        self.leases.live.lock().insert(member.clone(), keys);
+        let held = Held { leases: Arc::clone(&self.leases), member };
+        let mut connection = self.connection.clone();
+        let reply: redis::RedisResult<i64> = invocation.invoke_async(&mut connection).await;
+        match reply {
+            Ok(-1) => Some(Ok(SharedLease(Box::new(held)))),
+            Ok(index) => {
+                // Nothing was added; forget it without a release round trip.
+                self.leases.live.lock().remove(&held.member);
+                Some(Err(TakeError::Refused(Refusal {
+                    index: usize::try_from(index).unwrap_or(0),
+                    used: 0,
+                    retry_after_us: 0,
+                })))
+            }
+            Err(error) => {
+                self.unavailable(&error);
+                drop(held);
+                unavailable()
+            }
+        }
+    }
+
     async fn health(&self) -> Result<(), Degraded> {
         let mut connection = self.connection.clone();
         let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut connection).await;
@@ -207,4 +342,8 @@ impl RateBackend for RedisBackend {
         // Redis keys expire by themselves; only the local fallback needs it.
         self.fallback.prune_now(now);
     }
+}
+
+fn now_ms() -> i64 {
+    crate::clock::Clock::now_millis(&crate::clock::SystemClock)
 }
