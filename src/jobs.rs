@@ -148,14 +148,28 @@ impl Pending {
 
     /// Writes what is pending; on failure keeps it for the next round (bounded).
     async fn flush(&mut self, store: &dyn Store) {
-        for alert in std::mem::take(&mut self.alerts) {
+        // Alerts and audit events are written one by one, in order; on the
+        // first failure the rest wait for the next round (bounded).
+        let alerts = std::mem::take(&mut self.alerts);
+        let mut alerts = alerts.into_iter();
+        for alert in alerts.by_ref() {
             if let Err(error) = store.insert_alert(&alert).await {
-                tracing::warn!(%error, "could not store an alert");
+                tracing::warn!(%error, "could not store an alert; will retry");
+                self.alerts = std::iter::once(alert).chain(alerts).take(MAX_PENDING).collect();
+                break;
             }
         }
-        for event in std::mem::take(&mut self.audits) {
+        let audits = std::mem::take(&mut self.audits);
+        let mut audits = audits.into_iter();
+        for event in audits.by_ref() {
             if let Err(error) = store.append_audit(&event).await {
-                tracing::warn!(%error, kind = event.kind, "could not write an audit event");
+                tracing::warn!(%error, kind = event.kind, "could not write an audit event; will retry");
+                let kept: Vec<_> = std::iter::once(event).chain(audits).collect();
+                if kept.len() > MAX_PENDING {
+                    metrics::counter!("keygate_audit_dropped_total").increment((kept.len() - MAX_PENDING) as u64);
+                }
+                self.audits = kept.into_iter().take(MAX_PENDING).collect();
+                break;
             }
         }
         if !self.touches.is_empty() {

@@ -240,8 +240,11 @@ async fn audit(
         actor_key_id: Some(actor.key.id.clone()),
         details,
     };
+    // Written before the answer so the log is current when the client reads
+    // it; a failed write is handed to the background writer, which retries.
     if let Err(error) = state.store.append_audit(&event).await {
-        tracing::error!(%error, kind, "could not write an audit event");
+        tracing::warn!(%error, kind, "could not write an audit event; queued for retry");
+        state.recorder.audit(event);
     }
 }
 

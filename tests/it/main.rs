@@ -15,6 +15,8 @@ mod cli;
 mod doctor;
 /// OpenAI-shaped errors keygate produces itself.
 mod errors;
+/// Store write failures: what the background writer keeps and retries.
+mod faults;
 /// Rotation, expiry, suspension, explain, audit.
 mod lifecycle;
 /// Rate limits, budgets, concurrency, failed-auth throttle.
