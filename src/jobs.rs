@@ -268,8 +268,13 @@ where
 /// Reloads the whole index from the store, so a change made by another
 /// process (or a missed update) heals.
 pub async fn reconcile_index(store: &dyn Store, index: &KeyIndex) {
+    let generation = index.generation();
     match tokio::try_join!(store.all_keys(), store.all_projects()) {
-        Ok((keys, projects)) => index.replace_all(keys, projects),
+        Ok((keys, projects)) => {
+            if !index.replace_all(generation, keys, projects) {
+                tracing::debug!("key index reconcile skipped: a key changed while the store was read");
+            }
+        }
         Err(error) => tracing::warn!(%error, "key index reconcile failed; serving the last good index"),
     }
 }

@@ -4,9 +4,11 @@
 //! announced on a channel so other replicas can reload them ([`crate::replicas`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::key::{KeyDigest, PublicId};
@@ -47,6 +49,11 @@ pub enum Change {
 pub struct KeyIndex {
     snapshot: ArcSwap<Snapshot>,
     changes: OnceLock<mpsc::Sender<Change>>,
+    /// Counts record-level writes, so a reconcile can tell that its read of
+    /// the store may predate one of them.
+    generation: AtomicU64,
+    /// Serialises writers (rare); readers never take it.
+    writer: Mutex<()>,
 }
 
 fn project_map(projects: Vec<Project>) -> HashMap<String, Arc<Project>> {
@@ -58,7 +65,14 @@ impl KeyIndex {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::build(records.into_iter().map(Arc::new), project_map(projects))),
             changes: OnceLock::new(),
+            generation: AtomicU64::new(0),
+            writer: Mutex::new(()),
         }
+    }
+
+    /// The write count a reconcile notes before it reads the store.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Starts announcing local changes (once; later calls get `None`). A full
@@ -76,9 +90,17 @@ impl KeyIndex {
         }
     }
 
-    /// Replaces the whole index (start-up and periodic reconcile).
-    pub fn replace_all(&self, records: Vec<KeyRecord>, projects: Vec<Project>) {
+    /// Replaces the whole index with a read of the store that began at
+    /// `generation`, unless a record was written since: that read may predate
+    /// a revocation, which must not come back to life. `false` when skipped
+    /// (the next reconcile tries again).
+    pub fn replace_all(&self, generation: u64, records: Vec<KeyRecord>, projects: Vec<Project>) -> bool {
+        let _writer = self.writer.lock();
+        if self.generation() != generation {
+            return false;
+        }
         self.snapshot.store(Arc::new(Snapshot::build(records.into_iter().map(Arc::new), project_map(projects))));
+        true
     }
 
     /// Inserts or replaces keys changed here, dropping digests they no longer
@@ -95,6 +117,8 @@ impl KeyIndex {
     /// Inserts or replaces keys a peer changed (not announced again).
     pub fn refresh(&self, records: impl IntoIterator<Item = KeyRecord>) {
         let records: Vec<Arc<KeyRecord>> = records.into_iter().map(Arc::new).collect();
+        let _writer = self.writer.lock();
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.snapshot.rcu(|current| {
             let others = current.by_id.values().filter(|r| !records.iter().any(|n| n.id == r.id)).cloned();
             Snapshot::build(others.chain(records.iter().cloned()), current.projects.clone())
@@ -112,6 +136,8 @@ impl KeyIndex {
     /// Inserts or replaces a project a peer changed (not announced again).
     pub fn refresh_project(&self, project: Project) {
         let project = Arc::new(project);
+        let _writer = self.writer.lock();
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.snapshot.rcu(|current| {
             let mut projects = current.projects.clone();
             projects.insert(project.id.clone(), Arc::clone(&project));

@@ -180,6 +180,24 @@ fn changes_in_the_index_take_effect_on_the_next_lookup() {
 }
 
 #[test]
+fn a_reconcile_read_from_before_a_revocation_does_not_undo_it() {
+    let (rec, key) = record(KeyKind::Project);
+    let index = index(vec![rec.clone()]);
+    // The reconcile notes the generation, then reads the store (still active)...
+    let generation = index.generation();
+    let stale_read = vec![rec.clone()];
+    // ...while an admin revokes the key.
+    let mut revoked = rec;
+    revoked.state = KeyState::Revoked;
+    index.upsert([revoked]);
+    assert!(!index.replace_all(generation, stale_read, vec![project()]), "the stale read is dropped");
+    assert!(matches!(auth(&index, &bearer(&key)), Err(Denial::Revoked { .. })));
+    let fresh = index.generation();
+    assert!(index.replace_all(fresh, Vec::new(), vec![project()]), "a read with no write since applies");
+    assert!(index.is_empty());
+}
+
+#[test]
 fn archived_project_refuses_its_keys() {
     let (rec, key) = record(KeyKind::Project);
     let index = index(vec![rec]);

@@ -36,6 +36,16 @@ pub struct BackupArgs {
     json: bool,
 }
 
+/// A new file only its owner can read: exports and backups hold key digests,
+/// client addresses and the audit log.
+fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 /// The file a `sqlite://PATH` URL names.
 fn sqlite_path(url: &str) -> anyhow::Result<&str> {
     let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else {
@@ -84,6 +94,8 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
             .context(format!("`{}` already exists", args.destination.display())));
     }
     let store = open_existing(&url).await?;
+    // VACUUM INTO fills an empty file, keeping the owner-only mode set here.
+    private_file(&args.destination).with_context(|| format!("cannot create `{}`", args.destination.display()))?;
     store
         .backup_to(&args.destination)
         .await
@@ -146,7 +158,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let now = keygate::clock::unix_now();
     let rows = match &args.output {
         Some(path) => {
-            let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| {
+            let file = private_file(path).map_err(|e| {
                 anyhow::Error::new(Help("choose a new file name; keygate never overwrites an export".into()))
                     .context(format!("cannot create `{}`: {e}", path.display()))
             })?;

@@ -127,6 +127,8 @@ pub struct Limiter {
     budgets: Arc<Budgets>,
     clock: Arc<dyn Clock>,
     failed_auth: Option<Rate>,
+    /// The failed-auth throttle while a shared backend refuses everything.
+    throttle_fallback: LocalBackend,
 }
 
 impl Limiter {
@@ -142,6 +144,7 @@ impl Limiter {
             budgets,
             clock,
             failed_auth: failed_auth_per_minute.map(Rate::per_minute),
+            throttle_fallback: LocalBackend::default(),
         }
     }
 
@@ -306,9 +309,15 @@ impl Limiter {
             cost: 1,
         };
         let now = self.clock.now_millis() * 1000;
-        match self.backend.take(std::slice::from_ref(&check), now).await {
-            Ok(_) | Err(TakeError::Unavailable) => None,
-            Err(TakeError::Refused(refusal)) => Some(Exceeded::Rate {
+        let taken = match self.backend.take(std::slice::from_ref(&check), now).await {
+            // Refusing everything must not also switch the throttle off.
+            Err(TakeError::Unavailable) => self.throttle_fallback.take_now(std::slice::from_ref(&check), now),
+            Ok(taken) => Ok(taken),
+            Err(TakeError::Refused(refusal)) => Err(refusal),
+        };
+        match taken {
+            Ok(_) => None,
+            Err(refusal) => Some(Exceeded::Rate {
                 dimension: Dimension::FailedAuthPerMinute,
                 limit: rate.limit,
                 used: refusal.used,

@@ -33,7 +33,7 @@ local tats = {}
 for i = 1, #KEYS do
   local base = 2 + (i - 1) * 3
   local period, interval, cost = tonumber(ARGV[base]), tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  local tat = tonumber(redis.call('GET', KEYS[i])) or now
   for j = 1, i - 1 do
     if KEYS[j] == KEYS[i] then tat = tats[j] end
   end
@@ -55,7 +55,7 @@ return out
 /// KEYS[1]: bucket. ARGV: now, interval, delta.
 const ADJUST: &str = r"
 local now, interval, delta = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
 local new = tat + delta * interval
 if new <= now then
@@ -146,6 +146,8 @@ pub struct RedisBackend {
     /// After a failure Redis is left alone until this instant (ms since the
     /// epoch), so an unreachable host costs one timeout a second, not one per request.
     resting_until: AtomicI64,
+    /// Spend per month counter that Redis has not taken yet.
+    unsent_spend: parking_lot::Mutex<HashMap<String, i64>>,
 }
 
 /// How long Redis is left alone after a failure.
@@ -176,6 +178,7 @@ impl RedisBackend {
             policy,
             fallback: LocalBackend::default(),
             resting_until: AtomicI64::new(0),
+            unsent_spend: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -185,8 +188,12 @@ impl RedisBackend {
 
     fn unavailable(&self, error: &redis::RedisError) {
         metrics::counter!("keygate_redis_failures_total").increment(1);
-        tracing::warn!(%error, policy = ?self.policy, "Redis is unreachable for rate limits");
-        self.resting_until.store(now_ms() + REST_MS, Ordering::Relaxed);
+        tracing::warn!(%error, policy = ?self.policy, "Redis failed a rate-limit call");
+        // Only an unreachable Redis is rested; an error about one key
+        // (WRONGTYPE, a script error) must not send every bucket to the policy.
+        if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() || error.is_connection_refusal() {
+            self.resting_until.store(now_ms() + REST_MS, Ordering::Relaxed);
+        }
     }
 
     /// Pushes the expiry of every slot this replica still holds (every
@@ -277,14 +284,27 @@ impl RateBackend for RedisBackend {
     }
 
     async fn add_spend(&self, counter: &str, seed: i64, nanos: i64) -> Option<i64> {
+        // Spend Redis could not take waits here and rides on the next add.
+        let owed = self.unsent_spend.lock().remove(counter).unwrap_or(0);
+        let nanos = nanos.saturating_add(owed);
+        let keep = |this: &Self| {
+            *this.unsent_spend.lock().entry(counter.to_owned()).or_insert(0) += nanos;
+            None
+        };
         if self.resting() {
-            return None;
+            return keep(self);
         }
         let mut invocation = self.spend.prepare_invoke();
         invocation.key(format!("{}{counter}", self.prefix)).arg(seed).arg(nanos);
         let mut connection = self.connection.clone();
         let reply: redis::RedisResult<i64> = invocation.invoke_async(&mut connection).await;
-        reply.map_err(|error| self.unavailable(&error)).ok()
+        match reply {
+            Ok(total) => Some(total),
+            Err(error) => {
+                self.unavailable(&error);
+                keep(self)
+            }
+        }
     }
 
     async fn acquire_slots(&self, slots: &[(Owner, u64)]) -> Option<Result<SharedLease, TakeError>> {

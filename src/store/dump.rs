@@ -66,8 +66,8 @@ pub enum DumpError {
     SchemaMismatch { file: i64, database: i64 },
     #[error("the target database already holds data (table `{0}` is not empty); import only into a new database")]
     NotEmpty(&'static str),
-    #[error("the file ends after {got} of the {expected} rows its header announces")]
-    Truncated { got: u64, expected: u64 },
+    #[error("the file has {got} rows but its header announces {expected}; it was cut short or edited")]
+    RowCount { got: u64, expected: u64 },
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -210,7 +210,7 @@ impl SqliteStore {
             progress(done, header.rows);
         }
         if done != header.rows {
-            return Err(DumpError::Truncated { got: done, expected: header.rows });
+            return Err(DumpError::RowCount { got: done, expected: header.rows });
         }
         tx.commit().await?;
         Ok(done)

@@ -387,6 +387,8 @@ async fn export_then_import_moves_every_key_and_usage_row_to_a_new_database() {
     let export = keygate(&["export", "--database", &source, "--output", file.to_str().unwrap()]);
     assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
     let text = std::fs::read_to_string(&file).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "only the owner may read an export");
     assert!(text.starts_with("{\"format\":\"keygate-export\",\"version\":1,"), "{}", &text[..80]);
     assert!(!text.contains(secret), "an export holds digests, never secrets");
     assert!(text.lines().any(|l| l.starts_with("{\"table\":\"usage_records\"")));
@@ -430,7 +432,7 @@ async fn export_then_import_moves_every_key_and_usage_row_to_a_new_database() {
     let empty = format!("sqlite://{}", empty_dir.path().join("k.db").display());
     let truncated = keygate(&["import", short.to_str().unwrap(), "--database", &empty]);
     assert!(!truncated.status.success());
-    assert!(String::from_utf8_lossy(&truncated.stderr).contains("the file ends after"));
+    assert!(String::from_utf8_lossy(&truncated.stderr).contains("rows but its header announces"));
     let garbage = dir.path().join("garbage.jsonl");
     std::fs::write(&garbage, "hello\n").unwrap();
     let refused = keygate(&["import", garbage.to_str().unwrap(), "--database", &empty]);
