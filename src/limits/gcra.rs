@@ -1,7 +1,9 @@
 //! GCRA (generic cell rate algorithm): a smooth limiter whose burst equals its
 //! limit. A bucket is one number, its theoretical arrival time (TAT); taking
-//! `cost` moves it `cost × interval` ahead, and a take is refused when the TAT
-//! would run more than one period ahead of now. Times are microseconds.
+//! `cost` moves it `cost × period / limit` ahead (rounded up, computed in
+//! 128 bits so a limit of 150M tokens a minute is as exact as one of 5), and a
+//! take is refused when the TAT would run more than one period ahead of now.
+//! Times are microseconds.
 //!
 //! [`RateBackend`] is the state store: [`LocalBackend`] (sharded maps) here;
 //! the replicas issue adds one in Redis with the same arithmetic.
@@ -33,9 +35,27 @@ impl Rate {
         Self { limit, period_us: DAY_US }
     }
 
-    /// Time one unit takes to drain (at least 1 µs).
-    pub fn interval_us(self) -> i64 {
-        (self.period_us / i64::try_from(self.limit.max(1)).unwrap_or(i64::MAX)).max(1)
+    /// Time `units` take to drain: rounded up when taking, so rounding never
+    /// admits more than the limit; rounded toward zero when giving back, so
+    /// it never returns more than was taken.
+    pub fn drain_us(self, units: i64) -> i64 {
+        let numerator = i128::from(units) * i128::from(self.period_us);
+        let denominator = i128::from(self.limit.max(1));
+        let us = if numerator >= 0 { (numerator + denominator - 1) / denominator } else { numerator / denominator };
+        i64::try_from(us).unwrap_or(if us > 0 { i64::MAX } else { i64::MIN })
+    }
+
+    /// Units that drain in `us`, rounded down (what is free).
+    pub fn units_in(self, us: i64) -> u64 {
+        let units = i128::from(us.max(0)) * i128::from(self.limit) / i128::from(self.period_us.max(1));
+        u64::try_from(units).unwrap_or(u64::MAX)
+    }
+
+    /// Units a backlog of `us` holds, rounded up (what is used).
+    pub fn units_held(self, us: i64) -> u64 {
+        let period = i128::from(self.period_us.max(1));
+        let units = (i128::from(us.max(0)) * i128::from(self.limit) + period - 1) / period;
+        u64::try_from(units).unwrap_or(u64::MAX).min(self.limit)
     }
 }
 
@@ -96,23 +116,17 @@ pub struct Refusal {
 
 /// One GCRA step: the new TAT, or how long until `cost` would fit.
 pub fn step(tat: Option<i64>, now: i64, rate: Rate, cost: u64) -> Result<i64, (u64, i64)> {
-    let interval = rate.interval_us();
     let tat = tat.unwrap_or(now).max(now);
-    let cost_us = interval.saturating_mul(i64::try_from(cost).unwrap_or(i64::MAX));
-    let new_tat = tat.saturating_add(cost_us);
+    let new_tat = tat.saturating_add(rate.drain_us(i64::try_from(cost).unwrap_or(i64::MAX)));
     if new_tat - now > rate.period_us {
-        let used = u64::try_from((tat - now + interval - 1) / interval).unwrap_or(0).min(rate.limit);
-        return Err((used, new_tat - rate.period_us - now));
+        return Err((rate.units_held(tat - now), new_tat - rate.period_us - now));
     }
     Ok(new_tat)
 }
 
 pub fn taken(new_tat: i64, now: i64, rate: Rate) -> Taken {
     let free = (rate.period_us - (new_tat - now)).max(0);
-    Taken {
-        remaining: u64::try_from(free / rate.interval_us()).unwrap_or(0).min(rate.limit),
-        reset_us: (new_tat - now).max(0),
-    }
+    Taken { remaining: rate.units_in(free).min(rate.limit), reset_us: (new_tat - now).max(0) }
 }
 
 /// Why a take did not happen.
@@ -242,7 +256,7 @@ impl LocalBackend {
     pub fn adjust_now(&self, bucket: &BucketId, rate: Rate, delta: i64, now: i64) {
         let mut map = self.shards[shard_of(bucket)].lock();
         let tat = map.get(bucket).copied().unwrap_or(now).max(now);
-        let moved = tat.saturating_add(rate.interval_us().saturating_mul(delta)).max(now);
+        let moved = tat.saturating_add(rate.drain_us(delta)).max(now);
         map.insert(bucket.clone(), moved);
     }
 

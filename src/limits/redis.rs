@@ -24,23 +24,24 @@ pub enum FailurePolicy {
     Closed,
 }
 
-/// KEYS: bucket keys. ARGV: now (µs), then period, interval, cost per key.
-/// Returns {1, tat...} or {0, index, used, retry_after}. TATs are written
+/// KEYS: bucket keys. ARGV: now (µs), then period and the cost's drain time
+/// (µs, from [`Rate::drain_us`]) per key. Returns {1, tat...} or
+/// {0, index, backlog, retry_after}. TATs are written
 /// with `%.0f`: Lua's default number format (`%.14g`) would round µs times.
 const TAKE: &str = r"
 local now = tonumber(ARGV[1])
 local tats = {}
 for i = 1, #KEYS do
-  local base = 2 + (i - 1) * 3
-  local period, interval, cost = tonumber(ARGV[base]), tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  local base = 2 + (i - 1) * 2
+  local period, cost = tonumber(ARGV[base]), tonumber(ARGV[base + 1])
   local tat = tonumber(redis.call('GET', KEYS[i])) or now
   for j = 1, i - 1 do
     if KEYS[j] == KEYS[i] then tat = tats[j] end
   end
   if tat < now then tat = now end
-  local new = tat + cost * interval
+  local new = tat + cost
   if new - now > period then
-    return {0, i - 1, math.floor((tat - now + interval - 1) / interval), new - period - now}
+    return {0, i - 1, tat - now, new - period - now}
   end
   tats[i] = new
 end
@@ -52,12 +53,12 @@ end
 return out
 ";
 
-/// KEYS[1]: bucket. ARGV: now, interval, delta.
+/// KEYS[1]: bucket. ARGV: now, delta (µs, negative gives back).
 const ADJUST: &str = r"
-local now, interval, delta = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
-local new = tat + delta * interval
+local new = tat + delta
 if new <= now then
   redis.call('DEL', KEYS[1])
 else
@@ -242,7 +243,8 @@ impl RateBackend for RedisBackend {
         invocation.arg(now);
         for check in checks {
             invocation.key(self.key(&check.bucket));
-            invocation.arg(check.rate.period_us).arg(check.rate.interval_us()).arg(check.cost);
+            let cost = i64::try_from(check.cost).unwrap_or(i64::MAX);
+            invocation.arg(check.rate.period_us).arg(check.rate.drain_us(cost));
         }
         let mut connection = self.connection.clone();
         let reply: redis::RedisResult<Vec<i64>> = invocation.invoke_async(&mut connection).await;
@@ -255,12 +257,8 @@ impl RateBackend for RedisBackend {
             Ok(values) => {
                 let get = |i: usize| values.get(i).copied().unwrap_or(0);
                 let index = usize::try_from(get(1)).unwrap_or(0);
-                let limit = checks.get(index).map_or(0, |check| check.rate.limit);
-                Err(TakeError::Refused(Refusal {
-                    index,
-                    used: u64::try_from(get(2)).unwrap_or(0).min(limit),
-                    retry_after_us: get(3),
-                }))
+                let used = checks.get(index).map_or(0, |check| check.rate.units_held(get(2)));
+                Err(TakeError::Refused(Refusal { index, used, retry_after_us: get(3) }))
             }
             Err(error) => {
                 self.unavailable(&error);
@@ -274,7 +272,7 @@ impl RateBackend for RedisBackend {
             return self.fallback.adjust_now(bucket, rate, delta, now);
         }
         let mut invocation = self.adjust.prepare_invoke();
-        invocation.key(self.key(bucket)).arg(now).arg(rate.interval_us()).arg(delta);
+        invocation.key(self.key(bucket)).arg(now).arg(rate.drain_us(delta));
         let mut connection = self.connection.clone();
         let reply: redis::RedisResult<i64> = invocation.invoke_async(&mut connection).await;
         if let Err(error) = reply {

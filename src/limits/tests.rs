@@ -31,6 +31,30 @@ fn the_burst_equals_the_limit_then_one_per_interval() {
 }
 
 #[test]
+fn limits_that_do_not_divide_the_period_are_never_exceeded() {
+    // 40M and 150M tokens a minute: a whole-µs interval would admit 60M for
+    // the first and cap the second at 60M.
+    for limit in [7_000_000u64, 40_000_000, 150_000_000] {
+        let backend = LocalBackend::default();
+        let now = 1_000 * MINUTE_US;
+        let check = |cost| Check { bucket: bucket(Dimension::TokensPerMinute), rate: Rate::per_minute(limit), cost };
+        let taken = backend.take_now(&[check(limit)], now).unwrap();
+        assert_eq!(taken[0].remaining, 0, "the whole limit fits once");
+        assert_eq!(taken[0].reset_us, MINUTE_US);
+        let refusal = backend.take_now(&[check(1)], now).unwrap_err();
+        assert_eq!(refusal.used, limit);
+        assert!(
+            backend.take_now(&[check(limit / 2)], now + MINUTE_US / 2 - 1).is_err(),
+            "{limit}: not before half drained"
+        );
+        assert!(
+            backend.take_now(&[check(limit / 2)], now + MINUTE_US / 2 + 1).is_ok(),
+            "{limit}: half drained in half a minute"
+        );
+    }
+}
+
+#[test]
 fn a_take_is_all_or_nothing() {
     let backend = LocalBackend::default();
     let minute = Check { bucket: bucket(Dimension::RequestsPerMinute), rate: Rate::per_minute(10), cost: 1 };
