@@ -66,6 +66,10 @@ pub enum DumpError {
     SchemaMismatch { file: i64, database: i64 },
     #[error("the target database already holds data (table `{0}` is not empty); import only into a new database")]
     NotEmpty(&'static str),
+    #[error(
+        "table `{0}` is in the database but not in keygate's export list; this is a keygate bug, please report it"
+    )]
+    UnknownTable(String),
     #[error("the file has {got} rows but its header announces {expected}; it was cut short or edited")]
     RowCount { got: u64, expected: u64 },
     #[error(transparent)]
@@ -94,6 +98,20 @@ fn value_of(row: &SqliteRow, index: usize) -> StoreResult<Value> {
     })
 }
 
+/// Refuses to run when the schema has a table [`TABLES`] does not name: an
+/// export would silently leave it out.
+async fn check_tables(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), DumpError> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'keygate_schema'",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    match names.into_iter().find(|name| !TABLES.contains(&name.as_str())) {
+        Some(name) => Err(DumpError::UnknownTable(name)),
+        None => Ok(()),
+    }
+}
+
 impl SqliteStore {
     /// Writes every row to `out`.
     pub async fn export(
@@ -104,6 +122,7 @@ impl SqliteStore {
     ) -> Result<u64, DumpError> {
         // One read transaction: the file is one consistent moment of a live database.
         let mut tx = self.pool.begin().await?;
+        check_tables(&mut tx).await?;
         let mut total = 0u64;
         for table in TABLES {
             let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&mut *tx).await?;
@@ -152,6 +171,7 @@ impl SqliteStore {
             return Err(DumpError::SchemaMismatch { file: header.schema, database });
         }
         let mut tx = self.pool.begin().await?;
+        check_tables(&mut tx).await?;
         for table in TABLES {
             let any: Option<i64> =
                 sqlx::query_scalar(&format!("SELECT 1 FROM {table} LIMIT 1")).fetch_optional(&mut *tx).await?;
