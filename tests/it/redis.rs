@@ -303,3 +303,40 @@ async fn a_concurrency_limit_holds_across_replicas_until_the_stream_ends() {
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test]
+async fn in_flight_leases_renew_release_and_expire_when_their_replica_dies() {
+    use keygate::limits::{FailurePolicy, Owner, RateBackend, RedisBackend};
+    let prefix = prefix();
+    let backend = RedisBackend::connect(SHARED_REDIS, &prefix, FailurePolicy::Closed).await.unwrap();
+    let owner = Owner::Key(keygate::key::PublicId::random());
+    let set = format!("{prefix}inflight:{}", owner.key());
+    let client = redis::Client::open(SHARED_REDIS).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let scores = |mut redis: redis::aio::MultiplexedConnection, set: String| async move {
+        let members: Vec<(String, i64)> =
+            redis::cmd("ZRANGE").arg(&set).arg(0).arg(-1).arg("WITHSCORES").query_async(&mut redis).await.unwrap();
+        members
+    };
+
+    let lease = backend.acquire_slots(&[(owner.clone(), 1)]).await.unwrap().unwrap();
+    assert!(matches!(backend.acquire_slots(&[(owner.clone(), 1)]).await, Some(Err(_))), "the only slot is held");
+    let before = scores(redis.clone(), set.clone()).await;
+    assert_eq!(before.len(), 1);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    backend.renew_leases().await;
+    let after = scores(redis.clone(), set.clone()).await;
+    assert!(after[0].1 > before[0].1, "renewal pushed the expiry: {before:?} -> {after:?}");
+
+    drop(lease);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !scores(redis.clone(), set.clone()).await.is_empty() {
+        assert!(Instant::now() < deadline, "the dropped lease was never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A replica that died holding the slot: its lease is past its expiry.
+    let _: () = redis::cmd("ZADD").arg(&set).arg(1).arg("dead-replica:0").query_async(&mut redis).await.unwrap();
+    let lease = backend.acquire_slots(&[(owner.clone(), 1)]).await.unwrap();
+    assert!(lease.is_ok(), "an expired lease does not hold a slot");
+}
