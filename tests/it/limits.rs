@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use keygate::clock::ManualClock;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -129,16 +128,7 @@ async fn a_spent_budget_is_insufficient_quota_and_stops_sdk_retries() {
 async fn concurrent_streams_hold_their_slot_until_they_end() {
     let (_mock, gw, _clock) = start().await;
     let (_, key) = key_with(&gw, json!({"rate_limits": {"max_concurrent_requests": 1}})).await;
-    let stream = http()
-        .post(format!("{}/v1/endless", gw.url))
-        .bearer_auth(&key)
-        .json(&json!({"stream": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
-    let mut body = stream.bytes_stream();
-    body.next().await.unwrap().unwrap();
+    let body = open_endless_stream(&gw, &key).await;
     let refused = chat(&gw, &key, hello()).await;
     assert_eq!(refused.status(), 429);
     let error: Value = refused.json().await.unwrap();

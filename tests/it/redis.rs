@@ -278,22 +278,12 @@ async fn a_budget_counts_the_spend_of_every_replica() {
 
 #[tokio::test]
 async fn a_concurrency_limit_holds_across_replicas_until_the_stream_ends() {
-    use futures_util::StreamExt;
     let mock = MockUpstream::start().await;
     let config = redis_toml(SHARED_REDIS, "closed");
     let a = TestGateway::start(&mock.url, &config).await;
     let key = limited_key(&a, json!({"max_concurrent_requests": 1})).await;
     let b = TestGateway::replica_of(&a, &mock.url, &config).await;
-    let stream = http()
-        .post(format!("{}/v1/endless", a.url))
-        .bearer_auth(&key)
-        .json(&json!({"stream": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
-    let mut body = stream.bytes_stream();
-    body.next().await.unwrap().unwrap();
+    let body = open_endless_stream(&a, &key).await;
     let refused = chat(&b, &key, &hello()).await;
     assert_eq!(refused.status(), 429, "A's stream holds the only slot");
     let error: Value = refused.json().await.unwrap();

@@ -284,6 +284,27 @@ impl TestGateway {
     }
 }
 
+/// Opens the mock's never-ending stream through `gw` with `key` and waits for
+/// its first chunk, so the request is surely in flight; dropping the stream
+/// hangs up.
+pub async fn open_endless_stream(
+    gw: &TestGateway,
+    key: &str,
+) -> impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin {
+    use futures_util::StreamExt;
+    let stream = http()
+        .post(format!("{}/v1/endless", gw.url))
+        .bearer_auth(key)
+        .json(&json!({"stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut body = stream.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    body
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
