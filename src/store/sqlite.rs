@@ -85,6 +85,31 @@ impl SqliteStore {
         Ok(sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM keygate_schema").fetch_one(&self.pool).await?)
     }
 
+    /// Soft-deletes a key owner (a row of `table`) and revokes its keys in one
+    /// transaction; the revoked keys, or `None` when there was no such owner.
+    async fn delete_owner(
+        &self,
+        table: &'static str,
+        owner_type: &'static str,
+        id: &str,
+        revocation: &Revocation,
+    ) -> StoreResult<Option<Vec<KeyRecord>>> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(&format!("UPDATE {table} SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL"))
+            .bind(revocation.at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(None);
+        }
+        let filter = format!("owner_type = '{owner_type}' AND owner_id = ?");
+        let ids = Self::revoke_where(&mut tx, &filter, id, revocation).await?;
+        tx.commit().await?;
+        Ok(Some(self.keys_by_ids(&ids).await?))
+    }
+
     /// Writes a consistent copy of the live database to `path` (`VACUUM
     /// INTO`: readers and writers carry on meanwhile).
     pub async fn backup_to(&self, path: &std::path::Path) -> StoreResult<()> {
@@ -624,19 +649,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_user(&self, id: &str, revocation: &Revocation) -> StoreResult<Option<Vec<KeyRecord>>> {
-        let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query("UPDATE users SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")
-            .bind(revocation.at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Ok(None);
-        }
-        let ids = Self::revoke_where(&mut tx, "owner_type = 'user' AND owner_id = ?", id, revocation).await?;
-        tx.commit().await?;
-        Ok(Some(self.keys_by_ids(&ids).await?))
+        self.delete_owner("users", "user", id, revocation).await
     }
 
     async fn create_service_account(
@@ -678,20 +691,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_service_account(&self, id: &str, revocation: &Revocation) -> StoreResult<Option<Vec<KeyRecord>>> {
-        let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query("UPDATE service_accounts SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")
-            .bind(revocation.at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Ok(None);
-        }
-        let ids =
-            Self::revoke_where(&mut tx, "owner_type = 'service_account' AND owner_id = ?", id, revocation).await?;
-        tx.commit().await?;
-        Ok(Some(self.keys_by_ids(&ids).await?))
+        self.delete_owner("service_accounts", "service_account", id, revocation).await
     }
 
     async fn insert_key(&self, key: &NewKey) -> StoreResult<KeyRecord> {
