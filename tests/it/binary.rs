@@ -437,4 +437,28 @@ async fn export_then_import_moves_every_key_and_usage_row_to_a_new_database() {
     std::fs::write(&garbage, "hello\n").unwrap();
     let refused = keygate(&["import", garbage.to_str().unwrap(), "--database", &empty]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("line 1: not a keygate export header"));
+    // Table and column names go into SQL: anything but known tables and plain
+    // identifiers is refused before it reaches the database.
+    let header = lines[0];
+    for (row, error) in [
+        (r#"{"table":"sqlite_master","row":{"name":"x"}}"#, "line 2: unknown table `sqlite_master`"),
+        (r#"{"table":"projects","row":{"id) VALUES ('x'); DROP TABLE users; --":"x"}}"#, "line 2: a row needs columns"),
+        (r#"{"table":"api_key_secrets","row":{"digest":{"hex":"zz"}}}"#, "line 2: an object value must be"),
+        (r#"{"table":"projects","row":{"no_such_column":1}}"#, "line 2: rejected by the database"),
+    ] {
+        let crafted = dir.path().join("crafted.jsonl");
+        std::fs::write(
+            &crafted,
+            format!(
+                "{header}
+{row}
+"
+            ),
+        )
+        .unwrap();
+        let refused = keygate(&["import", crafted.to_str().unwrap(), "--database", &empty]);
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(error), "{row}: {stderr}");
+    }
 }

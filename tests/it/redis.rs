@@ -129,19 +129,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Retries `chat` until it answers `status`, for at most 10 s.
-async fn eventually(gw: &TestGateway, key: &str, status: u16) -> reqwest::Response {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let response = chat(gw, key, &hello()).await;
-        if response.status().as_u16() == status {
-            return response;
-        }
-        assert!(Instant::now() < deadline, "still {} instead of {status}", response.status());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn when_redis_stops_each_failure_policy_applies_and_both_recover() {
     let mock = MockUpstream::start().await;
@@ -178,11 +165,11 @@ async fn when_redis_stops_each_failure_policy_applies_and_both_recover() {
     assert_eq!(chat(&open, &open_key, &hello()).await.status(), 429);
 
     let _redis = PrivateRedis::start(port);
-    eventually(&closed, &closed_key, 200).await;
+    within(&closed, &closed_key, 200, Duration::from_secs(10)).await;
     assert_eq!(http().get(format!("{}/readyz", closed.url)).send().await.unwrap().text().await.unwrap(), "ready");
     // The local fallback is spent, so a 200 means the open gateway counts in
     // the restarted (empty) Redis again: 3 a minute, one just used.
-    eventually(&open, &open_key, 200).await;
+    within(&open, &open_key, 200, Duration::from_secs(10)).await;
     let mut statuses = Vec::new();
     for _ in 0..3 {
         statuses.push(chat(&open, &open_key, &hello()).await.status().as_u16());
