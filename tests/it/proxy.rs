@@ -139,15 +139,7 @@ async fn a_client_that_hangs_up_cancels_the_upstream_stream() {
     let mock = MockUpstream::start().await;
     let gw = TestGateway::start(&mock.url, "").await;
     let (_, key) = gw.create_key("app").await;
-    let response = http()
-        .post(format!("{}/v1/endless", gw.url))
-        .bearer_auth(&key)
-        .json(&json!({"stream": true}))
-        .send()
-        .await
-        .unwrap();
-    let mut body = response.bytes_stream();
-    body.next().await.unwrap().unwrap();
+    let body = open_endless_stream(&gw, &key).await;
     assert!(!mock.state.stream_dropped.load(Ordering::SeqCst));
     drop(body);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
