@@ -1,5 +1,5 @@
-//! `keygate migrate` and `keygate backup`: work on the database file itself,
-//! not through a running gateway.
+//! `keygate migrate`, `backup`, `export` and `import`: work on the database
+//! itself, not through a running gateway.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use keygate::store::SqliteStore;
+use keygate::store::{Engine, SqlStore};
 use serde_json::json;
 
 use super::output::{self, Help};
@@ -46,29 +46,52 @@ fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
-/// The file a `sqlite://PATH` URL names.
-fn sqlite_path(url: &str) -> anyhow::Result<&str> {
-    let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) else {
-        bail!(anyhow::Error::new(Help("keygate stores its data in SQLite: pass --database sqlite://PATH".into()))
-            .context(format!("unsupported database URL `{url}`")));
-    };
-    Ok(rest.split('?').next().unwrap_or(rest))
+/// The engine a database URL names, or an error that says which URLs work.
+fn engine_of(url: &str) -> anyhow::Result<Engine> {
+    Engine::of_url(url).ok_or_else(|| {
+        anyhow::Error::new(Help(
+            "pass --database sqlite://PATH (embedded) or postgres://USER@HOST:PORT/DATABASE".into(),
+        ))
+        .context(format!("unsupported database URL `{url}`"))
+    })
 }
 
-/// Opens an existing SQLite database; never creates one by accident.
-async fn open_existing(url: &str) -> anyhow::Result<SqliteStore> {
-    let path = sqlite_path(url)?;
-    if !std::path::Path::new(path).exists() {
-        bail!(anyhow::Error::new(Help("pass --database sqlite://PATH of an existing keygate database".into()))
-            .context(format!("there is no database at `{path}`")));
+/// Opens an existing keygate database; never creates one by accident.
+async fn open_existing(url: &str) -> anyhow::Result<SqlStore> {
+    if engine_of(url)? == Engine::Sqlite {
+        let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+        let path = path.split('?').next().unwrap_or(path);
+        if !std::path::Path::new(path).exists() {
+            bail!(anyhow::Error::new(Help("pass --database sqlite://PATH of an existing keygate database".into()))
+                .context(format!("there is no database at `{path}`")));
+        }
     }
-    SqliteStore::open(url).await.with_context(|| format!("cannot open `{path}`"))
+    let store = SqlStore::open(url).await.with_context(|| format!("cannot open `{}`", redacted(url)))?;
+    if store.schema_version().await? == 0 {
+        bail!(anyhow::Error::new(Help("check --database; `keygate migrate` creates the schema".into()))
+            .context(format!("`{}` holds no keygate data", redacted(url))));
+    }
+    Ok(store)
+}
+
+/// A database URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let url = args.database.unwrap_or_else(|| DEFAULT_DATABASE.into());
-    sqlite_path(&url)?;
-    let store = SqliteStore::open(&url).await.with_context(|| format!("cannot open `{url}`"))?;
+    engine_of(&url)?;
+    let store = SqlStore::open(&url).await.with_context(|| format!("cannot open `{}`", redacted(&url)))?;
     let from = store.schema_version().await?;
     let applied =
         store.migrate().await.context("migration failed; the database is left at its last complete version")?;
@@ -92,6 +115,12 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
     if args.destination.exists() {
         bail!(anyhow::Error::new(Help("choose a new file name; keygate never overwrites a backup".into()))
             .context(format!("`{}` already exists", args.destination.display())));
+    }
+    if engine_of(&url)? != Engine::Sqlite {
+        bail!(anyhow::Error::new(Help(
+            "back PostgreSQL up with pg_dump, or move a deployment with `keygate export`".into()
+        ))
+        .context("`keygate backup` copies a SQLite database"));
     }
     let store = open_existing(&url).await?;
     // VACUUM INTO fills an empty file, keeping the owner-only mode set here.
@@ -178,15 +207,15 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let url = args.database.unwrap_or_else(|| DEFAULT_DATABASE.into());
-    sqlite_path(&url)?;
+    engine_of(&url)?;
     let file = std::fs::File::open(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
-    let store = SqliteStore::open(&url).await.with_context(|| format!("cannot open `{url}`"))?;
+    let store = SqlStore::open(&url).await.with_context(|| format!("cannot open `{}`", redacted(&url)))?;
     store.migrate().await?;
     let mut bar = progress_bar("import");
     let rows = store
         .import(&mut std::io::BufReader::new(file), &mut bar)
         .await
         .with_context(|| format!("nothing was imported from `{}`", args.file.display()))?;
-    eprintln!("Imported {rows} rows. Start it with: keygate serve --database {url}");
+    eprintln!("Imported {rows} rows. Start it with: keygate serve --database {}", redacted(&url));
     Ok(ExitCode::SUCCESS)
 }

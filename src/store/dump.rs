@@ -14,11 +14,12 @@ use std::io::{BufRead, Write};
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Column, Row, TypeInfo, ValueRef};
+use sqlx::any::{AnyRow, AnyTypeInfoKind};
+use sqlx::{Any, Column, Row, ValueRef};
 
-use super::migrate::{self, SQLITE};
-use super::{SqliteStore, StoreError, StoreResult};
+use super::migrate;
+use super::sql::numbered;
+use super::{Engine, SqlStore, StoreError, StoreResult};
 
 pub const FORMAT: &str = "keygate-export";
 pub const VERSION: u32 = 1;
@@ -84,35 +85,40 @@ impl From<sqlx::Error> for DumpError {
     }
 }
 
-fn value_of(row: &SqliteRow, index: usize) -> StoreResult<Value> {
+/// The column that orders a table's rows by insertion, in both engines.
+fn insertion_order(table: &str) -> &'static str {
+    if table == "audit_log" {
+        "seq"
+    } else {
+        "rowid"
+    }
+}
+
+fn value_of(row: &AnyRow, index: usize) -> StoreResult<Value> {
     let raw = row.try_get_raw(index)?;
     if raw.is_null() {
         return Ok(Value::Null);
     }
-    let kind = raw.type_info().name().to_owned();
-    Ok(match kind.as_str() {
-        "INTEGER" => Value::from(row.try_get::<i64, _>(index)?),
-        "REAL" => Value::from(row.try_get::<f64, _>(index)?),
-        "BLOB" => serde_json::json!({"hex": hex::encode(row.try_get::<Vec<u8>, _>(index)?)}),
+    let kind = raw.type_info().kind();
+    Ok(match kind {
+        _ if kind.is_integer() => Value::from(row.try_get::<i64, _>(index)?),
+        AnyTypeInfoKind::Real | AnyTypeInfoKind::Double => Value::from(row.try_get::<f64, _>(index)?),
+        AnyTypeInfoKind::Blob => serde_json::json!({"hex": hex::encode(row.try_get::<Vec<u8>, _>(index)?)}),
         _ => Value::from(row.try_get::<String, _>(index)?),
     })
 }
 
 /// Refuses to run when the schema has a table [`TABLES`] does not name: an
 /// export would silently leave it out.
-async fn check_tables(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), DumpError> {
-    let names: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'keygate_schema'",
-    )
-    .fetch_all(&mut **tx)
-    .await?;
+async fn check_tables(engine: Engine, tx: &mut sqlx::Transaction<'_, Any>) -> Result<(), DumpError> {
+    let names: Vec<String> = sqlx::query_scalar(engine.list_tables()).fetch_all(&mut **tx).await?;
     match names.into_iter().find(|name| !TABLES.contains(&name.as_str())) {
         Some(name) => Err(DumpError::UnknownTable(name)),
         None => Ok(()),
     }
 }
 
-impl SqliteStore {
+impl SqlStore {
     /// Writes every row to `out`.
     pub async fn export(
         &self,
@@ -122,7 +128,7 @@ impl SqliteStore {
     ) -> Result<u64, DumpError> {
         // One read transaction: the file is one consistent moment of a live database.
         let mut tx = self.pool.begin().await?;
-        check_tables(&mut tx).await?;
+        check_tables(self.engine, &mut tx).await?;
         let mut total = 0u64;
         for table in TABLES {
             let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&mut *tx).await?;
@@ -135,11 +141,13 @@ impl SqliteStore {
         out.write_all(b"\n")?;
         let mut done = 0u64;
         for table in TABLES {
-            let query = format!("SELECT * FROM {table} ORDER BY rowid");
+            let query = format!("SELECT * FROM {table} ORDER BY {}", insertion_order(table));
             let mut rows = sqlx::query(&query).fetch(&mut *tx);
             while let Some(row) = rows.try_next().await? {
                 let mut fields = BTreeMap::new();
-                for (index, column) in row.columns().iter().enumerate() {
+                // PostgreSQL's explicit `rowid` is SQLite's implicit one: the
+                // file keeps rows in that order instead of naming it.
+                for (index, column) in row.columns().iter().enumerate().filter(|(_, c)| c.name() != "rowid") {
                     fields.insert(column.name().to_owned(), value_of(&row, index)?);
                 }
                 serde_json::to_writer(&mut *out, &Line { table: (*table).to_owned(), row: fields })
@@ -166,12 +174,12 @@ impl SqliteStore {
                 format!("format `{}` version {} is not {FORMAT} version {VERSION}", header.format, header.version),
             ));
         }
-        let database = migrate::latest(SQLITE);
+        let database = migrate::latest(self.engine.migrations());
         if header.schema != database {
             return Err(DumpError::SchemaMismatch { file: header.schema, database });
         }
         let mut tx = self.pool.begin().await?;
-        check_tables(&mut tx).await?;
+        check_tables(self.engine, &mut tx).await?;
         for table in TABLES {
             let any: Option<i64> =
                 sqlx::query_scalar(&format!("SELECT 1 FROM {table} LIMIT 1")).fetch_optional(&mut *tx).await?;
@@ -199,16 +207,20 @@ impl SqliteStore {
                 // Column names go into the statement: only plain identifiers pass.
                 return Err(format_error(number, "a row needs columns named like `last_used_at`".into()));
             }
-            let columns: Vec<&str> = line.row.keys().map(String::as_str).collect();
-            let sql = format!(
+            // A null is left to the column's default (NULL): PostgreSQL would
+            // refuse a NULL bound as text into an integer column.
+            let values: Vec<(&str, &Value)> =
+                line.row.iter().filter(|(_, v)| !v.is_null()).map(|(c, v)| (c.as_str(), v)).collect();
+            let columns: Vec<&str> = values.iter().map(|(c, _)| *c).collect();
+            let sql = numbered(&format!(
                 "INSERT INTO {table} ({}) VALUES ({})",
                 columns.join(", "),
                 vec!["?"; columns.len()].join(", ")
-            );
+            ));
             let mut query = sqlx::query(&sql);
-            for value in line.row.values() {
+            for (_, value) in values {
                 query = match value {
-                    Value::Null => query.bind(None::<String>),
+                    Value::Null => query,
                     Value::Bool(b) => query.bind(i64::from(*b)),
                     Value::Number(n) => match n.as_i64() {
                         Some(i) => query.bind(i),
@@ -231,6 +243,14 @@ impl SqliteStore {
         }
         if done != header.rows {
             return Err(DumpError::RowCount { got: done, expected: header.rows });
+        }
+        if self.engine == Engine::Postgres {
+            // The audit log's numbers came from the file; new events follow them.
+            sqlx::query(
+                "SELECT setval(pg_get_serial_sequence('audit_log', 'seq'), COALESCE(MAX(seq), 0) + 1, false) FROM audit_log",
+            )
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(done)

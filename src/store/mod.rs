@@ -1,5 +1,5 @@
-//! Persistence: the `Store` trait, the records it holds, and its implementations
-//! (embedded SQLite now; PostgreSQL behind the same trait and migrations later).
+//! Persistence: the `Store` trait, the records it holds, and its one SQL
+//! implementation over two engines (embedded SQLite; PostgreSQL for replicas).
 //!
 //! The store is never on the authentication hot path: `auth::KeyIndex` is loaded
 //! from it at start and after each change. Writes that follow requests
@@ -7,7 +7,7 @@
 
 pub mod dump;
 mod migrate;
-mod sqlite;
+mod sql;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
@@ -17,7 +17,7 @@ use crate::auth::Permissions;
 use crate::key::{KeyDigest, PublicId};
 use crate::limits::{Budget, ModelLimits, RateLimits};
 
-pub use sqlite::SqliteStore;
+pub use sql::{Engine, SqlStore};
 
 /// Unix seconds.
 pub type Timestamp = i64;
@@ -32,21 +32,19 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("{0} already exists")]
     Duplicate(&'static str),
-    #[error("unsupported database url `{0}`: expected sqlite://PATH")]
+    #[error("unsupported database url `{0}`: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE")]
     UnsupportedUrl(String),
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Opens the store named by a database URL and brings its schema up to date.
 pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
-    if url.starts_with("sqlite:") {
-        let store = SqliteStore::open(url).await?;
-        store.migrate().await?;
-        Ok(std::sync::Arc::new(store))
-    } else {
-        Err(StoreError::UnsupportedUrl(url.to_owned()))
-    }
+    let store = SqlStore::open(url).await?;
+    store.migrate().await?;
+    Ok(std::sync::Arc::new(store))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -1,20 +1,142 @@
-//! The embedded SQLite store: one file, WAL journal, a small pool. List order
-//! is insertion order (`rowid`), which the `after` cursor follows.
+//! The SQL store: one implementation of [`Store`] over two engines, SQLite
+//! (embedded, one file, WAL) and PostgreSQL (shared by replicas), through
+//! sqlx's `Any` driver so the queries and the row mapping exist once.
+//!
+//! The SQL is written once, portable to both: `?` placeholders (numbered for
+//! the wire by [`numbered`]), `ON CONFLICT` upserts, `CASE` instead of the
+//! two-argument `MIN`/`MAX`, and `rowid` for insertion order (SQLite's
+//! implicit one; an identity column of that name in PostgreSQL's schema).
+//! The few statements that differ come from [`Engine`].
 
-use std::collections::HashMap;
-use std::str::FromStr;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
-use super::migrate::{self, SQLITE};
+use super::migrate::{self, Migration};
 use super::*;
 use crate::limits::{Budget, ModelLimits, RateLimits};
 
-pub struct SqliteStore {
-    pub(super) pool: SqlitePool,
+/// Which database a [`SqlStore`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    /// The engine a database URL names, if keygate supports it.
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    pub fn migrations(self) -> &'static [Migration] {
+        match self {
+            Self::Sqlite => migrate::SQLITE,
+            Self::Postgres => migrate::POSTGRES,
+        }
+    }
+
+    /// A project's rate limits as one JSON array, `[{"model":..,"limits":{..}}]`.
+    fn project_select(self) -> String {
+        let aggregate = match self {
+            Self::Sqlite => "json_group_array(json_object('model', r.model, 'limits', json(r.limits)))",
+            Self::Postgres => "json_agg(json_build_object('model', r.model, 'limits', r.limits::json))::text",
+        };
+        format!(
+            "SELECT id, name, created_at, archived_at, models, allowed_ips, max_key_age_seconds, \
+             budget_nanos, budget_alert_percent, \
+             (SELECT {aggregate} FROM project_rate_limits r WHERE r.project_id = projects.id) AS rate_limits FROM projects"
+        )
+    }
+
+    /// The text of field `field` of the JSON object in `column`.
+    fn json_field(self, column: &str, field: &str) -> String {
+        match self {
+            Self::Sqlite => format!("json_extract({column}, '$.{field}')"),
+            Self::Postgres => format!("({column}::json ->> '{field}')"),
+        }
+    }
+
+    /// Whether `table` exists.
+    fn table_exists(self) -> &'static str {
+        match self {
+            Self::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+            Self::Postgres => {
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ?"
+            }
+        }
+    }
+
+    /// Every table of keygate's schema but the migration ledger.
+    pub(super) fn list_tables(self) -> &'static str {
+        match self {
+            Self::Sqlite => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'keygate_schema'"
+            }
+            Self::Postgres => {
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() \
+                 AND table_type = 'BASE TABLE' AND table_name != 'keygate_schema'"
+            }
+        }
+    }
+
+    /// Serialises transactions that read then write shared setup rows
+    /// (migrations, bootstrap) across replicas starting together. SQLite's
+    /// single writer needs nothing more.
+    pub(super) async fn lock_setup(self, tx: &mut Transaction<'_, Any>) -> StoreResult<()> {
+        if self == Self::Postgres {
+            // An arbitrary constant: keygate's setup lock ("kg" in ASCII).
+            sqlx::query("SELECT pg_advisory_xact_lock(27495)").execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites `?` and `?N` placeholders as `$N`, which both SQLite and
+/// PostgreSQL accept: a bare `?` takes the number after the largest so far,
+/// as SQLite numbers them. Quoted text is left alone.
+pub(super) fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    let (mut highest, mut quoted) = (0u32, false);
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '?' if !quoted => {
+                let mut digits = String::new();
+                while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                    digits.push(d);
+                }
+                let n = match digits.parse::<u32>() {
+                    Ok(n) => n,
+                    Err(_) => highest + 1,
+                };
+                highest = highest.max(n);
+                out.push('$');
+                out.push_str(&n.to_string());
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+pub struct SqlStore {
+    pub(super) pool: AnyPool,
+    pub(super) engine: Engine,
+    project_select: String,
 }
 
 const KEY_SELECT: &str = "SELECT k.id, k.kind, k.name, k.project_id, k.owner_type, k.owner_id, k.prefix, k.state, \
@@ -25,42 +147,73 @@ const KEY_SELECT: &str = "SELECT k.id, k.kind, k.name, k.project_id, k.owner_typ
      FROM api_keys k \
      LEFT JOIN service_accounts sa ON k.owner_type = 'service_account' AND sa.id = k.owner_id \
      LEFT JOIN users u ON k.owner_type = 'user' AND u.id = k.owner_id";
-const PROJECT_SELECT: &str = "SELECT id, name, created_at, archived_at, models, allowed_ips, max_key_age_seconds, \
-     budget_nanos, budget_alert_percent, \
-     (SELECT json_group_array(json_object('model', r.model, 'limits', json(r.limits))) \
-      FROM project_rate_limits r WHERE r.project_id = projects.id) AS rate_limits FROM projects";
 const SA_SELECT: &str = "SELECT id, project_id, name, role, created_at FROM service_accounts";
 const USER_SELECT: &str = "SELECT id, name, email, role, added_at FROM users";
 
-impl SqliteStore {
+impl SqlStore {
+    /// Connects to the database `url` names (`sqlite://PATH`, created if
+    /// missing, or `postgres://...`); [`SqlStore::migrate`] brings its schema
+    /// up to date.
     pub async fn open(url: &str) -> StoreResult<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        Ok(Self { pool })
+        let engine = Engine::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl(url.to_owned()))?;
+        sqlx::any::install_default_drivers();
+        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
+        let pool = match engine {
+            Engine::Sqlite => {
+                // The Any driver takes SQLite's options from the URL alone.
+                let url = if url.contains("mode=") {
+                    url.to_owned()
+                } else {
+                    format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+                };
+                options
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?
+            }
+            Engine::Postgres => options.max_connections(16).connect(url).await?,
+        };
+        Ok(Self { pool, engine, project_select: engine.project_select() })
     }
 
-    /// Applies pending migrations; returns (version, name) of each one applied.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Applies pending migrations, each in its own transaction; returns
+    /// (version, name) of each one applied.
     pub async fn migrate(&self) -> StoreResult<Vec<(i64, &'static str)>> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS keygate_schema (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
-        )
-        .execute(&self.pool)
-        .await?;
-        let current: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM keygate_schema").fetch_one(&self.pool).await?;
-        let known = migrate::latest(SQLITE);
-        if current > known {
-            return Err(StoreError::SchemaTooNew { found: current, known });
-        }
+        let migrations = self.engine.migrations();
+        let known = migrate::latest(migrations);
         let mut applied = Vec::new();
-        for m in SQLITE.iter().filter(|m| m.version > current) {
+        loop {
             let mut tx = self.pool.begin().await?;
+            self.engine.lock_setup(&mut tx).await?;
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS keygate_schema (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+            )
+            .execute(&mut *tx)
+            .await?;
+            let current: i64 =
+                sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM keygate_schema").fetch_one(&mut *tx).await?;
+            if current > known {
+                return Err(StoreError::SchemaTooNew { found: current, known });
+            }
+            let Some(m) = migrations.iter().find(|m| m.version > current) else {
+                tx.commit().await?;
+                return Ok(applied);
+            };
             sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO keygate_schema (version, name, applied_at) VALUES (?, ?, ?)")
+            sqlx::query(&numbered("INSERT INTO keygate_schema (version, name, applied_at) VALUES (?, ?, ?)"))
                 .bind(m.version)
                 .bind(m.name)
                 .bind(crate::clock::unix_now())
@@ -70,15 +223,14 @@ impl SqliteStore {
             tracing::info!(version = m.version, name = m.name, "applied migration");
             applied.push((m.version, m.name));
         }
-        Ok(applied)
     }
 
     /// The schema version recorded in the database (0 for a new one).
     pub async fn schema_version(&self) -> StoreResult<i64> {
-        let exists: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'keygate_schema'")
-                .fetch_one(&self.pool)
-                .await?;
+        let exists: i64 = sqlx::query_scalar(&numbered(self.engine.table_exists()))
+            .bind("keygate_schema")
+            .fetch_one(&self.pool)
+            .await?;
         if exists == 0 {
             return Ok(0);
         }
@@ -95,12 +247,13 @@ impl SqliteStore {
         revocation: &Revocation,
     ) -> StoreResult<Option<Vec<KeyRecord>>> {
         let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query(&format!("UPDATE {table} SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL"))
-            .bind(revocation.at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let deleted =
+            sqlx::query(&numbered(&format!("UPDATE {table} SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")))
+                .bind(revocation.at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         if deleted == 0 {
             return Ok(None);
         }
@@ -113,8 +266,13 @@ impl SqliteStore {
     /// Writes a consistent copy of the live database to `path` (`VACUUM
     /// INTO`: readers and writers carry on meanwhile).
     pub async fn backup_to(&self, path: &std::path::Path) -> StoreResult<()> {
+        if self.engine != Engine::Sqlite {
+            return Err(StoreError::Unsupported(
+                "`keygate backup` copies a SQLite database; back PostgreSQL up with pg_dump",
+            ));
+        }
         let path = path.to_str().ok_or_else(|| StoreError::Corrupt("the backup path is not UTF-8".into()))?;
-        sqlx::query("VACUUM INTO ?").bind(path).execute(&self.pool).await?;
+        sqlx::query(&numbered("VACUUM INTO ?")).bind(path).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -127,6 +285,7 @@ impl SqliteStore {
                 "SELECT key_id, digest, algorithm, last4, created_at, expires_at FROM api_key_secrets \
                  WHERE key_id IN ({placeholders}) ORDER BY created_at DESC, rowid DESC"
             );
+            let sql = numbered(&sql);
             let mut query = sqlx::query(&sql);
             for id in chunk {
                 query = query.bind(id);
@@ -151,6 +310,7 @@ impl SqliteStore {
     async fn keys_where(&self, clause: &str, binds: &[&str], limit: Option<u32>) -> StoreResult<Vec<KeyRecord>> {
         let limit_sql = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
         let sql = format!("{KEY_SELECT} WHERE {clause} ORDER BY k.rowid{limit_sql}");
+        let sql = numbered(&sql);
         let mut query = sqlx::query(&sql);
         for b in binds {
             query = query.bind(*b);
@@ -175,11 +335,12 @@ impl SqliteStore {
         filter: &str,
         binds: &[&str],
         q: &PageQuery,
-        map: fn(&SqliteRow) -> StoreResult<T>,
+        map: fn(&AnyRow) -> StoreResult<T>,
     ) -> StoreResult<Page<T>> {
         let sql = format!(
             "{select} WHERE {filter} AND (? IS NULL OR rowid > (SELECT rowid FROM {table} WHERE id = ?)) ORDER BY rowid LIMIT ?"
         );
+        let sql = numbered(&sql);
         let mut query = sqlx::query(&sql);
         for b in binds {
             query = query.bind(*b);
@@ -188,27 +349,28 @@ impl SqliteStore {
         Ok(page(rows.iter().map(map).collect::<StoreResult<Vec<_>>>()?, q.limit))
     }
 
-    async fn one<T>(&self, sql: &str, id: &str, map: fn(&SqliteRow) -> StoreResult<T>) -> StoreResult<Option<T>> {
-        let row = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;
+    async fn one<T>(&self, sql: &str, id: &str, map: fn(&AnyRow) -> StoreResult<T>) -> StoreResult<Option<T>> {
+        let sql = numbered(sql);
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(map).transpose()
     }
 
     /// Revokes every live key matching `clause` inside `tx`; returns their ids.
     async fn revoke_where(
-        tx: &mut Transaction<'_, Sqlite>,
+        tx: &mut Transaction<'_, Any>,
         clause: &str,
         bind: &str,
         revocation: &Revocation,
     ) -> StoreResult<Vec<String>> {
         let ids: Vec<String> =
-            sqlx::query_scalar(&format!("SELECT id FROM api_keys WHERE {clause} AND state != 'revoked'"))
+            sqlx::query_scalar(&numbered(&format!("SELECT id FROM api_keys WHERE {clause} AND state != 'revoked'")))
                 .bind(bind)
                 .fetch_all(&mut **tx)
                 .await?;
         for id in &ids {
-            sqlx::query(
+            sqlx::query(&numbered(
                 "UPDATE api_keys SET state = 'revoked', revoked_at = ?, revoked_by = ?, revoke_reason = ? WHERE id = ?",
-            )
+            ))
             .bind(revocation.at)
             .bind(&revocation.by)
             .bind(&revocation.reason)
@@ -252,14 +414,14 @@ fn parse_ips(text: Option<String>) -> StoreResult<Vec<IpNet>> {
         .collect()
 }
 
-fn access_from_row(row: &SqliteRow) -> StoreResult<Access> {
+fn access_from_row(row: &AnyRow) -> StoreResult<Access> {
     Ok(Access {
         models: parse_list(row.try_get("models")?, "models")?,
         allowed_ips: parse_ips(row.try_get("allowed_ips")?)?,
     })
 }
 
-fn key_from_row(row: &SqliteRow, secrets: Vec<SecretVersion>) -> StoreResult<KeyRecord> {
+fn key_from_row(row: &AnyRow, secrets: Vec<SecretVersion>) -> StoreResult<KeyRecord> {
     let id: String = row.try_get("id")?;
     let kind = match row.try_get::<String, _>("kind")?.as_str() {
         "project" => KeyKind::Project,
@@ -329,7 +491,7 @@ fn key_from_row(row: &SqliteRow, secrets: Vec<SecretVersion>) -> StoreResult<Key
     })
 }
 
-fn alert_from_row(row: &SqliteRow) -> StoreResult<Alert> {
+fn alert_from_row(row: &AnyRow) -> StoreResult<Alert> {
     let key_id: String = row.try_get("key_id")?;
     let details: String = row.try_get("details")?;
     Ok(Alert {
@@ -345,7 +507,7 @@ fn alert_from_row(row: &SqliteRow) -> StoreResult<Alert> {
     })
 }
 
-fn project_from_row(row: &SqliteRow) -> StoreResult<Project> {
+fn project_from_row(row: &AnyRow) -> StoreResult<Project> {
     Ok(Project {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -358,7 +520,7 @@ fn project_from_row(row: &SqliteRow) -> StoreResult<Project> {
     })
 }
 
-fn budget_from_row(row: &SqliteRow) -> StoreResult<Option<Budget>> {
+fn budget_from_row(row: &AnyRow) -> StoreResult<Option<Budget>> {
     let nanos: Option<i64> = row.try_get("budget_nanos")?;
     let percent: Option<i64> = row.try_get("budget_alert_percent")?;
     Ok(nanos.map(|monthly_nanos| Budget {
@@ -386,7 +548,7 @@ fn limits_json(limits: &RateLimits) -> Option<String> {
     (!limits.is_empty()).then(|| serde_json::to_string(limits).unwrap_or_default())
 }
 
-fn service_account_from_row(row: &SqliteRow) -> StoreResult<ServiceAccount> {
+fn service_account_from_row(row: &AnyRow) -> StoreResult<ServiceAccount> {
     Ok(ServiceAccount {
         id: row.try_get("id")?,
         project_id: row.try_get("project_id")?,
@@ -396,7 +558,7 @@ fn service_account_from_row(row: &SqliteRow) -> StoreResult<ServiceAccount> {
     })
 }
 
-fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
+fn user_from_row(row: &AnyRow) -> StoreResult<User> {
     Ok(User {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -420,7 +582,7 @@ fn kind_str(kind: KeyKind) -> &'static str {
 }
 
 async fn insert_service_account(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     project_id: Option<&str>,
     name: &str,
     role: &str,
@@ -428,14 +590,14 @@ async fn insert_service_account(
     now: Timestamp,
 ) -> StoreResult<ServiceAccount> {
     let id = crate::ids::service_account_id();
-    sqlx::query(
+    sqlx::query(&numbered(
         "INSERT INTO service_accounts (id, project_id, name, role, is_default, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-    )
+    ))
     .bind(&id)
     .bind(project_id)
     .bind(name)
     .bind(role)
-    .bind(is_default)
+    .bind(i64::from(is_default))
     .bind(now)
     .execute(&mut **tx)
     .await?;
@@ -448,29 +610,37 @@ async fn insert_service_account(
     })
 }
 
-async fn setting(tx: &mut Transaction<'_, Sqlite>, name: &str) -> StoreResult<Option<String>> {
-    Ok(sqlx::query_scalar("SELECT value FROM settings WHERE name = ?").bind(name).fetch_optional(&mut **tx).await?)
+async fn setting(tx: &mut Transaction<'_, Any>, name: &str) -> StoreResult<Option<String>> {
+    Ok(sqlx::query_scalar(&numbered("SELECT value FROM settings WHERE name = ?"))
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?)
 }
 
-async fn set_setting(tx: &mut Transaction<'_, Sqlite>, name: &str, value: &str) -> StoreResult<()> {
-    sqlx::query("INSERT INTO settings (name, value) VALUES (?, ?)").bind(name).bind(value).execute(&mut **tx).await?;
+async fn set_setting(tx: &mut Transaction<'_, Any>, name: &str, value: &str) -> StoreResult<()> {
+    sqlx::query(&numbered("INSERT INTO settings (name, value) VALUES (?, ?)"))
+        .bind(name)
+        .bind(value)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query(&numbered("SELECT 1")).execute(&self.pool).await?;
         Ok(())
     }
 
     async fn bootstrap(&self, now: Timestamp) -> StoreResult<Bootstrap> {
         let mut tx = self.pool.begin().await?;
+        self.engine.lock_setup(&mut tx).await?;
         let (project_id, first_start) = match setting(&mut tx, "default_project").await? {
             Some(id) => (id, false),
             None => {
                 let id = crate::ids::project_id();
-                sqlx::query("INSERT INTO projects (id, name, created_at) VALUES (?, 'Default project', ?)")
+                sqlx::query(&numbered("INSERT INTO projects (id, name, created_at) VALUES (?, 'Default project', ?)"))
                     .bind(&id)
                     .bind(now)
                     .execute(&mut *tx)
@@ -499,29 +669,32 @@ impl Store for SqliteStore {
 
     async fn list_projects(&self, q: &PageQuery, include_archived: bool) -> StoreResult<Page<Project>> {
         let filter = if include_archived { "1 = 1" } else { "archived_at IS NULL" };
-        self.paged(PROJECT_SELECT, "projects", filter, &[], q, project_from_row).await
+        self.paged(&self.project_select, "projects", filter, &[], q, project_from_row).await
     }
 
     async fn all_projects(&self) -> StoreResult<Vec<Project>> {
-        let rows = sqlx::query(&format!("{PROJECT_SELECT} ORDER BY rowid")).fetch_all(&self.pool).await?;
+        let rows =
+            sqlx::query(&numbered(&format!("{} ORDER BY rowid", self.project_select))).fetch_all(&self.pool).await?;
         rows.iter().map(project_from_row).collect()
     }
 
     async fn get_project(&self, id: &str) -> StoreResult<Option<Project>> {
-        self.one(&format!("{PROJECT_SELECT} WHERE id = ?"), id, project_from_row).await
+        self.one(&format!("{} WHERE id = ?", self.project_select), id, project_from_row).await
     }
 
     async fn create_project(&self, name: &str, access: &Access, now: Timestamp) -> StoreResult<Project> {
         let id = crate::ids::project_id();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO projects (id, name, created_at, models, allowed_ips) VALUES (?, ?, ?, ?, ?)")
-            .bind(&id)
-            .bind(name)
-            .bind(now)
-            .bind(json_list(access.models.as_ref()))
-            .bind(ips_json(&access.allowed_ips))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(&numbered(
+            "INSERT INTO projects (id, name, created_at, models, allowed_ips) VALUES (?, ?, ?, ?, ?)",
+        ))
+        .bind(&id)
+        .bind(name)
+        .bind(now)
+        .bind(json_list(access.models.as_ref()))
+        .bind(ips_json(&access.allowed_ips))
+        .execute(&mut *tx)
+        .await?;
         insert_service_account(&mut tx, Some(&id), "default", "member", true, now).await?;
         tx.commit().await?;
         Ok(Project {
@@ -539,24 +712,28 @@ impl Store for SqliteStore {
     async fn update_project(&self, id: &str, update: &ProjectUpdate) -> StoreResult<Option<Project>> {
         let mut tx = self.pool.begin().await?;
         if let Some(name) = &update.name {
-            sqlx::query("UPDATE projects SET name = ? WHERE id = ?").bind(name).bind(id).execute(&mut *tx).await?;
+            sqlx::query(&numbered("UPDATE projects SET name = ? WHERE id = ?"))
+                .bind(name)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         if let Some(models) = &update.models {
-            sqlx::query("UPDATE projects SET models = ? WHERE id = ?")
+            sqlx::query(&numbered("UPDATE projects SET models = ? WHERE id = ?"))
                 .bind(json_list(models.as_ref()))
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(ips) = &update.allowed_ips {
-            sqlx::query("UPDATE projects SET allowed_ips = ? WHERE id = ?")
+            sqlx::query(&numbered("UPDATE projects SET allowed_ips = ? WHERE id = ?"))
                 .bind(ips_json(ips))
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(budget) = update.budget {
-            sqlx::query("UPDATE projects SET budget_nanos = ?, budget_alert_percent = ? WHERE id = ?")
+            sqlx::query(&numbered("UPDATE projects SET budget_nanos = ?, budget_alert_percent = ? WHERE id = ?"))
                 .bind(budget.map(|b| b.monthly_nanos))
                 .bind(budget.map(|b| i64::from(b.alert_percent)))
                 .bind(id)
@@ -564,7 +741,7 @@ impl Store for SqliteStore {
                 .await?;
         }
         if let Some(age) = update.max_key_age_seconds {
-            sqlx::query("UPDATE projects SET max_key_age_seconds = ? WHERE id = ?")
+            sqlx::query(&numbered("UPDATE projects SET max_key_age_seconds = ? WHERE id = ?"))
                 .bind(age)
                 .bind(id)
                 .execute(&mut *tx)
@@ -582,10 +759,10 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<Project>> {
         match limits.and_then(limits_json) {
             Some(json) => {
-                sqlx::query(
+                sqlx::query(&numbered(
                     "INSERT INTO project_rate_limits (project_id, model, limits) VALUES (?, ?, ?) \
                      ON CONFLICT (project_id, model) DO UPDATE SET limits = excluded.limits",
-                )
+                ))
                 .bind(id)
                 .bind(model)
                 .bind(json)
@@ -593,7 +770,7 @@ impl Store for SqliteStore {
                 .await?;
             }
             None => {
-                sqlx::query("DELETE FROM project_rate_limits WHERE project_id = ? AND model = ?")
+                sqlx::query(&numbered("DELETE FROM project_rate_limits WHERE project_id = ? AND model = ?"))
                     .bind(id)
                     .bind(model)
                     .execute(&self.pool)
@@ -604,7 +781,7 @@ impl Store for SqliteStore {
     }
 
     async fn archive_project(&self, id: &str, now: Timestamp) -> StoreResult<Option<Project>> {
-        sqlx::query("UPDATE projects SET archived_at = ? WHERE id = ? AND archived_at IS NULL")
+        sqlx::query(&numbered("UPDATE projects SET archived_at = ? WHERE id = ? AND archived_at IS NULL"))
             .bind(now)
             .bind(id)
             .execute(&self.pool)
@@ -614,7 +791,7 @@ impl Store for SqliteStore {
 
     async fn create_user(&self, name: &str, email: &str, role: &str, now: Timestamp) -> StoreResult<User> {
         let id = crate::ids::user_id();
-        sqlx::query("INSERT INTO users (id, name, email, role, added_at) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query(&numbered("INSERT INTO users (id, name, email, role, added_at) VALUES (?, ?, ?, ?, ?)"))
             .bind(&id)
             .bind(name)
             .bind(email)
@@ -640,7 +817,7 @@ impl Store for SqliteStore {
     }
 
     async fn update_user_role(&self, id: &str, role: &str) -> StoreResult<Option<User>> {
-        sqlx::query("UPDATE users SET role = ? WHERE id = ? AND deleted_at IS NULL")
+        sqlx::query(&numbered("UPDATE users SET role = ? WHERE id = ? AND deleted_at IS NULL"))
             .bind(role)
             .bind(id)
             .execute(&self.pool)
@@ -683,10 +860,11 @@ impl Store for SqliteStore {
     }
 
     async fn organization_service_account(&self) -> StoreResult<Option<ServiceAccount>> {
-        let row =
-            sqlx::query(&format!("{SA_SELECT} WHERE project_id IS NULL AND is_default = 1 AND deleted_at IS NULL"))
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(&numbered(&format!(
+            "{SA_SELECT} WHERE project_id IS NULL AND is_default = 1 AND deleted_at IS NULL"
+        )))
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(service_account_from_row).transpose()
     }
 
@@ -706,9 +884,9 @@ impl Store for SqliteStore {
         };
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO api_keys (id, kind, name, project_id, owner_type, owner_id, prefix, state, permissions, scopes, \
+            &numbered("INSERT INTO api_keys (id, kind, name, project_id, owner_type, owner_id, prefix, state, permissions, scopes, \
              models, allowed_ips, rate_limits, budget_nanos, budget_alert_percent, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
         )
         .bind(key.id.as_str())
         .bind(kind_str(key.kind))
@@ -729,7 +907,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO api_key_secrets (digest, key_id, algorithm, last4, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            &numbered("INSERT INTO api_key_secrets (digest, key_id, algorithm, last4, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)"),
         )
         .bind(&key.secret.digest.0[..])
         .bind(key.id.as_str())
@@ -748,10 +926,11 @@ impl Store for SqliteStore {
     }
 
     async fn find_key_by_digest(&self, digest: &KeyDigest) -> StoreResult<Option<KeyRecord>> {
-        let key_id: Option<String> = sqlx::query_scalar("SELECT key_id FROM api_key_secrets WHERE digest = ?")
-            .bind(&digest.0[..])
-            .fetch_optional(&self.pool)
-            .await?;
+        let key_id: Option<String> =
+            sqlx::query_scalar(&numbered("SELECT key_id FROM api_key_secrets WHERE digest = ?"))
+                .bind(&digest.0[..])
+                .fetch_optional(&self.pool)
+                .await?;
         match key_id.as_deref().and_then(PublicId::parse) {
             Some(id) => self.get_key(&id).await,
             None => Ok(None),
@@ -784,21 +963,21 @@ impl Store for SqliteStore {
     async fn update_key(&self, id: &PublicId, update: &KeyUpdate) -> StoreResult<Option<KeyRecord>> {
         let mut tx = self.pool.begin().await?;
         if let Some(name) = &update.name {
-            sqlx::query("UPDATE api_keys SET name = ? WHERE id = ?")
+            sqlx::query(&numbered("UPDATE api_keys SET name = ? WHERE id = ?"))
                 .bind(name)
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(limits) = &update.limits {
-            sqlx::query("UPDATE api_keys SET rate_limits = ? WHERE id = ?")
+            sqlx::query(&numbered("UPDATE api_keys SET rate_limits = ? WHERE id = ?"))
                 .bind(limits_json(limits))
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(budget) = update.budget {
-            sqlx::query("UPDATE api_keys SET budget_nanos = ?, budget_alert_percent = ? WHERE id = ?")
+            sqlx::query(&numbered("UPDATE api_keys SET budget_nanos = ?, budget_alert_percent = ? WHERE id = ?"))
                 .bind(budget.map(|b| b.monthly_nanos))
                 .bind(budget.map(|b| i64::from(b.alert_percent)))
                 .bind(id.as_str())
@@ -806,7 +985,7 @@ impl Store for SqliteStore {
                 .await?;
         }
         if let Some(expires_at) = update.expires_at {
-            sqlx::query("UPDATE api_keys SET expires_at = ? WHERE id = ?")
+            sqlx::query(&numbered("UPDATE api_keys SET expires_at = ? WHERE id = ?"))
                 .bind(expires_at)
                 .bind(id.as_str())
                 .execute(&mut *tx)
@@ -814,7 +993,7 @@ impl Store for SqliteStore {
         }
         if let Some(p) = &update.permissions {
             let scopes = matches!(p, Permissions::Restricted(_)).then(|| json_list(Some(&p.scopes()))).flatten();
-            sqlx::query("UPDATE api_keys SET permissions = ?, scopes = ? WHERE id = ?")
+            sqlx::query(&numbered("UPDATE api_keys SET permissions = ?, scopes = ? WHERE id = ?"))
                 .bind(p.level())
                 .bind(scopes)
                 .bind(id.as_str())
@@ -822,14 +1001,14 @@ impl Store for SqliteStore {
                 .await?;
         }
         if let Some(models) = &update.models {
-            sqlx::query("UPDATE api_keys SET models = ? WHERE id = ?")
+            sqlx::query(&numbered("UPDATE api_keys SET models = ? WHERE id = ?"))
                 .bind(json_list(models.as_ref()))
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(ips) = &update.allowed_ips {
-            sqlx::query("UPDATE api_keys SET allowed_ips = ? WHERE id = ?")
+            sqlx::query(&numbered("UPDATE api_keys SET allowed_ips = ? WHERE id = ?"))
                 .bind(ips_json(ips))
                 .bind(id.as_str())
                 .execute(&mut *tx)
@@ -847,7 +1026,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_key_active(&self, id: &PublicId, active: bool) -> StoreResult<Option<KeyRecord>> {
-        sqlx::query("UPDATE api_keys SET state = ? WHERE id = ? AND state != 'revoked'")
+        sqlx::query(&numbered("UPDATE api_keys SET state = ? WHERE id = ? AND state != 'revoked'"))
             .bind(if active { "active" } else { "suspended" })
             .bind(id.as_str())
             .execute(&self.pool)
@@ -862,20 +1041,21 @@ impl Store for SqliteStore {
         grace_ends: Timestamp,
     ) -> StoreResult<Option<KeyRecord>> {
         let mut tx = self.pool.begin().await?;
-        let live: Option<String> = sqlx::query_scalar("SELECT id FROM api_keys WHERE id = ? AND state != 'revoked'")
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let live: Option<String> =
+            sqlx::query_scalar(&numbered("SELECT id FROM api_keys WHERE id = ? AND state != 'revoked'"))
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
         if live.is_none() {
             return Ok(None);
         }
-        sqlx::query("UPDATE api_key_secrets SET expires_at = MIN(COALESCE(expires_at, ?1), ?1) WHERE key_id = ?2")
+        sqlx::query(&numbered("UPDATE api_key_secrets SET expires_at = CASE WHEN expires_at < ?1 THEN expires_at ELSE ?1 END WHERE key_id = ?2"))
             .bind(grace_ends)
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO api_key_secrets (digest, key_id, algorithm, last4, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            &numbered("INSERT INTO api_key_secrets (digest, key_id, algorithm, last4, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)"),
         )
         .bind(&secret.digest.0[..])
         .bind(id.as_str())
@@ -892,10 +1072,10 @@ impl Store for SqliteStore {
     async fn touch_keys(&self, batch: &[(PublicId, Touch)]) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         for (id, touch) in batch {
-            sqlx::query(
+            sqlx::query(&numbered(
                 "UPDATE api_keys SET last_used_at = ?, last_used_ip = ?, last_used_user_agent = ? \
                  WHERE id = ? AND COALESCE(last_used_at, 0) <= ?",
-            )
+            ))
             .bind(touch.at)
             .bind(&touch.ip)
             .bind(&touch.user_agent)
@@ -910,7 +1090,7 @@ impl Store for SqliteStore {
 
     async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO audit_log (id, type, effective_at, project_id, actor_key_id, details) VALUES (?, ?, ?, ?, ?, ?)",
+            &numbered("INSERT INTO audit_log (id, type, effective_at, project_id, actor_key_id, details) VALUES (?, ?, ?, ?, ?, ?)"),
         )
         .bind(&event.id)
         .bind(event.kind)
@@ -937,7 +1117,7 @@ impl Store for SqliteStore {
         };
         any_of(&mut sql, "a.type", &f.event_types);
         any_of(&mut sql, "a.project_id", &f.project_ids);
-        any_of(&mut sql, "json_extract(a.details, '$.id')", &f.resource_ids);
+        any_of(&mut sql, &self.engine.json_field("a.details", "id"), &f.resource_ids);
         any_of(&mut sql, "('key_' || a.actor_key_id)", &f.actor_ids);
         if let Some(gte) = f.effective_at_gte {
             sql.push_str(&format!(" AND a.effective_at >= {gte}"));
@@ -958,6 +1138,7 @@ impl Store for SqliteStore {
         }
         let order = if backwards { "ASC" } else { "DESC" };
         sql.push_str(&format!(" ORDER BY a.seq {order} LIMIT {}", u64::from(f.limit) + 1));
+        let sql = numbered(&sql);
         let mut query = sqlx::query(&sql);
         for b in &binds {
             query = query.bind(b);
@@ -995,8 +1176,11 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         for d in batch {
             sqlx::query(
-                "INSERT OR REPLACE INTO denials (request_id, at, reason, explanation, key_id, project_id, status, method, path, client_ip) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                &numbered("INSERT INTO denials (request_id, at, reason, explanation, key_id, project_id, status, method, path, client_ip) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET at = excluded.at, \
+                 reason = excluded.reason, explanation = excluded.explanation, key_id = excluded.key_id, \
+                 project_id = excluded.project_id, status = excluded.status, method = excluded.method, \
+                 path = excluded.path, client_ip = excluded.client_ip"),
             )
             .bind(&d.request_id)
             .bind(d.at)
@@ -1017,7 +1201,7 @@ impl Store for SqliteStore {
 
     async fn get_denial(&self, request_id: &str) -> StoreResult<Option<DenialRecord>> {
         let row = sqlx::query(
-            "SELECT request_id, at, reason, explanation, key_id, project_id, status, method, path, client_ip FROM denials WHERE request_id = ?",
+            &numbered("SELECT request_id, at, reason, explanation, key_id, project_id, status, method, path, client_ip FROM denials WHERE request_id = ?"),
         )
         .bind(request_id)
         .fetch_optional(&self.pool)
@@ -1039,16 +1223,21 @@ impl Store for SqliteStore {
     }
 
     async fn prune_denials(&self, before: Timestamp, max_rows: u64) -> StoreResult<u64> {
-        let old =
-            sqlx::query("DELETE FROM denials WHERE at < ?").bind(before).execute(&self.pool).await?.rows_affected();
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM denials").fetch_one(&self.pool).await?;
+        let old = sqlx::query(&numbered("DELETE FROM denials WHERE at < ?"))
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let count: i64 = sqlx::query_scalar(&numbered("SELECT COUNT(*) FROM denials")).fetch_one(&self.pool).await?;
         let excess = u64::try_from(count).unwrap_or(0).saturating_sub(max_rows);
         let capped = if excess > 0 {
-            sqlx::query("DELETE FROM denials WHERE rowid IN (SELECT rowid FROM denials ORDER BY at, rowid LIMIT ?)")
-                .bind(i64::try_from(excess).unwrap_or(i64::MAX))
-                .execute(&self.pool)
-                .await?
-                .rows_affected()
+            sqlx::query(&numbered(
+                "DELETE FROM denials WHERE rowid IN (SELECT rowid FROM denials ORDER BY at, rowid LIMIT ?)",
+            ))
+            .bind(i64::try_from(excess).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
         } else {
             0
         };
@@ -1059,13 +1248,15 @@ impl Store for SqliteStore {
         // Rows one by one (a repeated request id is skipped), then one rollup
         // upsert per (minute, project, key, model, kind) of the batch.
         type Group = (i64, String, String, String, &'static str);
-        let mut groups: HashMap<Group, (String, [i64; 6])> = HashMap::new();
+        // Ordered, so replicas writing the same rollup rows lock them in the
+        // same order and cannot deadlock.
+        let mut groups: BTreeMap<Group, (String, [i64; 6])> = BTreeMap::new();
         let mut tx = self.pool.begin().await?;
         for u in batch {
             let inserted = sqlx::query(
-                "INSERT OR IGNORE INTO usage_records (request_id, at, key_id, prefix, project_id, owner_id, model, route, kind, \
+                &numbered("INSERT INTO usage_records (request_id, at, key_id, prefix, project_id, owner_id, model, route, kind, \
                  status, input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, cost_nanos, latency_ms, upstream, client_ip) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"),
             )
             .bind(&u.request_id)
             .bind(u.at)
@@ -1081,7 +1272,7 @@ impl Store for SqliteStore {
             .bind(u.tokens.output)
             .bind(u.tokens.cached)
             .bind(u.tokens.reasoning)
-            .bind(u.estimated)
+            .bind(i64::from(u.estimated))
             .bind(u.cost_nanos)
             .bind(u.latency_ms)
             .bind(&u.upstream)
@@ -1113,12 +1304,12 @@ impl Store for SqliteStore {
         }
         for ((minute, project_id, key_id, model, kind), (prefix, sums)) in &groups {
             sqlx::query(
-                "INSERT INTO usage_rollups (minute, project_id, key_id, prefix, model, kind, requests, input_tokens, output_tokens, \
+                &numbered("INSERT INTO usage_rollups (minute, project_id, key_id, prefix, model, kind, requests, input_tokens, output_tokens, \
                  cached_tokens, reasoning_tokens, cost_nanos) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (minute, project_id, key_id, model, kind) DO UPDATE SET requests = requests + excluded.requests, \
-                 input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
-                 cached_tokens = cached_tokens + excluded.cached_tokens, reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, \
-                 cost_nanos = cost_nanos + excluded.cost_nanos",
+                 ON CONFLICT (minute, project_id, key_id, model, kind) DO UPDATE SET requests = usage_rollups.requests + excluded.requests, \
+                 input_tokens = usage_rollups.input_tokens + excluded.input_tokens, output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
+                 cached_tokens = usage_rollups.cached_tokens + excluded.cached_tokens, reasoning_tokens = usage_rollups.reasoning_tokens + excluded.reasoning_tokens, \
+                 cost_nanos = usage_rollups.cost_nanos + excluded.cost_nanos"),
             )
             .bind(minute)
             .bind(project_id)
@@ -1141,6 +1332,7 @@ impl Store for SqliteStore {
 
     async fn query_usage(&self, q: &UsageQuery) -> StoreResult<Vec<UsageRow>> {
         let width = q.bucket_seconds.max(60);
+        let sum = |column: &str| format!("CAST(SUM({column}) AS BIGINT)");
         let mut columns = Vec::new();
         for g in &q.group_by {
             columns.push(match g {
@@ -1155,16 +1347,18 @@ impl Store for SqliteStore {
         // edge of an unaligned window come from the request rows themselves.
         let (inner_start, inner_end) = (q.start + (60 - q.start.rem_euclid(60)) % 60, q.end - q.end.rem_euclid(60));
         let mut sql = format!(
-            "SELECT ((t - ?) / {width}) * {width} + ? AS bucket{group_sql}, SUM(requests) AS requests, \
-             SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, SUM(cached_tokens) AS cached_tokens, \
-             SUM(reasoning_tokens) AS reasoning_tokens, SUM(cost_nanos) AS cost_nanos FROM ( \
+            "SELECT ((t - ?) / {width}) * {width} + ? AS bucket{group_sql}, {} AS requests, \
+             {} AS input_tokens, {} AS output_tokens, {} AS cached_tokens, \
+             {} AS reasoning_tokens, {} AS cost_nanos FROM ( \
                SELECT minute AS t, project_id, key_id, prefix, model, kind, requests, input_tokens, output_tokens, \
                  cached_tokens, reasoning_tokens, cost_nanos FROM usage_rollups WHERE minute >= {inner_start} AND minute < {inner_end} \
                UNION ALL \
                SELECT at AS t, project_id, key_id, prefix, COALESCE(model, '') AS model, kind, 1 AS requests, input_tokens, \
                  output_tokens, cached_tokens, reasoning_tokens, cost_nanos FROM usage_records \
                  WHERE at >= ? AND at < ? AND NOT (at >= {inner_start} AND at < {inner_end}) \
-             ) WHERE 1 = 1"
+             ) AS u WHERE 1 = 1",
+            // PostgreSQL sums BIGINTs as NUMERIC; both engines give them back as integers.
+            sum("requests"), sum("input_tokens"), sum("output_tokens"), sum("cached_tokens"), sum("reasoning_tokens"), sum("cost_nanos")
         );
         let mut binds: Vec<String> = Vec::new();
         if let Some(kind) = q.kind {
@@ -1184,12 +1378,13 @@ impl Store for SqliteStore {
             }
         }
         sql.push_str(&format!(" GROUP BY bucket{group_sql} ORDER BY bucket{group_sql}"));
+        let sql = numbered(&sql);
         let mut query = sqlx::query(&sql).bind(q.start).bind(q.start).bind(q.start).bind(q.end);
         for b in &binds {
             query = query.bind(b);
         }
         let rows = query.fetch_all(&self.pool).await?;
-        let opt = |row: &SqliteRow, group: UsageGroup, column: &str| -> StoreResult<Option<String>> {
+        let opt = |row: &AnyRow, group: UsageGroup, column: &str| -> StoreResult<Option<String>> {
             if q.group_by.contains(&group) {
                 Ok(Some(row.try_get(column)?))
             } else {
@@ -1218,12 +1413,12 @@ impl Store for SqliteStore {
     }
 
     async fn prune_usage(&self, records_before: Timestamp, rollups_before: Timestamp) -> StoreResult<u64> {
-        let a = sqlx::query("DELETE FROM usage_records WHERE at < ?")
+        let a = sqlx::query(&numbered("DELETE FROM usage_records WHERE at < ?"))
             .bind(records_before)
             .execute(&self.pool)
             .await?
             .rows_affected();
-        let b = sqlx::query("DELETE FROM usage_rollups WHERE minute < ?")
+        let b = sqlx::query(&numbered("DELETE FROM usage_rollups WHERE minute < ?"))
             .bind(rollups_before)
             .execute(&self.pool)
             .await?
@@ -1235,14 +1430,14 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let mut fresh = Vec::new();
         for s in batch {
-            let known: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_networks WHERE key_id = ?")
+            let known: i64 = sqlx::query_scalar(&numbered("SELECT COUNT(*) FROM key_networks WHERE key_id = ?"))
                 .bind(s.key_id.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
             let inserted = sqlx::query(
-                "INSERT INTO key_networks (key_id, network, first_seen, last_seen, requests) VALUES (?, ?, ?, ?, ?) \
-                 ON CONFLICT (key_id, network) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen), \
-                 requests = requests + excluded.requests RETURNING first_seen",
+                &numbered("INSERT INTO key_networks (key_id, network, first_seen, last_seen, requests) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (key_id, network) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > key_networks.last_seen THEN excluded.last_seen ELSE key_networks.last_seen END, \
+                 requests = key_networks.requests + excluded.requests RETURNING first_seen"),
             )
             .bind(s.key_id.as_str())
             .bind(&s.network)
@@ -1261,10 +1456,10 @@ impl Store for SqliteStore {
     }
 
     async fn usage_clients(&self, start: Timestamp, end: Timestamp) -> StoreResult<Vec<(String, String, i64)>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(&numbered(
             "SELECT key_id, client_ip, COUNT(*) AS requests FROM usage_records \
              WHERE at >= ? AND at < ? AND client_ip IS NOT NULL GROUP BY key_id, client_ip",
-        )
+        ))
         .bind(start)
         .bind(end)
         .fetch_all(&self.pool)
@@ -1273,7 +1468,7 @@ impl Store for SqliteStore {
     }
 
     async fn last_usage_before(&self, key_id: &PublicId, before: Timestamp) -> StoreResult<Option<Timestamp>> {
-        Ok(sqlx::query_scalar("SELECT MAX(at) FROM usage_records WHERE key_id = ? AND at < ?")
+        Ok(sqlx::query_scalar(&numbered("SELECT MAX(at) FROM usage_records WHERE key_id = ? AND at < ?"))
             .bind(key_id.as_str())
             .bind(before)
             .fetch_one(&self.pool)
@@ -1281,7 +1476,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_alert(&self, a: &Alert) -> StoreResult<()> {
-        sqlx::query("INSERT INTO alerts (id, at, key_id, project_id, kind, severity, message, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query(&numbered("INSERT INTO alerts (id, at, key_id, project_id, kind, severity, message, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&a.id)
             .bind(a.at)
             .bind(a.key_id.as_str())
@@ -1296,10 +1491,10 @@ impl Store for SqliteStore {
     }
 
     async fn list_alerts(&self, since: Timestamp, q: &PageQuery) -> StoreResult<Page<Alert>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(&numbered(
             "SELECT id, at, key_id, project_id, kind, severity, message, details FROM alerts WHERE at >= ? \
              AND (? IS NULL OR rowid < (SELECT rowid FROM alerts WHERE id = ?)) ORDER BY rowid DESC LIMIT ?",
-        )
+        ))
         .bind(since)
         .bind(&q.after)
         .bind(&q.after)
@@ -1311,8 +1506,8 @@ impl Store for SqliteStore {
 
     async fn last_alert(&self, key_id: &PublicId, kind: &str) -> StoreResult<Option<Alert>> {
         let row = sqlx::query(
-            "SELECT id, at, key_id, project_id, kind, severity, message, details FROM alerts WHERE key_id = ? AND kind = ? \
-             ORDER BY at DESC, rowid DESC LIMIT 1",
+            &numbered("SELECT id, at, key_id, project_id, kind, severity, message, details FROM alerts WHERE key_id = ? AND kind = ? \
+             ORDER BY at DESC, rowid DESC LIMIT 1"),
         )
         .bind(key_id.as_str())
         .bind(kind)
@@ -1322,6 +1517,10 @@ impl Store for SqliteStore {
     }
 
     async fn prune_alerts(&self, before: Timestamp) -> StoreResult<u64> {
-        Ok(sqlx::query("DELETE FROM alerts WHERE at < ?").bind(before).execute(&self.pool).await?.rows_affected())
+        Ok(sqlx::query(&numbered("DELETE FROM alerts WHERE at < ?"))
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 }
