@@ -55,7 +55,7 @@ impl Gateway {
     ) -> anyhow::Result<Self> {
         let store = crate::store::open(&config.database_url)
             .await
-            .with_context(|| format!("cannot open the database `{}`", config.database_url))?;
+            .with_context(|| format!("cannot open the database `{}`", redact_url(&config.database_url)))?;
         let now = clock.now();
         let boot = store.bootstrap(now).await.context("cannot initialise the database")?;
         let (generated_admin_key, _) =
@@ -250,8 +250,8 @@ async fn start_mock(tasks: &mut Tasks) -> anyhow::Result<String> {
     Ok(format!("http://{addr}/v1"))
 }
 
-/// `url` without its password, for messages.
-fn redact_url(url: &str) -> String {
+/// A URL fit for logs and messages: its password, if any, replaced by `***`.
+pub fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("***"));

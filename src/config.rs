@@ -386,8 +386,13 @@ impl Config {
         })?;
 
         let database_url = o.database_url.clone().or(raw.database.url).unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
-        if !database_url.starts_with("sqlite:") {
-            return Err(invalid("database.url", format!("must be a sqlite:// URL, got `{database_url}`")));
+        if crate::store::Engine::of_url(&database_url).is_none() {
+            // Only the scheme: the rest of a URL may hold a password.
+            let scheme = database_url.split(':').next().unwrap_or_default();
+            return Err(invalid(
+                "database.url",
+                format!("must be a sqlite://PATH or postgres://USER@HOST/DATABASE URL, got a `{scheme}:` URL"),
+            ));
         }
 
         let max_body_bytes = raw.server.max_body_bytes.unwrap_or(32 * 1024 * 1024);

@@ -94,22 +94,39 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `ready`; `degraded: ...` (200) while serving with reduced guarantees, such as
-/// per-replica limits while Redis is away; 503 when requests cannot be served.
+/// `ready`; `degraded: ...` (200) while serving with reduced guarantees: the
+/// database away (keys are checked from memory, so requests still pass; what
+/// they write waits in bounded buffers) or Redis away under the fail-open
+/// policy (per-replica limits); 503 when requests cannot be served.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if let Err(error) = state.store.ping().await {
-        tracing::warn!(%error, "readiness check failed");
-        return (StatusCode::SERVICE_UNAVAILABLE, "store unreachable").into_response();
+    let mut degraded = Vec::new();
+    let ping = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await;
+    if let Some(error) = match ping {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some("no answer within 2 s".to_owned()),
+    } {
+        tracing::warn!(%error, "readiness: the database is unreachable");
+        degraded.push("database unreachable; keys are checked from memory and writes are buffered until it returns");
     }
-    match state.limiter.health().await {
-        Ok(()) => "ready".into_response(),
-        Err(degraded) if degraded.serving => {
-            format!("degraded: {}; rate limits are per replica until it returns", degraded.reason).into_response()
+    let limiter = match state.limiter.health().await {
+        Ok(()) => None,
+        Err(limiter) if limiter.serving => {
+            Some(format!("{}; rate limits are per replica until it returns", limiter.reason))
         }
-        Err(degraded) => {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("{}; requests are refused until it returns", degraded.reason))
+        Err(limiter) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}; requests are refused until it returns", limiter.reason),
+            )
                 .into_response()
         }
+    };
+    let reasons: Vec<&str> = limiter.as_deref().into_iter().chain(degraded).collect();
+    if reasons.is_empty() {
+        "ready".into_response()
+    } else {
+        format!("degraded: {}", reasons.join("; ")).into_response()
     }
 }
 

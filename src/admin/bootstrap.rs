@@ -30,7 +30,12 @@ pub async fn bootstrap_admin_key(
         let secret = SecretVersion { digest, legacy, last4, created_at: now, expires_at: None };
         let key =
             admin_key(id.unwrap_or_else(PublicId::random), "bootstrap (KEYGATE_ADMIN_KEY)", prefix, owner, secret, now);
-        return Ok((None, Some(store.insert_key(&key).await?)));
+        return match store.insert_key(&key).await {
+            Ok(record) => Ok((None, Some(record))),
+            // A replica starting beside this one stored the same key first.
+            Err(_) if store.find_key_by_digest(&digest).await?.is_some() => Ok((None, None)),
+            Err(error) => Err(error),
+        };
     }
     if !first_start {
         return Ok((None, None));

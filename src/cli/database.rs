@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use keygate::app::redact_url;
 use keygate::store::{Engine, SqlStore};
 use serde_json::json;
 
@@ -66,32 +67,18 @@ async fn open_existing(url: &str) -> anyhow::Result<SqlStore> {
                 .context(format!("there is no database at `{path}`")));
         }
     }
-    let store = SqlStore::open(url).await.with_context(|| format!("cannot open `{}`", redacted(url)))?;
+    let store = SqlStore::open(url).await.with_context(|| format!("cannot open `{}`", redact_url(url)))?;
     if store.schema_version().await? == 0 {
         bail!(anyhow::Error::new(Help("check --database; `keygate migrate` creates the schema".into()))
-            .context(format!("`{}` holds no keygate data", redacted(url))));
+            .context(format!("`{}` holds no keygate data", redact_url(url))));
     }
     Ok(store)
-}
-
-/// A database URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let url = args.database.unwrap_or_else(|| DEFAULT_DATABASE.into());
     engine_of(&url)?;
-    let store = SqlStore::open(&url).await.with_context(|| format!("cannot open `{}`", redacted(&url)))?;
+    let store = SqlStore::open(&url).await.with_context(|| format!("cannot open `{}`", redact_url(&url)))?;
     let from = store.schema_version().await?;
     let applied =
         store.migrate().await.context("migration failed; the database is left at its last complete version")?;
@@ -209,13 +196,13 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let url = args.database.unwrap_or_else(|| DEFAULT_DATABASE.into());
     engine_of(&url)?;
     let file = std::fs::File::open(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
-    let store = SqlStore::open(&url).await.with_context(|| format!("cannot open `{}`", redacted(&url)))?;
+    let store = SqlStore::open(&url).await.with_context(|| format!("cannot open `{}`", redact_url(&url)))?;
     store.migrate().await?;
     let mut bar = progress_bar("import");
     let rows = store
         .import(&mut std::io::BufReader::new(file), &mut bar)
         .await
         .with_context(|| format!("nothing was imported from `{}`", args.file.display()))?;
-    eprintln!("Imported {rows} rows. Start it with: keygate serve --database {}", redacted(&url));
+    eprintln!("Imported {rows} rows. Start it with: keygate serve --database {}", redact_url(&url));
     Ok(ExitCode::SUCCESS)
 }

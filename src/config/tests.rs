@@ -61,7 +61,10 @@ fn bad_fields_are_named() {
         err("[server]\nlisten = \"nope\""),
         "`server.listen` must be an address like 127.0.0.1:8080, got `nope`"
     );
-    assert_eq!(err("[database]\nurl = \"mysql://x\""), "`database.url` must be a sqlite:// URL, got `mysql://x`");
+    assert_eq!(
+        err("[database]\nurl = \"mysql://x\""),
+        "`database.url` must be a sqlite://PATH or postgres://USER@HOST/DATABASE URL, got a `mysql:` URL"
+    );
     assert_eq!(err("[server]\nmax_body_bytes = 0"), "`server.max_body_bytes` must be between 1 and 1073741824, got 0");
     assert_eq!(
         err("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]"),

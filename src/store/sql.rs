@@ -83,7 +83,7 @@ impl Engine {
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'keygate_schema'"
             }
             Self::Postgres => {
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() \
+                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema() \
                  AND table_type = 'BASE TABLE' AND table_name != 'keygate_schema'"
             }
         }

@@ -4,24 +4,28 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::util::free_port;
 
-struct Server {
+/// A `keygate serve` process.
+pub struct Server {
     child: Child,
-    url: String,
+    pub url: String,
 }
 
 impl Server {
-    fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+    /// Serves the SQLite file `k.db` in `dir`.
+    pub fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        Self::start_on(&format!("sqlite://{}", dir.join("k.db").display()), env)
+    }
+
+    pub fn start_on(database_url: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
         cmd.arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--database")
-            .arg(format!("sqlite://{}", dir.join("k.db").display()))
+            .arg(database_url)
             .env_remove("KEYGATE_ADMIN_KEY")
             .env_remove("OPENAI_API_KEY")
             .env_remove("KEYGATE_UPSTREAM_API_KEY")
@@ -46,11 +50,11 @@ impl Server {
     }
 
     /// Creates a key in the default project with `admin`; returns the key object.
-    async fn create_key(&self, admin: &str, name: &str) -> serde_json::Value {
+    pub async fn create_key(&self, admin: &str, name: &str) -> serde_json::Value {
         self.create_key_with(admin, serde_json::json!({"name": name})).await
     }
 
-    async fn default_project(&self, admin: &str) -> String {
+    pub async fn default_project(&self, admin: &str) -> String {
         let projects: serde_json::Value = crate::util::http()
             .get(format!("{}/v1/organization/projects", self.url))
             .bearer_auth(admin)
@@ -64,7 +68,7 @@ impl Server {
     }
 
     /// Creates a key from `body` in the default project with `admin`.
-    async fn create_key_with(&self, admin: &str, body: serde_json::Value) -> serde_json::Value {
+    pub async fn create_key_with(&self, admin: &str, body: serde_json::Value) -> serde_json::Value {
         let project = self.default_project(admin).await;
         crate::util::http()
             .post(format!("{}/v1/organization/projects/{project}/api_keys", self.url))
@@ -79,7 +83,7 @@ impl Server {
     }
 
     /// SIGTERM, then the exit status and everything written to stderr.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -243,7 +247,7 @@ async fn sigterm_mid_load_loses_no_usage_row_of_a_completed_request() {
     assert!(recorded >= completed, "{completed} requests completed but {recorded} were recorded");
 }
 
-fn keygate(args: &[&str]) -> std::process::Output {
+pub fn keygate(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_keygate")).args(args).env_remove("KEYGATE_DATABASE_URL").output().unwrap()
 }
 

@@ -25,6 +25,8 @@ mod limits;
 mod proxy;
 /// Limits shared by replicas through Redis, and its failure policies.
 mod redis;
+/// `keygate serve` replicas on PostgreSQL and Redis; moving SQLite to PostgreSQL.
+mod replicas;
 /// Administration API objects against OpenAI's examples.
 mod shapes;
 /// Metering, the Usage API, anomaly alerts.

@@ -10,10 +10,10 @@ use serde_json::{json, Value};
 
 use crate::util::*;
 
-const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 
 /// A key prefix no other test run shares.
-fn prefix() -> String {
+pub fn prefix() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("kgtest:{}:{nanos}:", std::process::id())
 }
@@ -91,13 +91,13 @@ async fn token_reservations_settle_to_real_usage_in_redis() {
 }
 
 /// A `redis-server` of this test's own, killed on drop.
-struct PrivateRedis {
-    port: u16,
+pub struct PrivateRedis {
+    pub port: u16,
     child: Child,
 }
 
 impl PrivateRedis {
-    fn start(port: u16) -> Self {
+    pub fn start(port: u16) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -111,7 +111,7 @@ impl PrivateRedis {
         Self { port, child }
     }
 
-    fn stop(mut self) -> u16 {
+    pub fn stop(mut self) -> u16 {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.port
@@ -123,10 +123,6 @@ impl Drop for PrivateRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test]

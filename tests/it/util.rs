@@ -1,5 +1,6 @@
 //! Test helpers: a recording mock upstream, a gateway on a loopback port with
-//! its own SQLite file, and small HTTP helpers.
+//! its own database (a SQLite file, or with `KEYGATE_TEST_DATABASE=postgres`
+//! a PostgreSQL schema of its own), and small HTTP helpers.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,8 +170,61 @@ async fn endless(State(state): State<MockState>) -> Response {
     Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
 }
 
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The PostgreSQL server tests use (the machine's, trust auth).
+pub fn postgres_url() -> String {
+    std::env::var("KEYGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Whether this run puts gateways on PostgreSQL instead of SQLite files.
+pub fn on_postgres() -> bool {
+    std::env::var("KEYGATE_TEST_DATABASE").as_deref() == Ok("postgres")
+}
+
+/// A new, empty PostgreSQL schema of this test's own; returns the database URL
+/// that works in it. Schemas older than an hour (left by killed runs) go.
+pub async fn postgres_schema() -> String {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(&postgres_url())
+        .await
+        .expect("PostgreSQL must answer at KEYGATE_TEST_POSTGRES_URL (default 127.0.0.1:5432); .ci/run starts it");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let schemas: Vec<String> = sqlx::query_scalar("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'kg_t%'")
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+    for schema in schemas {
+        let born = schema.strip_prefix("kg_t").and_then(|s| s.split('_').next()).and_then(|s| s.parse::<u64>().ok());
+        if born.is_some_and(|born| born + 3600 < now.as_secs()) {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut admin).await;
+        }
+    }
+    let name = format!("kg_t{}_{}_{}", now.as_secs(), std::process::id(), now.subsec_nanos());
+    sqlx::query(&format!("CREATE SCHEMA {name}")).execute(&mut admin).await.unwrap();
+    format!("{}?options[search_path]={name}", postgres_url())
+}
+
+/// The database of the test that owns `dir`: a SQLite file in it, or a
+/// PostgreSQL schema made on first use and found again on a restart.
+pub async fn database_url(dir: &std::path::Path) -> String {
+    if !on_postgres() {
+        return format!("sqlite://{}", dir.join("keygate.db").display());
+    }
+    let marker = dir.join("postgres-url");
+    if let Ok(url) = std::fs::read_to_string(&marker) {
+        return url;
+    }
+    let url = postgres_schema().await;
+    std::fs::write(&marker, &url).unwrap();
+    url
+}
+
 pub struct TestGateway {
     pub url: String,
+    pub database_url: String,
     pub gateway_state: keygate::server::AppState,
     pub db: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
@@ -196,27 +250,30 @@ impl TestGateway {
         extra_toml: &str,
         clock: Arc<dyn keygate::clock::Clock>,
     ) -> Self {
-        let file = db.path().join("keygate.db");
-        Self::boot(db, &file, upstream_url, extra_toml, clock).await
+        let database = database_url(db.path()).await;
+        Self::boot(db, database, upstream_url, extra_toml, clock).await
+    }
+
+    /// Starts keygate on the database at `database_url`.
+    pub async fn start_on(database_url: String, upstream_url: &str, extra_toml: &str) -> Self {
+        let own = tempfile::tempdir().unwrap();
+        Self::boot(own, database_url, upstream_url, extra_toml, Arc::new(keygate::clock::SystemClock)).await
     }
 
     /// A second gateway process on `primary`'s database, as replicas run.
     pub async fn replica_of(primary: &TestGateway, upstream_url: &str, extra_toml: &str) -> Self {
-        let file = primary.db.path().join("keygate.db");
-        let own = tempfile::tempdir().unwrap();
-        Self::boot(own, &file, upstream_url, extra_toml, Arc::new(keygate::clock::SystemClock)).await
+        Self::start_on(primary.database_url.clone(), upstream_url, extra_toml).await
     }
 
     async fn boot(
         db: tempfile::TempDir,
-        file: &std::path::Path,
+        database_url: String,
         upstream_url: &str,
         extra_toml: &str,
         clock: Arc<dyn keygate::clock::Clock>,
     ) -> Self {
         let toml = format!(
-            "[database]\nurl = \"sqlite://{}\"\n[upstream]\nurl = \"{upstream_url}\"\nread_timeout_ms = 1000\nconnect_timeout_ms = 500\n{extra_toml}",
-            file.display()
+            "[database]\nurl = \"{database_url}\"\n[upstream]\nurl = \"{upstream_url}\"\nread_timeout_ms = 1000\nconnect_timeout_ms = 500\n{extra_toml}"
         );
         let config = Config::from_toml(&toml, &NoEnv).unwrap();
         let gateway = Gateway::start_with_clock(&config, Some(&Secret::new(ADMIN_KEY)), clock).await.unwrap();
@@ -239,7 +296,14 @@ impl TestGateway {
             .await;
             tasks.shutdown().await;
         });
-        Self { url: format!("http://{addr}"), gateway_state: state, db, shutdown: Some(tx), done: Some(done) }
+        Self {
+            url: format!("http://{addr}"),
+            database_url,
+            gateway_state: state,
+            db,
+            shutdown: Some(tx),
+            done: Some(done),
+        }
     }
 
     /// Stops accepting, drains, flushes background writers.
@@ -312,4 +376,75 @@ pub fn http() -> reqwest::Client {
 pub fn assert_request_id(response: &reqwest::Response) {
     let id = response.headers().get("x-request-id").expect("x-request-id").to_str().unwrap();
     assert!(keygate::ids::RequestId::parse(id).is_some(), "bad request id {id}");
+}
+
+/// A TCP forwarder on a loopback port that the test can cut: while cut, open
+/// connections are dropped and new ones are closed at once, as when a
+/// database host goes away; restored, it forwards again.
+pub struct CutProxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    pub async fn start(target: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (target, flag, open) = (target.to_owned(), up.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !flag.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                open.lock().push(task.abort_handle());
+            }
+        });
+        Self { port, up, connections, accept }
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for task in self.connections.lock().drain(..) {
+            task.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes; true if it held.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
