@@ -10,6 +10,7 @@
 mod admin_keys;
 mod audit_logs;
 mod bootstrap;
+mod key_import;
 mod keys;
 mod objects;
 mod projects;
@@ -59,6 +60,7 @@ pub use bootstrap::bootstrap_admin_key;
     users::get,
     users::update,
     users::delete,
+    key_import::import,
     admin_keys::list,
     admin_keys::create,
     admin_keys::get,
@@ -84,6 +86,7 @@ pub fn routes() -> Router<AppState> {
             "/v1/organization/projects/{project_id}/api_keys/{key_id}",
             get(keys::get).post(keys::update).delete(keys::delete),
         )
+        .route("/v1/organization/projects/{project_id}/api_keys/import", post(key_import::import))
         .route("/v1/organization/projects/{project_id}/api_keys/{key_id}/rotate", post(keys::rotate))
         .route("/v1/organization/projects/{project_id}/api_keys/{key_id}/suspend", post(keys::suspend))
         .route("/v1/organization/projects/{project_id}/api_keys/{key_id}/resume", post(keys::resume))

@@ -1,7 +1,6 @@
 //! `keygate migrate`, `backup`, `export` and `import`: work on the database
 //! itself, not through a running gateway.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -148,29 +147,10 @@ pub struct ImportArgs {
     database: Option<String>,
 }
 
-/// A one-line progress bar on standard error, when it is a terminal.
-fn progress_bar(verb: &'static str) -> impl FnMut(u64, u64) {
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut shown = 0u64;
-    move |done, total| {
-        if !tty || total == 0 {
-            return;
-        }
-        let percent = done * 100 / total;
-        if percent != shown || done == total {
-            shown = percent;
-            let filled = usize::try_from(percent / 4).unwrap_or(25);
-            let bar = format!("{}{}", "#".repeat(filled), "-".repeat(25 - filled.min(25)));
-            let end = if done == total { "\n" } else { "" };
-            let _ = write!(std::io::stderr(), "\r{verb} [{bar}] {percent:>3}% {done}/{total} rows{end}");
-        }
-    }
-}
-
 pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let url = args.database.unwrap_or_else(|| DEFAULT_DATABASE.into());
     let store = open_existing(&url).await?;
-    let mut bar = progress_bar("export");
+    let mut bar = output::progress_bar("export");
     let now = keygate::clock::unix_now();
     let rows = match &args.output {
         Some(path) => {
@@ -198,7 +178,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let file = std::fs::File::open(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
     let store = SqlStore::open(&url).await.with_context(|| format!("cannot open `{}`", redact_url(&url)))?;
     store.migrate().await?;
-    let mut bar = progress_bar("import");
+    let mut bar = output::progress_bar("import");
     let rows = store
         .import(&mut std::io::BufReader::new(file), &mut bar)
         .await

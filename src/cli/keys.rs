@@ -77,6 +77,24 @@ pub enum KeysCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Import keys from another keygate deployment: `--from keygate FILE`
+    /// reads a `keygate export` file. Each key keeps its id and secrets, so
+    /// its users change nothing; revoked and admin keys stay behind.
+    Import {
+        /// Where the keys come from (`keygate`: a `keygate export` file).
+        #[arg(long, value_parser = ["keygate"])]
+        from: String,
+        /// The file to read.
+        file: std::path::PathBuf,
+        /// Project to import into (default: the default project).
+        #[arg(long)]
+        project: Option<String>,
+        /// Only the keys of this project of the exported deployment.
+        #[arg(long)]
+        source_project: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Revoke a key at once.
     Revoke {
         /// The key id (`key_...`).
@@ -187,6 +205,9 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                     "rotated {key_id}; the old secret works until {until}; this is the only time the new key is shown"
                 ));
             }
+        }
+        KeysCommand::Import { from: _, file, project, source_project, client } => {
+            return super::key_import::run(&file, project, source_project.as_deref(), &client).await;
         }
         KeysCommand::Suspend { key_id, project, client } => set_state("suspend", &key_id, project, &client).await?,
         KeysCommand::Resume { key_id, project, client } => set_state("resume", &key_id, project, &client).await?,

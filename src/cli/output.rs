@@ -88,3 +88,22 @@ pub fn text(value: &serde_json::Value) -> String {
 pub fn when(ts: Option<i64>) -> String {
     ts.map(keygate::time::rfc3339).unwrap_or_else(|| "-".into())
 }
+
+/// A one-line progress bar on standard error, when it is a terminal.
+pub fn progress_bar(verb: &'static str) -> impl FnMut(u64, u64) {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut shown = 0u64;
+    move |done, total| {
+        if !tty || total == 0 {
+            return;
+        }
+        let percent = done * 100 / total;
+        if percent != shown || done == total {
+            shown = percent;
+            let filled = usize::try_from(percent / 4).unwrap_or(25);
+            let bar = format!("{}{}", "#".repeat(filled), "-".repeat(25 - filled.min(25)));
+            let end = if done == total { "\n" } else { "" };
+            let _ = write!(std::io::stderr(), "\r{verb} [{bar}] {percent:>3}% {done}/{total} rows{end}");
+        }
+    }
+}

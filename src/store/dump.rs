@@ -41,7 +41,7 @@ const TABLES: &[&str] = &[
     "key_networks",
 ];
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Header {
     pub format: String,
     pub version: u32,
@@ -50,10 +50,58 @@ pub struct Header {
     pub rows: u64,
 }
 
+/// One row of an export.
 #[derive(Serialize, Deserialize)]
-struct Line {
-    table: String,
-    row: BTreeMap<String, Value>,
+pub struct Line {
+    pub table: String,
+    pub row: BTreeMap<String, Value>,
+}
+
+/// Reads an export file: [`Reader::open`] checks the header, then each item
+/// is a row with its line number.
+pub struct Reader<'a> {
+    pub header: Header,
+    lines: std::io::Lines<&'a mut dyn BufRead>,
+    number: u64,
+}
+
+impl<'a> Reader<'a> {
+    pub fn open(input: &'a mut dyn BufRead) -> Result<Self, DumpError> {
+        let format_error = |message: String| DumpError::Format { line: 1, message };
+        let mut lines = input.lines();
+        let first = lines.next().transpose()?.ok_or_else(|| format_error("the file is empty".into()))?;
+        let header: Header =
+            serde_json::from_str(&first).map_err(|e| format_error(format!("not a keygate export header ({e})")))?;
+        if header.format != FORMAT || header.version != VERSION {
+            return Err(format_error(format!(
+                "format `{}` version {} is not {FORMAT} version {VERSION}",
+                header.format, header.version
+            )));
+        }
+        Ok(Self { header, lines, number: 1 })
+    }
+}
+
+impl Iterator for Reader<'_> {
+    type Item = Result<(u64, Line), DumpError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let text = match self.lines.next()? {
+                Ok(text) => text,
+                Err(error) => return Some(Err(error.into())),
+            };
+            self.number += 1;
+            if text.trim().is_empty() {
+                continue;
+            }
+            return Some(
+                serde_json::from_str(&text)
+                    .map(|line| (self.number, line))
+                    .map_err(|e| DumpError::Format { line: self.number, message: format!("not a row ({e})") }),
+            );
+        }
+    }
 }
 
 /// Rows done and rows in all, after each row (for a progress bar).
@@ -163,17 +211,9 @@ impl SqlStore {
 
     /// Loads an export into this (new, migrated, empty) database, all or nothing.
     pub async fn import(&self, input: &mut dyn BufRead, progress: Progress<'_>) -> Result<u64, DumpError> {
-        let mut lines = input.lines();
         let format_error = |line: u64, message: String| DumpError::Format { line, message };
-        let first = lines.next().transpose()?.ok_or_else(|| format_error(1, "the file is empty".into()))?;
-        let header: Header =
-            serde_json::from_str(&first).map_err(|e| format_error(1, format!("not a keygate export header ({e})")))?;
-        if header.format != FORMAT || header.version != VERSION {
-            return Err(format_error(
-                1,
-                format!("format `{}` version {} is not {FORMAT} version {VERSION}", header.format, header.version),
-            ));
-        }
+        let reader = Reader::open(input)?;
+        let header = reader.header.clone();
         let database = migrate::latest(self.engine.migrations());
         if header.schema != database {
             return Err(DumpError::SchemaMismatch { file: header.schema, database });
@@ -188,13 +228,8 @@ impl SqlStore {
             }
         }
         let mut done = 0u64;
-        for (number, text) in (2u64..).zip(lines) {
-            let text = text?;
-            if text.trim().is_empty() {
-                continue;
-            }
-            let line: Line =
-                serde_json::from_str(&text).map_err(|e| format_error(number, format!("not a row ({e})")))?;
+        for read in reader {
+            let (number, line) = read?;
             let Some(table) = TABLES.iter().find(|t| **t == line.table) else {
                 return Err(format_error(number, format!("unknown table `{}`", line.table)));
             };

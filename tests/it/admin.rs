@@ -163,3 +163,46 @@ async fn last_used_is_recorded_off_the_request_path_and_flushed_on_stop() {
     assert_eq!(used.ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(used.user_agent.as_deref(), Some("OpenAI/Python 3.3.1"));
 }
+
+#[tokio::test]
+async fn key_import_refuses_bad_input_before_writing_anything() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let project = gw.default_project().await;
+    let path = format!("/v1/organization/projects/{project}/api_keys/import");
+    let secret = |sha256: &str| json!({"sha256": sha256, "last4": "abcd", "created_at": 1});
+    let key =
+        |id: &str, secrets: serde_json::Value| json!({"id": id, "name": "k", "created_at": 1, "secrets": secrets});
+    let good = key("key_AAAAAAAAAAAA", json!([secret(&"ab".repeat(32))]));
+    for (body, param) in [
+        (json!({"keys": [good.clone(), key("key_BBBBBBBBBBBB", json!([secret("zz")]))]}), "sha256"),
+        (json!({"keys": [key("key_short", json!([secret(&"ab".repeat(32))]))]}), "id"),
+        (json!({"keys": [key("key_CCCCCCCCCCCC", json!([]))]}), "secrets"),
+        (json!({"keys": vec![good.clone(); 501]}), "keys"),
+    ] {
+        let (status, error) = gw.admin(Method::POST, &path, Some(body)).await;
+        assert_eq!((status, error["error"]["param"].as_str()), (400, Some(param)), "{error}");
+    }
+    let (status, _) = gw.admin(Method::POST, &path, Some(json!({"keys": [], "extra": 1}))).await;
+    assert_eq!(status, 400, "unknown fields are refused");
+    let (_, list) = gw.admin(Method::GET, &format!("/v1/organization/projects/{project}/api_keys"), None).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 0, "nothing of a refused batch was written");
+
+    // A secret that belongs to a key here already is a conflict, not a takeover.
+    let (mine, value) = gw.create_key("mine").await;
+    let digest = keygate::key::KeyDigest::of(&value);
+    let stolen = key("key_DDDDDDDDDDDD", json!([secret(&hex::encode(digest.0))]));
+    let (status, results) = gw.admin(Method::POST, &path, Some(json!({"keys": [stolen, good]}))).await;
+    assert_eq!(status, 200, "{results}");
+    assert_eq!(results["data"][0]["result"], "conflict");
+    assert_eq!(results["data"][1]["result"], "imported");
+    assert_eq!(http().get(format!("{}/v1/models", gw.url)).bearer_auth(&value).send().await.unwrap().status(), 200);
+    let (_, still) = gw
+        .admin(
+            Method::GET,
+            &format!("/v1/organization/projects/{project}/api_keys/{}", mine["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(still["name"], "mine");
+}

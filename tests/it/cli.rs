@@ -151,3 +151,83 @@ async fn limits_and_budgets_are_set_from_the_cli() {
     let bad = keygate(&gw, Some(ADMIN_KEY), &["limits", "set", "--rpm", "1"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("give `--key KEY_ID` or `--model PATTERN`"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_import_from_keygate_brings_every_live_key_with_its_secrets() {
+    use reqwest::Method;
+    let mock = MockUpstream::start().await;
+    let source = TestGateway::start(&mock.url, "").await;
+    let project = source.default_project().await;
+    let keys = format!("/v1/organization/projects/{project}/api_keys");
+    let (_, plain) = source.create_key("plain").await;
+    let (_, read_only) = source
+        .admin(Method::POST, &keys, Some(serde_json::json!({"name": "reader", "permissions": "read_only"})))
+        .await;
+    let (suspended, suspended_secret) = source.create_key("suspended").await;
+    source.admin(Method::POST, &format!("{keys}/{}/suspend", suspended["id"].as_str().unwrap()), None).await;
+    let (rotated, old_secret) = source.create_key("rotated").await;
+    let (_, new) =
+        source.admin(Method::POST, &format!("{keys}/{}/rotate", rotated["id"].as_str().unwrap()), None).await;
+    let (revoked, revoked_secret) = source.create_key("revoked").await;
+    source.admin(Method::DELETE, &format!("{keys}/{}", revoked["id"].as_str().unwrap()), None).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.jsonl");
+    let export = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["export", "--database", &source.database_url, "--output", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+
+    let target = TestGateway::start(&mock.url, "").await;
+    let import = ["keys", "import", "--from", "keygate", file.to_str().unwrap()];
+    let results: Value =
+        serde_json::from_str(&stdout(&keygate(&target, Some(ADMIN_KEY), &[&import[..], &["--json"]].concat())))
+            .unwrap();
+    let outcome: Vec<(&str, &str)> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        outcome,
+        [("plain", "imported"), ("reader", "imported"), ("suspended", "imported"), ("rotated", "imported")],
+        "revoked keys stay behind"
+    );
+    let status = |key: String, method: Method, path: &'static str| {
+        let url = format!("{}{path}", target.url);
+        async move {
+            let mut request = http().request(method, url).bearer_auth(key);
+            if path.ends_with("completions") {
+                request = request.json(&serde_json::json!({"model": "gpt-4o", "messages": []}));
+            }
+            request.send().await.unwrap().status().as_u16()
+        }
+    };
+    let secret = |v: &Value| v["value"].as_str().unwrap().to_owned();
+    assert_eq!(status(plain.clone(), Method::POST, "/v1/chat/completions").await, 200);
+    assert_eq!(status(old_secret, Method::GET, "/v1/models").await, 200, "the old secret keeps its grace");
+    assert_eq!(status(secret(&new), Method::GET, "/v1/models").await, 200);
+    assert_eq!(status(secret(&read_only), Method::GET, "/v1/models").await, 200);
+    assert_eq!(status(secret(&read_only), Method::POST, "/v1/chat/completions").await, 401, "still read-only");
+    assert_eq!(status(suspended_secret, Method::GET, "/v1/models").await, 401, "still suspended");
+    assert_eq!(status(revoked_secret, Method::GET, "/v1/models").await, 401);
+
+    let again = stdout(&keygate(&target, Some(ADMIN_KEY), &import));
+    assert!(again.contains("Imported 0 of 4 keys"), "a second run changes nothing: {again}");
+    assert_eq!(again.matches("exists").count(), 4, "{again}");
+
+    std::fs::write(dir.path().join("bad.jsonl"), "{}\n").unwrap();
+    let bad = keygate(
+        &target,
+        Some(ADMIN_KEY),
+        &["keys", "import", "--from", "keygate", dir.path().join("bad.jsonl").to_str().unwrap()],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("is not a keygate export"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
