@@ -159,12 +159,25 @@ impl Gateway {
         });
         if let Some(watcher) = &anomaly {
             let (watcher, flush) = (Arc::clone(watcher), recorder.clone());
+            let (lease_store, lease_clock) = (Arc::clone(&store), Arc::clone(&clock));
+            // Replicas read the same usage: one of them at a time raises alerts.
+            let holder = format!("{:016x}", rand::random::<u64>());
+            let ttl = i64::try_from(watcher.policy().window.as_secs()).unwrap_or(i64::MAX / 4).max(60) * 3;
             tasks.spawn(
                 "usage anomalies",
                 jobs::periodic(watcher.policy().window, move || {
                     let (watcher, flush) = (Arc::clone(&watcher), flush.clone());
+                    let (store, clock, holder) = (Arc::clone(&lease_store), Arc::clone(&lease_clock), holder.clone());
                     async move {
                         flush.flush().await;
+                        match store.hold_lease("usage anomalies", &holder, clock.now(), ttl).await {
+                            Ok(true) => {}
+                            Ok(false) => return, // another replica watches
+                            Err(error) => {
+                                tracing::warn!(%error, "usage anomaly check skipped: cannot take its lease");
+                                return;
+                            }
+                        }
                         if let Err(error) = watcher.run_once().await {
                             tracing::warn!(%error, "usage anomaly check failed");
                         }

@@ -504,4 +504,9 @@ pub trait Store: Send + Sync + 'static {
     /// The newest alert of `kind` for a key, to avoid raising it twice.
     async fn last_alert(&self, key_id: &PublicId, kind: &str) -> StoreResult<Option<Alert>>;
     async fn prune_alerts(&self, before: Timestamp) -> StoreResult<u64>;
+
+    /// Takes or renews the lease on the periodic job `job` for `holder` until
+    /// `now + ttl_seconds`; true while `holder` has it. Replicas run a
+    /// cluster-wide job only while they hold its lease.
+    async fn hold_lease(&self, job: &str, holder: &str, now: Timestamp, ttl_seconds: i64) -> StoreResult<bool>;
 }

@@ -1516,6 +1516,23 @@ impl Store for SqlStore {
         row.as_ref().map(alert_from_row).transpose()
     }
 
+    async fn hold_lease(&self, job: &str, holder: &str, now: Timestamp, ttl_seconds: i64) -> StoreResult<bool> {
+        // The update happens only for the holder or over an expired lease; a
+        // row comes back only when it did.
+        let held = sqlx::query(&numbered(
+            "INSERT INTO job_leases (name, holder, expires_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE job_leases.holder = excluded.holder OR job_leases.expires_at <= ? RETURNING holder",
+        ))
+        .bind(job)
+        .bind(holder)
+        .bind(now.saturating_add(ttl_seconds))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(held.is_some())
+    }
+
     async fn prune_alerts(&self, before: Timestamp) -> StoreResult<u64> {
         Ok(sqlx::query(&numbered("DELETE FROM alerts WHERE at < ?"))
             .bind(before)

@@ -298,3 +298,20 @@ async fn the_sqlite_and_postgres_schemas_match() {
     assert!(in_sqlite.len() > 100, "{in_sqlite:?}");
     assert_eq!(in_sqlite, in_postgres);
 }
+
+/// One replica at a time holds a job's lease; another takes over only once
+/// it has expired. Both engines.
+#[tokio::test]
+async fn a_job_lease_has_one_holder_until_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [format!("sqlite://{}", dir.path().join("k.db").display()), postgres_schema().await] {
+        let store = keygate::store::open(&url).await.unwrap();
+        assert!(store.hold_lease("job", "a", 1000, 60).await.unwrap());
+        assert!(!store.hold_lease("job", "b", 1030, 60).await.unwrap(), "{url}: held by a");
+        assert!(store.hold_lease("job", "a", 1050, 60).await.unwrap(), "{url}: a renews");
+        assert!(!store.hold_lease("job", "b", 1100, 60).await.unwrap(), "{url}: the renewal counts");
+        assert!(store.hold_lease("other", "b", 1100, 60).await.unwrap(), "{url}: leases are per job");
+        assert!(store.hold_lease("job", "b", 1110, 60).await.unwrap(), "{url}: expired, b takes over");
+        assert!(!store.hold_lease("job", "a", 1120, 60).await.unwrap(), "{url}: a lost it");
+    }
+}
