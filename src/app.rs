@@ -17,7 +17,7 @@ use crate::jobs::{self, BoxFuture, Retention, Tasks};
 use crate::key::Secret;
 use crate::limits::{month_start, BudgetScope, Budgets, Limiter, LocalBackend, RateBackend, RedisBackend};
 use crate::proxy::Upstreams;
-use crate::server::{AppState, Settings};
+use crate::server::{AppState, Settings, Shared};
 use crate::store::{Store, UsageGroup, UsageQuery};
 use crate::usage::{AnomalyWatcher, Meter};
 
@@ -190,7 +190,7 @@ impl Gateway {
             Some(id) => id.clone(),
             None => boot.organization_id.clone(),
         };
-        let state = AppState {
+        let state = AppState::new(Shared {
             store,
             index,
             clock,
@@ -212,7 +212,7 @@ impl Gateway {
                 azure_region: config.azure.region.clone(),
             }),
             metrics: metrics_handle(),
-        };
+        });
         Ok(Self { state, tasks, generated_admin_key })
     }
 }

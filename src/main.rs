@@ -6,6 +6,11 @@ use clap::Parser as _;
 
 mod cli;
 
+// glibc's malloc serialises the runtime's threads on its arena locks under
+// load; mimalloc keeps per-thread heaps (bench/RESULTS.md has the figures).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let is_doctor = args.is_doctor();

@@ -50,8 +50,26 @@ pub struct Settings {
     pub azure_region: String,
 }
 
+/// What every handler shares; cloned per request and per middleware layer,
+/// so it is one `Arc` (one atomic increment) around [`Shared`].
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub store: Arc<dyn Store>,
     pub index: Arc<KeyIndex>,
     pub clock: Arc<dyn Clock>,

@@ -18,7 +18,6 @@ use sqlx::any::{AnyRow, AnyTypeInfoKind};
 use sqlx::{Any, Column, Row, ValueRef};
 
 use super::migrate;
-use super::sql::numbered;
 use super::{Engine, SqlStore, StoreError, StoreResult};
 
 pub const FORMAT: &str = "keygate-export";
@@ -251,7 +250,7 @@ impl SqlStore {
             let values: Vec<(&str, &Value)> =
                 line.row.iter().filter(|(_, v)| !v.is_null()).map(|(c, v)| (c.as_str(), v)).collect();
             let columns: Vec<&str> = values.iter().map(|(c, _)| *c).collect();
-            let sql = numbered(&format!(
+            let sql = self.engine.sql(format!(
                 "INSERT INTO {table} ({}) VALUES ({})",
                 columns.join(", "),
                 vec!["?"; columns.len()].join(", ")

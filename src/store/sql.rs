@@ -3,12 +3,13 @@
 //! sqlx's `Any` driver so the queries and the row mapping exist once.
 //!
 //! The SQL is written once, portable to both: `?` placeholders (numbered for
-//! the wire by [`numbered`]), `ON CONFLICT` upserts, `CASE` instead of the
+//! PostgreSQL by [`Engine::sql`]), `ON CONFLICT` upserts, `CASE` instead of the
 //! two-argument `MIN`/`MAX`, and `rowid` for insertion order (SQLite's
 //! implicit one; an identity column of that name in PostgreSQL's schema).
 //! The few statements that differ come from [`Engine`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -66,6 +67,17 @@ impl Engine {
         }
     }
 
+    /// `sql` as this engine takes it: PostgreSQL numbers its placeholders
+    /// (`$1`); SQLite keeps `?`, since it looks named parameters up by a
+    /// linear scan, which made many-row INSERTs quadratic.
+    pub(super) fn sql<'a>(self, sql: impl Into<Cow<'a, str>>) -> Cow<'a, str> {
+        let sql = sql.into();
+        match self {
+            Self::Sqlite => sql,
+            Self::Postgres => Cow::Owned(numbered(&sql)),
+        }
+    }
+
     /// Whether `table` exists.
     fn table_exists(self) -> &'static str {
         match self {
@@ -101,8 +113,7 @@ impl Engine {
     }
 }
 
-/// Rewrites `?` and `?N` placeholders as `$N`, which both SQLite and
-/// PostgreSQL accept: a bare `?` takes the number after the largest so far,
+/// Rewrites `?` and `?N` placeholders as PostgreSQL's `$N`: a bare `?` takes the number after the largest so far,
 /// as SQLite numbers them. Quoted text is left alone.
 pub(super) fn numbered(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 16);
@@ -147,6 +158,16 @@ const KEY_SELECT: &str = "SELECT k.id, k.kind, k.name, k.project_id, k.owner_typ
      FROM api_keys k \
      LEFT JOIN service_accounts sa ON k.owner_type = 'service_account' AND sa.id = k.owner_id \
      LEFT JOIN users u ON k.owner_type = 'user' AND u.id = k.owner_id";
+/// Rows per multi-row INSERT: 50 rows of 19 columns stay far under both
+/// engines' parameter limits (SQLite 32766, PostgreSQL 65535).
+const ROWS_PER_STATEMENT: usize = 50;
+
+/// `(?, ?), (?, ?)`: `rows` groups of `columns` placeholders.
+fn values_list(columns: usize, rows: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row; rows].join(", ")
+}
+
 const SA_SELECT: &str = "SELECT id, project_id, name, role, created_at FROM service_accounts";
 const USER_SELECT: &str = "SELECT id, name, email, role, added_at FROM users";
 
@@ -213,7 +234,7 @@ impl SqlStore {
                 return Ok(applied);
             };
             sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
-            sqlx::query(&numbered("INSERT INTO keygate_schema (version, name, applied_at) VALUES (?, ?, ?)"))
+            sqlx::query(&self.engine.sql("INSERT INTO keygate_schema (version, name, applied_at) VALUES (?, ?, ?)"))
                 .bind(m.version)
                 .bind(m.name)
                 .bind(crate::clock::unix_now())
@@ -227,7 +248,7 @@ impl SqlStore {
 
     /// The schema version recorded in the database (0 for a new one).
     pub async fn schema_version(&self) -> StoreResult<i64> {
-        let exists: i64 = sqlx::query_scalar(&numbered(self.engine.table_exists()))
+        let exists: i64 = sqlx::query_scalar(&self.engine.sql(self.engine.table_exists()))
             .bind("keygate_schema")
             .fetch_one(&self.pool)
             .await?;
@@ -247,18 +268,19 @@ impl SqlStore {
         revocation: &Revocation,
     ) -> StoreResult<Option<Vec<KeyRecord>>> {
         let mut tx = self.pool.begin().await?;
-        let deleted =
-            sqlx::query(&numbered(&format!("UPDATE {table} SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")))
-                .bind(revocation.at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let deleted = sqlx::query(
+            &self.engine.sql(format!("UPDATE {table} SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")),
+        )
+        .bind(revocation.at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if deleted == 0 {
             return Ok(None);
         }
         let filter = format!("owner_type = '{owner_type}' AND owner_id = ?");
-        let ids = Self::revoke_where(&mut tx, &filter, id, revocation).await?;
+        let ids = self.revoke_where(&mut tx, &filter, id, revocation).await?;
         tx.commit().await?;
         Ok(Some(self.keys_by_ids(&ids).await?))
     }
@@ -272,7 +294,7 @@ impl SqlStore {
             ));
         }
         let path = path.to_str().ok_or_else(|| StoreError::Corrupt("the backup path is not UTF-8".into()))?;
-        sqlx::query(&numbered("VACUUM INTO ?")).bind(path).execute(&self.pool).await?;
+        sqlx::query(&self.engine.sql("VACUUM INTO ?")).bind(path).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -285,7 +307,7 @@ impl SqlStore {
                 "SELECT key_id, digest, algorithm, last4, created_at, expires_at FROM api_key_secrets \
                  WHERE key_id IN ({placeholders}) ORDER BY created_at DESC, rowid DESC"
             );
-            let sql = numbered(&sql);
+            let sql = self.engine.sql(sql);
             let mut query = sqlx::query(&sql);
             for id in chunk {
                 query = query.bind(id);
@@ -310,7 +332,7 @@ impl SqlStore {
     async fn keys_where(&self, clause: &str, binds: &[&str], limit: Option<u32>) -> StoreResult<Vec<KeyRecord>> {
         let limit_sql = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
         let sql = format!("{KEY_SELECT} WHERE {clause} ORDER BY k.rowid{limit_sql}");
-        let sql = numbered(&sql);
+        let sql = self.engine.sql(sql);
         let mut query = sqlx::query(&sql);
         for b in binds {
             query = query.bind(*b);
@@ -340,7 +362,7 @@ impl SqlStore {
         let sql = format!(
             "{select} WHERE {filter} AND (? IS NULL OR rowid > (SELECT rowid FROM {table} WHERE id = ?)) ORDER BY rowid LIMIT ?"
         );
-        let sql = numbered(&sql);
+        let sql = self.engine.sql(sql);
         let mut query = sqlx::query(&sql);
         for b in binds {
             query = query.bind(*b);
@@ -350,25 +372,27 @@ impl SqlStore {
     }
 
     async fn one<T>(&self, sql: &str, id: &str, map: fn(&AnyRow) -> StoreResult<T>) -> StoreResult<Option<T>> {
-        let sql = numbered(sql);
+        let sql = self.engine.sql(sql);
         let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(map).transpose()
     }
 
     /// Revokes every live key matching `clause` inside `tx`; returns their ids.
     async fn revoke_where(
+        &self,
         tx: &mut Transaction<'_, Any>,
         clause: &str,
         bind: &str,
         revocation: &Revocation,
     ) -> StoreResult<Vec<String>> {
-        let ids: Vec<String> =
-            sqlx::query_scalar(&numbered(&format!("SELECT id FROM api_keys WHERE {clause} AND state != 'revoked'")))
-                .bind(bind)
-                .fetch_all(&mut **tx)
-                .await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            &self.engine.sql(format!("SELECT id FROM api_keys WHERE {clause} AND state != 'revoked'")),
+        )
+        .bind(bind)
+        .fetch_all(&mut **tx)
+        .await?;
         for id in &ids {
-            sqlx::query(&numbered(
+            sqlx::query(&self.engine.sql(
                 "UPDATE api_keys SET state = 'revoked', revoked_at = ?, revoked_by = ?, revoke_reason = ? WHERE id = ?",
             ))
             .bind(revocation.at)
@@ -387,6 +411,52 @@ impl SqlStore {
             out.extend(self.get_key(&id).await?);
         }
         Ok(out)
+    }
+
+    async fn insert_service_account(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        project_id: Option<&str>,
+        name: &str,
+        role: &str,
+        is_default: bool,
+        now: Timestamp,
+    ) -> StoreResult<ServiceAccount> {
+        let id = crate::ids::service_account_id();
+        sqlx::query(&self.engine.sql(
+        "INSERT INTO service_accounts (id, project_id, name, role, is_default, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+    ))
+    .bind(&id)
+    .bind(project_id)
+    .bind(name)
+    .bind(role)
+    .bind(i64::from(is_default))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+        Ok(ServiceAccount {
+            id,
+            project_id: project_id.map(str::to_owned),
+            name: name.to_owned(),
+            role: role.to_owned(),
+            created_at: now,
+        })
+    }
+
+    async fn setting(&self, tx: &mut Transaction<'_, Any>, name: &str) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(&self.engine.sql("SELECT value FROM settings WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?)
+    }
+
+    async fn set_setting(&self, tx: &mut Transaction<'_, Any>, name: &str, value: &str) -> StoreResult<()> {
+        sqlx::query(&self.engine.sql("INSERT INTO settings (name, value) VALUES (?, ?)"))
+            .bind(name)
+            .bind(value)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 }
 
@@ -581,81 +651,38 @@ fn kind_str(kind: KeyKind) -> &'static str {
     }
 }
 
-async fn insert_service_account(
-    tx: &mut Transaction<'_, Any>,
-    project_id: Option<&str>,
-    name: &str,
-    role: &str,
-    is_default: bool,
-    now: Timestamp,
-) -> StoreResult<ServiceAccount> {
-    let id = crate::ids::service_account_id();
-    sqlx::query(&numbered(
-        "INSERT INTO service_accounts (id, project_id, name, role, is_default, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-    ))
-    .bind(&id)
-    .bind(project_id)
-    .bind(name)
-    .bind(role)
-    .bind(i64::from(is_default))
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(ServiceAccount {
-        id,
-        project_id: project_id.map(str::to_owned),
-        name: name.to_owned(),
-        role: role.to_owned(),
-        created_at: now,
-    })
-}
-
-async fn setting(tx: &mut Transaction<'_, Any>, name: &str) -> StoreResult<Option<String>> {
-    Ok(sqlx::query_scalar(&numbered("SELECT value FROM settings WHERE name = ?"))
-        .bind(name)
-        .fetch_optional(&mut **tx)
-        .await?)
-}
-
-async fn set_setting(tx: &mut Transaction<'_, Any>, name: &str, value: &str) -> StoreResult<()> {
-    sqlx::query(&numbered("INSERT INTO settings (name, value) VALUES (?, ?)"))
-        .bind(name)
-        .bind(value)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query(&numbered("SELECT 1")).execute(&self.pool).await?;
+        sqlx::query(&self.engine.sql("SELECT 1")).execute(&self.pool).await?;
         Ok(())
     }
 
     async fn bootstrap(&self, now: Timestamp) -> StoreResult<Bootstrap> {
         let mut tx = self.pool.begin().await?;
         self.engine.lock_setup(&mut tx).await?;
-        let (project_id, first_start) = match setting(&mut tx, "default_project").await? {
+        let (project_id, first_start) = match self.setting(&mut tx, "default_project").await? {
             Some(id) => (id, false),
             None => {
                 let id = crate::ids::project_id();
-                sqlx::query(&numbered("INSERT INTO projects (id, name, created_at) VALUES (?, 'Default project', ?)"))
-                    .bind(&id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                insert_service_account(&mut tx, Some(&id), "default", "member", true, now).await?;
-                insert_service_account(&mut tx, None, "keygate admin", "owner", true, now).await?;
-                set_setting(&mut tx, "default_project", &id).await?;
+                sqlx::query(
+                    &self.engine.sql("INSERT INTO projects (id, name, created_at) VALUES (?, 'Default project', ?)"),
+                )
+                .bind(&id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                self.insert_service_account(&mut tx, Some(&id), "default", "member", true, now).await?;
+                self.insert_service_account(&mut tx, None, "keygate admin", "owner", true, now).await?;
+                self.set_setting(&mut tx, "default_project", &id).await?;
                 (id, true)
             }
         };
-        let organization_id = match setting(&mut tx, "organization_id").await? {
+        let organization_id = match self.setting(&mut tx, "organization_id").await? {
             Some(id) => id,
             None => {
                 let id = crate::ids::organization_id();
-                set_setting(&mut tx, "organization_id", &id).await?;
+                self.set_setting(&mut tx, "organization_id", &id).await?;
                 id
             }
         };
@@ -673,8 +700,9 @@ impl Store for SqlStore {
     }
 
     async fn all_projects(&self) -> StoreResult<Vec<Project>> {
-        let rows =
-            sqlx::query(&numbered(&format!("{} ORDER BY rowid", self.project_select))).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&self.engine.sql(format!("{} ORDER BY rowid", self.project_select)))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(project_from_row).collect()
     }
 
@@ -685,9 +713,9 @@ impl Store for SqlStore {
     async fn create_project(&self, name: &str, access: &Access, now: Timestamp) -> StoreResult<Project> {
         let id = crate::ids::project_id();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(&numbered(
-            "INSERT INTO projects (id, name, created_at, models, allowed_ips) VALUES (?, ?, ?, ?, ?)",
-        ))
+        sqlx::query(
+            &self.engine.sql("INSERT INTO projects (id, name, created_at, models, allowed_ips) VALUES (?, ?, ?, ?, ?)"),
+        )
         .bind(&id)
         .bind(name)
         .bind(now)
@@ -695,7 +723,7 @@ impl Store for SqlStore {
         .bind(ips_json(&access.allowed_ips))
         .execute(&mut *tx)
         .await?;
-        insert_service_account(&mut tx, Some(&id), "default", "member", true, now).await?;
+        self.insert_service_account(&mut tx, Some(&id), "default", "member", true, now).await?;
         tx.commit().await?;
         Ok(Project {
             id,
@@ -712,36 +740,38 @@ impl Store for SqlStore {
     async fn update_project(&self, id: &str, update: &ProjectUpdate) -> StoreResult<Option<Project>> {
         let mut tx = self.pool.begin().await?;
         if let Some(name) = &update.name {
-            sqlx::query(&numbered("UPDATE projects SET name = ? WHERE id = ?"))
+            sqlx::query(&self.engine.sql("UPDATE projects SET name = ? WHERE id = ?"))
                 .bind(name)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(models) = &update.models {
-            sqlx::query(&numbered("UPDATE projects SET models = ? WHERE id = ?"))
+            sqlx::query(&self.engine.sql("UPDATE projects SET models = ? WHERE id = ?"))
                 .bind(json_list(models.as_ref()))
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(ips) = &update.allowed_ips {
-            sqlx::query(&numbered("UPDATE projects SET allowed_ips = ? WHERE id = ?"))
+            sqlx::query(&self.engine.sql("UPDATE projects SET allowed_ips = ? WHERE id = ?"))
                 .bind(ips_json(ips))
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(budget) = update.budget {
-            sqlx::query(&numbered("UPDATE projects SET budget_nanos = ?, budget_alert_percent = ? WHERE id = ?"))
-                .bind(budget.map(|b| b.monthly_nanos))
-                .bind(budget.map(|b| i64::from(b.alert_percent)))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                &self.engine.sql("UPDATE projects SET budget_nanos = ?, budget_alert_percent = ? WHERE id = ?"),
+            )
+            .bind(budget.map(|b| b.monthly_nanos))
+            .bind(budget.map(|b| i64::from(b.alert_percent)))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         if let Some(age) = update.max_key_age_seconds {
-            sqlx::query(&numbered("UPDATE projects SET max_key_age_seconds = ? WHERE id = ?"))
+            sqlx::query(&self.engine.sql("UPDATE projects SET max_key_age_seconds = ? WHERE id = ?"))
                 .bind(age)
                 .bind(id)
                 .execute(&mut *tx)
@@ -759,7 +789,7 @@ impl Store for SqlStore {
     ) -> StoreResult<Option<Project>> {
         match limits.and_then(limits_json) {
             Some(json) => {
-                sqlx::query(&numbered(
+                sqlx::query(&self.engine.sql(
                     "INSERT INTO project_rate_limits (project_id, model, limits) VALUES (?, ?, ?) \
                      ON CONFLICT (project_id, model) DO UPDATE SET limits = excluded.limits",
                 ))
@@ -770,7 +800,7 @@ impl Store for SqlStore {
                 .await?;
             }
             None => {
-                sqlx::query(&numbered("DELETE FROM project_rate_limits WHERE project_id = ? AND model = ?"))
+                sqlx::query(&self.engine.sql("DELETE FROM project_rate_limits WHERE project_id = ? AND model = ?"))
                     .bind(id)
                     .bind(model)
                     .execute(&self.pool)
@@ -781,7 +811,7 @@ impl Store for SqlStore {
     }
 
     async fn archive_project(&self, id: &str, now: Timestamp) -> StoreResult<Option<Project>> {
-        sqlx::query(&numbered("UPDATE projects SET archived_at = ? WHERE id = ? AND archived_at IS NULL"))
+        sqlx::query(&self.engine.sql("UPDATE projects SET archived_at = ? WHERE id = ? AND archived_at IS NULL"))
             .bind(now)
             .bind(id)
             .execute(&self.pool)
@@ -791,7 +821,7 @@ impl Store for SqlStore {
 
     async fn create_user(&self, name: &str, email: &str, role: &str, now: Timestamp) -> StoreResult<User> {
         let id = crate::ids::user_id();
-        sqlx::query(&numbered("INSERT INTO users (id, name, email, role, added_at) VALUES (?, ?, ?, ?, ?)"))
+        sqlx::query(&self.engine.sql("INSERT INTO users (id, name, email, role, added_at) VALUES (?, ?, ?, ?, ?)"))
             .bind(&id)
             .bind(name)
             .bind(email)
@@ -817,7 +847,7 @@ impl Store for SqlStore {
     }
 
     async fn update_user_role(&self, id: &str, role: &str) -> StoreResult<Option<User>> {
-        sqlx::query(&numbered("UPDATE users SET role = ? WHERE id = ? AND deleted_at IS NULL"))
+        sqlx::query(&self.engine.sql("UPDATE users SET role = ? WHERE id = ? AND deleted_at IS NULL"))
             .bind(role)
             .bind(id)
             .execute(&self.pool)
@@ -836,7 +866,7 @@ impl Store for SqlStore {
         now: Timestamp,
     ) -> StoreResult<ServiceAccount> {
         let mut tx = self.pool.begin().await?;
-        let sa = insert_service_account(&mut tx, Some(project_id), name, "member", false, now).await?;
+        let sa = self.insert_service_account(&mut tx, Some(project_id), name, "member", false, now).await?;
         tx.commit().await?;
         Ok(sa)
     }
@@ -860,9 +890,9 @@ impl Store for SqlStore {
     }
 
     async fn organization_service_account(&self) -> StoreResult<Option<ServiceAccount>> {
-        let row = sqlx::query(&numbered(&format!(
-            "{SA_SELECT} WHERE project_id IS NULL AND is_default = 1 AND deleted_at IS NULL"
-        )))
+        let row = sqlx::query(
+            &self.engine.sql(format!("{SA_SELECT} WHERE project_id IS NULL AND is_default = 1 AND deleted_at IS NULL")),
+        )
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(service_account_from_row).transpose()
@@ -884,7 +914,7 @@ impl Store for SqlStore {
         };
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            &numbered("INSERT INTO api_keys (id, kind, name, project_id, owner_type, owner_id, prefix, state, permissions, scopes, \
+            &self.engine.sql("INSERT INTO api_keys (id, kind, name, project_id, owner_type, owner_id, prefix, state, permissions, scopes, \
              models, allowed_ips, rate_limits, budget_nanos, budget_alert_percent, created_at, expires_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
         )
@@ -907,7 +937,7 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            &numbered("INSERT INTO api_key_secrets (digest, key_id, algorithm, last4, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)"),
+            &self.engine.sql("INSERT INTO api_key_secrets (digest, key_id, algorithm, last4, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)"),
         )
         .bind(&key.secret.digest.0[..])
         .bind(key.id.as_str())
@@ -927,7 +957,7 @@ impl Store for SqlStore {
 
     async fn find_key_by_digest(&self, digest: &KeyDigest) -> StoreResult<Option<KeyRecord>> {
         let key_id: Option<String> =
-            sqlx::query_scalar(&numbered("SELECT key_id FROM api_key_secrets WHERE digest = ?"))
+            sqlx::query_scalar(&self.engine.sql("SELECT key_id FROM api_key_secrets WHERE digest = ?"))
                 .bind(&digest.0[..])
                 .fetch_optional(&self.pool)
                 .await?;
@@ -963,29 +993,31 @@ impl Store for SqlStore {
     async fn update_key(&self, id: &PublicId, update: &KeyUpdate) -> StoreResult<Option<KeyRecord>> {
         let mut tx = self.pool.begin().await?;
         if let Some(name) = &update.name {
-            sqlx::query(&numbered("UPDATE api_keys SET name = ? WHERE id = ?"))
+            sqlx::query(&self.engine.sql("UPDATE api_keys SET name = ? WHERE id = ?"))
                 .bind(name)
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(limits) = &update.limits {
-            sqlx::query(&numbered("UPDATE api_keys SET rate_limits = ? WHERE id = ?"))
+            sqlx::query(&self.engine.sql("UPDATE api_keys SET rate_limits = ? WHERE id = ?"))
                 .bind(limits_json(limits))
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(budget) = update.budget {
-            sqlx::query(&numbered("UPDATE api_keys SET budget_nanos = ?, budget_alert_percent = ? WHERE id = ?"))
-                .bind(budget.map(|b| b.monthly_nanos))
-                .bind(budget.map(|b| i64::from(b.alert_percent)))
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                &self.engine.sql("UPDATE api_keys SET budget_nanos = ?, budget_alert_percent = ? WHERE id = ?"),
+            )
+            .bind(budget.map(|b| b.monthly_nanos))
+            .bind(budget.map(|b| i64::from(b.alert_percent)))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
         if let Some(expires_at) = update.expires_at {
-            sqlx::query(&numbered("UPDATE api_keys SET expires_at = ? WHERE id = ?"))
+            sqlx::query(&self.engine.sql("UPDATE api_keys SET expires_at = ? WHERE id = ?"))
                 .bind(expires_at)
                 .bind(id.as_str())
                 .execute(&mut *tx)
@@ -993,7 +1025,7 @@ impl Store for SqlStore {
         }
         if let Some(p) = &update.permissions {
             let scopes = matches!(p, Permissions::Restricted(_)).then(|| json_list(Some(&p.scopes()))).flatten();
-            sqlx::query(&numbered("UPDATE api_keys SET permissions = ?, scopes = ? WHERE id = ?"))
+            sqlx::query(&self.engine.sql("UPDATE api_keys SET permissions = ?, scopes = ? WHERE id = ?"))
                 .bind(p.level())
                 .bind(scopes)
                 .bind(id.as_str())
@@ -1001,14 +1033,14 @@ impl Store for SqlStore {
                 .await?;
         }
         if let Some(models) = &update.models {
-            sqlx::query(&numbered("UPDATE api_keys SET models = ? WHERE id = ?"))
+            sqlx::query(&self.engine.sql("UPDATE api_keys SET models = ? WHERE id = ?"))
                 .bind(json_list(models.as_ref()))
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(ips) = &update.allowed_ips {
-            sqlx::query(&numbered("UPDATE api_keys SET allowed_ips = ? WHERE id = ?"))
+            sqlx::query(&self.engine.sql("UPDATE api_keys SET allowed_ips = ? WHERE id = ?"))
                 .bind(ips_json(ips))
                 .bind(id.as_str())
                 .execute(&mut *tx)
@@ -1020,13 +1052,13 @@ impl Store for SqlStore {
 
     async fn revoke_key(&self, id: &PublicId, revocation: &Revocation) -> StoreResult<Option<KeyRecord>> {
         let mut tx = self.pool.begin().await?;
-        Self::revoke_where(&mut tx, "id = ?", id.as_str(), revocation).await?;
+        self.revoke_where(&mut tx, "id = ?", id.as_str(), revocation).await?;
         tx.commit().await?;
         self.get_key(id).await
     }
 
     async fn set_key_active(&self, id: &PublicId, active: bool) -> StoreResult<Option<KeyRecord>> {
-        sqlx::query(&numbered("UPDATE api_keys SET state = ? WHERE id = ? AND state != 'revoked'"))
+        sqlx::query(&self.engine.sql("UPDATE api_keys SET state = ? WHERE id = ? AND state != 'revoked'"))
             .bind(if active { "active" } else { "suspended" })
             .bind(id.as_str())
             .execute(&self.pool)
@@ -1042,20 +1074,20 @@ impl Store for SqlStore {
     ) -> StoreResult<Option<KeyRecord>> {
         let mut tx = self.pool.begin().await?;
         let live: Option<String> =
-            sqlx::query_scalar(&numbered("SELECT id FROM api_keys WHERE id = ? AND state != 'revoked'"))
+            sqlx::query_scalar(&self.engine.sql("SELECT id FROM api_keys WHERE id = ? AND state != 'revoked'"))
                 .bind(id.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
         if live.is_none() {
             return Ok(None);
         }
-        sqlx::query(&numbered("UPDATE api_key_secrets SET expires_at = CASE WHEN expires_at < ?1 THEN expires_at ELSE ?1 END WHERE key_id = ?2"))
+        sqlx::query(&self.engine.sql("UPDATE api_key_secrets SET expires_at = CASE WHEN expires_at < ?1 THEN expires_at ELSE ?1 END WHERE key_id = ?2"))
             .bind(grace_ends)
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            &numbered("INSERT INTO api_key_secrets (digest, key_id, algorithm, last4, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)"),
+            &self.engine.sql("INSERT INTO api_key_secrets (digest, key_id, algorithm, last4, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)"),
         )
         .bind(&secret.digest.0[..])
         .bind(id.as_str())
@@ -1072,7 +1104,7 @@ impl Store for SqlStore {
     async fn touch_keys(&self, batch: &[(PublicId, Touch)]) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         for (id, touch) in batch {
-            sqlx::query(&numbered(
+            sqlx::query(&self.engine.sql(
                 "UPDATE api_keys SET last_used_at = ?, last_used_ip = ?, last_used_user_agent = ? \
                  WHERE id = ? AND COALESCE(last_used_at, 0) <= ?",
             ))
@@ -1090,7 +1122,7 @@ impl Store for SqlStore {
 
     async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
         sqlx::query(
-            &numbered("INSERT INTO audit_log (id, type, effective_at, project_id, actor_key_id, details) VALUES (?, ?, ?, ?, ?, ?)"),
+            &self.engine.sql("INSERT INTO audit_log (id, type, effective_at, project_id, actor_key_id, details) VALUES (?, ?, ?, ?, ?, ?)"),
         )
         .bind(&event.id)
         .bind(event.kind)
@@ -1138,7 +1170,7 @@ impl Store for SqlStore {
         }
         let order = if backwards { "ASC" } else { "DESC" };
         sql.push_str(&format!(" ORDER BY a.seq {order} LIMIT {}", u64::from(f.limit) + 1));
-        let sql = numbered(&sql);
+        let sql = self.engine.sql(sql);
         let mut query = sqlx::query(&sql);
         for b in &binds {
             query = query.bind(b);
@@ -1173,27 +1205,42 @@ impl Store for SqlStore {
     }
 
     async fn insert_denials(&self, batch: &[DenialRecord]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        // Many rows per statement: each statement is a round trip (to
+        // SQLite's worker thread or to PostgreSQL). A request id appears once
+        // per statement (the last record wins), as an upsert requires.
+        let mut latest: HashMap<&str, &DenialRecord> = HashMap::new();
+        let mut order = Vec::with_capacity(batch.len());
         for d in batch {
-            sqlx::query(
-                &numbered("INSERT INTO denials (request_id, at, reason, explanation, key_id, project_id, status, method, path, client_ip) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET at = excluded.at, \
+            if latest.insert(&d.request_id, d).is_none() {
+                order.push(d.request_id.as_str());
+            }
+        }
+        let rows: Vec<&DenialRecord> = order.iter().filter_map(|id| latest.get(id).copied()).collect();
+        let mut tx = self.pool.begin().await?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql = self.engine.sql(format!(
+                "INSERT INTO denials (request_id, at, reason, explanation, key_id, project_id, status, method, path, client_ip) \
+                 VALUES {} ON CONFLICT (request_id) DO UPDATE SET at = excluded.at, \
                  reason = excluded.reason, explanation = excluded.explanation, key_id = excluded.key_id, \
                  project_id = excluded.project_id, status = excluded.status, method = excluded.method, \
-                 path = excluded.path, client_ip = excluded.client_ip"),
-            )
-            .bind(&d.request_id)
-            .bind(d.at)
-            .bind(&d.reason)
-            .bind(&d.explanation)
-            .bind(d.key_id.as_ref().map(PublicId::as_str))
-            .bind(&d.project_id)
-            .bind(i64::from(d.status))
-            .bind(&d.method)
-            .bind(&d.path)
-            .bind(&d.client_ip)
-            .execute(&mut *tx)
-            .await?;
+                 path = excluded.path, client_ip = excluded.client_ip",
+                values_list(10, chunk.len())
+            ));
+            let mut query = sqlx::query(&sql);
+            for d in chunk {
+                query = query
+                    .bind(&d.request_id)
+                    .bind(d.at)
+                    .bind(&d.reason)
+                    .bind(&d.explanation)
+                    .bind(d.key_id.as_ref().map(PublicId::as_str))
+                    .bind(&d.project_id)
+                    .bind(i64::from(d.status))
+                    .bind(&d.method)
+                    .bind(&d.path)
+                    .bind(&d.client_ip);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -1201,7 +1248,7 @@ impl Store for SqlStore {
 
     async fn get_denial(&self, request_id: &str) -> StoreResult<Option<DenialRecord>> {
         let row = sqlx::query(
-            &numbered("SELECT request_id, at, reason, explanation, key_id, project_id, status, method, path, client_ip FROM denials WHERE request_id = ?"),
+            &self.engine.sql("SELECT request_id, at, reason, explanation, key_id, project_id, status, method, path, client_ip FROM denials WHERE request_id = ?"),
         )
         .bind(request_id)
         .fetch_optional(&self.pool)
@@ -1223,17 +1270,20 @@ impl Store for SqlStore {
     }
 
     async fn prune_denials(&self, before: Timestamp, max_rows: u64) -> StoreResult<u64> {
-        let old = sqlx::query(&numbered("DELETE FROM denials WHERE at < ?"))
+        let old = sqlx::query(&self.engine.sql("DELETE FROM denials WHERE at < ?"))
             .bind(before)
             .execute(&self.pool)
             .await?
             .rows_affected();
-        let count: i64 = sqlx::query_scalar(&numbered("SELECT COUNT(*) FROM denials")).fetch_one(&self.pool).await?;
+        let count: i64 =
+            sqlx::query_scalar(&self.engine.sql("SELECT COUNT(*) FROM denials")).fetch_one(&self.pool).await?;
         let excess = u64::try_from(count).unwrap_or(0).saturating_sub(max_rows);
         let capped = if excess > 0 {
-            sqlx::query(&numbered(
-                "DELETE FROM denials WHERE rowid IN (SELECT rowid FROM denials ORDER BY at, rowid LIMIT ?)",
-            ))
+            sqlx::query(
+                &self
+                    .engine
+                    .sql("DELETE FROM denials WHERE rowid IN (SELECT rowid FROM denials ORDER BY at, rowid LIMIT ?)"),
+            )
             .bind(i64::try_from(excess).unwrap_or(i64::MAX))
             .execute(&self.pool)
             .await?
@@ -1252,35 +1302,45 @@ impl Store for SqlStore {
         // same order and cannot deadlock.
         let mut groups: BTreeMap<Group, (String, [i64; 6])> = BTreeMap::new();
         let mut tx = self.pool.begin().await?;
-        for u in batch {
-            let inserted = sqlx::query(
-                &numbered("INSERT INTO usage_records (request_id, at, key_id, prefix, project_id, owner_id, model, route, kind, \
+        let mut inserted: HashSet<String> = HashSet::with_capacity(batch.len());
+        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+            let sql = self.engine.sql(format!(
+                "INSERT INTO usage_records (request_id, at, key_id, prefix, project_id, owner_id, model, route, kind, \
                  status, input_tokens, output_tokens, cached_tokens, reasoning_tokens, estimated, cost_nanos, latency_ms, upstream, client_ip) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"),
-            )
-            .bind(&u.request_id)
-            .bind(u.at)
-            .bind(u.key_id.as_str())
-            .bind(&u.prefix)
-            .bind(&u.project_id)
-            .bind(&u.owner_id)
-            .bind(&u.model)
-            .bind(&u.route)
-            .bind(u.kind.as_str())
-            .bind(i64::from(u.status))
-            .bind(u.tokens.input)
-            .bind(u.tokens.output)
-            .bind(u.tokens.cached)
-            .bind(u.tokens.reasoning)
-            .bind(i64::from(u.estimated))
-            .bind(u.cost_nanos)
-            .bind(u.latency_ms)
-            .bind(&u.upstream)
-            .bind(&u.client_ip)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
+                 VALUES {} ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                values_list(19, chunk.len())
+            ));
+            let mut query = sqlx::query(&sql);
+            for u in chunk {
+                query = query
+                    .bind(&u.request_id)
+                    .bind(u.at)
+                    .bind(u.key_id.as_str())
+                    .bind(&u.prefix)
+                    .bind(&u.project_id)
+                    .bind(&u.owner_id)
+                    .bind(&u.model)
+                    .bind(&u.route)
+                    .bind(u.kind.as_str())
+                    .bind(i64::from(u.status))
+                    .bind(u.tokens.input)
+                    .bind(u.tokens.output)
+                    .bind(u.tokens.cached)
+                    .bind(u.tokens.reasoning)
+                    .bind(i64::from(u.estimated))
+                    .bind(u.cost_nanos)
+                    .bind(u.latency_ms)
+                    .bind(&u.upstream)
+                    .bind(&u.client_ip);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                inserted.insert(row.try_get("request_id")?);
+            }
+        }
+        // Rows already stored (a retried batch) add nothing to the rollups;
+        // a request id twice in one batch counts once.
+        for u in batch {
+            if !inserted.remove(&u.request_id) {
                 continue;
             }
             let key = (
@@ -1304,7 +1364,7 @@ impl Store for SqlStore {
         }
         for ((minute, project_id, key_id, model, kind), (prefix, sums)) in &groups {
             sqlx::query(
-                &numbered("INSERT INTO usage_rollups (minute, project_id, key_id, prefix, model, kind, requests, input_tokens, output_tokens, \
+                &self.engine.sql("INSERT INTO usage_rollups (minute, project_id, key_id, prefix, model, kind, requests, input_tokens, output_tokens, \
                  cached_tokens, reasoning_tokens, cost_nanos) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (minute, project_id, key_id, model, kind) DO UPDATE SET requests = usage_rollups.requests + excluded.requests, \
                  input_tokens = usage_rollups.input_tokens + excluded.input_tokens, output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
@@ -1378,7 +1438,7 @@ impl Store for SqlStore {
             }
         }
         sql.push_str(&format!(" GROUP BY bucket{group_sql} ORDER BY bucket{group_sql}"));
-        let sql = numbered(&sql);
+        let sql = self.engine.sql(sql);
         let mut query = sqlx::query(&sql).bind(q.start).bind(q.start).bind(q.start).bind(q.end);
         for b in &binds {
             query = query.bind(b);
@@ -1413,12 +1473,12 @@ impl Store for SqlStore {
     }
 
     async fn prune_usage(&self, records_before: Timestamp, rollups_before: Timestamp) -> StoreResult<u64> {
-        let a = sqlx::query(&numbered("DELETE FROM usage_records WHERE at < ?"))
+        let a = sqlx::query(&self.engine.sql("DELETE FROM usage_records WHERE at < ?"))
             .bind(records_before)
             .execute(&self.pool)
             .await?
             .rows_affected();
-        let b = sqlx::query(&numbered("DELETE FROM usage_rollups WHERE minute < ?"))
+        let b = sqlx::query(&self.engine.sql("DELETE FROM usage_rollups WHERE minute < ?"))
             .bind(rollups_before)
             .execute(&self.pool)
             .await?
@@ -1430,12 +1490,12 @@ impl Store for SqlStore {
         let mut tx = self.pool.begin().await?;
         let mut fresh = Vec::new();
         for s in batch {
-            let known: i64 = sqlx::query_scalar(&numbered("SELECT COUNT(*) FROM key_networks WHERE key_id = ?"))
+            let known: i64 = sqlx::query_scalar(&self.engine.sql("SELECT COUNT(*) FROM key_networks WHERE key_id = ?"))
                 .bind(s.key_id.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
             let inserted = sqlx::query(
-                &numbered("INSERT INTO key_networks (key_id, network, first_seen, last_seen, requests) VALUES (?, ?, ?, ?, ?) \
+                &self.engine.sql("INSERT INTO key_networks (key_id, network, first_seen, last_seen, requests) VALUES (?, ?, ?, ?, ?) \
                  ON CONFLICT (key_id, network) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > key_networks.last_seen THEN excluded.last_seen ELSE key_networks.last_seen END, \
                  requests = key_networks.requests + excluded.requests RETURNING first_seen"),
             )
@@ -1456,7 +1516,7 @@ impl Store for SqlStore {
     }
 
     async fn usage_clients(&self, start: Timestamp, end: Timestamp) -> StoreResult<Vec<(String, String, i64)>> {
-        let rows = sqlx::query(&numbered(
+        let rows = sqlx::query(&self.engine.sql(
             "SELECT key_id, client_ip, COUNT(*) AS requests FROM usage_records \
              WHERE at >= ? AND at < ? AND client_ip IS NOT NULL GROUP BY key_id, client_ip",
         ))
@@ -1468,7 +1528,7 @@ impl Store for SqlStore {
     }
 
     async fn last_usage_before(&self, key_id: &PublicId, before: Timestamp) -> StoreResult<Option<Timestamp>> {
-        Ok(sqlx::query_scalar(&numbered("SELECT MAX(at) FROM usage_records WHERE key_id = ? AND at < ?"))
+        Ok(sqlx::query_scalar(&self.engine.sql("SELECT MAX(at) FROM usage_records WHERE key_id = ? AND at < ?"))
             .bind(key_id.as_str())
             .bind(before)
             .fetch_one(&self.pool)
@@ -1476,7 +1536,7 @@ impl Store for SqlStore {
     }
 
     async fn insert_alert(&self, a: &Alert) -> StoreResult<()> {
-        sqlx::query(&numbered("INSERT INTO alerts (id, at, key_id, project_id, kind, severity, message, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
+        sqlx::query(&self.engine.sql("INSERT INTO alerts (id, at, key_id, project_id, kind, severity, message, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&a.id)
             .bind(a.at)
             .bind(a.key_id.as_str())
@@ -1491,7 +1551,7 @@ impl Store for SqlStore {
     }
 
     async fn list_alerts(&self, since: Timestamp, q: &PageQuery) -> StoreResult<Page<Alert>> {
-        let rows = sqlx::query(&numbered(
+        let rows = sqlx::query(&self.engine.sql(
             "SELECT id, at, key_id, project_id, kind, severity, message, details FROM alerts WHERE at >= ? \
              AND (? IS NULL OR rowid < (SELECT rowid FROM alerts WHERE id = ?)) ORDER BY rowid DESC LIMIT ?",
         ))
@@ -1506,7 +1566,7 @@ impl Store for SqlStore {
 
     async fn last_alert(&self, key_id: &PublicId, kind: &str) -> StoreResult<Option<Alert>> {
         let row = sqlx::query(
-            &numbered("SELECT id, at, key_id, project_id, kind, severity, message, details FROM alerts WHERE key_id = ? AND kind = ? \
+            &self.engine.sql("SELECT id, at, key_id, project_id, kind, severity, message, details FROM alerts WHERE key_id = ? AND kind = ? \
              ORDER BY at DESC, rowid DESC LIMIT 1"),
         )
         .bind(key_id.as_str())
@@ -1519,7 +1579,7 @@ impl Store for SqlStore {
     async fn hold_lease(&self, job: &str, holder: &str, now: Timestamp, ttl_seconds: i64) -> StoreResult<bool> {
         // The update happens only for the holder or over an expired lease; a
         // row comes back only when it did.
-        let held = sqlx::query(&numbered(
+        let held = sqlx::query(&self.engine.sql(
             "INSERT INTO job_leases (name, holder, expires_at) VALUES (?, ?, ?) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
              WHERE job_leases.holder = excluded.holder OR job_leases.expires_at <= ? RETURNING holder",
@@ -1534,7 +1594,7 @@ impl Store for SqlStore {
     }
 
     async fn prune_alerts(&self, before: Timestamp) -> StoreResult<u64> {
-        Ok(sqlx::query(&numbered("DELETE FROM alerts WHERE at < ?"))
+        Ok(sqlx::query(&self.engine.sql("DELETE FROM alerts WHERE at < ?"))
             .bind(before)
             .execute(&self.pool)
             .await?

@@ -66,8 +66,14 @@ impl<S> Tap<S> {
             if !self.sse && !self.json.is_empty() {
                 // The server may drop a body once its Content-Length is sent,
                 // without polling it to the end: a whole document is complete.
-                if let Ok(value) = serde_json::from_slice::<Value>(&self.json) {
-                    self.observed.tokens = tokens_from_usage(&value["usage"]);
+                // Only `usage` is built; the rest of the document is skipped.
+                #[derive(serde::Deserialize)]
+                struct Document {
+                    #[serde(default)]
+                    usage: Value,
+                }
+                if let Ok(document) = serde_json::from_slice::<Document>(&self.json) {
+                    self.observed.tokens = tokens_from_usage(&document.usage);
                     cut_short = false;
                 }
             }

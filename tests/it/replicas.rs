@@ -87,6 +87,12 @@ async fn two_serve_processes_share_revocation_limits_and_usage() {
     let limited =
         a.create_key_with(ADMIN, json!({"name": "limited", "rate_limits": {"max_requests_per_1_minute": 10}})).await;
     let limited = limited["value"].as_str().unwrap().to_owned();
+    // B learns of the key from A's announcement (echo-auth spends no limit).
+    let known_to_b = || async {
+        let echo = http().get(format!("{}/v1/keygate/echo-auth", b.url)).bearer_auth(&limited).send().await.unwrap();
+        echo.status() == 200
+    };
+    assert!(eventually(Duration::from_secs(1), known_to_b).await, "replica B never learned of the key");
     let mut statuses = Vec::new();
     for i in 0..20 {
         statuses.push(chat(if i % 2 == 0 { &a.url } else { &b.url }, &limited).await);
