@@ -42,9 +42,8 @@ async fn main() {
     let rate: f64 = rate.parse().unwrap_or(1000.0);
     let seconds: f64 = seconds.parse().unwrap_or(5.0);
     let stream = rest.first().is_some_and(|s| s == "stream");
-    let body = format!(
-        r#"{{"model":"gpt-4o-mini","stream":{stream},"messages":[{{"role":"user","content":"hello"}}]}}"#
-    );
+    let body =
+        format!(r#"{{"model":"gpt-4o-mini","stream":{stream},"messages":[{{"role":"user","content":"hello"}}]}}"#);
     let client = reqwest::Client::builder().pool_max_idle_per_host(4096).build().unwrap_or_default();
     let samples = Arc::new(Mutex::new(Samples::default()));
     let started = Instant::now();

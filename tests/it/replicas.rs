@@ -321,3 +321,36 @@ async fn a_job_lease_has_one_holder_until_it_expires() {
         assert!(!store.hold_lease("job", "a", 1120, 60).await.unwrap(), "{url}: a lost it");
     }
 }
+
+/// `keygate migrate` on PostgreSQL reports what it applied; a schema newer
+/// than the binary is refused by migrate and serve alike.
+#[tokio::test]
+async fn migrate_on_postgres_reports_and_refuses_a_newer_schema() {
+    let url = postgres_schema().await;
+    let first = keygate(&["migrate", "--database", &url, "--json"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let report: Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(report["from_version"], 0);
+    assert_eq!(report["to_version"], 2);
+    assert_eq!(report["applied"].as_array().unwrap().len(), 2);
+    let again: Value = serde_json::from_slice(&keygate(&["migrate", "--database", &url, "--json"]).stdout).unwrap();
+    assert_eq!(again["applied"], json!([]), "nothing left to apply");
+    let backup = keygate(&["backup", "/tmp/never-written.db", "--database", &url]);
+    assert!(!backup.status.success());
+    assert!(String::from_utf8_lossy(&backup.stderr).contains("pg_dump"), "backup points PostgreSQL users to pg_dump");
+
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("INSERT INTO keygate_schema (version, name, applied_at) VALUES (99, 'future', 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let newer = keygate(&["migrate", "--database", &url]);
+    assert!(!newer.status.success());
+    assert!(String::from_utf8_lossy(&newer.stderr).contains("newer than this keygate knows"));
+    let serve = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &url])
+        .output()
+        .unwrap();
+    assert!(!serve.status.success(), "serve refuses a newer schema");
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("newer than this keygate knows"));
+}
