@@ -428,22 +428,19 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
 /// keygate's own `x-ratelimit-*` values replace the upstream's (which describe
 /// keygate's upstream account, not this key).
 fn rate_limit_headers(values: &crate::limits::RateHeaders, headers: &mut http::HeaderMap) {
-    for (kind, value) in [("requests", values.requests), ("tokens", values.tokens)] {
-        let names = [
-            format!("x-ratelimit-limit-{kind}"),
-            format!("x-ratelimit-remaining-{kind}"),
-            format!("x-ratelimit-reset-{kind}"),
-        ];
-        for name in &names {
-            headers.remove(name.as_str());
+    const NAMES: [[&str; 3]; 2] = [
+        ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"],
+        ["x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"],
+    ];
+    for (names, value) in NAMES.iter().zip([values.requests, values.tokens]) {
+        for name in names {
+            headers.remove(*name);
         }
         let Some((limit, taken)) = value else { continue };
         let values = [limit.to_string(), taken.remaining.to_string(), crate::limits::go_duration(taken.reset_us)];
         for (name, value) in names.iter().zip(values) {
-            if let (Ok(name), Ok(value)) =
-                (http::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value))
-            {
-                headers.insert(name, value);
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(http::HeaderName::from_static(name), value);
             }
         }
     }
