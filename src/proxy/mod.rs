@@ -188,16 +188,32 @@ pub async fn forward(
 /// backslashes, no empty segments. URL resolution would otherwise send the
 /// request to another endpoint than the one whose scope was checked.
 pub fn is_clean_path(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
+    let encoded = |code: &[u8]| path.as_bytes().windows(3).any(|w| w.eq_ignore_ascii_case(code));
+    if path.contains('\\') || encoded(b"%2f") || encoded(b"%5c") {
         return false;
     }
-    let segments: Vec<&str> = lower.split('/').skip(1).collect();
-    segments.iter().enumerate().all(|(i, segment)| {
-        let decoded = segment.replace("%2e", ".");
-        let trailing = i + 1 == segments.len();
-        decoded != "." && decoded != ".." && (!segment.is_empty() || trailing)
-    })
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        let trailing = segments.peek().is_none();
+        if (segment.is_empty() && !trailing) || is_dot_segment(segment) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `.` or `..`, with any dot written as `%2e` (either case).
+fn is_dot_segment(segment: &str) -> bool {
+    let (mut rest, mut dots) = (segment.as_bytes(), 0);
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', two, e, tail @ ..] if *two == b'2' && e.eq_ignore_ascii_case(&b'e') => tail,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 /// The methods keygate forwards; anything else (TRACE, CONNECT, ...) is

@@ -28,7 +28,16 @@ mod tests {
 
     #[test]
     fn dot_segments_and_encoded_slashes_are_unclean() {
-        for ok in ["/v1/chat/completions", "/v1/models/gpt-4o", "/v1/files/", "/v1/models/ft:gpt-4o:acme.v1"] {
+        for ok in [
+            "/v1/chat/completions",
+            "/v1/models/gpt-4o",
+            "/v1/files/",
+            "/v1/models/ft:gpt-4o:acme.v1",
+            "/v1/models/...",
+            "/v1/models/..x",
+            "/v1/models/%2ex",
+            "/v1/models/é..",
+        ] {
             assert!(is_clean_path(ok), "{ok}");
         }
         for bad in [
@@ -39,6 +48,9 @@ mod tests {
             "/v1/models/.%2E/x",
             "/v1/embeddings%2f..%2fchat/completions",
             "/v1//chat/completions",
+            "/v1/files/%2e",
+            "/v1/files/%2E.",
+            "/v1/models%5Cx",
             "/v1/models\\..\\files",
         ] {
             assert!(!is_clean_path(bad), "{bad}");
