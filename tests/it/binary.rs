@@ -100,6 +100,16 @@ impl Server {
     }
 }
 
+/// A test that fails before `terminate` must not leave its server running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn admin_key_in(stderr: &str) -> Option<String> {
     stderr.split_whitespace().find(|w| w.starts_with("sk-admin-kg1")).map(str::to_owned)
 }
