@@ -201,6 +201,7 @@ impl Gateway {
             limiter,
             settings: Arc::new(Settings {
                 max_body_bytes: config.max_body_bytes,
+                organization_header: http::HeaderValue::from_str(&organization_id).ok(),
                 organization_id,
                 default_project_id: boot.default_project.id.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),

@@ -36,6 +36,8 @@ use crate::usage::{AnomalyWatcher, Meter, Metered};
 pub struct Settings {
     pub max_body_bytes: usize,
     pub organization_id: String,
+    /// `organization_id` as the `openai-organization` answer header, built once.
+    pub organization_header: Option<HeaderValue>,
     pub default_project_id: String,
     pub trusted_proxies: Vec<IpNet>,
     /// `errors.hints`: append safe, format-only hints to 401 messages.
@@ -413,10 +415,8 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
         response = proxy::filter_model_list(response, |id| authorized.allows_model(id)).await;
     }
     // The client's organization is keygate's, never the upstream account's.
-    if let Ok(org) = HeaderValue::from_str(&state.settings.organization_id) {
-        if !azure {
-            response.headers_mut().insert("openai-organization", org);
-        }
+    if let (Some(org), false) = (&state.settings.organization_header, azure) {
+        response.headers_mut().insert("openai-organization", org.clone());
     }
     rate_limit_headers(&rate_headers, response.headers_mut());
     if !state.settings.metering {

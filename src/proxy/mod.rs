@@ -28,7 +28,9 @@ pub struct Upstream {
     /// Parsed once: parsing a URL (host, IDNA) per request was ~4% of the
     /// proxy's CPU; a request only sets the path and query.
     base: reqwest::Url,
-    credential: Option<Secret>,
+    /// The header that carries the upstream credential, built once at start
+    /// (marked sensitive, so it is never printed).
+    credential: Option<(HeaderName, HeaderValue)>,
     models: Vec<String>,
     client: reqwest::Client,
     pub kind: UpstreamKind,
@@ -90,10 +92,14 @@ impl Upstreams {
                 .read_timeout(c.read_timeout)
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?;
+            let credential =
+                c.credential.as_ref().map(|secret| credential_header(&c.kind, secret)).transpose().map_err(|_| {
+                    anyhow::anyhow!("the credential of upstream `{}` is not a valid HTTP header value", c.name)
+                })?;
             list.push(Upstream {
                 name: c.name.clone(),
                 base,
-                credential: c.credential.clone(),
+                credential,
                 models: c.models.clone(),
                 client,
                 kind: c.kind.clone(),
@@ -109,6 +115,17 @@ impl Upstreams {
         let routed = model.and_then(|m| self.0[1..].iter().find(|u| u.models.iter().any(|p| glob_match(p, m))));
         routed.unwrap_or(&self.0[0])
     }
+}
+
+/// `Authorization: Bearer <credential>` for OpenAI, `api-key: <credential>` for Azure.
+fn credential_header(kind: &UpstreamKind, secret: &Secret) -> Result<(HeaderName, HeaderValue), http::Error> {
+    let (name, text) = match kind {
+        UpstreamKind::OpenAi => (header::AUTHORIZATION, format!("Bearer {}", secret.expose())),
+        UpstreamKind::Azure { .. } => (HeaderName::from_static("api-key"), secret.expose().to_owned()),
+    };
+    let mut value = HeaderValue::from_str(&text)?;
+    value.set_sensitive(true);
+    Ok((name, value))
 }
 
 /// Request headers never sent upstream: hop-by-hop headers, the client's
@@ -154,17 +171,8 @@ pub async fn forward(
             out.append(name.clone(), value.clone());
         }
     }
-    if let Some(credential) = &upstream.credential {
-        let (name, text) = match upstream.kind {
-            UpstreamKind::OpenAi => (header::AUTHORIZATION, format!("Bearer {}", credential.expose())),
-            UpstreamKind::Azure { .. } => (HeaderName::from_static("api-key"), credential.expose().to_owned()),
-        };
-        let mut value = HeaderValue::from_str(&text).map_err(|_| {
-            tracing::error!(upstream = %upstream.name, "the upstream credential is not a valid header value");
-            ApiError::Internal
-        })?;
-        value.set_sensitive(true);
-        out.insert(name, value);
+    if let Some((name, value)) = &upstream.credential {
+        out.insert(name.clone(), value.clone());
     }
     let started = Instant::now();
     let result = upstream.client.request(method, url).headers(out).body(body).send().await;
@@ -280,6 +288,17 @@ mod tests {
             client: reqwest::Client::new(),
             kind,
         }
+    }
+
+    #[test]
+    fn the_credential_header_is_built_once_and_refused_when_it_cannot_be_a_header() {
+        let (name, value) = credential_header(&UpstreamKind::OpenAi, &Secret::new("sk-up")).unwrap();
+        assert_eq!((name.as_str(), value.to_str().unwrap()), ("authorization", "Bearer sk-up"));
+        assert!(value.is_sensitive());
+        let azure = UpstreamKind::Azure { api_version: "v".into(), deployments: Default::default() };
+        let (name, value) = credential_header(&azure, &Secret::new("az")).unwrap();
+        assert_eq!((name.as_str(), value.to_str().unwrap()), ("api-key", "az"));
+        assert!(credential_header(&UpstreamKind::OpenAi, &Secret::new("sk-up\nX-Injected: 1")).is_err());
     }
 
     #[test]
