@@ -178,14 +178,9 @@ async fn when_redis_stops_each_failure_policy_applies_and_both_recover() {
 /// Polls `gw` with `key` until it answers `status`; how long that took.
 async fn within(gw: &TestGateway, key: &str, status: u16, limit: Duration) -> Duration {
     let start = Instant::now();
-    loop {
-        let response = chat(gw, key, &hello()).await;
-        if response.status().as_u16() == status {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "still {} after {limit:?}", response.status());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let answered = eventually(limit, || async { chat(gw, key, &hello()).await.status().as_u16() == status }).await;
+    assert!(answered, "no {status} within {limit:?}");
+    start.elapsed()
 }
 
 #[tokio::test]

@@ -431,7 +431,7 @@ impl Drop for CutProxy {
     }
 }
 
-/// Polls `check` every 50 ms until it holds or `limit` passes; true if it held.
+/// Polls `check` every 20 ms until it holds or `limit` passes; true if it held.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
@@ -445,6 +445,6 @@ where
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
