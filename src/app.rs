@@ -275,3 +275,14 @@ pub fn redact_url(url: &str) -> String {
         Err(_) => "<unparsable URL>".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_in_messages_never_show_a_password() {
+        assert_eq!(super::redact_url("postgres://kg:s3cret@db:5432/kg"), "postgres://kg:***@db:5432/kg");
+        assert_eq!(super::redact_url("redis://:s3cret@cache:6379"), "redis://:***@cache:6379");
+        assert_eq!(super::redact_url("postgres://kg@db/kg"), "postgres://kg@db/kg");
+        assert_eq!(super::redact_url("not a url s3cret"), "<unparsable URL>");
+    }
+}

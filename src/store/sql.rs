@@ -1620,3 +1620,37 @@ impl Store for SqlStore {
             .rows_affected())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres_only_and_quoted_text_is_left_alone() {
+        let sql = "SELECT '?', x FROM t WHERE a = ? AND b = ?3 AND c = ? AND d = 'it''s ?'";
+        assert_eq!(numbered(sql), "SELECT '?', x FROM t WHERE a = $1 AND b = $3 AND c = $4 AND d = 'it''s ?'");
+        assert_eq!(
+            numbered("UPDATE t SET e = ?1 WHERE e > ?1 AND k = ?2"),
+            "UPDATE t SET e = $1 WHERE e > $1 AND k = $2"
+        );
+        assert_eq!(Engine::Sqlite.sql(sql), sql, "SQLite keeps anonymous placeholders");
+        assert_eq!(Engine::Postgres.sql("a = ?"), "a = $1");
+    }
+
+    #[test]
+    fn database_urls_name_their_engine() {
+        assert_eq!(Engine::of_url("sqlite://k.db"), Some(Engine::Sqlite));
+        assert_eq!(Engine::of_url("sqlite:k.db?mode=ro"), Some(Engine::Sqlite));
+        assert_eq!(Engine::of_url("postgres://u@h/db"), Some(Engine::Postgres));
+        assert_eq!(Engine::of_url("postgresql://u:p@h:5432/db"), Some(Engine::Postgres));
+        for other in ["mysql://h/db", "", "keygate.db", "POSTGRES://h/db"] {
+            assert_eq!(Engine::of_url(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn many_row_values_lists() {
+        assert_eq!(values_list(2, 3), "(?, ?), (?, ?), (?, ?)");
+        assert_eq!(values_list(1, 1), "(?)");
+    }
+}
