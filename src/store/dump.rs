@@ -18,6 +18,7 @@ use sqlx::any::{AnyRow, AnyTypeInfoKind};
 use sqlx::{Any, Column, Row, ValueRef};
 
 use super::migrate;
+use super::sql::values_list;
 use super::{Engine, SqlStore, StoreError, StoreResult};
 
 pub const FORMAT: &str = "keygate-export";
@@ -251,9 +252,9 @@ impl SqlStore {
                 line.row.iter().filter(|(_, v)| !v.is_null()).map(|(c, v)| (c.as_str(), v)).collect();
             let columns: Vec<&str> = values.iter().map(|(c, _)| *c).collect();
             let sql = self.engine.sql(format!(
-                "INSERT INTO {table} ({}) VALUES ({})",
+                "INSERT INTO {table} ({}) VALUES {}",
                 columns.join(", "),
-                vec!["?"; columns.len()].join(", ")
+                values_list(columns.len(), 1)
             ));
             let mut query = sqlx::query(&sql);
             for (_, value) in values {

@@ -163,7 +163,7 @@ const KEY_SELECT: &str = "SELECT k.id, k.kind, k.name, k.project_id, k.owner_typ
 const ROWS_PER_STATEMENT: usize = 50;
 
 /// `(?, ?), (?, ?)`: `rows` groups of `columns` placeholders.
-fn values_list(columns: usize, rows: usize) -> String {
+pub(super) fn values_list(columns: usize, rows: usize) -> String {
     let row = format!("({})", vec!["?"; columns].join(", "));
     vec![row; rows].join(", ")
 }
@@ -204,10 +204,6 @@ impl SqlStore {
             Engine::Postgres => options.max_connections(16).connect(url).await?,
         };
         Ok(Self { pool, engine, project_select: engine.project_select() })
-    }
-
-    pub fn engine(&self) -> Engine {
-        self.engine
     }
 
     /// Applies pending migrations, each in its own transaction; returns
@@ -302,10 +298,10 @@ impl SqlStore {
         let mut out: HashMap<String, Vec<SecretVersion>> = HashMap::new();
         // Chunked IN lists keep the statement under SQLite's variable limit.
         for chunk in ids.chunks(500) {
-            let placeholders = vec!["?"; chunk.len()].join(",");
+            let placeholders = values_list(chunk.len(), 1);
             let sql = format!(
                 "SELECT key_id, digest, algorithm, last4, created_at, expires_at FROM api_key_secrets \
-                 WHERE key_id IN ({placeholders}) ORDER BY created_at DESC, rowid DESC"
+                 WHERE key_id IN {placeholders} ORDER BY created_at DESC, rowid DESC"
             );
             let sql = self.engine.sql(sql);
             let mut query = sqlx::query(&sql);
@@ -1162,7 +1158,7 @@ impl Store for SqlStore {
         let mut binds: Vec<String> = Vec::new();
         let mut any_of = |sql: &mut String, column: &str, values: &[String]| {
             if !values.is_empty() {
-                sql.push_str(&format!(" AND {column} IN ({})", vec!["?"; values.len()].join(",")));
+                sql.push_str(&format!(" AND {column} IN {}", values_list(values.len(), 1)));
                 binds.extend(values.iter().cloned());
             }
         };
@@ -1448,7 +1444,7 @@ impl Store for SqlStore {
             [("project_id", &q.project_ids), ("key_id", &q.key_ids), ("model", &q.models), ("prefix", &q.prefixes)]
         {
             if !values.is_empty() {
-                sql.push_str(&format!(" AND {column} IN ({})", vec!["?"; values.len()].join(",")));
+                sql.push_str(&format!(" AND {column} IN {}", values_list(values.len(), 1)));
                 binds.extend(
                     values
                         .iter()
