@@ -169,7 +169,6 @@ impl Gateway {
                     let (watcher, flush) = (Arc::clone(&watcher), flush.clone());
                     let (store, clock, holder) = (Arc::clone(&lease_store), Arc::clone(&lease_clock), holder.clone());
                     async move {
-                        flush.flush().await;
                         match store.hold_lease("usage anomalies", &holder, clock.now(), ttl).await {
                             Ok(true) => {}
                             Ok(false) => return, // another replica watches
@@ -178,6 +177,7 @@ impl Gateway {
                                 return;
                             }
                         }
+                        flush.flush().await;
                         if let Err(error) = watcher.run_once().await {
                             tracing::warn!(%error, "usage anomaly check failed");
                         }
