@@ -9,7 +9,7 @@
 //! the replicas issue adds one in Redis with the same arithmetic.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 
 use parking_lot::Mutex;
@@ -206,55 +206,72 @@ impl BucketId {
 
 const SHARDS: usize = 64;
 
+/// foldhash: a fraction of SipHash's cost per bucket id, still seeded per
+/// process, so client addresses (the failed-auth buckets) cannot be chosen
+/// to collide.
+type Buckets = HashMap<BucketId, i64, foldhash::fast::RandomState>;
+
 /// In-process buckets, sharded so unrelated keys do not contend.
 pub struct LocalBackend {
-    shards: Vec<Mutex<HashMap<BucketId, i64>>>,
+    shards: Box<[Mutex<Buckets>]>,
+    /// Picks the shard; seeded apart from the maps' own hasher, so the keys of
+    /// one shard still spread over that shard's map.
+    shard_hasher: foldhash::fast::RandomState,
 }
 
 impl Default for LocalBackend {
     fn default() -> Self {
-        Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Buckets::default())).collect(),
+            shard_hasher: foldhash::fast::RandomState::default(),
+        }
     }
 }
 
-fn shard_of(bucket: &BucketId) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bucket.hash(&mut h);
-    (h.finish() % SHARDS as u64) as usize
-}
-
 impl LocalBackend {
+    fn shard_of(&self, bucket: &BucketId) -> usize {
+        (self.shard_hasher.hash_one(bucket) % SHARDS as u64) as usize
+    }
+
     pub fn take_now(&self, checks: &[Check], now: i64) -> Result<Vec<Taken>, Refusal> {
+        let shard_of: Vec<usize> = checks.iter().map(|c| self.shard_of(&c.bucket)).collect();
         // Lock every shard involved, in order, so the decision is atomic.
-        let mut order: Vec<usize> = checks.iter().map(|c| shard_of(&c.bucket)).collect();
+        let mut order = shard_of.clone();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<parking_lot::MutexGuard<'_, HashMap<BucketId, i64>>> =
+        let mut guards: Vec<parking_lot::MutexGuard<'_, Buckets>> =
             order.iter().map(|&i| self.shards[i].lock()).collect();
         // `order` holds every shard of `checks`, so the search always finds it.
-        let slot = |bucket: &BucketId| order.binary_search(&shard_of(bucket)).unwrap_or(0);
-        let mut new_tats = Vec::with_capacity(checks.len());
+        let guard = |index: usize| order.binary_search(&shard_of[index]).unwrap_or(0);
+        let mut new_tats: Vec<i64> = Vec::with_capacity(checks.len());
         for (index, check) in checks.iter().enumerate() {
-            let map = &guards[slot(&check.bucket)];
             // A bucket checked twice in one call sees its own earlier step.
-            let previous =
-                new_tats.iter().rev().find_map(|(b, t): &(&BucketId, i64)| (*b == &check.bucket).then_some(*t));
-            let tat = previous.or_else(|| map.get(&check.bucket).copied());
+            let previous = checks[..index].iter().zip(&new_tats).rev().find(|(c, _)| c.bucket == check.bucket);
+            let tat = match previous {
+                Some((_, &tat)) => Some(tat),
+                None => guards[guard(index)].get(&check.bucket).copied(),
+            };
             match step(tat, now, check.rate, check.cost) {
-                Ok(t) => new_tats.push((&check.bucket, t)),
+                Ok(t) => new_tats.push(t),
                 Err((used, retry_after_us)) => return Err(Refusal { index, used, retry_after_us }),
             }
         }
         let mut out = Vec::with_capacity(checks.len());
-        for (check, (bucket, tat)) in checks.iter().zip(&new_tats) {
-            guards[slot(bucket)].insert((*bucket).clone(), *tat);
-            out.push(taken(*tat, now, check.rate));
+        for (index, (check, &tat)) in checks.iter().zip(&new_tats).enumerate() {
+            let map = &mut guards[guard(index)];
+            match map.get_mut(&check.bucket) {
+                Some(slot) => *slot = tat,
+                None => {
+                    map.insert(check.bucket.clone(), tat);
+                }
+            }
+            out.push(taken(tat, now, check.rate));
         }
         Ok(out)
     }
 
     pub fn adjust_now(&self, bucket: &BucketId, rate: Rate, delta: i64, now: i64) {
-        let mut map = self.shards[shard_of(bucket)].lock();
+        let mut map = self.shards[self.shard_of(bucket)].lock();
         let tat = map.get(bucket).copied().unwrap_or(now).max(now);
         let moved = tat.saturating_add(rate.drain_us(delta)).max(now);
         map.insert(bucket.clone(), moved);
