@@ -18,7 +18,7 @@ use crate::dialect::{ApiError, ErrorResponse};
 use crate::key::{KeyDigest, PublicId};
 use crate::limits::RateLimits;
 use crate::server::AppState;
-use crate::store::{Access, KeyKind, NewKey, OwnerRef, SecretVersion, Timestamp};
+use crate::store::{Access, KeyKind, KeyRecord, NewKey, OwnerRef, Project, SecretVersion, ServiceAccount, Timestamp};
 
 /// At most this many keys per request; the CLI sends batches.
 const MAX_KEYS: usize = 500;
@@ -105,56 +105,79 @@ pub async fn import(
     let keys = req.keys.into_iter().map(validate).collect::<Result<Vec<_>, _>>()?;
     let now = state.clock.now();
     let mut data = Vec::with_capacity(keys.len());
-    for (mut key, mut secrets, active) in keys {
-        let result = |result| ImportResult { id: key.id.api_id(), name: key.name.clone(), result };
-        secrets.retain(|s| s.expires_at.is_none_or(|at| at > now));
-        if state.store.get_key(&key.id).await?.is_some() {
-            data.push(result("exists"));
-            continue;
+    let mut imported = Vec::new();
+    let mut outcome = Ok(());
+    for (key, secrets, active) in keys {
+        match import_one(&state, &actor, &project, &owner, key, secrets, active, now).await {
+            Ok((result, record)) => {
+                data.push(result);
+                imported.extend(record);
+            }
+            Err(error) => {
+                outcome = Err(error);
+                break;
+            }
         }
-        let mut taken = false;
-        for secret in &secrets {
-            taken |= state.store.find_key_by_digest(&secret.digest).await?.is_some();
-        }
-        if taken {
-            data.push(result("conflict"));
-            continue;
-        }
-        if secrets.is_empty() || key.expires_at.is_some_and(|at| at <= now) {
-            data.push(result("expired"));
-            continue;
-        }
-        let done = result("imported");
-        // The oldest secret goes in with the key; each newer one as the
-        // rotation that made it, so the older ones keep their grace.
-        secrets.sort_by_key(|s| s.created_at);
-        let mut newer = secrets.split_off(1);
-        key.secret = secrets.remove(0);
-        key.project_id = Some(project.id.clone());
-        key.owner = Some(OwnerRef::ServiceAccount(owner.id.clone()));
-        let scopes = key.permissions.scopes();
-        let mut record = state.store.insert_key(&key).await?;
-        let mut previous_expiry = key.secret.expires_at;
-        for secret in newer.drain(..) {
-            let grace_ends = previous_expiry.unwrap_or(Timestamp::MAX);
-            previous_expiry = secret.expires_at;
-            record = state.store.rotate_key(&key.id, &secret, grace_ends).await?.ok_or(ApiError::Internal)?;
-        }
-        if !active {
-            record = state.store.set_key_active(&key.id, false).await?.ok_or(ApiError::Internal)?;
-        }
-        state.index.upsert([record]);
-        audit(
-            &state,
-            &actor,
-            "api_key.created",
-            Some(&project.id),
-            json!({"id": key.id.api_id(), "data": {"scopes": scopes}}),
-        )
-        .await;
-        data.push(done);
     }
-    Ok(Json(ImportResults { object: "list", data }))
+    // One index update for the whole batch (each costs a copy of the index),
+    // made even when a write failed part-way, for the keys already stored.
+    state.index.upsert(imported);
+    outcome.map(|()| Json(ImportResults { object: "list", data }))
+}
+
+/// Imports one validated key: its result, and the stored record when it went in.
+#[allow(clippy::too_many_arguments, reason = "the request's context, passed down from one caller")]
+async fn import_one(
+    state: &AppState,
+    actor: &Authorized,
+    project: &Project,
+    owner: &ServiceAccount,
+    mut key: NewKey,
+    mut secrets: Vec<SecretVersion>,
+    active: bool,
+    now: Timestamp,
+) -> Result<(ImportResult, Option<KeyRecord>), ApiError> {
+    let result = |result| ImportResult { id: key.id.api_id(), name: key.name.clone(), result };
+    secrets.retain(|s| s.expires_at.is_none_or(|at| at > now));
+    if state.store.get_key(&key.id).await?.is_some() {
+        return Ok((result("exists"), None));
+    }
+    for secret in &secrets {
+        if state.store.find_key_by_digest(&secret.digest).await?.is_some() {
+            return Ok((result("conflict"), None));
+        }
+    }
+    if secrets.is_empty() || key.expires_at.is_some_and(|at| at <= now) {
+        return Ok((result("expired"), None));
+    }
+    let done = result("imported");
+    // The oldest secret goes in with the key; each newer one as the
+    // rotation that made it, so the older ones keep their grace.
+    secrets.sort_by_key(|s| s.created_at);
+    let mut newer = secrets.split_off(1);
+    key.secret = secrets.remove(0);
+    key.project_id = Some(project.id.clone());
+    key.owner = Some(OwnerRef::ServiceAccount(owner.id.clone()));
+    let scopes = key.permissions.scopes();
+    let mut record = state.store.insert_key(&key).await?;
+    let mut previous_expiry = key.secret.expires_at;
+    for secret in newer.drain(..) {
+        let grace_ends = previous_expiry.unwrap_or(Timestamp::MAX);
+        previous_expiry = secret.expires_at;
+        record = state.store.rotate_key(&key.id, &secret, grace_ends).await?.ok_or(ApiError::Internal)?;
+    }
+    if !active {
+        record = state.store.set_key_active(&key.id, false).await?.ok_or(ApiError::Internal)?;
+    }
+    audit(
+        state,
+        actor,
+        "api_key.created",
+        Some(&project.id),
+        json!({"id": key.id.api_id(), "data": {"scopes": scopes}}),
+    )
+    .await;
+    Ok((done, Some(record)))
 }
 
 /// A key to insert (project and owner set by the caller), its secrets, and
