@@ -18,7 +18,7 @@ use keygate::store::{Access, KeyKind, KeyRecord, KeyState, Project, SecretVersio
 fn record(limits: RateLimits) -> (KeyRecord, String) {
     let generated = generate(&KeyPrefix::parse("sk-prod-").unwrap(), &PublicId::random());
     let record = KeyRecord {
-        id: generated.id.clone(),
+        id: generated.id,
         kind: KeyKind::Project,
         name: "bench".into(),
         project_id: Some("proj_bench".into()),
@@ -112,23 +112,42 @@ fn decision(c: &mut Criterion) {
     group.finish();
 }
 
-fn limiter(c: &mut Criterion) {
-    let mut group = c.benchmark_group("limiter admit (RPM + TPM)");
-    let limits = RateLimits {
+/// Limits that admit everything the benchmarks send: the work is all there,
+/// the refusals never come.
+fn generous() -> RateLimits {
+    RateLimits {
         max_requests_per_1_minute: Some(1_000_000_000),
         max_tokens_per_1_minute: Some(1_000_000_000_000),
         ..RateLimits::default()
-    };
+    }
+}
+
+/// `n` keys with limits and the headers presenting `sample` of them, spread
+/// over the index. Requests take them in a stride, so consecutive ones touch
+/// different memory; 100k keys in use outgrow the CPU caches.
+fn limited_keys(n: usize, sample: usize) -> (KeyIndex, Vec<HeaderMap>) {
+    let mut records = Vec::with_capacity(n);
+    let mut headers = Vec::with_capacity(sample);
+    for i in 0..n {
+        let (record, key) = record(generous());
+        records.push(record);
+        if i % (n / sample).max(1) == 0 && headers.len() < sample {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")).unwrap());
+            headers.push(h);
+        }
+    }
+    (KeyIndex::new(records, vec![project()]), headers)
+}
+
+fn limiter(c: &mut Criterion) {
+    let mut group = c.benchmark_group("limiter admit (RPM + TPM)");
+    let admission = chat_admission();
     for n in [1_000usize, 100_000] {
         let limiter =
             Limiter::new(Arc::new(LocalBackend::default()), Arc::new(Budgets::default()), Arc::new(SystemClock), None);
-        let keys: Vec<Authorized> = (0..n)
-            .map(|_| Authorized {
-                key: Arc::new(record(limits).0),
-                project: Some(Arc::new(project())),
-                expires_at: None,
-            })
-            .collect();
+        let (index, headers) = limited_keys(n, n);
+        let keys: Vec<Authorized> = headers.iter().map(|h| authenticate(&index, h, &admission).unwrap()).collect();
         for key in &keys {
             drop(futures_util::FutureExt::now_or_never(limiter.admit(key, Some("gpt-4o"), 10)));
         }
@@ -137,6 +156,33 @@ fn limiter(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 7919) % keys.len();
                 futures_util::FutureExt::now_or_never(limiter.admit(&keys[i], Some("gpt-4o"), 10))
+                    .is_some_and(|r| r.is_ok())
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The whole decision a request waits for before it goes upstream: parse,
+/// digest, lookup, authorization, then the limiter (RPM + TPM), with up to
+/// 100k of the index's keys in use.
+fn auth_and_limit(c: &mut Criterion) {
+    let mut group = c.benchmark_group("auth + limit decision");
+    let admission = chat_admission();
+    for n in [1_000usize, 1_000_000] {
+        let limiter =
+            Limiter::new(Arc::new(LocalBackend::default()), Arc::new(Budgets::default()), Arc::new(SystemClock), None);
+        let (index, headers) = limited_keys(n, n.min(100_000));
+        for h in &headers {
+            let authorized = authenticate(&index, h, &admission).unwrap();
+            drop(futures_util::FutureExt::now_or_never(limiter.admit(&authorized, Some("gpt-4o"), 10)));
+        }
+        let mut i = 0;
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 7919) % headers.len();
+                let authorized = authenticate(&index, black_box(&headers[i]), &admission).unwrap();
+                futures_util::FutureExt::now_or_never(limiter.admit(&authorized, Some("gpt-4o"), 10))
                     .is_some_and(|r| r.is_ok())
             })
         });
@@ -158,12 +204,7 @@ fn redis_limiter(c: &mut Criterion) {
         }
     };
     let limiter = Limiter::new(Arc::new(backend), Arc::new(Budgets::default()), Arc::new(SystemClock), None);
-    let limits = RateLimits {
-        max_requests_per_1_minute: Some(1_000_000_000),
-        max_tokens_per_1_minute: Some(1_000_000_000_000),
-        ..RateLimits::default()
-    };
-    let (record, key) = record(limits);
+    let (record, key) = record(generous());
     let index = KeyIndex::new(vec![record], vec![project()]);
     let mut headers = HeaderMap::new();
     headers.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")).unwrap());
@@ -181,5 +222,5 @@ fn rendering(c: &mut Criterion) {
     c.bench_function("render OpenAI 401", |b| b.iter(|| render_openai(black_box(&error))));
 }
 
-criterion_group!(benches, key_format, index, decision, limiter, redis_limiter, rendering);
+criterion_group!(benches, key_format, index, decision, limiter, auth_and_limit, redis_limiter, rendering);
 criterion_main!(benches);

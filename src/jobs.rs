@@ -67,7 +67,7 @@ pub struct Recorder(mpsc::Sender<Record>);
 
 impl Recorder {
     pub fn touch(&self, id: &PublicId, touch: Touch) {
-        if self.0.try_send(Record::Touch(id.clone(), touch)).is_err() {
+        if self.0.try_send(Record::Touch(*id, touch)).is_err() {
             metrics::counter!("keygate_last_used_dropped_total").increment(1);
         }
     }

@@ -166,7 +166,7 @@ mod tests {
     #[test]
     fn messages_round_trip_and_garbage_is_ignored() {
         let id = PublicId::random();
-        let key = encode("abc", &Change::Key(id.clone()));
+        let key = encode("abc", &Change::Key(id));
         assert_eq!(decode(&key), Some(("abc", Change::Key(id))));
         let project = encode("abc", &Change::Project("proj_1".into()));
         assert_eq!(decode(&project), Some(("abc", Change::Project("proj_1".into()))));

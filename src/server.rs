@@ -202,7 +202,7 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
             at: state.clock.now(),
             reason: denial.kind().to_owned(),
             explanation: denial.to_string(),
-            key_id: key.map(|k| k.id.clone()),
+            key_id: key.map(|k| k.id),
             project_id: key.and_then(|k| k.project_id.clone()),
             status: response.status().as_u16(),
             method: method.to_string(),
@@ -307,7 +307,7 @@ async fn require(state: AppState, plane: Plane, scope: auth::Scope, mut req: Req
                     kind: "login.failed",
                     effective_at: now,
                     project_id: None,
-                    actor_key_id: Some(key.id.clone()),
+                    actor_key_id: Some(key.id),
                     details: serde_json::json!({"error_code": denial.kind(), "error_message": "authentication failed"}),
                 });
             }

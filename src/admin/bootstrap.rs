@@ -50,7 +50,7 @@ pub async fn bootstrap_admin_key(
         expires_at: None,
     };
     let record =
-        store.insert_key(&admin_key(generated.id.clone(), "bootstrap", prefix.to_string(), owner, secret, now)).await?;
+        store.insert_key(&admin_key(generated.id, "bootstrap", prefix.to_string(), owner, secret, now)).await?;
     Ok((Some(generated.secret), Some(record)))
 }
 

@@ -42,7 +42,7 @@ pub async fn issue(state: &AppState, spec: KeySpec) -> Result<(KeyRecord, Secret
     let record = state
         .store
         .insert_key(&NewKey {
-            id: generated.id.clone(),
+            id: generated.id,
             kind: spec.kind,
             name: spec.name,
             project_id: spec.project_id,

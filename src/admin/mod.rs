@@ -240,7 +240,7 @@ async fn audit(
         kind,
         effective_at: state.clock.now(),
         project_id: project_id.map(str::to_owned),
-        actor_key_id: Some(actor.key.id.clone()),
+        actor_key_id: Some(actor.key.id),
         details,
     };
     // Written before the answer so the log is current when the client reads

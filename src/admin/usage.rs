@@ -322,7 +322,7 @@ pub async fn alerts(
         alerts,
         |a| a.id.clone(),
         |a| {
-            let name = state.index.by_id(&a.key_id).map(|k| k.name.clone());
+            let name = state.index.by_id(&a.key_id).map(|k| k.name.to_string());
             AlertObject(alert_json(a, name.as_deref()))
         },
     )))

@@ -7,7 +7,7 @@ use std::fmt;
 use super::Scope;
 use crate::key::{KeyFormatError, PublicId};
 use crate::limits::{BudgetScope, Dimension, Exceeded};
-use crate::store::{KeyRecord, Revocation, Timestamp};
+use crate::store::{Revocation, Timestamp};
 
 /// Names a key without any secret: public id, name, prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,12 +19,12 @@ pub struct KeyRef {
 }
 
 impl KeyRef {
-    pub fn of(record: &KeyRecord) -> Self {
+    pub fn of(key: &super::IndexedKey) -> Self {
         Self {
-            id: record.id.clone(),
-            name: record.name.clone(),
-            prefix: record.prefix.clone(),
-            project_id: record.project_id.clone(),
+            id: key.id,
+            name: key.name.as_ref().to_owned(),
+            prefix: key.prefix.as_ref().to_owned(),
+            project_id: key.project_id.as_deref().map(str::to_owned),
         }
     }
 }

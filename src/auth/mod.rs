@@ -17,11 +17,11 @@ use http::HeaderMap;
 
 use crate::key::{self, KeyDigest, KeyFormatError};
 use crate::proxy::glob_match;
-use crate::store::{Access, KeyKind, KeyRecord, KeyState, Project, Timestamp};
+use crate::store::{Access, KeyKind, KeyState, Project, Timestamp};
 
 pub use credential::{extract, Presented};
 pub use denial::{dimension_name, Denial, ForeignKey, KeyRef};
-pub use index::{Change, KeyIndex};
+pub use index::{Change, Found, IndexedKey, KeyIndex, KeyPolicy};
 pub use scope::{admin_scope, data_plane_scope, Permissions, PermissionsError, Scope, KNOWN_SCOPES};
 
 /// Which side of the gateway a request is for.
@@ -50,7 +50,7 @@ pub struct Admission<'a> {
 /// request's extensions; nothing downstream re-derives it.
 #[derive(Debug, Clone)]
 pub struct Authorized {
-    pub key: Arc<KeyRecord>,
+    pub key: Arc<IndexedKey>,
     pub project: Option<Arc<Project>>,
     /// When the presented secret stops working: the key's expiry or the end
     /// of its rotation grace, whichever is first.
@@ -62,12 +62,12 @@ impl Authorized {
     pub fn allows_model(&self, model: &str) -> bool {
         let allowed =
             |access: &Access| access.models.as_ref().is_none_or(|globs| globs.iter().any(|g| glob_match(g, model)));
-        allowed(&self.key.access) && self.project.as_deref().is_none_or(|p| allowed(&p.access))
+        allowed(&self.key.policy.access) && self.project.as_deref().is_none_or(|p| allowed(&p.access))
     }
 
     /// Whether any model restriction applies (so model lists must be filtered).
     pub fn restricts_models(&self) -> bool {
-        self.key.access.models.is_some() || self.project.as_deref().is_some_and(|p| p.access.models.is_some())
+        self.key.policy.access.models.is_some() || self.project.as_deref().is_some_and(|p| p.access.models.is_some())
     }
 
     pub fn check_model(&self, model: &str) -> Result<(), Denial> {
@@ -88,18 +88,16 @@ pub fn authenticate(index: &KeyIndex, headers: &HeaderMap, admission: &Admission
     // Format errors are checked only after the digest is computed, so a
     // malformed key and an unknown one cost the same.
     let format = key::parse(text).map(|p| p.id.to_owned());
-    let Some(record) = index.lookup(&digest) else {
+    let Some(found) = index.lookup(&digest) else {
         return Err(unknown(index, &presented, format));
     };
-    let project = record.project_id.as_deref().and_then(|id| index.project(id));
-    decide(&record, &digest, project.as_deref(), headers, admission)
-        .map_err(|reason| reason.with_mask(presented.mask()))?;
-    let secret_expires = record.secrets.iter().find(|s| s.digest.ct_eq(&digest)).and_then(|s| s.expires_at);
-    let expires_at = match (record.expires_at, secret_expires) {
+    let project = found.key.project_id.as_deref().and_then(|id| index.project(id));
+    decide(&found, project.as_deref(), headers, admission).map_err(|reason| reason.with_mask(presented.mask()))?;
+    let expires_at = match (found.key.expires_at, found.secret_expires_at) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    Ok(Authorized { key: record, project, expires_at })
+    Ok(Authorized { key: found.key, project, expires_at })
 }
 
 fn unknown(index: &KeyIndex, presented: &Presented, format: Result<String, KeyFormatError>) -> Denial {
@@ -130,19 +128,19 @@ fn ip_allowed(access: &Access, ip: Option<IpAddr>) -> bool {
 
 /// The one authorization decision: key state, expiry, secret version, plane,
 /// project state, organization/project headers, IP allow-lists, scope.
-pub fn decide(
-    record: &KeyRecord,
-    digest: &KeyDigest,
+fn decide(
+    found: &Found,
     project: Option<&Project>,
     headers: &HeaderMap,
     admission: &Admission<'_>,
 ) -> Result<(), Denial> {
+    let record = &*found.key;
     let key = || KeyRef::of(record);
     let mask = String::new();
     let now = admission.now;
     match record.state {
         KeyState::Revoked => {
-            return Err(Denial::Revoked { mask, key: key(), revocation: record.revocation.clone() });
+            return Err(Denial::Revoked { mask, key: key(), revocation: record.revocation.as_deref().cloned() });
         }
         KeyState::Suspended => return Err(Denial::Suspended { mask, key: key() }),
         KeyState::Active => {}
@@ -150,10 +148,8 @@ pub fn decide(
     if let Some(at) = record.expires_at.filter(|&at| at <= now) {
         return Err(Denial::Expired { mask, key: key(), at });
     }
-    let version = record.secrets.iter().find(|s| s.digest.ct_eq(digest));
-    if let Some(at) = version.and_then(|v| v.expires_at).filter(|&at| at <= now) {
-        let rotated_at = record.secrets.first().map(|newest| newest.created_at);
-        return Err(Denial::RotatedOut { mask, key: key(), at, rotated_at });
+    if let Some(at) = found.secret_expires_at.filter(|&at| at <= now) {
+        return Err(Denial::RotatedOut { mask, key: key(), at, rotated_at: Some(record.secret_created_at) });
     }
     let scope = admission.scope;
     match (record.kind, admission.plane) {
@@ -178,11 +174,11 @@ pub fn decide(
         }
     }
     let ip_ok = project.is_none_or(|p| ip_allowed(&p.access, admission.client_ip))
-        && ip_allowed(&record.access, admission.client_ip);
+        && ip_allowed(&record.policy.access, admission.client_ip);
     if !ip_ok {
         return Err(Denial::IpNotAllowed { key: key(), ip: admission.client_ip });
     }
-    if !record.permissions.allows(scope) {
+    if !record.policy.permissions.allows(scope) {
         return Err(Denial::MissingScope { key: key(), scope });
     }
     Ok(())

@@ -139,7 +139,7 @@ pub fn admin_scope(method: &Method, path: &str) -> Scope {
 }
 
 /// A key's permission level, as OpenAI's dashboard has them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub enum Permissions {
     /// Everything (the default).
     #[default]

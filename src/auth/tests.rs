@@ -2,7 +2,7 @@ use http::{HeaderMap, HeaderValue, Method};
 
 use super::*;
 use crate::key::{generate, KeyPrefix, PublicId};
-use crate::store::{Revocation, SecretVersion};
+use crate::store::{KeyRecord, Revocation, SecretVersion};
 
 const NOW: i64 = 1_800_000_000;
 const ORG: &str = "org-test";
@@ -10,7 +10,7 @@ const ORG: &str = "org-test";
 fn record(kind: KeyKind) -> (KeyRecord, String) {
     let generated = generate(&KeyPrefix::parse("sk-prod-").unwrap(), &PublicId::random());
     let record = KeyRecord {
-        id: generated.id.clone(),
+        id: generated.id,
         kind,
         name: "MyApp-Prod-v2".into(),
         project_id: (kind == KeyKind::Project).then(|| "proj_1".into()),
@@ -308,4 +308,50 @@ fn scopes_follow_openai_names() {
     assert_eq!(data_plane_scope(&Method::POST, "/v1/responses").as_str(), "api.responses.write");
     assert_eq!(data_plane_scope(&Method::POST, "/v1/files").as_str(), "api.files.write");
     assert_eq!(data_plane_scope(&Method::GET, "/v1/unknown").as_str(), "api.all.read");
+}
+
+#[test]
+fn keys_with_the_same_settings_share_one_policy_and_prefix() {
+    let (a, _) = record(KeyKind::Project);
+    let (b, _) = record(KeyKind::Project);
+    let (mut c, _) = record(KeyKind::Project);
+    c.permissions = Permissions::ReadOnly;
+    let idx = index(vec![a.clone(), b.clone(), c.clone()]);
+    let (a, b, c) = (idx.by_id(&a.id).unwrap(), idx.by_id(&b.id).unwrap(), idx.by_id(&c.id).unwrap());
+    assert!(Arc::ptr_eq(&a.policy, &b.policy));
+    assert!(!Arc::ptr_eq(&a.policy, &c.policy));
+    assert_eq!(c.policy.permissions, Permissions::ReadOnly);
+    assert!(Arc::ptr_eq(&a.prefix, &c.prefix));
+    assert!(Arc::ptr_eq(a.project_id.as_ref().unwrap(), b.project_id.as_ref().unwrap()));
+}
+
+#[test]
+fn a_secret_in_its_grace_is_found_with_its_end_and_a_dropped_one_is_not() {
+    let (mut rec, old_key) = record(KeyKind::Project);
+    let rotated = generate(&KeyPrefix::parse("sk-prod-").unwrap(), &rec.id);
+    rec.secrets[0].expires_at = Some(NOW + 60);
+    rec.secrets.insert(
+        0,
+        SecretVersion {
+            digest: rotated.digest,
+            legacy: false,
+            last4: rotated.last4.clone(),
+            created_at: NOW - 10,
+            expires_at: None,
+        },
+    );
+    let idx = index(vec![rec.clone()]);
+    let old = auth(&idx, &bearer(&old_key)).unwrap();
+    assert_eq!(old.expires_at, Some(NOW + 60));
+    let new = auth(&idx, &bearer(rotated.secret.expose())).unwrap();
+    assert_eq!(new.expires_at, None);
+    assert_eq!(new.key.secret_created_at, NOW - 10);
+
+    // The grace ends: the store no longer lists the old secret.
+    rec.secrets.truncate(1);
+    idx.upsert([rec]);
+    assert!(idx.lookup(&KeyDigest::of(&old_key)).is_none());
+    assert!(matches!(auth(&idx, &bearer(&old_key)), Err(Denial::WrongSecret { .. })));
+    assert!(auth(&idx, &bearer(rotated.secret.expose())).is_ok());
+    assert_eq!(idx.len(), 1);
 }

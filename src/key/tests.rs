@@ -169,7 +169,7 @@ fn typo_search_finds_the_position() {
 #[test]
 fn public_id_accepts_api_form() {
     let id = PublicId::random();
-    assert_eq!(PublicId::parse(&id.api_id()), Some(id.clone()));
+    assert_eq!(PublicId::parse(&id.api_id()), Some(id));
     assert_eq!(PublicId::parse(id.as_str()), Some(id));
     assert_eq!(PublicId::parse("key_short"), None);
 }

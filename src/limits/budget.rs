@@ -10,7 +10,7 @@ use crate::store::Timestamp;
 
 /// A spend limit: requests are refused once `monthly_nanos` is spent in the
 /// calendar month (UTC); an alert fires at `alert_percent`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Budget {
     pub monthly_nanos: i64,
     pub alert_percent: u8,

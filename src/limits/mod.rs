@@ -29,7 +29,7 @@ pub use redis::{FailurePolicy, RedisBackend, LEASE_MS};
 
 /// Limits of a key, or of a project for one model pattern (`*` = all models
 /// together). Field names follow OpenAI's project rate limits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimits {
     pub max_requests_per_1_minute: Option<u64>,
@@ -154,7 +154,8 @@ impl Limiter {
 
     /// Whether a request needs a token estimate (any token limit applies).
     pub fn wants_tokens(&self, authorized: &Authorized, model: Option<&str>) -> bool {
-        authorized.key.limits.has_tokens() || project_limits(authorized, model).iter().any(|(_, l)| l.has_tokens())
+        authorized.key.policy.limits.has_tokens()
+            || project_limits(authorized, model).iter().any(|(_, l)| l.has_tokens())
     }
 
     /// Admits a request or says which limit it hits. `tokens` is the estimate
@@ -171,10 +172,10 @@ impl Limiter {
             ticket.budgets.push((scope, budget));
         }
         let mut checks = Vec::new();
-        key.limits.checks(&Owner::Key(key.id.clone()), tokens, &mut checks);
+        key.policy.limits.checks(&Owner::Key(key.id), tokens, &mut checks);
         let mut concurrency = Vec::new();
-        if let Some(max) = key.limits.max_concurrent_requests {
-            concurrency.push((Owner::Key(key.id.clone()), max, format!("key {}", key.id)));
+        if let Some(max) = key.policy.limits.max_concurrent_requests {
+            concurrency.push((Owner::Key(key.id), max, format!("key {}", key.id)));
         }
         for (owner, limits) in project_limits(authorized, model) {
             limits.checks(&owner, tokens, &mut checks);
@@ -374,8 +375,8 @@ fn project_limits(authorized: &Authorized, model: Option<&str>) -> Vec<(Owner, R
 
 fn budget_scopes(authorized: &Authorized) -> Vec<(BudgetScope, Budget)> {
     let mut out = Vec::new();
-    if let Some(budget) = authorized.key.budget {
-        out.push((BudgetScope::Key(authorized.key.id.clone()), budget));
+    if let Some(budget) = authorized.key.policy.budget {
+        out.push((BudgetScope::Key(authorized.key.id), budget));
     }
     if let Some(project) = authorized.project.as_deref() {
         if let Some(budget) = project.budget {

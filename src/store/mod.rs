@@ -64,7 +64,7 @@ pub enum KeyState {
 
 /// Who may use a key from where, for which models: set on a project and on
 /// each key; a request must pass both.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Access {
     /// Model glob patterns; `None` allows every model.
     pub models: Option<Vec<String>>,

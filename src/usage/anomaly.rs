@@ -160,7 +160,7 @@ impl AnomalyWatcher {
                 Some(_) if spiking => before.unwrap_or_default(),
                 Some(b) => ALPHA * current as f64 + (1.0 - ALPHA) * b,
             };
-            baselines.insert(id.clone(), next);
+            baselines.insert(id, next);
             out.push((id, current, before));
         }
         out
@@ -235,8 +235,8 @@ impl AnomalyWatcher {
         let alert = Alert {
             id: format!("alert_{}", &crate::ids::RequestId::new().as_str()[4..28]),
             at: now,
-            key_id: id.clone(),
-            project_id: key.as_ref().and_then(|k| k.project_id.clone()),
+            key_id: *id,
+            project_id: key.as_ref().and_then(|k| k.project_id.as_deref().map(str::to_owned)),
             kind: kind.to_owned(),
             severity: severity.to_owned(),
             message,
@@ -247,8 +247,7 @@ impl AnomalyWatcher {
             .increment(1);
         tracing::warn!(key = %id, kind, severity, message = %alert.message, "usage anomaly");
         if let Some(url) = &self.policy.webhook {
-            let body =
-                json!({"type": "keygate.alert", "alert": alert_json(&alert, key.as_deref().map(|k| k.name.as_str()))});
+            let body = json!({"type": "keygate.alert", "alert": alert_json(&alert, key.as_deref().map(|k| &*k.name))});
             if let Err(error) = self.http.post(url).json(&body).send().await.and_then(|r| r.error_for_status()) {
                 tracing::warn!(%error, "alert webhook failed");
             }

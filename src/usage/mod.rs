@@ -23,7 +23,7 @@ use bytes::Bytes;
 use crate::auth::Authorized;
 use crate::jobs::Recorder;
 use crate::limits::{Budget, BudgetScope, Limiter, Ticket};
-use crate::store::{Alert, Owner, Timestamp, Tokens, UsageKind, UsageRecord};
+use crate::store::{Alert, Timestamp, Tokens, UsageKind, UsageRecord};
 
 pub use anomaly::{alert_json, network_of, AnomalyPolicy, AnomalyWatcher};
 pub use price::{Price, PriceTable};
@@ -115,17 +115,13 @@ impl Meter {
                 self.recorder.alert(budget_alert(&m, &scope, budget, spent));
             }
         }
-        let owner_id = key.owner.as_ref().map(|o| match o {
-            Owner::ServiceAccount(sa) => sa.id.clone(),
-            Owner::User(u) => u.id.clone(),
-        });
         self.recorder.usage(UsageRecord {
             request_id: m.request_id,
             at: m.at,
-            key_id: key.id.clone(),
-            prefix: key.prefix.clone(),
-            project_id: key.project_id.clone().unwrap_or_default(),
-            owner_id,
+            key_id: key.id,
+            prefix: key.prefix.as_ref().to_owned(),
+            project_id: key.project_id.as_deref().unwrap_or_default().to_owned(),
+            owner_id: key.owner_id.as_deref().map(str::to_owned),
             model: m.model,
             kind: UsageKind::of_path(&m.route),
             route: m.route,
@@ -148,8 +144,8 @@ fn budget_alert(m: &Metered, scope: &BudgetScope, budget: Budget, spent: i64) ->
     Alert {
         id: format!("alert_{}", &m.request_id.get(4..28).unwrap_or("budget")),
         at: m.at,
-        key_id: m.authorized.key.id.clone(),
-        project_id: m.authorized.key.project_id.clone(),
+        key_id: m.authorized.key.id,
+        project_id: m.authorized.key.project_id.as_deref().map(str::to_owned),
         kind: "budget".into(),
         severity: "warning".into(),
         message: format!(

@@ -176,7 +176,7 @@ fn record(id: &PublicId, prefix: &str, model: &str, at: i64, input: i64, output:
     UsageRecord {
         request_id: format!("req_{}", keygate::ids::RequestId::new().as_str()[4..].to_owned()),
         at,
-        key_id: id.clone(),
+        key_id: *id,
         prefix: prefix.into(),
         project_id: "proj_a".into(),
         owner_id: None,
