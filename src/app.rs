@@ -62,8 +62,8 @@ impl Gateway {
             crate::admin::bootstrap_admin_key(&*store, admin_key_from_env, boot.first_start, now)
                 .await
                 .context("cannot create the bootstrap admin key")?;
-        let index = Arc::new(KeyIndex::new(
-            store.all_keys().await.context("cannot load keys")?,
+        let index = Arc::new(KeyIndex::build(
+            jobs::read_keys(&*store).await.context("cannot load keys")?,
             store.all_projects().await.context("cannot load projects")?,
         ));
         tracing::info!(keys = index.len(), "key index loaded");

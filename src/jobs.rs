@@ -15,10 +15,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::auth::KeyIndex;
+use crate::auth::{IndexBuilder, KeyIndex};
 use crate::clock::Clock;
 use crate::key::PublicId;
-use crate::store::{Alert, AuditEvent, DenialRecord, Store, Touch, UsageRecord};
+use crate::store::{Alert, AuditEvent, DenialRecord, Store, StoreResult, Touch, UsageRecord};
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -265,11 +265,28 @@ where
     }
 }
 
+/// Reads every key from the store into a new index, a page at a time. A
+/// change between pages is caught by the index's generation check.
+pub async fn read_keys(store: &dyn Store) -> StoreResult<IndexBuilder> {
+    const PAGE: u32 = 2_000;
+    let mut keys = IndexBuilder::default();
+    let mut after = None;
+    loop {
+        let page = store.keys_page(after.as_ref(), PAGE).await?;
+        let full = page.len() == PAGE as usize;
+        after = page.last().map(|k| k.id);
+        keys.add(page);
+        if !full {
+            return Ok(keys);
+        }
+    }
+}
+
 /// Reloads the whole index from the store, so a change made by another
 /// process (or a missed update) heals.
 pub async fn reconcile_index(store: &dyn Store, index: &KeyIndex) {
     let generation = index.generation();
-    match tokio::try_join!(store.all_keys(), store.all_projects()) {
+    match tokio::try_join!(read_keys(store), store.all_projects()) {
         Ok((keys, projects)) => {
             if !index.replace_all(generation, keys, projects) {
                 tracing::debug!("key index reconcile skipped: a key changed while the store was read");

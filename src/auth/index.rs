@@ -190,26 +190,45 @@ pub struct KeyIndex {
     writer: Mutex<Interner>,
 }
 
-fn build(interner: &mut Interner, records: Vec<KeyRecord>) -> Snapshot {
-    let mut snapshot = Snapshot::default();
-    snapshot.by_id.reserve(records.len());
-    snapshot.by_digest.reserve(records.len());
-    for record in records {
-        snapshot.insert(interner.index(record));
+/// A whole new set of keys, built a page of store records at a time (start,
+/// reconcile), so the full records of every key never sit in memory at once:
+/// the allocator would keep what they took long after they were dropped.
+#[derive(Default)]
+pub struct IndexBuilder {
+    interner: Interner,
+    snapshot: Snapshot,
+}
+
+impl IndexBuilder {
+    pub fn add(&mut self, records: impl IntoIterator<Item = KeyRecord>) {
+        for record in records {
+            self.snapshot.insert(self.interner.index(record));
+        }
     }
-    snapshot
+
+    pub fn len(&self) -> usize {
+        self.snapshot.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl KeyIndex {
     pub fn new(records: Vec<KeyRecord>, projects: Vec<Project>) -> Self {
-        let mut interner = Interner::default();
-        let snapshot = build(&mut interner, records);
+        let mut keys = IndexBuilder::default();
+        keys.add(records);
+        Self::build(keys, projects)
+    }
+
+    pub fn build(keys: IndexBuilder, projects: Vec<Project>) -> Self {
         Self {
-            snapshot: ArcSwap::from_pointee(snapshot),
+            snapshot: ArcSwap::from_pointee(keys.snapshot),
             projects: ArcSwap::from_pointee(project_map(projects)),
             changes: OnceLock::new(),
             generation: AtomicU64::new(0),
-            writer: Mutex::new(interner),
+            writer: Mutex::new(keys.interner),
         }
     }
 
@@ -237,14 +256,14 @@ impl KeyIndex {
     /// `generation`, unless a record was written since: that read may predate
     /// a revocation, which must not come back to life. `false` when skipped
     /// (the next reconcile tries again).
-    pub fn replace_all(&self, generation: u64, records: Vec<KeyRecord>, projects: Vec<Project>) -> bool {
+    pub fn replace_all(&self, generation: u64, keys: IndexBuilder, projects: Vec<Project>) -> bool {
         let mut writer = self.writer.lock();
         if self.generation() != generation {
             return false;
         }
-        // A fresh interner, so strings and policies no key uses any more go.
-        *writer = Interner::default();
-        self.snapshot.store(Arc::new(build(&mut writer, records)));
+        // The builder's interner holds only what the new keys use.
+        *writer = keys.interner;
+        self.snapshot.store(Arc::new(keys.snapshot));
         self.projects.store(Arc::new(project_map(projects)));
         true
     }

@@ -21,7 +21,7 @@ use crate::store::{Access, KeyKind, KeyState, Project, Timestamp};
 
 pub use credential::{extract, Presented};
 pub use denial::{dimension_name, Denial, ForeignKey, KeyRef};
-pub use index::{Change, Found, IndexedKey, KeyIndex, KeyPolicy};
+pub use index::{Change, Found, IndexBuilder, IndexedKey, KeyIndex, KeyPolicy};
 pub use scope::{admin_scope, data_plane_scope, Permissions, PermissionsError, Scope, KNOWN_SCOPES};
 
 /// Which side of the gateway a request is for.

@@ -185,7 +185,8 @@ fn a_reconcile_read_from_before_a_revocation_does_not_undo_it() {
     let index = index(vec![rec.clone()]);
     // The reconcile notes the generation, then reads the store (still active)...
     let generation = index.generation();
-    let stale_read = vec![rec.clone()];
+    let mut stale_read = IndexBuilder::default();
+    stale_read.add([rec.clone()]);
     // ...while an admin revokes the key.
     let mut revoked = rec;
     revoked.state = KeyState::Revoked;
@@ -193,7 +194,7 @@ fn a_reconcile_read_from_before_a_revocation_does_not_undo_it() {
     assert!(!index.replace_all(generation, stale_read, vec![project()]), "the stale read is dropped");
     assert!(matches!(auth(&index, &bearer(&key)), Err(Denial::Revoked { .. })));
     let fresh = index.generation();
-    assert!(index.replace_all(fresh, Vec::new(), vec![project()]), "a read with no write since applies");
+    assert!(index.replace_all(fresh, IndexBuilder::default(), vec![project()]), "a read with no write since applies");
     assert!(index.is_empty());
 }
 

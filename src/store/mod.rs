@@ -456,8 +456,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_key(&self, id: &PublicId) -> StoreResult<Option<KeyRecord>>;
     async fn find_key_by_digest(&self, digest: &KeyDigest) -> StoreResult<Option<KeyRecord>>;
     async fn list_keys(&self, filter: &KeyFilter, page: &PageQuery) -> StoreResult<Page<KeyRecord>>;
-    /// Every key, revoked ones included (the index explains refusals with them).
-    async fn all_keys(&self) -> StoreResult<Vec<KeyRecord>>;
+    /// Every key, revoked ones included (the index explains refusals with
+    /// them), `limit` at a time in insertion order: the page after `after`.
+    async fn keys_page(&self, after: Option<&PublicId>, limit: u32) -> StoreResult<Vec<KeyRecord>>;
     async fn update_key(&self, id: &PublicId, update: &KeyUpdate) -> StoreResult<Option<KeyRecord>>;
     async fn revoke_key(&self, id: &PublicId, revocation: &Revocation) -> StoreResult<Option<KeyRecord>>;
     /// Suspends (`false`) or resumes (`true`) a key that is not revoked.

@@ -982,25 +982,12 @@ impl Store for SqlStore {
         Ok(page(items, q.limit))
     }
 
-    async fn all_keys(&self) -> StoreResult<Vec<KeyRecord>> {
-        // In pages: the raw rows of 100k keys at once would hold several
-        // hundred MiB for a moment, which the allocator then keeps. A change
-        // between pages is caught by the index's generation check.
-        const PAGE: u32 = 2_000;
-        let mut all: Vec<KeyRecord> = Vec::new();
-        loop {
-            let page = match all.last() {
-                None => self.keys_where("1 = 1", &[], Some(PAGE)).await?,
-                Some(last) => {
-                    let after = last.id.as_str().to_owned();
-                    self.keys_where("k.rowid > (SELECT rowid FROM api_keys WHERE id = ?)", &[&after], Some(PAGE))
-                        .await?
-                }
-            };
-            let done = page.len() < PAGE as usize;
-            all.extend(page);
-            if done {
-                return Ok(all);
+    async fn keys_page(&self, after: Option<&PublicId>, limit: u32) -> StoreResult<Vec<KeyRecord>> {
+        match after {
+            None => self.keys_where("1 = 1", &[], Some(limit)).await,
+            Some(after) => {
+                let after = after.as_str();
+                self.keys_where("k.rowid > (SELECT rowid FROM api_keys WHERE id = ?)", &[after], Some(limit)).await
             }
         }
     }
