@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::auth::{IndexBuilder, KeyIndex};
 use crate::clock::Clock;
 use crate::key::PublicId;
-use crate::store::{Alert, AuditEvent, DenialRecord, Store, StoreResult, Touch, UsageRecord};
+use crate::store::{Alert, AuditEvent, DenialRecord, KeyRecord, Store, StoreResult, Touch, UsageRecord};
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -265,34 +265,62 @@ where
     }
 }
 
-/// Reads every key from the store into a new index, a page at a time. A
-/// change between pages is caught by the index's generation check.
-pub async fn read_keys(store: &dyn Store) -> StoreResult<IndexBuilder> {
-    const PAGE: u32 = 2_000;
-    let mut keys = IndexBuilder::default();
+/// Hands every key in the store to `each`, a page at a time, so the full
+/// records of every key never sit in memory at once.
+async fn key_pages(store: &dyn Store, mut each: impl FnMut(Vec<KeyRecord>)) -> StoreResult<()> {
+    const PAGE: u32 = 500;
     let mut after = None;
     loop {
         let page = store.keys_page(after.as_ref(), PAGE).await?;
         let full = page.len() == PAGE as usize;
         after = page.last().map(|k| k.id);
-        keys.add(page);
+        each(page);
         if !full {
-            return Ok(keys);
+            return Ok(());
         }
     }
 }
 
-/// Reloads the whole index from the store, so a change made by another
-/// process (or a missed update) heals.
+/// Reads every key from the store into a new index. A change between pages
+/// is caught by the index's generation check.
+pub async fn read_keys(store: &dyn Store) -> StoreResult<IndexBuilder> {
+    let mut keys = IndexBuilder::default();
+    key_pages(store, |page| keys.add(page)).await?;
+    Ok(keys)
+}
+
+/// Brings the index in line with the store, so a change made by another
+/// process (or a missed update) heals. Only what differs is rebuilt: a
+/// reconcile that finds nothing new allocates nothing lasting.
 pub async fn reconcile_index(store: &dyn Store, index: &KeyIndex) {
+    let generation = index.generation();
+    let (mut changed, mut keys, mut digests) = (Vec::new(), 0, 0);
+    let read = key_pages(store, |page| {
+        keys += page.len();
+        digests += page.iter().map(|k| k.secrets.len()).sum::<usize>();
+        changed.extend(index.differing(page));
+    });
+    let projects = match tokio::try_join!(read, store.all_projects()) {
+        Ok(((), projects)) => projects,
+        Err(error) => return tracing::warn!(%error, "key index reconcile failed; serving the last good index"),
+    };
+    if !index.reconcile(generation, changed, projects) {
+        return tracing::debug!("key index reconcile skipped: a key changed while the store was read");
+    }
+    let held = index.counts();
+    if held == (keys, digests) {
+        return;
+    }
+    // The index holds a key or secret the store no longer has: read it anew.
+    tracing::info!(store = ?(keys, digests), index = ?held, "key index rebuilt: it held keys or secrets the store has not");
     let generation = index.generation();
     match tokio::try_join!(read_keys(store), store.all_projects()) {
         Ok((keys, projects)) => {
             if !index.replace_all(generation, keys, projects) {
-                tracing::debug!("key index reconcile skipped: a key changed while the store was read");
+                tracing::debug!("key index rebuild skipped: a key changed while the store was read");
             }
         }
-        Err(error) => tracing::warn!(%error, "key index reconcile failed; serving the last good index"),
+        Err(error) => tracing::warn!(%error, "key index rebuild failed; serving the last good index"),
     }
 }
 

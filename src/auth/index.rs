@@ -143,7 +143,14 @@ impl Interner {
         shared
     }
 
-    fn index(&mut self, record: KeyRecord) -> Indexed {
+    /// Forgets what only the interner still holds (policies and strings no
+    /// key uses any more).
+    fn prune(&mut self) {
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
+        self.policies.retain(|p| Arc::strong_count(p) > 1);
+    }
+
+    fn index(&mut self, record: &KeyRecord) -> Indexed {
         let owner_id = record.owner.as_ref().map(|owner| match owner {
             Owner::ServiceAccount(sa) => self.str(&sa.id),
             Owner::User(user) => self.str(&user.id),
@@ -158,14 +165,14 @@ impl Interner {
             owner_id,
             secret_created_at: record.secret_created_at(),
             policy: self.policy(KeyPolicy {
-                permissions: record.permissions,
-                access: record.access,
+                permissions: record.permissions.clone(),
+                access: record.access.clone(),
                 limits: record.limits,
                 budget: record.budget,
             }),
             created_at: record.created_at,
             expires_at: record.expires_at,
-            revocation: record.revocation.map(Box::new),
+            revocation: record.revocation.clone().map(Box::new),
         };
         Indexed { key: Arc::new(key), secrets: record.secrets.iter().map(|s| (s.digest, s.expires_at)).collect() }
     }
@@ -202,7 +209,7 @@ pub struct IndexBuilder {
 impl IndexBuilder {
     pub fn add(&mut self, records: impl IntoIterator<Item = KeyRecord>) {
         for record in records {
-            self.snapshot.insert(self.interner.index(record));
+            self.snapshot.insert(self.interner.index(&record));
         }
     }
 
@@ -268,6 +275,53 @@ impl KeyIndex {
         true
     }
 
+    /// Of a page of store records, those the index does not hold exactly so
+    /// (changed elsewhere, or new). Building nothing for the rest keeps a
+    /// reconcile that finds no change from allocating a second index.
+    pub fn differing(&self, records: Vec<KeyRecord>) -> Vec<KeyRecord> {
+        let mut writer = self.writer.lock();
+        let snapshot = self.snapshot.load();
+        records
+            .into_iter()
+            .filter(|record| {
+                let fresh = writer.index(record);
+                let same_key = snapshot.by_id.get(&record.id).is_some_and(|held| **held == *fresh.key);
+                let same_secrets = fresh.secrets.iter().all(|(digest, expires_at)| {
+                    snapshot
+                        .by_digest
+                        .get(digest)
+                        .is_some_and(|found| found.key.id == record.id && found.secret_expires_at == *expires_at)
+                });
+                !(same_key && same_secrets)
+            })
+            .collect()
+    }
+
+    /// How many keys and digests the index holds: a reconcile that read as
+    /// many, all of them equal, read exactly this index.
+    pub fn counts(&self) -> (usize, usize) {
+        let snapshot = self.snapshot.load();
+        (snapshot.by_id.len(), snapshot.by_digest.len())
+    }
+
+    /// Applies what a reconcile that began at `generation` found different,
+    /// unless a record was written since (see [`KeyIndex::replace_all`]).
+    pub fn reconcile(&self, generation: u64, changed: Vec<KeyRecord>, projects: Vec<Project>) -> bool {
+        let mut writer = self.writer.lock();
+        if self.generation() != generation {
+            return false;
+        }
+        self.apply(&mut writer, changed);
+        writer.prune();
+        let projects = project_map(projects);
+        let held = self.projects.load();
+        let same = projects.len() == held.len() && projects.iter().all(|(id, p)| held.get(id).is_some_and(|h| h == p));
+        if !same {
+            self.projects.store(Arc::new(projects));
+        }
+        true
+    }
+
     /// Inserts or replaces keys changed here, dropping digests they no longer
     /// have, and announces them to peers.
     pub fn upsert(&self, records: impl IntoIterator<Item = KeyRecord>) {
@@ -282,12 +336,17 @@ impl KeyIndex {
     /// Inserts or replaces keys a peer changed (not announced again).
     pub fn refresh(&self, records: impl IntoIterator<Item = KeyRecord>) {
         let mut writer = self.writer.lock();
-        let indexed: Vec<Indexed> = records.into_iter().map(|r| writer.index(r)).collect();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.apply(&mut writer, records);
+    }
+
+    /// Puts `records` in a new snapshot, in place of what it held for them.
+    fn apply(&self, writer: &mut Interner, records: impl IntoIterator<Item = KeyRecord>) {
+        let indexed: Vec<Indexed> = records.into_iter().map(|r| writer.index(&r)).collect();
         if indexed.is_empty() {
             return;
         }
         let ids: HashSet<PublicId> = indexed.iter().map(|i| i.key.id).collect();
-        self.generation.fetch_add(1, Ordering::AcqRel);
         // Writers hold the lock, so nothing else replaces the snapshot meanwhile.
         let mut next = Snapshot::clone(&self.snapshot.load());
         next.remove(&ids);

@@ -72,7 +72,7 @@ pub struct Access {
     pub allowed_ips: Vec<IpNet>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Project {
     pub id: String,
     pub name: String,

@@ -355,12 +355,37 @@ async fn migrate_on_postgres_reports_and_refuses_a_newer_schema() {
     assert!(String::from_utf8_lossy(&serve.stderr).contains("newer than this keygate knows"));
 }
 
+/// Key `n` of a store test: named `k<n>`, its secret `secret-<n>`.
+fn stored_key(id: keygate::key::PublicId, n: u32, project: &str) -> keygate::store::NewKey {
+    use keygate::store::{Access, KeyKind, NewKey, SecretVersion};
+    NewKey {
+        id,
+        kind: KeyKind::Project,
+        name: format!("k{n}"),
+        project_id: Some(project.to_owned()),
+        owner: None,
+        prefix: "sk-".into(),
+        permissions: Default::default(),
+        access: Access::default(),
+        limits: Default::default(),
+        budget: None,
+        created_at: 1,
+        expires_at: None,
+        secret: SecretVersion {
+            digest: keygate::key::KeyDigest::of(&format!("secret-{n}")),
+            legacy: false,
+            last4: "abcd".into(),
+            created_at: 1,
+            expires_at: None,
+        },
+    }
+}
+
 /// The full key load (start-up and reconcile) reads in pages; none is lost or
 /// repeated at the page boundaries. Both engines.
 #[tokio::test]
 async fn loading_every_key_pages_through_all_of_them() {
     use keygate::key::{KeyDigest, PublicId};
-    use keygate::store::{Access, KeyKind, NewKey, SecretVersion};
     let dir = tempfile::tempdir().unwrap();
     for url in [format!("sqlite://{}", dir.path().join("k.db").display()), postgres_schema().await] {
         let store = keygate::store::open(&url).await.unwrap();
@@ -369,30 +394,7 @@ async fn loading_every_key_pages_through_all_of_them() {
         for n in 0..4_100u32 {
             let id = PublicId::random();
             ids.insert(id.as_str().to_owned());
-            store
-                .insert_key(&NewKey {
-                    id,
-                    kind: KeyKind::Project,
-                    name: format!("k{n}"),
-                    project_id: Some(project.clone()),
-                    owner: None,
-                    prefix: "sk-".into(),
-                    permissions: Default::default(),
-                    access: Access::default(),
-                    limits: Default::default(),
-                    budget: None,
-                    created_at: 1,
-                    expires_at: None,
-                    secret: SecretVersion {
-                        digest: KeyDigest::of(&format!("secret-{n}")),
-                        legacy: false,
-                        last4: "abcd".into(),
-                        created_at: 1,
-                        expires_at: None,
-                    },
-                })
-                .await
-                .unwrap();
+            store.insert_key(&stored_key(id, n, &project)).await.unwrap();
         }
         let keys = keygate::jobs::read_keys(&*store).await.unwrap();
         assert_eq!(keys.len(), 4_100, "{url}: every key, once");
@@ -402,5 +404,67 @@ async fn loading_every_key_pages_through_all_of_them() {
             let digest = KeyDigest::of(&format!("secret-{}", &key.name[1..]));
             assert!(index.lookup(&digest).is_some_and(|found| found.key.id == key.id), "{url}: {id}'s secret");
         }
+    }
+}
+
+/// The periodic reconcile brings in what another process wrote to the store
+/// (a revocation, a rotation, a new key, a project change) and rebuilds
+/// nothing else; a key the store no longer has leaves the index. Both engines.
+#[tokio::test]
+async fn a_reconcile_takes_in_changes_made_elsewhere_and_keeps_the_rest() {
+    use std::sync::Arc;
+
+    use keygate::auth::KeyIndex;
+    use keygate::key::{KeyDigest, PublicId};
+    use keygate::store::{KeyState, ProjectUpdate, Revocation, SecretVersion};
+    let dir = tempfile::tempdir().unwrap();
+    for url in [format!("sqlite://{}", dir.path().join("r.db").display()), postgres_schema().await] {
+        let store = keygate::store::open(&url).await.unwrap();
+        let project = store.bootstrap(1).await.unwrap().default_project.id;
+        let ids: Vec<PublicId> = (0..3).map(|_| PublicId::random()).collect();
+        for (n, id) in ids.iter().enumerate() {
+            store.insert_key(&stored_key(*id, n as u32, &project)).await.unwrap();
+        }
+        let index =
+            KeyIndex::build(keygate::jobs::read_keys(&*store).await.unwrap(), store.all_projects().await.unwrap());
+        let untouched = index.by_id(&ids[0]).unwrap();
+
+        keygate::jobs::reconcile_index(&*store, &index).await;
+        assert!(Arc::ptr_eq(&untouched, &index.by_id(&ids[0]).unwrap()), "{url}: nothing changed, nothing rebuilt");
+
+        // Another replica revokes one key, rotates another, adds a third and
+        // restricts the project's models.
+        let revocation = Revocation { at: 5, by: Some("elsewhere".into()), reason: None };
+        store.revoke_key(&ids[1], &revocation).await.unwrap().unwrap();
+        let rotated = SecretVersion {
+            digest: KeyDigest::of("secret-rotated"),
+            legacy: false,
+            last4: "wxyz".into(),
+            created_at: 6,
+            expires_at: None,
+        };
+        store.rotate_key(&ids[2], &rotated, 600).await.unwrap().unwrap();
+        let added = PublicId::random();
+        store.insert_key(&stored_key(added, 3, &project)).await.unwrap();
+        let update = ProjectUpdate { models: Some(Some(vec!["gpt-4o*".into()])), ..ProjectUpdate::default() };
+        store.update_project(&project, &update).await.unwrap().unwrap();
+
+        keygate::jobs::reconcile_index(&*store, &index).await;
+        assert!(Arc::ptr_eq(&untouched, &index.by_id(&ids[0]).unwrap()), "{url}: the unchanged key is kept");
+        assert_eq!(index.by_id(&ids[1]).unwrap().state, KeyState::Revoked, "{url}");
+        let old = index.lookup(&KeyDigest::of("secret-2")).unwrap();
+        assert_eq!((old.key.id, old.secret_expires_at), (ids[2], Some(600)), "{url}: the old secret in its grace");
+        assert!(index.lookup(&KeyDigest::of("secret-rotated")).is_some_and(|f| f.secret_expires_at.is_none()));
+        assert!(index.lookup(&KeyDigest::of("secret-3")).is_some_and(|f| f.key.id == added), "{url}: the new key");
+        let models = index.project(&project).unwrap().access.models.clone();
+        assert_eq!(models, Some(vec!["gpt-4o*".to_owned()]), "{url}: the project change");
+
+        // A key this index holds but the store does not (removed by hand).
+        let phantom = PublicId::random();
+        index.refresh([keygate::store::KeyRecord { id: phantom, ..store.get_key(&ids[0]).await.unwrap().unwrap() }]);
+        keygate::jobs::reconcile_index(&*store, &index).await;
+        assert!(index.by_id(&phantom).is_none(), "{url}: a key the store lacks is dropped");
+        assert_eq!(index.len(), 4, "{url}");
+        assert!(index.lookup(&KeyDigest::of("secret-0")).is_some_and(|f| f.key.id == ids[0]), "{url}");
     }
 }
