@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::store::Tokens;
@@ -70,10 +71,10 @@ impl<S> Tap<S> {
                 #[derive(serde::Deserialize)]
                 struct Document {
                     #[serde(default)]
-                    usage: Value,
+                    usage: Option<Usage>,
                 }
                 if let Ok(document) = serde_json::from_slice::<Document>(&self.json) {
-                    self.observed.tokens = tokens_from_usage(&document.usage);
+                    self.observed.tokens = document.usage.and_then(|u| u.tokens());
                     cut_short = false;
                 }
             }
@@ -224,24 +225,64 @@ fn data_of(event: &[u8]) -> Option<String> {
 /// Tokens from a `usage` object: chat/completions/embeddings (`prompt_tokens`)
 /// or Responses (`input_tokens`).
 pub fn tokens_from_usage(usage: &Value) -> Option<Tokens> {
-    let int = |v: &Value| v.as_i64().unwrap_or(0);
-    if usage.get("prompt_tokens").is_some() {
-        return Some(Tokens {
-            input: int(&usage["prompt_tokens"]),
-            output: int(&usage["completion_tokens"]),
-            cached: int(&usage["prompt_tokens_details"]["cached_tokens"]),
-            reasoning: int(&usage["completion_tokens_details"]["reasoning_tokens"]),
-        });
+    Usage::deserialize(usage).ok().and_then(|u| u.tokens())
+}
+
+/// A `usage` object of either shape: Chat Completions and embeddings
+/// (`prompt_tokens`...) or the Responses API (`input_tokens`...). Read
+/// straight from the answer's bytes, without building a JSON tree.
+#[derive(serde::Deserialize)]
+struct Usage {
+    prompt_tokens: Option<Count>,
+    completion_tokens: Option<Count>,
+    prompt_tokens_details: Option<Details>,
+    completion_tokens_details: Option<Details>,
+    input_tokens: Option<Count>,
+    output_tokens: Option<Count>,
+    input_tokens_details: Option<Details>,
+    output_tokens_details: Option<Details>,
+}
+
+#[derive(serde::Deserialize)]
+struct Details {
+    cached_tokens: Option<Count>,
+    reasoning_tokens: Option<Count>,
+}
+
+/// A token count; anything but an integer (a provider's odd `null` or float)
+/// counts as 0 rather than losing the whole usage object.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Count {
+    Int(i64),
+    Other(serde::de::IgnoredAny),
+}
+
+impl Usage {
+    fn tokens(&self) -> Option<Tokens> {
+        let n = |c: &Option<Count>| match c {
+            Some(Count::Int(n)) => *n,
+            _ => 0,
+        };
+        let detail = |d: &Option<Details>, pick: fn(&Details) -> &Option<Count>| d.as_ref().map_or(0, |d| n(pick(d)));
+        if self.prompt_tokens.is_some() {
+            return Some(Tokens {
+                input: n(&self.prompt_tokens),
+                output: n(&self.completion_tokens),
+                cached: detail(&self.prompt_tokens_details, |d| &d.cached_tokens),
+                reasoning: detail(&self.completion_tokens_details, |d| &d.reasoning_tokens),
+            });
+        }
+        if self.input_tokens.is_some() {
+            return Some(Tokens {
+                input: n(&self.input_tokens),
+                output: n(&self.output_tokens),
+                cached: detail(&self.input_tokens_details, |d| &d.cached_tokens),
+                reasoning: detail(&self.output_tokens_details, |d| &d.reasoning_tokens),
+            });
+        }
+        None
     }
-    if usage.get("input_tokens").is_some() {
-        return Some(Tokens {
-            input: int(&usage["input_tokens"]),
-            output: int(&usage["output_tokens"]),
-            cached: int(&usage["input_tokens_details"]["cached_tokens"]),
-            reasoning: int(&usage["output_tokens_details"]["reasoning_tokens"]),
-        });
-    }
-    None
 }
 
 impl<S, E> Stream for Tap<S>

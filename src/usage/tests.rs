@@ -86,6 +86,18 @@ fn usage_objects_of_every_shape() {
     let embeddings = serde_json::json!({"prompt_tokens": 3, "total_tokens": 3});
     assert_eq!(tokens_from_usage(&embeddings), Some(Tokens { input: 3, ..Tokens::default() }));
     assert_eq!(tokens_from_usage(&serde_json::Value::Null), None);
+    let chat = serde_json::json!({"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14,
+        "prompt_tokens_details": {"cached_tokens": 6, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 2}});
+    assert_eq!(tokens_from_usage(&chat), Some(Tokens { input: 10, output: 4, cached: 6, reasoning: 2 }));
+    let responses = serde_json::json!({"input_tokens": 7, "output_tokens": 3, "total_tokens": 10,
+        "input_tokens_details": {"cached_tokens": 1}, "output_tokens_details": {"reasoning_tokens": 0}});
+    assert_eq!(tokens_from_usage(&responses), Some(Tokens { input: 7, output: 3, cached: 1, reasoning: 0 }));
+    // An odd count (null, a float) is 0; the rest of the object still counts.
+    let odd = serde_json::json!({"prompt_tokens": 5, "completion_tokens": null, "prompt_tokens_details": null,
+        "completion_tokens_details": {"reasoning_tokens": 1.5}});
+    assert_eq!(tokens_from_usage(&odd), Some(Tokens { input: 5, ..Tokens::default() }));
+    assert_eq!(tokens_from_usage(&serde_json::json!({"total_tokens": 3})), None);
 }
 
 #[test]
