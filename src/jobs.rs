@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::auth::{IndexBuilder, KeyIndex};
@@ -62,12 +62,47 @@ enum Record {
 
 /// Hands writes to the background writer; never blocks a request. When the
 /// queue is full the write is dropped and counted, never the request.
+///
+/// Records wait in a queue the writer empties on its tick, or as soon as a
+/// batch is full: a request only appends under a short lock and wakes no
+/// one, where a channel would wake the writer (often another thread) for
+/// every record.
 #[derive(Clone)]
-pub struct Recorder(mpsc::Sender<Record>);
+pub struct Recorder(Arc<Inbox>);
+
+#[derive(Default)]
+struct Inbox {
+    queue: parking_lot::Mutex<Queue>,
+    /// A batch is full, or someone waits for a flush.
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Queue {
+    records: Vec<Record>,
+    /// The writer has stopped: nothing more is taken.
+    closed: bool,
+}
 
 impl Recorder {
+    /// Queues `record`; `false` when the queue is full (the record is dropped).
+    fn push(&self, record: Record) -> bool {
+        let urgent = matches!(record, Record::Flush(_));
+        let mut queue = self.0.queue.lock();
+        if queue.closed || (queue.records.len() >= QUEUE && !urgent) {
+            return false;
+        }
+        queue.records.push(record);
+        let full = queue.records.len() >= BATCH;
+        drop(queue);
+        if urgent || full {
+            self.0.ready.notify_one();
+        }
+        true
+    }
+
     pub fn touch(&self, id: &PublicId, touch: Touch) {
-        if self.0.try_send(Record::Touch(*id, touch)).is_err() {
+        if !self.push(Record::Touch(*id, touch)) {
             metrics::counter!("keygate_last_used_dropped_total").increment(1);
         }
     }
@@ -75,7 +110,7 @@ impl Recorder {
     /// An audit event that follows a request rather than an admin action
     /// (failed admin-key logins).
     pub fn audit(&self, event: AuditEvent) {
-        if self.0.try_send(Record::Audit(Box::new(event))).is_err() {
+        if !self.push(Record::Audit(Box::new(event))) {
             metrics::counter!("keygate_audit_dropped_total").increment(1);
         }
     }
@@ -83,30 +118,37 @@ impl Recorder {
     /// A metered request; when the queue is full it is counted in
     /// `keygate_usage_dropped_total`, and the request itself still succeeds.
     pub fn usage(&self, record: UsageRecord) {
-        if self.0.try_send(Record::Usage(Box::new(record))).is_err() {
+        if !self.push(Record::Usage(Box::new(record))) {
             metrics::counter!("keygate_usage_dropped_total").increment(1);
         }
     }
 
     /// An alert raised on the request path (a budget threshold crossed).
     pub fn alert(&self, alert: Alert) {
-        if self.0.try_send(Record::Alert(Box::new(alert))).is_err() {
+        if !self.push(Record::Alert(Box::new(alert))) {
             metrics::counter!("keygate_alerts_dropped_total").increment(1);
         }
     }
 
-    /// Waits until everything queued before this call is written.
+    /// Waits until everything queued before this call is written (at once
+    /// when the writer has stopped).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.0.send(Record::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        self.push(Record::Flush(tx));
+        let _ = rx.await;
     }
 
     pub fn denial(&self, record: DenialRecord) {
-        if self.0.try_send(Record::Denial(Box::new(record))).is_err() {
+        if !self.push(Record::Denial(Box::new(record))) {
             metrics::counter!("keygate_denials_dropped_total").increment(1);
         }
+    }
+
+    /// What is queued; with `close`, the last take (later pushes are refused).
+    fn take(&self, close: bool) -> Vec<Record> {
+        let mut queue = self.0.queue.lock();
+        queue.closed |= close;
+        std::mem::take(&mut queue.records)
     }
 }
 
@@ -135,15 +177,6 @@ impl Pending {
             Record::Alert(a) => self.alerts.push(*a),
             Record::Flush(done) => self.flushes.push(done),
         }
-    }
-
-    fn len(&self) -> usize {
-        self.touches.len()
-            + self.denials.len()
-            + self.audits.len()
-            + self.usage.len()
-            + self.alerts.len()
-            + self.flushes.len()
     }
 
     /// Writes what is pending; on failure keeps it for the next round (bounded).
@@ -217,32 +250,29 @@ const BATCH: usize = 1_000;
 /// The recorder and its writer task: batches every `every` (or every 1,000
 /// records), and once more on shutdown.
 pub fn recorder(store: Arc<dyn Store>, every: Duration) -> (Recorder, impl FnOnce(watch::Receiver<bool>) -> BoxFuture) {
-    let (tx, mut rx) = mpsc::channel::<Record>(QUEUE);
+    let recorder = Recorder(Arc::default());
+    let inbox = recorder.clone();
     let task = move |mut shutdown: watch::Receiver<bool>| -> BoxFuture {
         Box::pin(async move {
             let mut pending = Pending::default();
             let mut tick = tokio::time::interval(every);
             loop {
-                tokio::select! {
-                    Some(record) = rx.recv() => {
-                        pending.add(record);
-                        if pending.len() >= BATCH || !pending.flushes.is_empty() {
-                            pending.flush(&*store).await;
-                        }
-                    }
-                    _ = tick.tick() => pending.flush(&*store).await,
-                    _ = shutdown.changed() => {
-                        while let Ok(record) = rx.try_recv() {
-                            pending.add(record);
-                        }
-                        pending.flush(&*store).await;
-                        return;
-                    }
+                let stopping = tokio::select! {
+                    () = inbox.0.ready.notified() => false,
+                    _ = tick.tick() => false,
+                    _ = shutdown.changed() => true,
+                };
+                for record in inbox.take(stopping) {
+                    pending.add(record);
+                }
+                pending.flush(&*store).await;
+                if stopping {
+                    return;
                 }
             }
         })
     };
-    (Recorder(tx), task)
+    (recorder, task)
 }
 
 /// Runs `job` every `every` (first run after one period) until shutdown.
@@ -350,5 +380,60 @@ pub async fn enforce_retention(store: &dyn Store, clock: &dyn Clock, r: &Retenti
             Ok(n) => tracing::info!(what, deleted = n, "retention: deleted old rows"),
             Err(error) => tracing::warn!(what, %error, "retention: could not delete old rows"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn denial(request_id: &str) -> DenialRecord {
+        DenialRecord {
+            request_id: request_id.into(),
+            at: 1,
+            reason: "unknown_key".into(),
+            explanation: "an unknown key".into(),
+            key_id: None,
+            project_id: None,
+            status: 401,
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            client_ip: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_recorder_writes_on_flush_and_turns_records_away_once_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(&format!("sqlite://{}", dir.path().join("r.db").display())).await.unwrap();
+        // A tick that never comes in this test: only a full batch or a flush writes.
+        let (recorder, writer) = recorder(Arc::clone(&store), Duration::from_secs(3600));
+        let mut tasks = Tasks::default();
+        tasks.spawn("recorder", writer);
+        tokio::task::yield_now().await;
+
+        recorder.denial(denial("req_a"));
+        assert!(store.get_denial("req_a").await.unwrap().is_none(), "queued, not yet written");
+        recorder.flush().await;
+        assert!(store.get_denial("req_a").await.unwrap().is_some());
+
+        // A full batch is written without a flush.
+        for n in 0..BATCH {
+            recorder.denial(denial(&format!("req_batch_{n}")));
+        }
+        let last = format!("req_batch_{}", BATCH - 1);
+        let mut waited = 0;
+        while store.get_denial(&last).await.unwrap().is_none() {
+            assert!(waited < 500, "a full batch was not written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+
+        recorder.denial(denial("req_before_stop"));
+        tasks.shutdown().await;
+        assert!(store.get_denial("req_before_stop").await.unwrap().is_some(), "written on the way out");
+        recorder.denial(denial("req_after_stop"));
+        tokio::time::timeout(Duration::from_secs(1), recorder.flush()).await.expect("a flush after the stop returns");
+        assert!(store.get_denial("req_after_stop").await.unwrap().is_none());
     }
 }
