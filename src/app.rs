@@ -253,10 +253,10 @@ async fn start_mock(tasks: &mut Tasks) -> anyhow::Result<String> {
     let addr = listener.local_addr()?;
     tasks.spawn("mock upstream", move |mut shutdown| -> BoxFuture {
         Box::pin(async move {
-            let serve = axum::serve(listener, crate::mock::router()).with_graceful_shutdown(async move {
+            let stopped = async move {
                 let _ = shutdown.changed().await;
-            });
-            if let Err(error) = serve.await {
+            };
+            if let Err(error) = crate::mock::serve(listener, stopped).await {
                 tracing::error!(%error, "mock upstream stopped");
             }
         })

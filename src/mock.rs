@@ -19,6 +19,21 @@ const ANSWER: &str = "This is a synthetic answer from the keygate mock upstream.
 const MODELS: &[&str] = &["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"];
 const CREATED: i64 = 1_715_367_049;
 
+/// Serves the mock on `listener` until `shutdown`, writing each event as it
+/// comes (no Nagle delay), as OpenAI's servers do.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "mock upstream: cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router()).with_graceful_shutdown(shutdown).await
+}
+
 pub fn router() -> Router {
     Router::new()
         .route("/v1/models", get(list_models))
@@ -68,10 +83,15 @@ fn chat_usage(prompt: u64, completion: u64) -> Value {
     })
 }
 
-fn sse(events: Vec<String>) -> Response {
-    let chunks = events.into_iter().map(|e| Ok::<_, Infallible>(Bytes::from(e)));
-    let stream = futures_util::StreamExt::then(stream::iter(chunks), |chunk| async move {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+/// An event stream: the first `paced` events 5 ms apart (tokens being
+/// generated), the rest (usage, `[DONE]`) right after them, as OpenAI sends
+/// a stream's tail.
+fn sse(events: Vec<String>, paced: usize) -> Response {
+    let chunks = events.into_iter().enumerate().map(move |(i, e)| (i < paced, Ok::<_, Infallible>(Bytes::from(e))));
+    let stream = futures_util::StreamExt::then(stream::iter(chunks), |(paced, chunk)| async move {
+        if paced {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         chunk
     });
     Response::builder()
@@ -109,12 +129,13 @@ async fn chat(Json(body): Json<Value>) -> Response {
         events.push(chunk(json!({"content": text}), Value::Null));
     }
     events.push(chunk(json!({}), json!("stop")));
+    let paced = events.len();
     if include_usage {
         let usage = json!({"id": id, "object": "chat.completion.chunk", "created": CREATED, "model": model, "system_fingerprint": "fp_mock", "choices": [], "usage": chat_usage(prompt, completion)});
         events.push(format!("data: {usage}\n\n"));
     }
     events.push("data: [DONE]\n\n".into());
-    sse(events)
+    sse(events, paced)
 }
 
 async fn completions(Json(body): Json<Value>) -> Json<Value> {
@@ -190,5 +211,6 @@ async fn responses(Json(body): Json<Value>) -> Response {
         ),
         event("response.completed", json!({"response": response("completed", json!([message]), usage)})),
     ];
-    sse(events)
+    let paced = events.len();
+    sse(events, paced)
 }

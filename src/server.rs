@@ -490,6 +490,12 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Answers and stream events leave as they are written: Nagle's
+        // algorithm would hold a small event back until the client's delayed
+        // ACK (up to 40 ms), on every stream.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
+        }
         let trusted = Arc::clone(&trusted_proxies);
         let service = app.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
             collapse_leading_slashes(req.uri_mut());
