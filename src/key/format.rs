@@ -68,27 +68,34 @@ pub enum PrefixError {
     BadShape,
 }
 
+/// Checks the prefix rule without allocating (every presented key is checked).
+fn check_prefix(value: &str) -> Result<(), PrefixError> {
+    let Some(stem) = value.strip_suffix('-') else {
+        return Err(PrefixError::MissingDash);
+    };
+    if value.len() > MAX_PREFIX_LEN {
+        return Err(PrefixError::TooLong);
+    }
+    if !stem.as_bytes().first().is_some_and(u8::is_ascii_lowercase) {
+        return Err(PrefixError::BadStart);
+    }
+    let part_ok =
+        |p: &str| (1..=16).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    for (n, part) in stem.split('-').enumerate() {
+        if n >= 3 || !part_ok(part) {
+            return Err(PrefixError::BadShape);
+        }
+    }
+    Ok(())
+}
+
 /// A validated key prefix such as `sk-` or `sk-prod-`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyPrefix(Box<str>);
 
 impl KeyPrefix {
     pub fn parse(value: &str) -> Result<Self, PrefixError> {
-        let Some(stem) = value.strip_suffix('-') else {
-            return Err(PrefixError::MissingDash);
-        };
-        if value.len() > MAX_PREFIX_LEN {
-            return Err(PrefixError::TooLong);
-        }
-        if !stem.as_bytes().first().is_some_and(u8::is_ascii_lowercase) {
-            return Err(PrefixError::BadStart);
-        }
-        let parts: Vec<&str> = stem.split('-').collect();
-        let part_ok =
-            |p: &&str| (1..=16).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if parts.len() > 3 || !parts.iter().all(part_ok) {
-            return Err(PrefixError::BadShape);
-        }
+        check_prefix(value)?;
         Ok(Self(value.into()))
     }
 
@@ -241,7 +248,7 @@ pub fn parse(key: &str) -> Result<ParsedKey<'_>, KeyFormatError> {
     if let Some(i) = body.bytes().position(|b| !b.is_ascii_alphanumeric()) {
         return Err(KeyFormatError::BadCharacter { position: body_start + i, found: char::from(body.as_bytes()[i]) });
     }
-    KeyPrefix::parse(prefix).map_err(KeyFormatError::BadPrefix)?;
+    check_prefix(prefix).map_err(KeyFormatError::BadPrefix)?;
     let (signed, check) = key.split_at(key.len() - CHECK_LEN);
     let expected = crc32fast::hash(signed.as_bytes());
     if decode_base62(check) != Some(u64::from(expected)) {
@@ -275,8 +282,14 @@ pub fn checksum(signed: &str) -> String {
 
 fn decode_base62(s: &str) -> Option<u64> {
     s.bytes().try_fold(0u64, |acc, b| {
-        let digit = ALPHABET.iter().position(|&a| a == b)? as u64;
-        acc.checked_mul(62)?.checked_add(digit)
+        // ALPHABET is 0-9, A-Z, a-z.
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'A'..=b'Z' => b - b'A' + 10,
+            b'a'..=b'z' => b - b'a' + 36,
+            _ => return None,
+        };
+        acc.checked_mul(62)?.checked_add(u64::from(digit))
     })
 }
 
