@@ -206,16 +206,34 @@ impl BucketId {
 
 const SHARDS: usize = 64;
 
+impl Dimension {
+    const COUNT: usize = 5;
+
+    fn slot(self) -> usize {
+        match self {
+            Self::RequestsPerMinute => 0,
+            Self::RequestsPerDay => 1,
+            Self::TokensPerMinute => 2,
+            Self::TokensPerDay => 3,
+            Self::FailedAuthPerMinute => 4,
+        }
+    }
+}
+
+/// One owner's buckets, a TAT per dimension: a request's requests and tokens
+/// buckets are one lookup (one cache miss with many keys), not two.
+type Tats = [Option<i64>; Dimension::COUNT];
+
 /// foldhash: a fraction of SipHash's cost per bucket id, still seeded per
 /// process, so client addresses (the failed-auth buckets) cannot be chosen
 /// to collide.
-type Buckets = HashMap<BucketId, i64, foldhash::fast::RandomState>;
+type Buckets = HashMap<Owner, Tats, foldhash::fast::RandomState>;
 
-/// In-process buckets, sharded so unrelated keys do not contend.
+/// In-process buckets, sharded by owner so unrelated keys do not contend.
 pub struct LocalBackend {
     shards: Box<[Mutex<Buckets>]>,
-    /// Picks the shard; seeded apart from the maps' own hasher, so the keys of
-    /// one shard still spread over that shard's map.
+    /// Picks the shard; seeded apart from the maps' own hasher, so the owners
+    /// of one shard still spread over that shard's map.
     shard_hasher: foldhash::fast::RandomState,
 }
 
@@ -229,12 +247,12 @@ impl Default for LocalBackend {
 }
 
 impl LocalBackend {
-    fn shard_of(&self, bucket: &BucketId) -> usize {
-        (self.shard_hasher.hash_one(bucket) % SHARDS as u64) as usize
+    fn shard_of(&self, owner: &Owner) -> usize {
+        (self.shard_hasher.hash_one(owner) % SHARDS as u64) as usize
     }
 
     pub fn take_now(&self, checks: &[Check], now: i64) -> Result<Vec<Taken>, Refusal> {
-        let shard_of: Vec<usize> = checks.iter().map(|c| self.shard_of(&c.bucket)).collect();
+        let shard_of: Vec<usize> = checks.iter().map(|c| self.shard_of(&c.bucket.owner)).collect();
         // Lock every shard involved, in order, so the decision is atomic.
         let mut order = shard_of.clone();
         order.sort_unstable();
@@ -249,7 +267,7 @@ impl LocalBackend {
             let previous = checks[..index].iter().zip(&new_tats).rev().find(|(c, _)| c.bucket == check.bucket);
             let tat = match previous {
                 Some((_, &tat)) => Some(tat),
-                None => guards[guard(index)].get(&check.bucket).copied(),
+                None => guards[guard(index)].get(&check.bucket.owner).and_then(|t| t[check.bucket.dimension.slot()]),
             };
             match step(tat, now, check.rate, check.cost) {
                 Ok(t) => new_tats.push(t),
@@ -259,10 +277,13 @@ impl LocalBackend {
         let mut out = Vec::with_capacity(checks.len());
         for (index, (check, &tat)) in checks.iter().zip(&new_tats).enumerate() {
             let map = &mut guards[guard(index)];
-            match map.get_mut(&check.bucket) {
-                Some(slot) => *slot = tat,
+            let slot = check.bucket.dimension.slot();
+            match map.get_mut(&check.bucket.owner) {
+                Some(tats) => tats[slot] = Some(tat),
                 None => {
-                    map.insert(check.bucket.clone(), tat);
+                    let mut tats = Tats::default();
+                    tats[slot] = Some(tat);
+                    map.insert(check.bucket.owner.clone(), tats);
                 }
             }
             out.push(taken(tat, now, check.rate));
@@ -271,15 +292,22 @@ impl LocalBackend {
     }
 
     pub fn adjust_now(&self, bucket: &BucketId, rate: Rate, delta: i64, now: i64) {
-        let mut map = self.shards[self.shard_of(bucket)].lock();
-        let tat = map.get(bucket).copied().unwrap_or(now).max(now);
-        let moved = tat.saturating_add(rate.drain_us(delta)).max(now);
-        map.insert(bucket.clone(), moved);
+        let mut map = self.shards[self.shard_of(&bucket.owner)].lock();
+        let tats = map.entry(bucket.owner.clone()).or_default();
+        let tat = &mut tats[bucket.dimension.slot()];
+        let current = tat.unwrap_or(now).max(now);
+        *tat = Some(current.saturating_add(rate.drain_us(delta)).max(now));
     }
 
     pub fn prune_now(&self, now: i64) {
         for shard in &self.shards {
-            shard.lock().retain(|_, tat| *tat > now);
+            shard.lock().retain(|_, tats| {
+                // A full bucket is the same as no bucket.
+                for tat in tats.iter_mut() {
+                    *tat = tat.filter(|&t| t > now);
+                }
+                tats.iter().any(Option::is_some)
+            });
         }
     }
 }
