@@ -122,10 +122,11 @@ fn generous() -> RateLimits {
     }
 }
 
-/// `n` keys with limits and the headers presenting `sample` of them, spread
-/// over the index. Requests take them in a stride, so consecutive ones touch
-/// different memory; 100k keys in use outgrow the CPU caches.
-fn limited_keys(n: usize, sample: usize) -> (KeyIndex, Vec<HeaderMap>) {
+/// `n` keys with limits, the headers presenting `sample` of them (spread over
+/// the index), and a local limiter that has seen each of those once.
+/// Requests take them in a stride, so consecutive ones touch different
+/// memory; 100k keys in use outgrow the CPU caches.
+fn limited_keys(n: usize, sample: usize) -> (KeyIndex, Vec<HeaderMap>, Limiter) {
     let mut records = Vec::with_capacity(n);
     let mut headers = Vec::with_capacity(sample);
     for i in 0..n {
@@ -137,26 +138,31 @@ fn limited_keys(n: usize, sample: usize) -> (KeyIndex, Vec<HeaderMap>) {
             headers.push(h);
         }
     }
-    (KeyIndex::new(records, vec![project()]), headers)
+    let index = KeyIndex::new(records, vec![project()]);
+    let limiter =
+        Limiter::new(Arc::new(LocalBackend::default()), Arc::new(Budgets::default()), Arc::new(SystemClock), None);
+    for h in &headers {
+        admit(&limiter, &authenticate(&index, h, &chat_admission()).unwrap());
+    }
+    (index, headers, limiter)
+}
+
+/// A chat completion through the local limiter (which never waits).
+fn admit(limiter: &Limiter, authorized: &Authorized) -> bool {
+    futures_util::FutureExt::now_or_never(limiter.admit(authorized, Some("gpt-4o"), 10)).is_some_and(|r| r.is_ok())
 }
 
 fn limiter(c: &mut Criterion) {
     let mut group = c.benchmark_group("limiter admit (RPM + TPM)");
-    let admission = chat_admission();
     for n in [1_000usize, 100_000] {
-        let limiter =
-            Limiter::new(Arc::new(LocalBackend::default()), Arc::new(Budgets::default()), Arc::new(SystemClock), None);
-        let (index, headers) = limited_keys(n, n);
-        let keys: Vec<Authorized> = headers.iter().map(|h| authenticate(&index, h, &admission).unwrap()).collect();
-        for key in &keys {
-            drop(futures_util::FutureExt::now_or_never(limiter.admit(key, Some("gpt-4o"), 10)));
-        }
+        let (index, headers, limiter) = limited_keys(n, n);
+        let keys: Vec<Authorized> =
+            headers.iter().map(|h| authenticate(&index, h, &chat_admission()).unwrap()).collect();
         let mut i = 0;
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 i = (i + 7919) % keys.len();
-                futures_util::FutureExt::now_or_never(limiter.admit(&keys[i], Some("gpt-4o"), 10))
-                    .is_some_and(|r| r.is_ok())
+                admit(&limiter, &keys[i])
             })
         });
     }
@@ -170,20 +176,12 @@ fn auth_and_limit(c: &mut Criterion) {
     let mut group = c.benchmark_group("auth + limit decision");
     let admission = chat_admission();
     for n in [1_000usize, 1_000_000] {
-        let limiter =
-            Limiter::new(Arc::new(LocalBackend::default()), Arc::new(Budgets::default()), Arc::new(SystemClock), None);
-        let (index, headers) = limited_keys(n, n.min(100_000));
-        for h in &headers {
-            let authorized = authenticate(&index, h, &admission).unwrap();
-            drop(futures_util::FutureExt::now_or_never(limiter.admit(&authorized, Some("gpt-4o"), 10)));
-        }
+        let (index, headers, limiter) = limited_keys(n, n.min(100_000));
         let mut i = 0;
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 i = (i + 7919) % headers.len();
-                let authorized = authenticate(&index, black_box(&headers[i]), &admission).unwrap();
-                futures_util::FutureExt::now_or_never(limiter.admit(&authorized, Some("gpt-4o"), 10))
-                    .is_some_and(|r| r.is_ok())
+                admit(&limiter, &authenticate(&index, black_box(&headers[i]), &admission).unwrap())
             })
         });
     }

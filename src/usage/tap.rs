@@ -265,23 +265,20 @@ impl Usage {
             _ => 0,
         };
         let detail = |d: &Option<Details>, pick: fn(&Details) -> &Option<Count>| d.as_ref().map_or(0, |d| n(pick(d)));
-        if self.prompt_tokens.is_some() {
-            return Some(Tokens {
-                input: n(&self.prompt_tokens),
-                output: n(&self.completion_tokens),
-                cached: detail(&self.prompt_tokens_details, |d| &d.cached_tokens),
-                reasoning: detail(&self.completion_tokens_details, |d| &d.reasoning_tokens),
-            });
-        }
-        if self.input_tokens.is_some() {
-            return Some(Tokens {
-                input: n(&self.input_tokens),
-                output: n(&self.output_tokens),
-                cached: detail(&self.input_tokens_details, |d| &d.cached_tokens),
-                reasoning: detail(&self.output_tokens_details, |d| &d.reasoning_tokens),
-            });
-        }
-        None
+        // The same four counts under the names of each shape.
+        let (input, output, input_details, output_details) = if self.prompt_tokens.is_some() {
+            (&self.prompt_tokens, &self.completion_tokens, &self.prompt_tokens_details, &self.completion_tokens_details)
+        } else if self.input_tokens.is_some() {
+            (&self.input_tokens, &self.output_tokens, &self.input_tokens_details, &self.output_tokens_details)
+        } else {
+            return None;
+        };
+        Some(Tokens {
+            input: n(input),
+            output: n(output),
+            cached: detail(input_details, |d| &d.cached_tokens),
+            reasoning: detail(output_details, |d| &d.reasoning_tokens),
+        })
     }
 }
 
