@@ -206,6 +206,19 @@ impl SqlStore {
         Ok(Self { pool, engine, project_select: engine.project_select() })
     }
 
+    /// A transaction that writes. SQLite's default (deferred) transaction
+    /// reads under a shared lock and, when it then writes after another
+    /// connection has written, fails at once with SQLITE_BUSY whatever the
+    /// busy timeout; `BEGIN IMMEDIATE` takes the write lock up front, so
+    /// concurrent writers wait their turn instead (concurrent admin actions
+    /// and the background writer's batches answered 500 now and then).
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
+        Ok(match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Engine::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Applies pending migrations, each in its own transaction; returns
     /// (version, name) of each one applied.
     pub async fn migrate(&self) -> StoreResult<Vec<(i64, &'static str)>> {
@@ -213,7 +226,7 @@ impl SqlStore {
         let known = migrate::latest(migrations);
         let mut applied = Vec::new();
         loop {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             self.engine.lock_setup(&mut tx).await?;
             sqlx::query(
                 "CREATE TABLE IF NOT EXISTS keygate_schema (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
@@ -263,7 +276,7 @@ impl SqlStore {
         id: &str,
         revocation: &Revocation,
     ) -> StoreResult<Option<Vec<KeyRecord>>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let deleted = sqlx::query(
             &self.engine.sql(format!("UPDATE {table} SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")),
         )
@@ -655,7 +668,7 @@ impl Store for SqlStore {
     }
 
     async fn bootstrap(&self, now: Timestamp) -> StoreResult<Bootstrap> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         self.engine.lock_setup(&mut tx).await?;
         let (project_id, first_start) = match self.setting(&mut tx, "default_project").await? {
             Some(id) => (id, false),
@@ -708,7 +721,7 @@ impl Store for SqlStore {
 
     async fn create_project(&self, name: &str, access: &Access, now: Timestamp) -> StoreResult<Project> {
         let id = crate::ids::project_id();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             &self.engine.sql("INSERT INTO projects (id, name, created_at, models, allowed_ips) VALUES (?, ?, ?, ?, ?)"),
         )
@@ -734,7 +747,7 @@ impl Store for SqlStore {
     }
 
     async fn update_project(&self, id: &str, update: &ProjectUpdate) -> StoreResult<Option<Project>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if let Some(name) = &update.name {
             sqlx::query(&self.engine.sql("UPDATE projects SET name = ? WHERE id = ?"))
                 .bind(name)
@@ -861,7 +874,7 @@ impl Store for SqlStore {
         name: &str,
         now: Timestamp,
     ) -> StoreResult<ServiceAccount> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let sa = self.insert_service_account(&mut tx, Some(project_id), name, "member", false, now).await?;
         tx.commit().await?;
         Ok(sa)
@@ -908,7 +921,7 @@ impl Store for SqlStore {
             Permissions::Restricted(_) => json_list(Some(&key.permissions.scopes())),
             _ => None,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             &self.engine.sql("INSERT INTO api_keys (id, kind, name, project_id, owner_type, owner_id, prefix, state, permissions, scopes, \
              models, allowed_ips, rate_limits, budget_nanos, budget_alert_percent, created_at, expires_at) \
@@ -993,7 +1006,7 @@ impl Store for SqlStore {
     }
 
     async fn update_key(&self, id: &PublicId, update: &KeyUpdate) -> StoreResult<Option<KeyRecord>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if let Some(name) = &update.name {
             sqlx::query(&self.engine.sql("UPDATE api_keys SET name = ? WHERE id = ?"))
                 .bind(name)
@@ -1053,7 +1066,7 @@ impl Store for SqlStore {
     }
 
     async fn revoke_key(&self, id: &PublicId, revocation: &Revocation) -> StoreResult<Option<KeyRecord>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         self.revoke_where(&mut tx, "id = ?", id.as_str(), revocation).await?;
         tx.commit().await?;
         self.get_key(id).await
@@ -1074,7 +1087,7 @@ impl Store for SqlStore {
         secret: &SecretVersion,
         grace_ends: Timestamp,
     ) -> StoreResult<Option<KeyRecord>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let live: Option<String> =
             sqlx::query_scalar(&self.engine.sql("SELECT id FROM api_keys WHERE id = ? AND state != 'revoked'"))
                 .bind(id.as_str())
@@ -1104,7 +1117,7 @@ impl Store for SqlStore {
     }
 
     async fn touch_keys(&self, batch: &[(PublicId, Touch)]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for (id, touch) in batch {
             sqlx::query(&self.engine.sql(
                 "UPDATE api_keys SET last_used_at = ?, last_used_ip = ?, last_used_user_agent = ? \
@@ -1218,7 +1231,7 @@ impl Store for SqlStore {
             }
         }
         let rows: Vec<&DenialRecord> = order.iter().filter_map(|id| latest.get(id).copied()).collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let sql = self.engine.sql(format!(
                 "INSERT INTO denials (request_id, at, reason, explanation, key_id, project_id, status, method, path, client_ip) \
@@ -1303,7 +1316,7 @@ impl Store for SqlStore {
         // Ordered, so replicas writing the same rollup rows lock them in the
         // same order and cannot deadlock.
         let mut groups: BTreeMap<Group, (String, [i64; 6])> = BTreeMap::new();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut inserted: HashSet<String> = HashSet::with_capacity(batch.len());
         for chunk in batch.chunks(ROWS_PER_STATEMENT) {
             let sql = self.engine.sql(format!(
@@ -1489,7 +1502,7 @@ impl Store for SqlStore {
     }
 
     async fn record_networks(&self, batch: &[NetworkSighting]) -> StoreResult<Vec<NetworkSighting>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut fresh = Vec::new();
         for s in batch {
             let known: i64 = sqlx::query_scalar(&self.engine.sql("SELECT COUNT(*) FROM key_networks WHERE key_id = ?"))
