@@ -324,25 +324,28 @@ pub async fn read_keys(store: &dyn Store) -> StoreResult<IndexBuilder> {
 /// reconcile that finds nothing new allocates nothing lasting.
 pub async fn reconcile_index(store: &dyn Store, index: &KeyIndex) {
     let generation = index.generation();
-    let (mut changed, mut keys, mut digests) = (Vec::new(), 0, 0);
+    let (mut changed, mut keys) = (Vec::new(), 0);
     let read = key_pages(store, |page| {
         keys += page.len();
-        digests += page.iter().map(|k| k.secrets.len()).sum::<usize>();
         changed.extend(index.differing(page));
     });
     let projects = match tokio::try_join!(read, store.all_projects()) {
         Ok(((), projects)) => projects,
-        Err(error) => return tracing::warn!(%error, "key index reconcile failed; serving the last good index"),
+        Err(error) => {
+            tracing::warn!(%error, "key index reconcile failed; serving the last good index");
+            return;
+        }
     };
     if !index.reconcile(generation, changed, projects) {
-        return tracing::debug!("key index reconcile skipped: a key changed while the store was read");
-    }
-    let held = index.counts();
-    if held == (keys, digests) {
+        tracing::debug!("key index reconcile skipped: a key changed while the store was read");
         return;
     }
-    // The index holds a key or secret the store no longer has: read it anew.
-    tracing::info!(store = ?(keys, digests), index = ?held, "key index rebuilt: it held keys or secrets the store has not");
+    // Every key the store has now matches the index; more in the index means
+    // it holds keys the store no longer has: read it anew.
+    if index.len() == keys {
+        return;
+    }
+    tracing::info!(store = keys, index = index.len(), "key index rebuilt: it held keys the store has not");
     let generation = index.generation();
     match tokio::try_join!(read_keys(store), store.all_projects()) {
         Ok((keys, projects)) => {

@@ -39,6 +39,9 @@ pub struct IndexedKey {
     pub id: PublicId,
     pub kind: KeyKind,
     pub state: KeyState,
+    /// How many secret versions lead to this key (a store record with another
+    /// number differs from this entry, even when every digest it lists is here).
+    pub secrets: u16,
     pub name: Box<str>,
     pub prefix: Arc<str>,
     pub project_id: Option<Arc<str>>,
@@ -105,7 +108,11 @@ impl Snapshot {
 
     /// Removes keys with these ids, and every digest that leads to them.
     fn remove(&mut self, ids: &HashSet<PublicId>) {
-        if ids.iter().any(|id| self.by_id.remove(id).is_some()) {
+        let mut held = false;
+        for id in ids {
+            held |= self.by_id.remove(id).is_some();
+        }
+        if held {
             self.by_digest.retain(|_, found| !ids.contains(&found.key.id));
         }
     }
@@ -159,6 +166,7 @@ impl Interner {
             id: record.id,
             kind: record.kind,
             state: record.state,
+            secrets: u16::try_from(record.secrets.len()).unwrap_or(u16::MAX),
             name: record.name.as_str().into(),
             prefix: self.str(&record.prefix),
             project_id: record.project_id.as_deref().map(|id| self.str(id)),
@@ -295,13 +303,6 @@ impl KeyIndex {
                 !(same_key && same_secrets)
             })
             .collect()
-    }
-
-    /// How many keys and digests the index holds: a reconcile that read as
-    /// many, all of them equal, read exactly this index.
-    pub fn counts(&self) -> (usize, usize) {
-        let snapshot = self.snapshot.load();
-        (snapshot.by_id.len(), snapshot.by_digest.len())
     }
 
     /// Applies what a reconcile that began at `generation` found different,

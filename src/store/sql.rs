@@ -101,6 +101,18 @@ impl Engine {
         }
     }
 
+    /// How a transaction that writes begins. SQLite's default (deferred)
+    /// transaction reads under a shared lock and, when it then writes after
+    /// another connection has written, fails at once with SQLITE_BUSY
+    /// whatever the busy timeout; `BEGIN IMMEDIATE` takes the write lock up
+    /// front, so concurrent writers wait their turn instead.
+    fn begin_write(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BEGIN IMMEDIATE",
+            Self::Postgres => "BEGIN",
+        }
+    }
+
     /// Serialises transactions that read then write shared setup rows
     /// (migrations, bootstrap) across replicas starting together. SQLite's
     /// single writer needs nothing more.
@@ -206,17 +218,9 @@ impl SqlStore {
         Ok(Self { pool, engine, project_select: engine.project_select() })
     }
 
-    /// A transaction that writes. SQLite's default (deferred) transaction
-    /// reads under a shared lock and, when it then writes after another
-    /// connection has written, fails at once with SQLITE_BUSY whatever the
-    /// busy timeout; `BEGIN IMMEDIATE` takes the write lock up front, so
-    /// concurrent writers wait their turn instead (concurrent admin actions
-    /// and the background writer's batches answered 500 now and then).
+    /// A transaction that writes (see [`Engine::begin_write`]).
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Any>> {
-        Ok(match self.engine {
-            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Engine::Postgres => self.pool.begin().await?,
-        })
+        Ok(self.pool.begin_with(self.engine.begin_write()).await?)
     }
 
     /// Applies pending migrations, each in its own transaction; returns
