@@ -90,6 +90,17 @@ impl Gateway {
         }
         let upstreams = Arc::new(Upstreams::build(&config.upstreams, mock_base.as_deref())?);
 
+        // The exporter keeps every histogram sample until something drains
+        // it; without this, a gateway nobody scrapes grows by each request.
+        let metrics = metrics_handle();
+        let upkeep = metrics.clone();
+        tasks.spawn(
+            "metrics upkeep",
+            jobs::periodic(Duration::from_secs(5), move || {
+                upkeep.run_upkeep();
+                std::future::ready(())
+            }),
+        );
         let (recorder, writer) = jobs::recorder(Arc::clone(&store), Duration::from_secs(1));
         tasks.spawn("recorder", writer);
         let (reconcile_store, reconcile_index) = (Arc::clone(&store), Arc::clone(&index));
@@ -212,7 +223,7 @@ impl Gateway {
                 azure_api_versions: config.azure.api_versions.clone(),
                 azure_region: config.azure.region.clone(),
             }),
-            metrics: metrics_handle(),
+            metrics,
         });
         Ok(Self { state, tasks, generated_admin_key })
     }
