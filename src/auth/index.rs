@@ -92,7 +92,9 @@ struct Snapshot {
     by_id: HashMap<PublicId, Arc<IndexedKey>>,
 }
 
-type Projects = HashMap<String, Arc<Project>>;
+/// Looked up on every request by a key's project id: foldhash, not SipHash
+/// (the ids are ours, not an attacker's choice of map keys).
+type Projects = HashMap<String, Arc<Project>, foldhash::fast::RandomState>;
 
 fn project_map(projects: Vec<Project>) -> Projects {
     projects.into_iter().map(|p| (p.id.clone(), Arc::new(p))).collect()

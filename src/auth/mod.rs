@@ -85,10 +85,10 @@ pub fn authenticate(index: &KeyIndex, headers: &HeaderMap, admission: &Admission
     let presented = if admission.azure { credential::extract_azure(headers)? } else { extract(headers)? };
     let text = presented.expose();
     let digest = KeyDigest::of(text);
-    // Format errors are checked only after the digest is computed, so a
-    // malformed key and an unknown one cost the same.
-    let format = key::parse(text).map(|p| p.id.to_owned());
     let Some(found) = index.lookup(&digest) else {
+        // The format is checked only here, after the digest and its lookup,
+        // so a malformed key and an unknown one cost the same.
+        let format = key::parse(text).map(|p| p.id.to_owned());
         return Err(unknown(index, &presented, format));
     };
     let project = found.key.project_id.as_deref().and_then(|id| index.project(id));
