@@ -252,41 +252,62 @@ impl LocalBackend {
     }
 
     pub fn take_now(&self, checks: &[Check], now: i64) -> Result<Vec<Taken>, Refusal> {
-        let shard_of: Vec<usize> = checks.iter().map(|c| self.shard_of(&c.bucket.owner)).collect();
-        // Lock every shard involved, in order, so the decision is atomic.
-        let mut order = shard_of.clone();
-        order.sort_unstable();
-        order.dedup();
-        let mut guards: Vec<parking_lot::MutexGuard<'_, Buckets>> =
-            order.iter().map(|&i| self.shards[i].lock()).collect();
-        // `order` holds every shard of `checks`, so the search always finds it.
-        let guard = |index: usize| order.binary_search(&shard_of[index]).unwrap_or(0);
-        let mut new_tats: Vec<i64> = Vec::with_capacity(checks.len());
+        // Checks come grouped by owner (a key's, then its project's): each
+        // group hashes its owner once, finds its buckets once and writes them
+        // back once. Each group: its first check, its shard, its buckets as
+        // this call leaves them.
+        let mut groups: Vec<(usize, usize, Tats)> = Vec::with_capacity(checks.len());
         for (index, check) in checks.iter().enumerate() {
-            // A bucket checked twice in one call sees its own earlier step.
-            let previous = checks[..index].iter().zip(&new_tats).rev().find(|(c, _)| c.bucket == check.bucket);
-            let tat = match previous {
-                Some((_, &tat)) => Some(tat),
-                None => guards[guard(index)].get(&check.bucket.owner).and_then(|t| t[check.bucket.dimension.slot()]),
-            };
-            match step(tat, now, check.rate, check.cost) {
-                Ok(t) => new_tats.push(t),
+            if groups.last().is_none_or(|&(first, ..)| checks[first].bucket.owner != check.bucket.owner) {
+                groups.push((index, self.shard_of(&check.bucket.owner), Tats::default()));
+            }
+        }
+        // Lock every shard involved, each once and in ascending order (so
+        // concurrent calls cannot deadlock), and the decision is atomic.
+        let mut guards: Vec<(usize, parking_lot::MutexGuard<'_, Buckets>)> = Vec::with_capacity(groups.len());
+        while let Some(next) =
+            groups.iter().map(|g| g.1).filter(|&s| guards.last().is_none_or(|(locked, _)| s > *locked)).min()
+        {
+            guards.push((next, self.shards[next].lock()));
+        }
+        // Every group's shard was locked above, so the search always finds it.
+        let map_of = |guards: &[(usize, _)], shard: usize| guards.iter().position(|(s, _)| *s == shard).unwrap_or(0);
+        let mut out = Vec::with_capacity(checks.len());
+        let mut group = 0;
+        for (index, check) in checks.iter().enumerate() {
+            if groups.get(group + 1).is_some_and(|&(first, ..)| first == index) {
+                group += 1;
+            }
+            if groups[group].0 == index {
+                // An owner met in an earlier group starts from that group's
+                // steps; otherwise from what the map holds.
+                let owner = &check.bucket.owner;
+                let earlier = groups[..group].iter().rev().find(|(first, ..)| checks[*first].bucket.owner == *owner);
+                groups[group].2 = match earlier {
+                    Some(&(.., tats)) => tats,
+                    None => guards[map_of(&guards, groups[group].1)].1.get(owner).copied().unwrap_or_default(),
+                };
+            }
+            let slot = check.bucket.dimension.slot();
+            let tats = &mut groups[group].2;
+            match step(tats[slot], now, check.rate, check.cost) {
+                Ok(tat) => {
+                    tats[slot] = Some(tat);
+                    out.push(taken(tat, now, check.rate));
+                }
                 Err((used, retry_after_us)) => return Err(Refusal { index, used, retry_after_us }),
             }
         }
-        let mut out = Vec::with_capacity(checks.len());
-        for (index, (check, &tat)) in checks.iter().zip(&new_tats).enumerate() {
-            let map = &mut guards[guard(index)];
-            let slot = check.bucket.dimension.slot();
-            match map.get_mut(&check.bucket.owner) {
-                Some(tats) => tats[slot] = Some(tat),
+        for &(first, shard, tats) in &groups {
+            let at = map_of(&guards, shard);
+            let map = &mut guards[at].1;
+            let owner = &checks[first].bucket.owner;
+            match map.get_mut(owner) {
+                Some(stored) => *stored = tats,
                 None => {
-                    let mut tats = Tats::default();
-                    tats[slot] = Some(tat);
-                    map.insert(check.bucket.owner.clone(), tats);
+                    map.insert(owner.clone(), tats);
                 }
             }
-            out.push(taken(tat, now, check.rate));
         }
         Ok(out)
     }

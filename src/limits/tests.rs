@@ -69,6 +69,30 @@ fn a_take_is_all_or_nothing() {
 }
 
 #[test]
+fn an_owner_checked_in_two_places_of_one_take_sees_its_own_steps() {
+    let backend = LocalBackend::default();
+    let owner = |ip: &str| Owner::Client(ip.parse().unwrap());
+    let check = |ip: &str| Check {
+        bucket: BucketId { owner: owner(ip), dimension: Dimension::RequestsPerMinute },
+        rate: Rate::per_minute(2),
+        cost: 1,
+    };
+    let now = 1_000 * MINUTE_US;
+    // Owners in as many shards as it takes: `a` before and after `b`.
+    let others: Vec<Check> = (1..=8).map(|i| check(&format!("198.51.100.{i}"))).collect();
+    let mut checks = vec![check("192.0.2.1")];
+    checks.extend(others.iter().cloned());
+    checks.push(check("192.0.2.1"));
+    let taken = backend.take_now(&checks, now).unwrap();
+    assert_eq!((taken[0].remaining, taken[9].remaining), (1, 0), "the second check of `a` sees the first");
+    assert!(taken[1..9].iter().all(|t| t.remaining == 1));
+    // `a` is full: a take that needs it again fails and charges no one.
+    let refusal = backend.take_now(&[others[0].clone(), check("192.0.2.1")], now).unwrap_err();
+    assert_eq!(refusal.index, 1);
+    assert_eq!(backend.take_now(std::slice::from_ref(&others[0]), now).unwrap()[0].remaining, 0);
+}
+
+#[test]
 fn token_costs_larger_than_the_limit_never_fit() {
     assert!(step(None, 0, Rate::per_minute(100), 101).is_err());
     assert!(step(None, 0, Rate::per_minute(100), 100).is_ok());
