@@ -8,6 +8,7 @@ mod cli;
 
 // glibc's malloc serialises the runtime's threads on its arena locks under
 // load; mimalloc keeps per-thread heaps (bench/RESULTS.md has the figures).
+// Built without transparent huge pages (Cargo.toml says why).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
