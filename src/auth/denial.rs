@@ -23,8 +23,8 @@ impl KeyRef {
         Self {
             id: key.id,
             name: key.name.as_ref().to_owned(),
-            prefix: key.prefix.as_ref().to_owned(),
-            project_id: key.project_id.as_deref().map(str::to_owned),
+            prefix: key.prefix().to_owned(),
+            project_id: key.project_id().map(str::to_owned),
         }
     }
 }

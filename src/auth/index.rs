@@ -43,16 +43,37 @@ pub struct IndexedKey {
     /// number differs from this entry, even when every digest it lists is here).
     pub secrets: u16,
     pub name: Box<str>,
-    pub prefix: Arc<str>,
-    pub project_id: Option<Arc<str>>,
-    /// The owning service account's or user's id.
-    pub owner_id: Option<Arc<str>>,
+    pub placement: Arc<Placement>,
     pub policy: Arc<KeyPolicy>,
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     /// When the newest secret was made: creation, or the last rotation.
     pub secret_created_at: Timestamp,
     pub revocation: Option<Box<Revocation>>,
+}
+
+/// Where a key belongs. Keys share it (a project's keys under one prefix, a
+/// service account's keys), so the index holds one copy for many keys.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Placement {
+    pub prefix: Box<str>,
+    pub project_id: Option<Box<str>>,
+    /// The owning service account's or user's id.
+    pub owner_id: Option<Box<str>>,
+}
+
+impl IndexedKey {
+    pub fn prefix(&self) -> &str {
+        &self.placement.prefix
+    }
+
+    pub fn project_id(&self) -> Option<&str> {
+        self.placement.project_id.as_deref()
+    }
+
+    pub fn owner_id(&self) -> Option<&str> {
+        self.placement.owner_id.as_deref()
+    }
 }
 
 /// What a digest finds: the key, and when that secret version stops working
@@ -129,17 +150,17 @@ struct Indexed {
 /// Hands out one shared copy of each equal string and policy.
 #[derive(Default)]
 struct Interner {
-    strings: HashSet<Arc<str>>,
+    placements: HashSet<Arc<Placement>>,
     policies: HashSet<Arc<KeyPolicy>>,
 }
 
 impl Interner {
-    fn str(&mut self, value: &str) -> Arc<str> {
-        if let Some(shared) = self.strings.get(value) {
+    fn placement(&mut self, placement: Placement) -> Arc<Placement> {
+        if let Some(shared) = self.placements.get(&placement) {
             return Arc::clone(shared);
         }
-        let shared: Arc<str> = value.into();
-        self.strings.insert(Arc::clone(&shared));
+        let shared = Arc::new(placement);
+        self.placements.insert(Arc::clone(&shared));
         shared
     }
 
@@ -152,17 +173,22 @@ impl Interner {
         shared
     }
 
-    /// Forgets what only the interner still holds (policies and strings no
-    /// key uses any more).
+    /// Forgets what only the interner still holds (policies and placements
+    /// no key uses any more).
     fn prune(&mut self) {
-        self.strings.retain(|s| Arc::strong_count(s) > 1);
+        self.placements.retain(|p| Arc::strong_count(p) > 1);
         self.policies.retain(|p| Arc::strong_count(p) > 1);
     }
 
     fn index(&mut self, record: &KeyRecord) -> Indexed {
         let owner_id = record.owner.as_ref().map(|owner| match owner {
-            Owner::ServiceAccount(sa) => self.str(&sa.id),
-            Owner::User(user) => self.str(&user.id),
+            Owner::ServiceAccount(sa) => sa.id.as_str().into(),
+            Owner::User(user) => user.id.as_str().into(),
+        });
+        let placement = self.placement(Placement {
+            prefix: record.prefix.as_str().into(),
+            project_id: record.project_id.as_deref().map(Into::into),
+            owner_id,
         });
         let key = IndexedKey {
             id: record.id,
@@ -170,9 +196,7 @@ impl Interner {
             state: record.state,
             secrets: u16::try_from(record.secrets.len()).unwrap_or(u16::MAX),
             name: record.name.as_str().into(),
-            prefix: self.str(&record.prefix),
-            project_id: record.project_id.as_deref().map(|id| self.str(id)),
-            owner_id,
+            placement,
             secret_created_at: record.secret_created_at(),
             policy: self.policy(KeyPolicy {
                 permissions: record.permissions.clone(),

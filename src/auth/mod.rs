@@ -91,7 +91,7 @@ pub fn authenticate(index: &KeyIndex, headers: &HeaderMap, admission: &Admission
         let format = key::parse(text).map(|p| p.id.to_owned());
         return Err(unknown(index, &presented, format));
     };
-    let project = found.key.project_id.as_deref().and_then(|id| index.project(id));
+    let project = found.key.project_id().and_then(|id| index.project(id));
     decide(&found, project.as_deref(), headers, admission).map_err(|reason| reason.with_mask(presented.mask()))?;
     let expires_at = match (found.key.expires_at, found.secret_expires_at) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -169,7 +169,7 @@ fn decide(
         }
     }
     if let Some(sent) = header(headers, "openai-project") {
-        if Some(sent) != record.project_id.as_deref() {
+        if Some(sent) != record.project_id() {
             return Err(Denial::ProjectMismatch { key: key(), header: sent.to_owned() });
         }
     }

@@ -312,18 +312,20 @@ fn scopes_follow_openai_names() {
 }
 
 #[test]
-fn keys_with_the_same_settings_share_one_policy_and_prefix() {
+fn keys_with_the_same_settings_share_one_policy_and_placement() {
     let (a, _) = record(KeyKind::Project);
     let (b, _) = record(KeyKind::Project);
     let (mut c, _) = record(KeyKind::Project);
     c.permissions = Permissions::ReadOnly;
+    let (c_prefix, c_project) = (c.prefix.clone(), c.project_id.clone());
     let idx = index(vec![a.clone(), b.clone(), c.clone()]);
     let (a, b, c) = (idx.by_id(&a.id).unwrap(), idx.by_id(&b.id).unwrap(), idx.by_id(&c.id).unwrap());
     assert!(Arc::ptr_eq(&a.policy, &b.policy));
     assert!(!Arc::ptr_eq(&a.policy, &c.policy));
     assert_eq!(c.policy.permissions, Permissions::ReadOnly);
-    assert!(Arc::ptr_eq(&a.prefix, &c.prefix));
-    assert!(Arc::ptr_eq(a.project_id.as_ref().unwrap(), b.project_id.as_ref().unwrap()));
+    assert!(Arc::ptr_eq(&a.placement, &b.placement));
+    assert!(Arc::ptr_eq(&a.placement, &c.placement));
+    assert_eq!((c.prefix(), c.project_id()), (c_prefix.as_str(), c_project.as_deref()));
 }
 
 #[test]

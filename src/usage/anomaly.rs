@@ -236,7 +236,7 @@ impl AnomalyWatcher {
             id: format!("alert_{}", &crate::ids::RequestId::new().as_str()[4..28]),
             at: now,
             key_id: *id,
-            project_id: key.as_ref().and_then(|k| k.project_id.as_deref().map(str::to_owned)),
+            project_id: key.as_ref().and_then(|k| k.project_id().map(str::to_owned)),
             kind: kind.to_owned(),
             severity: severity.to_owned(),
             message,
