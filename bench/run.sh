@@ -11,31 +11,18 @@ CONCURRENCY=${CONCURRENCY:-64}
 THREADS=${THREADS:-2}
 MOCK_PORT=18001 KEYGATE_PORT=18002 NGINX_PORT=18003 BARE_PORT=18004
 
-need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+source bench/lib.sh
 need wrk wrk
 need nginx nginx-light
 
 cargo build --release --locked --bin keygate --example bench_upstream --example bench_rate 2>&1 | tail -1
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-PORT=$MOCK_PORT target/release/examples/bench_upstream & pids+=($!)
-KEYGATE_ADMIN_KEY=bench-admin KEYGATE_LOG=warn KEYGATE_ANOMALY__ENABLED=false \
-  target/release/keygate serve --listen 127.0.0.1:$KEYGATE_PORT --database "sqlite://$work/k.db" \
-  --upstream "http://127.0.0.1:$MOCK_PORT/v1" 2>"$work/keygate.log" & pids+=($!)
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$KEYGATE_PORT/readyz" >/dev/null && break; sleep 0.1; done
-project=$(curl -fs -H "Authorization: Bearer bench-admin" "http://127.0.0.1:$KEYGATE_PORT/v1/organization/projects" | sed 's/.*"id":"\(proj_[^"]*\)".*/\1/')
-KEY=$(curl -fs -H "Authorization: Bearer bench-admin" -H "Content-Type: application/json" \
-  -d '{"name":"bench"}' "http://127.0.0.1:$KEYGATE_PORT/v1/organization/projects/$project/api_keys" | sed 's/.*"value":"\([^"]*\)".*/\1/')
+start_mock $MOCK_PORT
+start_keygate $KEYGATE_PORT $MOCK_PORT
+KEY=$(create_key $KEYGATE_PORT)
 
 # The same database without metering (started after the key exists, so its
 # index loads it), to measure what metering costs.
-KEYGATE_ADMIN_KEY=bench-admin KEYGATE_LOG=warn KEYGATE_ANOMALY__ENABLED=false KEYGATE_USAGE__ENABLED=false \
-  target/release/keygate serve --listen 127.0.0.1:$BARE_PORT --database "sqlite://$work/k.db" \
-  --upstream "http://127.0.0.1:$MOCK_PORT/v1" 2>"$work/bare.log" & pids+=($!)
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$BARE_PORT/readyz" >/dev/null && break; sleep 0.1; done
+start_keygate $BARE_PORT $MOCK_PORT KEYGATE_USAGE__ENABLED=false
 
 cat > "$work/nginx.conf" <<NGINX
 worker_processes auto;
