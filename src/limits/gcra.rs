@@ -273,30 +273,27 @@ impl LocalBackend {
         // Every group's shard was locked above, so the search always finds it.
         let map_of = |guards: &[(usize, _)], shard: usize| guards.iter().position(|(s, _)| *s == shard).unwrap_or(0);
         let mut out = Vec::with_capacity(checks.len());
-        let mut group = 0;
-        for (index, check) in checks.iter().enumerate() {
-            if groups.get(group + 1).is_some_and(|&(first, ..)| first == index) {
-                group += 1;
-            }
-            if groups[group].0 == index {
-                // An owner met in an earlier group starts from that group's
-                // steps; otherwise from what the map holds.
-                let owner = &check.bucket.owner;
-                let earlier = groups[..group].iter().rev().find(|(first, ..)| checks[*first].bucket.owner == *owner);
-                groups[group].2 = match earlier {
-                    Some(&(.., tats)) => tats,
-                    None => guards[map_of(&guards, groups[group].1)].1.get(owner).copied().unwrap_or_default(),
-                };
-            }
-            let slot = check.bucket.dimension.slot();
-            let tats = &mut groups[group].2;
-            match step(tats[slot], now, check.rate, check.cost) {
-                Ok(tat) => {
-                    tats[slot] = Some(tat);
-                    out.push(taken(tat, now, check.rate));
+        for group in 0..groups.len() {
+            let (first, shard, _) = groups[group];
+            let end = groups.get(group + 1).map_or(checks.len(), |next| next.0);
+            // An owner met in an earlier group starts from that group's
+            // steps; otherwise from what the map holds.
+            let owner = &checks[first].bucket.owner;
+            let mut tats = match groups[..group].iter().rev().find(|(f, ..)| checks[*f].bucket.owner == *owner) {
+                Some(&(.., tats)) => tats,
+                None => guards[map_of(&guards, shard)].1.get(owner).copied().unwrap_or_default(),
+            };
+            for (index, check) in checks.iter().enumerate().take(end).skip(first) {
+                let slot = check.bucket.dimension.slot();
+                match step(tats[slot], now, check.rate, check.cost) {
+                    Ok(tat) => {
+                        tats[slot] = Some(tat);
+                        out.push(taken(tat, now, check.rate));
+                    }
+                    Err((used, retry_after_us)) => return Err(Refusal { index, used, retry_after_us }),
                 }
-                Err((used, retry_after_us)) => return Err(Refusal { index, used, retry_after_us }),
             }
+            groups[group].2 = tats;
         }
         for &(first, shard, tats) in &groups {
             let at = map_of(&guards, shard);
