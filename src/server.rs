@@ -428,21 +428,34 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
 /// keygate's own `x-ratelimit-*` values replace the upstream's (which describe
 /// keygate's upstream account, not this key).
 fn rate_limit_headers(values: &crate::limits::RateHeaders, headers: &mut http::HeaderMap) {
-    const NAMES: [[&str; 3]; 2] = [
-        ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"],
-        ["x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"],
+    use http::HeaderName;
+    const NAMES: [[HeaderName; 3]; 2] = [
+        [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ],
+        [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ],
     ];
-    for (names, value) in NAMES.iter().zip([values.requests, values.tokens]) {
-        for name in names {
-            headers.remove(*name);
-        }
-        let Some((limit, taken)) = value else { continue };
-        let values = [limit.to_string(), taken.remaining.to_string(), crate::limits::go_duration(taken.reset_us)];
-        for (name, value) in names.iter().zip(values) {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.insert(http::HeaderName::from_static(name), value);
+    for ([limit_name, remaining_name, reset_name], value) in NAMES.into_iter().zip([values.requests, values.tokens]) {
+        // Ours replace the upstream's (insert drops every earlier value);
+        // without a limit of ours, the upstream's would describe its key.
+        let Some((limit, taken)) = value else {
+            for name in [limit_name, remaining_name, reset_name] {
+                headers.remove(name);
             }
-        }
+            continue;
+        };
+        headers.insert(limit_name, HeaderValue::from(limit));
+        headers.insert(remaining_name, HeaderValue::from(taken.remaining));
+        match HeaderValue::try_from(crate::limits::go_duration(taken.reset_us)) {
+            Ok(reset) => headers.insert(reset_name, reset),
+            Err(_) => headers.remove(reset_name),
+        };
     }
 }
 

@@ -196,8 +196,11 @@ pub async fn forward(
 /// backslashes, no empty segments. URL resolution would otherwise send the
 /// request to another endpoint than the one whose scope was checked.
 pub fn is_clean_path(path: &str) -> bool {
-    let encoded = |code: &[u8]| path.as_bytes().windows(3).any(|w| w.eq_ignore_ascii_case(code));
-    if path.contains('\\') || encoded(b"%2f") || encoded(b"%5c") {
+    // `%2f` or `%5c` in either case: an encoded slash or backslash.
+    let encoded_separator = path
+        .match_indices('%')
+        .any(|(at, _)| matches!(path.as_bytes().get(at + 1..at + 3), Some([b'2', b'f' | b'F'] | [b'5', b'c' | b'C'])));
+    if path.contains('\\') || encoded_separator {
         return false;
     }
     let mut segments = path.split('/').skip(1).peekable();

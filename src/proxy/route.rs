@@ -37,6 +37,9 @@ mod tests {
             "/v1/models/..x",
             "/v1/models/%2ex",
             "/v1/models/é..",
+            "/v1/models/100%25",
+            "/v1/models/x%2",
+            "/v1/models/x%",
         ] {
             assert!(is_clean_path(ok), "{ok}");
         }
@@ -51,6 +54,8 @@ mod tests {
             "/v1/files/%2e",
             "/v1/files/%2E.",
             "/v1/models%5Cx",
+            "/v1/models%5cx",
+            "/v1/models%2Fx",
             "/v1/models\\..\\files",
         ] {
             assert!(!is_clean_path(bad), "{bad}");

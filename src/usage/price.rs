@@ -65,6 +65,10 @@ impl PriceTable {
     }
 
     pub fn price(&self, model: &str) -> Option<Price> {
+        // The exact name is the longest that can match.
+        if let Some(price) = self.0.get(model) {
+            return Some(*price);
+        }
         self.0
             .iter()
             .filter(|(name, _)| {

@@ -249,21 +249,67 @@ struct Details {
     reasoning_tokens: Option<Count>,
 }
 
-/// A token count; anything but an integer (a provider's odd `null` or float)
-/// counts as 0 rather than losing the whole usage object.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum Count {
-    Int(i64),
-    Other(serde::de::IgnoredAny),
+/// A token count; anything but an integer (a provider's odd float, string or
+/// object) counts as 0 rather than losing the whole usage object. Read by
+/// hand: an untagged enum would copy every count into a buffer first, to try
+/// one variant after the other (half of what reading an answer's usage cost).
+struct Count(i64);
+
+impl<'de> serde::Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        struct AnyCount;
+
+        impl<'de> Visitor<'de> for AnyCount {
+            type Value = Count;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a token count")
+            }
+
+            fn visit_i64<E>(self, n: i64) -> Result<Count, E> {
+                Ok(Count(n))
+            }
+
+            fn visit_u64<E>(self, n: u64) -> Result<Count, E> {
+                Ok(Count(i64::try_from(n).unwrap_or(0)))
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+
+            fn visit_unit<E>(self) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Count(0))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Count(0))
+            }
+        }
+
+        deserializer.deserialize_any(AnyCount)
+    }
 }
 
 impl Usage {
     fn tokens(&self) -> Option<Tokens> {
-        let n = |c: &Option<Count>| match c {
-            Some(Count::Int(n)) => *n,
-            _ => 0,
-        };
+        let n = |c: &Option<Count>| c.as_ref().map_or(0, |c| c.0);
         let detail = |d: &Option<Details>, pick: fn(&Details) -> &Option<Count>| d.as_ref().map_or(0, |d| n(pick(d)));
         // The same four counts under the names of each shape.
         let (input, output, input_details, output_details) = if self.prompt_tokens.is_some() {

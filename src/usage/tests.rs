@@ -97,6 +97,12 @@ fn usage_objects_of_every_shape() {
     let odd = serde_json::json!({"prompt_tokens": 5, "completion_tokens": null, "prompt_tokens_details": null,
         "completion_tokens_details": {"reasoning_tokens": 1.5}});
     assert_eq!(tokens_from_usage(&odd), Some(Tokens { input: 5, ..Tokens::default() }));
+    // So is a string, an array, an object, or an integer past i64.
+    let odder = serde_json::json!({"prompt_tokens": "12", "completion_tokens": {"n": 1},
+        "prompt_tokens_details": {"cached_tokens": [1, 2]}, "completion_tokens_details": {"reasoning_tokens": u64::MAX}});
+    assert_eq!(tokens_from_usage(&odder), Some(Tokens::default()));
+    let negative = serde_json::json!({"prompt_tokens": -3, "completion_tokens": true});
+    assert_eq!(tokens_from_usage(&negative), Some(Tokens { input: -3, ..Tokens::default() }));
     assert_eq!(tokens_from_usage(&serde_json::json!({"total_tokens": 3})), None);
 }
 

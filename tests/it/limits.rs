@@ -48,6 +48,27 @@ fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
 }
 
 #[tokio::test]
+async fn the_upstreams_own_rate_limit_headers_never_reach_the_client() {
+    // They describe the gateway's account upstream, not the client's key.
+    let (_mock, gw, _clock) = start().await;
+    let (_, limited) = key_with(&gw, json!({"rate_limits": {"max_requests_per_1_minute": 5}})).await;
+    let r = chat(&gw, &limited, hello()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-ratelimit-limit-requests"), "5");
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "4");
+    assert_eq!(header(&r, "x-ratelimit-reset-requests"), "12s");
+    for name in ["x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"] {
+        assert!(r.headers().get(name).is_none(), "{name}: the key has no token limit");
+    }
+    let (_, unlimited) = key_with(&gw, json!({})).await;
+    let r = chat(&gw, &unlimited, hello()).await;
+    assert_eq!(r.status(), 200);
+    for (name, _) in UPSTREAM_RATE_LIMITS {
+        assert!(r.headers().get(name).is_none(), "{name}: the key has no limits");
+    }
+}
+
+#[tokio::test]
 async fn rpm_5_refuses_the_sixth_call_with_openais_429_and_frees_one_every_12s() {
     let (_mock, gw, clock) = start().await;
     let (_, key) = key_with(&gw, json!({"rate_limits": {"max_requests_per_1_minute": 5}})).await;

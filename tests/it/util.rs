@@ -94,9 +94,24 @@ async fn record(State(state): State<MockState>, req: Request, next: Next) -> Res
         body: body.clone(),
     });
     let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
-    response.headers_mut().insert("x-request-id", "upstream-req-1".parse().unwrap());
+    let headers = response.headers_mut();
+    headers.insert("x-request-id", "upstream-req-1".parse().unwrap());
+    // OpenAI's limits for the upstream account's key, as it sends them on
+    // every answer: a client of keygate must never see them.
+    for (name, value) in UPSTREAM_RATE_LIMITS {
+        headers.insert(name, value.parse().unwrap());
+    }
     response
 }
+
+pub const UPSTREAM_RATE_LIMITS: [(&str, &str); 6] = [
+    ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-remaining-requests", "9999"),
+    ("x-ratelimit-reset-requests", "6ms"),
+    ("x-ratelimit-limit-tokens", "30000000"),
+    ("x-ratelimit-remaining-tokens", "29999990"),
+    ("x-ratelimit-reset-tokens", "0s"),
+];
 
 const FILTERS: &str = r#"{"hate":{"filtered":false,"severity":"safe"},"self_harm":{"filtered":false,"severity":"safe"},"sexual":{"filtered":false,"severity":"safe"},"violence":{"filtered":false,"severity":"safe"}}"#;
 
