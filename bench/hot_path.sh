@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Criterion micro-benchmarks of the per-request path (benches/hot_path.rs):
 # key parse and checksum, index lookup at 1k/100k/1M keys, the authentication
-# decision, the limiter, auth + limit together at 1M keys, error rendering.
-# Writes a table to bench/RESULTS-hot-path.md. About 4 minutes on 2 cores
-# after the build (most of it generating a million keys).
+# decision, the limiter, auth + limit together at 1M keys (with cold and
+# with just-written request headers), error rendering. Writes a table to
+# bench/RESULTS-hot-path.md. About 3 minutes on 2 cores after the build
+# (most of it generating a million keys, four times).
 #   WARMUP=1 MEASURE=3 bench/hot_path.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -26,34 +26,62 @@ need callgrind_annotate valgrind
 cargo build --release --locked --bin keygate --example bench_upstream --example bench_rate 2>&1 | tail -1
 start_mock $MOCK_PORT
 
-# counted NAME KEY|-: keygate under callgrind on a fresh database; with a key
-# ("new" makes one), REQUESTS requests at RATE; prints the instruction total.
+fail() {
+  echo "instructions.sh: $*" >&2
+  exit 1
+}
+
+# counted NAME KEY|- STATUS: keygate under callgrind on a fresh database;
+# with a key ("new" makes one), REQUESTS requests at RATE, which must all get
+# STATUS. Leaves the instruction total in $work/NAME.total. The failed-auth
+# throttle is off, so the 401 run measures 401s, not its 429s.
 counted() {
-  local name=$1 key=$2 vg
+  local name=$1 key=$2 status=$3 vg made ready=no
   rm -f "$work"/k.db*
   env KEYGATE_ADMIN_KEY=bench-admin KEYGATE_LOG=warn KEYGATE_ANOMALY__ENABLED=false \
+    KEYGATE_LIMITS__FAILED_AUTH_PER_MINUTE=0 \
     valgrind --tool=callgrind --callgrind-out-file="$work/$name.cg" \
     target/release/keygate serve --listen 127.0.0.1:$KEYGATE_PORT --database "sqlite://$work/k.db" \
-    --upstream "http://127.0.0.1:$MOCK_PORT/v1" 2>"$work/$name.log" & vg=$!
-  for _ in $(seq 1 600); do curl -fs "http://127.0.0.1:$KEYGATE_PORT/readyz" >/dev/null && break; sleep 0.1; done
+    --upstream "http://127.0.0.1:$MOCK_PORT/v1" >"$work/$name.out" 2>"$work/$name.log" & vg=$!
+  pids+=($vg)
+  for _ in $(seq 1 600); do
+    curl -fs "http://127.0.0.1:$KEYGATE_PORT/readyz" >/dev/null && { ready=yes; break; }
+    sleep 0.1
+  done
+  [ $ready = yes ] || { tail -5 "$work/$name.log" >&2; fail "$name: keygate under valgrind never became ready"; }
   # The idle run makes its key too, so the admin calls cancel out.
-  local made
   made=$(create_key $KEYGATE_PORT)
+  [ -n "$made" ] || fail "$name: could not create a key"
   if [ "$key" != "-" ]; then
     [ "$key" = "new" ] && key=$made
     target/release/examples/bench_rate "http://127.0.0.1:$KEYGATE_PORT" "$key" "$RATE" "$SECONDS_PER_RUN" >"$work/$name.rate"
+    local sent ok
+    read -r sent ok < <(awk '/^RATE/ {print $2, $3}' "$work/$name.rate")
+    [ "${sent:-0}" -gt 0 ] || fail "$name: bench_rate sent nothing"
+    if [ "$status" = 200 ]; then
+      [ "$ok" = "$sent" ] || fail "$name: $ok of $sent requests succeeded"
+    else
+      [ "$ok" = 0 ] || fail "$name: $ok of $sent requests succeeded; expected $status"
+      # One more request (1 in $sent) shows what they got: the status this run is for.
+      local got
+      got=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+        -d '{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}' "http://127.0.0.1:$KEYGATE_PORT/v1/chat/completions")
+      [ "$got" = "$status" ] || fail "$name: the requests got $got, not $status"
+    fi
   fi
   kill -INT $vg
   wait $vg || true
-  sed -n 's/^summary: //p' "$work/$name.cg"
+  sed -n 's/^summary: //p' "$work/$name.cg" >"$work/$name.total"
+  grep -Eq '^[0-9]+$' "$work/$name.total" || fail "$name: callgrind wrote no total"
 }
 
-idle=$(counted idle -)
-chat=$(counted chat new)
-denied=$(counted denied sk-wrong)
+counted idle - -
+counted chat new 200
+counted denied sk-wrong 401
 cp "$work/chat.cg" "$PROFILE"
+idle=$(cat "$work/idle.total")
 sent() { awk '/^RATE/ {print $2}' "$work/$1.rate"; }
-per() { echo $((($2 - idle) / $(sent "$1"))); }
+per() { echo $((($(cat "$work/$1.total") - idle) / $(sent "$1"))); }
 
 out=bench/INSTRUCTIONS.md
 {
@@ -65,8 +93,8 @@ out=bench/INSTRUCTIONS.md
   echo
   echo "| case | requests | instructions per request |"
   echo "|---|---:|---:|"
-  echo "| chat (metered, proxied to the mock) | $(sent chat) | $(per chat "$chat") |"
-  echo "| 401 (unknown key) | $(sent denied) | $(per denied "$denied") |"
+  echo "| chat (metered, proxied to the mock) | $(sent chat) | $(per chat) |"
+  echo "| 401 (unknown key) | $(sent denied) | $(per denied) |"
   echo
   echo "Start-up and shutdown alone: $idle instructions."
   echo
@@ -83,5 +111,7 @@ out=bench/INSTRUCTIONS.md
   callgrind_annotate --inclusive=yes "$work/chat.cg" 2>/dev/null | grep -E "  ($PWD/)?src/" |
     sed -E "s|  $PWD/|  |; s| \[[^]]*\]$||" | awk '!seen[$NF]++' | awk 'NR <= 25'
   echo '```'
-} >"$out"
+} >"$work/report.md"
+# Written whole or not at all.
+mv "$work/report.md" "$out"
 cat "$out"

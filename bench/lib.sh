@@ -14,11 +14,14 @@ start_mock() {
 }
 
 # start_keygate PORT MOCK_PORT [VAR=value ...]: keygate on $work/k.db in front
-# of the mock; waits until it is ready.
+# of the mock; waits until it is ready. The failed-auth throttle is off: a
+# load of bad keys from one address would otherwise measure its 429s, not
+# the 401 path.
 start_keygate() {
   local port=$1 mock=$2
   shift 2
-  env KEYGATE_ADMIN_KEY=bench-admin KEYGATE_LOG=warn KEYGATE_ANOMALY__ENABLED=false "$@" \
+  env KEYGATE_ADMIN_KEY=bench-admin KEYGATE_LOG=warn KEYGATE_ANOMALY__ENABLED=false \
+    KEYGATE_LIMITS__FAILED_AUTH_PER_MINUTE=0 "$@" \
     target/release/keygate serve --listen 127.0.0.1:"$port" --database "sqlite://$work/k.db" \
     --upstream "http://127.0.0.1:$mock/v1" 2>"$work/keygate-$port.log" & pids+=($!)
   for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done

@@ -93,6 +93,25 @@ fn an_owner_checked_in_two_places_of_one_take_sees_its_own_steps() {
 }
 
 #[test]
+fn pruning_keeps_what_is_still_held_and_forgets_what_drained() {
+    let backend = LocalBackend::default();
+    let now = 1_000 * MINUTE_US;
+    let requests = Check { bucket: bucket(Dimension::RequestsPerMinute), rate: Rate::per_minute(1), cost: 1 };
+    let tokens = Check { bucket: bucket(Dimension::TokensPerMinute), rate: Rate::per_minute(1_000), cost: 10 };
+    backend.take_now(&[requests.clone(), tokens.clone()], now).unwrap();
+    // A second later the tokens have drained (10 of 1,000 a minute take
+    // 0.6 s); the request is held for the rest of the minute.
+    backend.prune_now(now + 1_000_000);
+    assert!(backend.take_now(std::slice::from_ref(&requests), now + 1_000_000).is_err());
+    let all = Check { cost: 1_000, ..tokens };
+    assert_eq!(backend.take_now(std::slice::from_ref(&all), now + 1_000_000).unwrap()[0].remaining, 0);
+    // Once everything has drained, the owner starts from full buckets.
+    backend.prune_now(now + 2 * MINUTE_US);
+    let taken = backend.take_now(&[requests, all], now + 2 * MINUTE_US).unwrap();
+    assert_eq!(taken.iter().map(|t| t.remaining).collect::<Vec<_>>(), [0, 0]);
+}
+
+#[test]
 fn token_costs_larger_than_the_limit_never_fit() {
     assert!(step(None, 0, Rate::per_minute(100), 101).is_err());
     assert!(step(None, 0, Rate::per_minute(100), 100).is_ok());

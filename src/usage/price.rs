@@ -71,9 +71,7 @@ impl PriceTable {
         }
         self.0
             .iter()
-            .filter(|(name, _)| {
-                model == name.as_str() || model.strip_prefix(name.as_str()).is_some_and(|rest| rest.starts_with('-'))
-            })
+            .filter(|(name, _)| model.strip_prefix(name.as_str()).is_some_and(|rest| rest.starts_with('-')))
             .max_by_key(|(name, _)| name.len())
             .map(|(_, price)| *price)
     }
