@@ -114,9 +114,10 @@ pub struct Refusal {
     pub retry_after_us: i64,
 }
 
-/// One GCRA step: the new TAT, or how long until `cost` would fit.
-pub fn step(tat: Option<i64>, now: i64, rate: Rate, cost: u64) -> Result<i64, (u64, i64)> {
-    let tat = tat.unwrap_or(now).max(now);
+/// One GCRA step from a bucket's TAT (one at or before now is an empty
+/// bucket): the new TAT, or how long until `cost` would fit.
+pub fn step(tat: i64, now: i64, rate: Rate, cost: u64) -> Result<i64, (u64, i64)> {
+    let tat = tat.max(now);
     let new_tat = tat.saturating_add(rate.drain_us(i64::try_from(cost).unwrap_or(i64::MAX)));
     if new_tat - now > rate.period_us {
         return Err((rate.units_held(tat - now), new_tat - rate.period_us - now));
@@ -290,7 +291,7 @@ impl LocalBackend {
             };
             for (index, check) in checks.iter().enumerate().take(end).skip(first) {
                 let slot = check.bucket.dimension.slot();
-                match step(Some(tats[slot]), now, check.rate, check.cost) {
+                match step(tats[slot], now, check.rate, check.cost) {
                     Ok(tat) => {
                         tats[slot] = tat;
                         out.push(taken(tat, now, check.rate));

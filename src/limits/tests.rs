@@ -113,8 +113,8 @@ fn pruning_keeps_what_is_still_held_and_forgets_what_drained() {
 
 #[test]
 fn token_costs_larger_than_the_limit_never_fit() {
-    assert!(step(None, 0, Rate::per_minute(100), 101).is_err());
-    assert!(step(None, 0, Rate::per_minute(100), 100).is_ok());
+    assert!(step(i64::MIN, 0, Rate::per_minute(100), 101).is_err());
+    assert!(step(i64::MIN, 0, Rate::per_minute(100), 100).is_ok());
 }
 
 #[test]
