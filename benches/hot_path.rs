@@ -83,6 +83,7 @@ fn chat_admission() -> Admission<'static> {
         client_ip: Some("192.0.2.1".parse().unwrap()),
         organization_id: "org-bench",
         azure: false,
+        key_in_query: false,
         now: 1_800_000_000,
     }
 }

@@ -101,7 +101,7 @@ impl Gateway {
                 std::future::ready(())
             }),
         );
-        let (recorder, writer) = jobs::recorder(Arc::clone(&store), Duration::from_secs(1));
+        let (recorder, writer) = jobs::recorder(Arc::clone(&store), Arc::clone(&clock), Duration::from_secs(1));
         tasks.spawn("recorder", writer);
         let (reconcile_store, reconcile_index) = (Arc::clone(&store), Arc::clone(&index));
         tasks.spawn(

@@ -13,6 +13,8 @@ use serde::Deserialize;
 use crate::key::Secret;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Prometheus exporters' customary port, on loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate.db";
 pub const DEFAULT_UPSTREAM_URL: &str = "https://api.openai.com/v1";
 /// Selects the built-in synthetic upstream.
@@ -133,6 +135,7 @@ struct RawAnomaly {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    metrics_listen: Option<String>,
     max_body_bytes: Option<u64>,
     trusted_proxies: Option<Vec<String>>,
     tls_cert: Option<PathBuf>,
@@ -192,6 +195,7 @@ struct RawLog {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub metrics_listen: MetricsListen,
     pub database_url: String,
     pub max_body_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
@@ -225,6 +229,19 @@ pub struct Config {
     pub metering: bool,
     /// Shared rate-limit state for many replicas; `None` limits per process.
     pub redis: Option<RedisConfig>,
+}
+
+/// Where `GET /metrics` is served: never on the public listener, since
+/// failure counts by reason would tell a guesser which keys exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// `server.metrics_listen = "off"`.
+    Off,
+    /// Not configured: loopback; when that address is taken keygate starts
+    /// without metrics and says so (two gateways on one laptop).
+    Default(SocketAddr),
+    /// Configured: failing to listen there stops the start.
+    Configured(SocketAddr),
 }
 
 #[derive(Debug, Clone)]
@@ -328,6 +345,7 @@ pub struct LogConfig {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
     pub database_url: Option<String>,
     pub upstream_url: Option<String>,
     pub tls_cert: Option<PathBuf>,
@@ -384,6 +402,19 @@ impl Config {
         let listen = listen_text.parse().map_err(|_| {
             invalid("server.listen", format!("must be an address like 127.0.0.1:8080, got `{listen_text}`"))
         })?;
+
+        let metrics_listen = match o.metrics_listen.clone().or(raw.server.metrics_listen) {
+            None => MetricsListen::Default(DEFAULT_METRICS_LISTEN.parse().map_err(|_| {
+                invalid("server.metrics_listen", format!("the default `{DEFAULT_METRICS_LISTEN}` is not an address"))
+            })?),
+            Some(off) if off.eq_ignore_ascii_case("off") => MetricsListen::Off,
+            Some(text) => MetricsListen::Configured(text.parse().map_err(|_| {
+                invalid(
+                    "server.metrics_listen",
+                    format!("must be an address like 127.0.0.1:9464, or `off`, got `{text}`"),
+                )
+            })?),
+        };
 
         let database_url = o.database_url.clone().or(raw.database.url).unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
         if crate::store::Engine::of_url(&database_url).is_none() {
@@ -474,6 +505,7 @@ impl Config {
 
         Ok(Self {
             listen,
+            metrics_listen,
             database_url,
             max_body_bytes: max_body_bytes as usize,
             trusted_proxies,
@@ -598,12 +630,32 @@ fn target(url: &str, field: &str) -> Result<UpstreamTarget, ConfigError> {
 
 fn credential_from(env_var: Option<&str>, env: &dyn Env, field: &str) -> Result<Option<Secret>, ConfigError> {
     match env_var {
-        Some(name) => env
-            .var(name)
-            .map(|v| Some(Secret::new(v)))
-            .ok_or_else(|| invalid(format!("{field}.api_key_env"), format!("names `{name}`, which is not set"))),
+        Some(name) => {
+            let value = env
+                .var(name)
+                .ok_or_else(|| invalid(format!("{field}.api_key_env"), format!("names `{name}`, which is not set")))?;
+            provider_credential(value, name, &format!("{field}.api_key_env")).map(Some)
+        }
         None => Ok(None),
     }
+}
+
+/// A provider credential read from `var`. keygate recognises its own keys by
+/// their checksum: one of them is never sent to a provider (it would be
+/// refused there, and would leave the gateway), which happens when the key an
+/// app should use is left in the gateway's `OPENAI_API_KEY`.
+fn provider_credential(value: String, var: &str, field: &str) -> Result<Secret, ConfigError> {
+    if crate::key::parse(value.trim()).is_ok() {
+        return Err(invalid(
+            field,
+            format!(
+                "reads `{var}`, which holds a key issued by keygate, not a provider credential\n\
+                 help: put the OpenAI or Azure key in KEYGATE_UPSTREAM_API_KEY (or the variable `api_key_env` names), \
+                 and give the keygate key to your apps, not to the gateway"
+            ),
+        ));
+    }
+    Ok(Secret::new(value))
 }
 
 fn default_upstream(raw: RawUpstream, o: &Overrides, env: &dyn Env) -> Result<UpstreamConfig, ConfigError> {
@@ -611,7 +663,11 @@ fn default_upstream(raw: RawUpstream, o: &Overrides, env: &dyn Env) -> Result<Up
     let (connect_timeout, read_timeout) = timeouts(&raw, "upstream")?;
     let credential = match credential_from(raw.api_key_env.as_deref(), env, "upstream")? {
         Some(c) => Some(c),
-        None => env.var("KEYGATE_UPSTREAM_API_KEY").or_else(|| env.var("OPENAI_API_KEY")).map(Secret::new),
+        None => ["KEYGATE_UPSTREAM_API_KEY", "OPENAI_API_KEY"]
+            .into_iter()
+            .find_map(|var| env.var(var).map(|value| (var, value)))
+            .map(|(var, value)| provider_credential(value, var, "upstream"))
+            .transpose()?,
     };
     let url = o.upstream_url.clone().or(raw.url).or_else(|| env.var("KEYGATE_UPSTREAM_URL"));
     let defaulted_to_mock = url.is_none() && credential.is_none();

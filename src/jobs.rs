@@ -53,6 +53,7 @@ impl Tasks {
 
 enum Record {
     Touch(PublicId, Touch),
+    FailedLogin(Box<FailedLogin>),
     Denial(Box<DenialRecord>),
     Audit(Box<AuditEvent>),
     Usage(Box<UsageRecord>),
@@ -115,6 +116,16 @@ impl Recorder {
         }
     }
 
+    /// A failed login with something that names an admin key. Failures are
+    /// audited per key and minute as one `login.failed` event (count, first
+    /// and last time, client addresses), so forged keys cannot flood the
+    /// append-only audit log.
+    pub fn failed_login(&self, failure: FailedLogin) {
+        if !self.push(Record::FailedLogin(Box::new(failure))) {
+            metrics::counter!("keygate_audit_dropped_total").increment(1);
+        }
+    }
+
     /// A metered request; when the queue is full it is counted in
     /// `keygate_usage_dropped_total`, and the request itself still succeeds.
     pub fn usage(&self, record: UsageRecord) {
@@ -152,9 +163,81 @@ impl Recorder {
     }
 }
 
+/// One failed login naming an admin key.
+#[derive(Debug, Clone)]
+pub struct FailedLogin {
+    pub key_id: PublicId,
+    pub at: crate::store::Timestamp,
+    pub client: Option<std::net::IpAddr>,
+    /// The private reason's kind (`wrong_secret`, `revoked`, ...).
+    pub reason: &'static str,
+}
+
+/// The failures of one key within one window, audited as one event.
+struct LoginFailures {
+    first_at: crate::store::Timestamp,
+    last_at: crate::store::Timestamp,
+    count: u64,
+    /// Distinct client addresses, at most [`LOGIN_CLIENTS`] of them.
+    clients: Vec<String>,
+    reasons: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// Seconds of failed logins one audit event sums up.
+const LOGIN_WINDOW: i64 = 60;
+const LOGIN_CLIENTS: usize = 16;
+/// Keys with open windows at once; admin keys are few, so this is only a bound.
+const LOGIN_KEYS: usize = 10_000;
+
+impl LoginFailures {
+    fn new(failure: &FailedLogin) -> Self {
+        let mut window = Self {
+            first_at: failure.at,
+            last_at: failure.at,
+            count: 0,
+            clients: Vec::new(),
+            reasons: Default::default(),
+        };
+        window.add(failure);
+        window
+    }
+
+    fn add(&mut self, failure: &FailedLogin) {
+        self.count += 1;
+        self.last_at = self.last_at.max(failure.at);
+        *self.reasons.entry(failure.reason).or_default() += 1;
+        if let Some(ip) = failure.client.map(|ip| ip.to_string()) {
+            if self.clients.len() < LOGIN_CLIENTS && !self.clients.contains(&ip) {
+                self.clients.push(ip);
+            }
+        }
+    }
+
+    fn into_event(self, key_id: PublicId) -> AuditEvent {
+        let error_code = self.reasons.iter().max_by_key(|(_, n)| **n).map_or("invalid_api_key", |(kind, _)| *kind);
+        AuditEvent {
+            id: crate::ids::audit_log_id(),
+            kind: "login.failed",
+            effective_at: self.first_at,
+            project_id: None,
+            actor_key_id: Some(key_id),
+            details: serde_json::json!({
+                "error_code": error_code,
+                "error_message": "authentication failed",
+                "count": self.count,
+                "first_at": self.first_at,
+                "last_at": self.last_at,
+                "client_ips": self.clients,
+                "reasons": self.reasons,
+            }),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Pending {
     touches: HashMap<PublicId, Touch>,
+    failed_logins: HashMap<PublicId, LoginFailures>,
     denials: Vec<DenialRecord>,
     audits: Vec<AuditEvent>,
     usage: Vec<UsageRecord>,
@@ -171,11 +254,48 @@ impl Pending {
                     *slot = touch;
                 }
             }
+            Record::FailedLogin(failure) => {
+                let room = self.failed_logins.len() < LOGIN_KEYS;
+                let closed = match self.failed_logins.get_mut(&failure.key_id) {
+                    Some(window) if failure.at < window.first_at + LOGIN_WINDOW => {
+                        window.add(&failure);
+                        None
+                    }
+                    Some(window) => Some(std::mem::replace(window, LoginFailures::new(&failure))),
+                    None if room => {
+                        self.failed_logins.insert(failure.key_id, LoginFailures::new(&failure));
+                        None
+                    }
+                    None => {
+                        metrics::counter!("keygate_audit_dropped_total").increment(1);
+                        None
+                    }
+                };
+                if let Some(closed) = closed {
+                    self.audits.push(closed.into_event(failure.key_id));
+                }
+            }
             Record::Denial(d) => self.denials.push(*d),
             Record::Audit(a) => self.audits.push(*a),
             Record::Usage(u) => self.usage.push(*u),
             Record::Alert(a) => self.alerts.push(*a),
             Record::Flush(done) => self.flushes.push(done),
+        }
+    }
+
+    /// Moves the failed-login windows that ended by `now` (all of them when
+    /// `now` is `None`, on shutdown) to the audit events to write.
+    fn close_login_windows(&mut self, now: Option<crate::store::Timestamp>) {
+        let ended: Vec<PublicId> = self
+            .failed_logins
+            .iter()
+            .filter(|(_, w)| now.is_none_or(|now| now >= w.first_at + LOGIN_WINDOW))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            if let Some(window) = self.failed_logins.remove(&id) {
+                self.audits.push(window.into_event(id));
+            }
         }
     }
 
@@ -249,7 +369,11 @@ const BATCH: usize = 1_000;
 
 /// The recorder and its writer task: batches every `every` (or every 1,000
 /// records), and once more on shutdown.
-pub fn recorder(store: Arc<dyn Store>, every: Duration) -> (Recorder, impl FnOnce(watch::Receiver<bool>) -> BoxFuture) {
+pub fn recorder(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    every: Duration,
+) -> (Recorder, impl FnOnce(watch::Receiver<bool>) -> BoxFuture) {
     let recorder = Recorder(Arc::default());
     let inbox = recorder.clone();
     let task = move |mut shutdown: watch::Receiver<bool>| -> BoxFuture {
@@ -265,6 +389,7 @@ pub fn recorder(store: Arc<dyn Store>, every: Duration) -> (Recorder, impl FnOnc
                 for record in inbox.take(stopping) {
                     pending.add(record);
                 }
+                pending.close_login_windows((!stopping).then(|| clock.now()));
                 pending.flush(&*store).await;
                 if stopping {
                     return;
@@ -410,7 +535,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::open(&format!("sqlite://{}", dir.path().join("r.db").display())).await.unwrap();
         // A tick that never comes in this test: only a full batch or a flush writes.
-        let (recorder, writer) = recorder(Arc::clone(&store), Duration::from_secs(3600));
+        let (recorder, writer) =
+            recorder(Arc::clone(&store), Arc::new(crate::clock::SystemClock), Duration::from_secs(3600));
         let mut tasks = Tasks::default();
         tasks.spawn("recorder", writer);
         tokio::task::yield_now().await;
@@ -438,5 +564,40 @@ mod tests {
         recorder.denial(denial("req_after_stop"));
         tokio::time::timeout(Duration::from_secs(1), recorder.flush()).await.expect("a flush after the stop returns");
         assert!(store.get_denial("req_after_stop").await.unwrap().is_none());
+    }
+
+    #[test]
+    fn failed_logins_become_one_audit_event_per_key_and_window() {
+        let key = PublicId::random();
+        let other = PublicId::random();
+        let failure = |key_id, at, ip: &str| {
+            Record::FailedLogin(Box::new(FailedLogin {
+                key_id,
+                at,
+                client: Some(ip.parse().unwrap()),
+                reason: "wrong_secret",
+            }))
+        };
+        let mut pending = Pending::default();
+        for n in 0..2_000 {
+            pending.add(failure(key, 1_000 + n % 30, &format!("10.0.{}.{}", n / 250, n % 250)));
+        }
+        pending.add(failure(other, 1_010, "10.9.9.9"));
+        pending.close_login_windows(Some(1_059));
+        assert!(pending.audits.is_empty(), "the windows are still open");
+        // A failure after the window closes the first window and opens another.
+        pending.add(failure(key, 1_060, "10.0.0.1"));
+        assert_eq!(pending.audits.len(), 1);
+        let event = &pending.audits[0];
+        assert_eq!((event.kind, event.actor_key_id, event.effective_at), ("login.failed", Some(key), 1_000));
+        assert_eq!(event.details["count"], 2_000);
+        assert_eq!(event.details["last_at"], 1_029);
+        assert_eq!(event.details["client_ips"].as_array().unwrap().len(), LOGIN_CLIENTS);
+        assert_eq!(event.details["error_code"], "wrong_secret");
+        pending.close_login_windows(Some(1_070));
+        assert_eq!(pending.audits.len(), 2, "the other key's window ended");
+        pending.close_login_windows(None);
+        assert_eq!(pending.audits.len(), 3, "on shutdown every open window is written");
+        assert!(pending.failed_logins.is_empty());
     }
 }

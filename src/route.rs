@@ -18,6 +18,10 @@ use crate::auth::Denial;
 use crate::dialect::{ApiError, Dialect};
 use crate::server::AppState;
 
+mod canonical;
+
+pub use canonical::{canonical_path, normalize, PathError};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// The OpenAI path, `/v1/...`.
@@ -32,14 +36,15 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn openai(uri: &Uri) -> Self {
-        Self {
-            path: uri.path().to_owned(),
+    /// An OpenAI URL; `Err` when its path has no canonical form.
+    pub fn openai(uri: &Uri) -> Result<Self, PathError> {
+        Ok(Self {
+            path: canonical_path(uri.path())?,
             query: uri.query().map(str::to_owned),
             deployment: None,
             dialect: Dialect::OpenAi,
             api_version: None,
-        }
+        })
     }
 
     /// `path?query` relative to the `/v1` root, as upstreams are addressed.
@@ -52,9 +57,12 @@ impl Route {
     }
 }
 
-/// Parses an Azure URL; `Err` is the error Azure itself would give.
+/// Parses an Azure URL; `Err` is the error Azure itself would give. The
+/// OpenAI path it maps to is canonical ([`canonical_path`]), so keygate's own
+/// namespaces are as unreachable through Azure URLs as through OpenAI ones.
 pub fn parse_azure(uri: &Uri, api_versions: &[String]) -> Result<Route, ApiError> {
     let path = uri.path();
+    let canonical = |openai: String| canonical_path(&openai).map_err(|_| ApiError::ResourceNotFound);
     let mut api_version = None;
     let mut rest = Vec::new();
     for (name, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
@@ -71,7 +79,13 @@ pub fn parse_azure(uri: &Uri, api_versions: &[String]) -> Result<Route, ApiError
         if api_version.as_deref().is_some_and(|v| !matches!(v, "preview" | "latest" | "v1")) {
             return Err(ApiError::ApiVersionNotSupported);
         }
-        return Ok(Route { path: format!("/v1/{v1}"), query, deployment: None, dialect: Dialect::Azure, api_version });
+        return Ok(Route {
+            path: canonical(format!("/v1/{v1}"))?,
+            query,
+            deployment: None,
+            dialect: Dialect::Azure,
+            api_version,
+        });
     }
     let rest_path = path.strip_prefix("/openai/").ok_or(ApiError::ResourceNotFound)?;
     let version =
@@ -83,7 +97,7 @@ pub fn parse_azure(uri: &Uri, api_versions: &[String]) -> Result<Route, ApiError
             return Err(ApiError::ResourceNotFound);
         }
         return Ok(Route {
-            path: format!("/v1/{op}"),
+            path: canonical(format!("/v1/{op}"))?,
             query,
             deployment: Some(deployment),
             dialect: Dialect::Azure,
@@ -91,7 +105,7 @@ pub fn parse_azure(uri: &Uri, api_versions: &[String]) -> Result<Route, ApiError
         });
     }
     Ok(Route {
-        path: format!("/v1/{rest_path}"),
+        path: canonical(format!("/v1/{rest_path}"))?,
         query,
         deployment: None,
         dialect: Dialect::Azure,
@@ -186,6 +200,22 @@ mod tests {
         assert_eq!(parse("/openai/v1/chat/completions").unwrap().path, "/v1/chat/completions");
         assert!(parse("/openai/v1/responses?api-version=preview").is_ok());
         assert!(matches!(parse("/openai/deployments/d?api-version=2024-10-21"), Err(ApiError::ResourceNotFound)));
+    }
+
+    #[test]
+    fn keygates_own_namespaces_are_not_found_through_azure_urls() {
+        for url in [
+            "/openai/v1/organization/admin_api_keys",
+            "/openai/v1/Organization/projects",
+            "/openai/v1/keygate/echo-auth",
+            "/openai/v1/keygate",
+            "/openai/organization/projects?api-version=2024-10-21",
+            "/openai/%6Frganization?api-version=2024-10-21",
+            "/openai/deployments/d/organization/projects?api-version=2024-10-21",
+            "/openai/deployments/d/../../v1/organization?api-version=2024-10-21",
+        ] {
+            assert!(matches!(parse(url), Err(ApiError::ResourceNotFound)), "{url}");
+        }
     }
 
     #[test]

@@ -97,14 +97,13 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
         // Reserved: keygate's own namespaces are never proxied.
         .route("/v1/organization/{*rest}", any(invalid_url))
         .route("/v1/keygate/{*rest}", any(invalid_url))
         .route(
             "/v1/keygate/echo-auth",
-            get(echo_auth).route_layer(middleware::from_fn_with_state(state.clone(), require_project_key)),
+            get(echo_auth).route_layer(middleware::from_fn_with_state(state.clone(), require_extension_key)),
         )
         .merge(admin)
         .merge(openai)
@@ -150,8 +149,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics_text(State(state): State<AppState>) -> Response {
-    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+/// The metrics listener's router: `GET /metrics` and nothing else. It is
+/// served apart from the public listener (`server.metrics_listen`, loopback
+/// by default): failure counts by reason would tell a guesser which keys exist.
+pub fn metrics_router(metrics: PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let text = metrics.render();
+            async move { ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+        }),
+    )
 }
 
 async fn openapi_json() -> Response {
@@ -211,10 +219,26 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         });
     }
     let status = response.status().as_u16().to_string();
-    metrics::counter!("keygate_requests_total", "route" => route, "method" => method.to_string(), "status" => status)
+    metrics::counter!("keygate_requests_total", "route" => route, "method" => method_label(&method), "status" => status)
         .increment(1);
     metrics::histogram!("keygate_request_duration_seconds").record(started.elapsed().as_secs_f64());
     response
+}
+
+/// A metric label from a closed set: a client may send any method string, and
+/// each distinct label value is a series kept for the life of the process.
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the
@@ -240,18 +264,32 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
 
 // === authentication ===
 
-async fn require_project_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    // Checked before the scope is chosen from the path's segments; methods
-    // such as TRACE and CONNECT are never forwarded.
-    let canonical = req.extensions().get::<Route>().map(|r| r.path.clone());
-    let path = canonical.as_deref().unwrap_or(req.uri().path());
-    if !proxy::is_clean_path(req.uri().path())
-        || !proxy::is_clean_path(path)
-        || !proxy::is_forwarded_method(req.method())
-    {
+async fn require_project_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    // Decided before any key is looked at: the canonical path chooses the
+    // scope and is what is forwarded; keygate's own namespaces, paths without
+    // a canonical form and methods such as TRACE and CONNECT never leave.
+    if crate::route::normalize(req.uri().path()).is_err() || !proxy::is_forwarded_method(req.method()) {
         return invalid_url(req).await.into_response();
     }
-    let scope = auth::data_plane_scope(req.method(), path);
+    if req.extensions().get::<Route>().is_none() {
+        match Route::openai(req.uri()) {
+            Ok(route) => {
+                req.extensions_mut().insert(route);
+            }
+            Err(_) => return invalid_url(req).await.into_response(),
+        }
+    }
+    let scope = match req.extensions().get::<Route>() {
+        Some(route) => auth::data_plane_scope(req.method(), &route.path),
+        None => return ApiError::Internal.into_response(),
+    };
+    require(state, Plane::Data, scope, req, next).await
+}
+
+/// keygate's own routes under `/v1/keygate/` (matched exactly by the router,
+/// never forwarded): any valid project key.
+async fn require_extension_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let scope = auth::data_plane_scope(req.method(), req.uri().path());
     require(state, Plane::Data, scope, req, next).await
 }
 
@@ -268,6 +306,7 @@ async fn require(state: AppState, plane: Plane, scope: auth::Scope, mut req: Req
         client_ip: req.extensions().get::<ClientIp>().map(|c| c.0),
         organization_id: &state.settings.organization_id,
         azure: req.extensions().get::<Route>().is_some_and(|r| r.dialect == Dialect::Azure),
+        key_in_query: auth::key_in_query(req.uri().query()),
         now,
     };
     match auth::authenticate(&state.index, req.headers(), &admission) {
@@ -300,15 +339,15 @@ async fn require(state: AppState, plane: Plane, scope: auth::Scope, mut req: Req
                 },
                 _ => denial,
             };
-            // A failed login with something that names an admin key is an audit event.
-            if let (Plane::Admin, Some(key)) = (plane, denial.key()) {
-                state.recorder.audit(crate::store::AuditEvent {
-                    id: crate::ids::audit_log_id(),
-                    kind: "login.failed",
-                    effective_at: now,
-                    project_id: None,
-                    actor_key_id: Some(key.id),
-                    details: serde_json::json!({"error_code": denial.kind(), "error_message": "authentication failed"}),
+            // A failed login with something that names an admin key is
+            // audited (summed per key and minute); a throttled sender adds nothing.
+            if let (Plane::Admin, Some(key), false) = (plane, denial.key(), matches!(denial, Denial::Throttled { .. }))
+            {
+                state.recorder.failed_login(crate::jobs::FailedLogin {
+                    key_id: key.id,
+                    at: now,
+                    client: admission.client_ip,
+                    reason: denial.kind(),
                 });
             }
             let options = crate::dialect::RenderOptions { hints: state.settings.error_hints };
@@ -329,7 +368,7 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
     } else {
         RequestMeta::default()
     };
-    let route = parts.extensions.get::<Route>().cloned().unwrap_or_else(|| Route::openai(&parts.uri));
+    let route = parts.extensions.get::<Route>().cloned().ok_or(ApiError::Internal)?;
     let path = route.path.as_str();
     let azure = route.dialect == Dialect::Azure;
     // An Azure URL names a deployment; on the Azure v1 surface the body's model

@@ -74,6 +74,9 @@ pub use bootstrap::bootstrap_admin_key;
 ))]
 pub struct AdminApi;
 
+/// The largest Administration API request body (imports of many keys included).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/organization/projects", get(projects::list).post(projects::create))
@@ -108,6 +111,36 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/organization/users/{user_id}", get(users::get).post(users::update).delete(users::delete))
         .route("/v1/organization/admin_api_keys", get(admin_keys::list).post(admin_keys::create))
         .route("/v1/organization/admin_api_keys/{key_id}", get(admin_keys::get).delete(admin_keys::delete))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(openai_shaped))
+}
+
+/// Gives the router's and extractors' own refusals (wrong method, a body over
+/// the limit, a path parameter that is not UTF-8) OpenAI's envelope, as every
+/// other Administration API error has. Handlers' errors pass unchanged.
+async fn openai_shaped(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    use http::StatusCode;
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.extensions().get::<std::sync::Arc<ApiError>>().is_some()
+        || response.extensions().get::<std::sync::Arc<crate::auth::Denial>>().is_some()
+    {
+        return response;
+    }
+    let error = match status {
+        // The router adds its `Allow` header to this answer on the way out.
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed { method },
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit: MAX_BODY_BYTES },
+        status if status.is_client_error() => ApiError::BadRequest {
+            message: "Invalid request: a path parameter or the body could not be read.".into(),
+            param: None,
+        },
+        _ => ApiError::Internal,
+    };
+    error.into_response()
 }
 
 /// Tells an absent list field (leave as is) from `null` (clear the restriction).

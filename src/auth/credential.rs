@@ -22,23 +22,55 @@ impl Presented {
     }
 }
 
-/// Azure clients send `api-key: <key>`; it wins over `Authorization` (old
-/// Python SDKs send both with the same value).
-pub fn extract_azure(headers: &HeaderMap) -> Result<Presented, Denial> {
-    match headers.get("api-key") {
-        Some(value) => {
-            let value = String::from_utf8_lossy(value.as_bytes());
-            let value = value.trim();
-            if value.is_empty() {
-                return Err(Denial::MalformedAuthorization { detail: "the api-key header is empty" });
-            }
-            Ok(Presented(Secret::new(value)))
+/// The key a request presents, by one rule on both dialects: `Authorization`
+/// (Bearer, or Basic with the key as password), and on Azure routes also
+/// `api-key`. Older Azure SDKs send both with the same key, which is accepted
+/// on either dialect; two different keys, or either header twice, are refused
+/// (keygate and whatever is behind it could otherwise read different keys).
+pub fn presented(headers: &HeaderMap, azure: bool) -> Result<Presented, Denial> {
+    let once = |name: &str| headers.get_all(name).iter().nth(1).is_none();
+    if !once(AUTHORIZATION.as_str()) {
+        return Err(Denial::MalformedAuthorization { detail: "the Authorization header was sent more than once" });
+    }
+    if !once("api-key") {
+        return Err(Denial::MalformedAuthorization { detail: "the api-key header was sent more than once" });
+    }
+    let api_key = headers.get("api-key").map(|_| from_api_key(headers)).transpose()?;
+    let authorization = headers.get(AUTHORIZATION).map(|_| extract(headers)).transpose()?;
+    match (authorization, api_key) {
+        (Some(a), Some(b)) if a.expose() == b.expose() => Ok(a),
+        (Some(_), Some(_)) => {
+            Err(Denial::MalformedAuthorization { detail: "the Authorization and api-key headers carry different keys" })
         }
-        None => extract(headers),
+        (Some(key), None) => Ok(key),
+        (None, Some(key)) if azure => Ok(key),
+        // OpenAI reads only Authorization: an api-key header alone is no key there.
+        (None, _) => Err(Denial::MissingCredential),
     }
 }
 
-pub fn extract(headers: &HeaderMap) -> Result<Presented, Denial> {
+fn from_api_key(headers: &HeaderMap) -> Result<Presented, Denial> {
+    let value = headers.get("api-key").map(|v| String::from_utf8_lossy(v.as_bytes())).unwrap_or_default();
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(Denial::MalformedAuthorization { detail: "the api-key header is empty" });
+    }
+    Ok(Presented(Secret::new(value)))
+}
+
+/// Whether a query string carries a key: a parameter named like one, or any
+/// value with a keygate key's format. Such requests are refused: query
+/// strings end up in logs, histories and upstream URLs.
+pub fn key_in_query(query: Option<&str>) -> bool {
+    query.is_some_and(|query| {
+        form_urlencoded::parse(query.as_bytes()).any(|(name, value)| {
+            matches!(name.to_ascii_lowercase().as_str(), "api-key" | "api_key" | "apikey" | "key")
+                || crate::key::parse(value.trim()).is_ok()
+        })
+    })
+}
+
+fn extract(headers: &HeaderMap) -> Result<Presented, Denial> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Err(Denial::MissingCredential);
     };

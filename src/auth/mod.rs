@@ -19,7 +19,7 @@ use crate::key::{self, KeyDigest, KeyFormatError};
 use crate::proxy::glob_match;
 use crate::store::{Access, KeyKind, KeyState, Project, Timestamp};
 
-pub use credential::{extract, Presented};
+pub use credential::{key_in_query, presented, Presented};
 pub use denial::{dimension_name, Denial, ForeignKey, KeyRef};
 pub use index::{Change, Found, IndexBuilder, IndexedKey, KeyIndex, KeyPolicy};
 pub use scope::{admin_scope, data_plane_scope, Permissions, PermissionsError, Scope, KNOWN_SCOPES};
@@ -43,6 +43,8 @@ pub struct Admission<'a> {
     pub organization_id: &'a str,
     /// Which front door: Azure clients send `api-key`.
     pub azure: bool,
+    /// The query string carries a key ([`key_in_query`]): refused.
+    pub key_in_query: bool,
     pub now: Timestamp,
 }
 
@@ -82,7 +84,12 @@ impl Authorized {
 /// Authenticates and authorizes a request from its headers. Unknown and
 /// revoked keys differ only in the private reason the [`Denial`] carries.
 pub fn authenticate(index: &KeyIndex, headers: &HeaderMap, admission: &Admission<'_>) -> Result<Authorized, Denial> {
-    let presented = if admission.azure { credential::extract_azure(headers)? } else { extract(headers)? };
+    if admission.key_in_query {
+        return Err(Denial::MalformedAuthorization {
+            detail: "a key was sent in the query string; send it in the Authorization header",
+        });
+    }
+    let presented = presented(headers, admission.azure)?;
     let text = presented.expose();
     let digest = KeyDigest::of(text);
     let Some(found) = index.lookup(&digest) else {

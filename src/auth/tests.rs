@@ -66,6 +66,7 @@ fn admission(method: Method, path: &str) -> Admission<'static> {
         client_ip: Some("192.0.2.7".parse().unwrap()),
         organization_id: ORG,
         azure: false,
+        key_in_query: false,
         now: NOW,
     }
 }
@@ -357,4 +358,55 @@ fn a_secret_in_its_grace_is_found_with_its_end_and_a_dropped_one_is_not() {
     assert!(matches!(auth(&idx, &bearer(&old_key)), Err(Denial::WrongSecret { .. })));
     assert!(auth(&idx, &bearer(rotated.secret.expose())).is_ok());
     assert_eq!(idx.len(), 1);
+}
+
+#[test]
+fn one_rule_reads_the_key_from_authorization_and_api_key_on_both_dialects() {
+    let (rec, key) = record(KeyKind::Project);
+    let (_, other) = record(KeyKind::Project);
+    let index = index(vec![rec]);
+    let on = |azure: bool, headers: &HeaderMap| {
+        let admission = Admission { azure, ..admission(Method::POST, "/v1/chat/completions") };
+        authenticate(&index, headers, &admission)
+    };
+    let with_api_key = |mut headers: HeaderMap, value: &str| {
+        headers.append("api-key", HeaderValue::from_str(value).unwrap());
+        headers
+    };
+    let malformed = |r: Result<Authorized, Denial>| matches!(r, Err(Denial::MalformedAuthorization { .. }));
+    // Older Azure SDKs send both, with the same key: accepted on both dialects.
+    let both = with_api_key(bearer(&key), &key);
+    assert!(on(false, &both).is_ok());
+    assert!(on(true, &both).is_ok());
+    // Different keys in the two: refused on both, whichever is valid.
+    for (a, b) in [(&key, &other), (&other, &key)] {
+        let mixed = with_api_key(bearer(a), b);
+        assert!(malformed(on(false, &mixed)));
+        assert!(malformed(on(true, &mixed)));
+    }
+    // A header given twice: refused, even when the first is valid.
+    let mut twice = bearer(&key);
+    twice.append(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {other}")).unwrap());
+    assert!(malformed(on(false, &twice)));
+    assert!(malformed(on(true, &twice)));
+    let api_twice = with_api_key(with_api_key(HeaderMap::new(), &key), &key);
+    assert!(malformed(on(true, &api_twice)));
+    // api-key alone is a key only on Azure routes.
+    let api_only = with_api_key(HeaderMap::new(), &key);
+    assert!(on(true, &api_only).is_ok());
+    assert!(matches!(on(false, &api_only), Err(Denial::MissingCredential)));
+}
+
+#[test]
+fn keys_in_query_strings_are_refused() {
+    let (rec, key) = record(KeyKind::Project);
+    let index = index(vec![rec]);
+    let admission = Admission { key_in_query: true, ..admission(Method::POST, "/v1/chat/completions") };
+    assert!(matches!(authenticate(&index, &bearer(&key), &admission), Err(Denial::MalformedAuthorization { .. })));
+    assert!(key_in_query(Some(&format!("x=1&k={key}"))));
+    assert!(key_in_query(Some("api-key=anything")));
+    assert!(key_in_query(Some("API_KEY=anything")));
+    assert!(key_in_query(Some("key=x")));
+    assert!(!key_in_query(Some("limit=2&after=file-abc")));
+    assert!(!key_in_query(None));
 }

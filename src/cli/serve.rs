@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 use keygate::app::Gateway;
-use keygate::config::{Config, LogFormat, Overrides, ProcessEnv};
+use keygate::config::{Config, LogFormat, MetricsListen, Overrides, ProcessEnv};
 use keygate::key::Secret;
 use tokio::net::TcpListener;
 
@@ -17,6 +17,11 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "KEYGATE_LISTEN")]
     listen: Option<String>,
+    /// Address for `GET /metrics`, or `off` [default: 127.0.0.1:9464]. Never
+    /// the public listener: failure counts by reason would tell a guesser
+    /// which keys exist.
+    #[arg(long, env = "KEYGATE_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Database URL [default: sqlite://keygate.db].
     #[arg(long, env = "KEYGATE_DATABASE_URL")]
     database: Option<String>,
@@ -37,6 +42,7 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let overrides = Overrides {
         listen: args.listen,
+        metrics_listen: args.metrics_listen,
         database_url: args.database,
         upstream_url: args.upstream,
         tls_cert: args.tls_cert,
@@ -47,31 +53,76 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing(&config);
 
     let admin_key = std::env::var("KEYGATE_ADMIN_KEY").ok().filter(|k| !k.is_empty()).map(Secret::new);
+    // Both addresses are taken before anything is written: a start that fails
+    // on a busy port must not create (and lose) the first admin key.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on `{}` (set --listen or KEYGATE_LISTEN)", config.listen))?;
+    let metrics_listener = bind_metrics(config.metrics_listen).await?;
     let gateway = Gateway::start(&config, admin_key.as_ref()).await?;
-    if let Some(key) = &gateway.generated_admin_key {
-        // Printed once, on the first start against an empty database, and never again.
-        eprintln!(
-            "\nkeygate created an admin key (shown only this once, store it now):\n\n    {}\n\n\
-             Use it as KEYGATE_ADMIN_KEY for the CLI and the Administration API.\n",
-            key.expose()
-        );
-    }
     let tls = match &config.tls {
         Some(files) => Some(keygate::server::tls_acceptor(&files.cert, &files.key)?),
         None => None,
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on `{}` (set --listen or KEYGATE_LISTEN)", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "keygate listening");
+    if let Some(key) = &gateway.generated_admin_key {
+        // Printed once, on the first start against an empty database, and
+        // only once keygate is listening; never again.
+        eprintln!(
+            "\nkeygate created an admin key (shown only this once, store it now):\n\n    {}\n\n\
+             Use it as KEYGATE_ADMIN_KEY for the CLI and the Administration API.\n\
+             Lost it? Start keygate with KEYGATE_ADMIN_KEY set to a new secret: it is stored as an admin key.\n",
+            key.expose()
+        );
+    }
 
     let Gateway { state, tasks, .. } = gateway;
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = metrics_listener.map(|listener| {
+        let app = keygate::server::metrics_router(state.metrics.clone());
+        #[allow(clippy::disallowed_methods)] // awaited below, after the main listener drains
+        tokio::spawn(keygate::server::serve(
+            listener,
+            app,
+            None,
+            Arc::new(Vec::new()),
+            async {
+                let _ = metrics_stopped.await;
+            },
+            std::time::Duration::from_secs(1),
+        ))
+    });
     let trusted = Arc::new(config.trusted_proxies.clone());
     let app = keygate::server::router(state);
     keygate::server::serve(listener, app, tls, trusted, shutdown_signal(), config.shutdown_grace).await;
+    let _ = stop_metrics.send(());
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     tasks.shutdown().await;
     tracing::info!("keygate stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The metrics listener: a configured address must be free; the default one
+/// may be taken (another gateway on this machine), and then keygate serves
+/// without metrics and says how to choose an address.
+async fn bind_metrics(metrics: MetricsListen) -> anyhow::Result<Option<TcpListener>> {
+    let listener = match metrics {
+        MetricsListen::Off => return Ok(None),
+        MetricsListen::Configured(addr) => TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on `{addr}` (set --metrics-listen, or `off`)"))?,
+        MetricsListen::Default(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%addr, %error, "metrics are not served: the default address is taken; set server.metrics_listen (or --metrics-listen) to another address, or `off`");
+                return Ok(None);
+            }
+        },
+    };
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    Ok(Some(listener))
 }
 
 async fn shutdown_signal() {

@@ -116,4 +116,34 @@ fn the_example_file_is_valid() {
     let env = FakeEnv::with(&[("VLLM_API_KEY", "x")]);
     let c = Config::from_toml(text, &env).unwrap();
     assert_eq!(c.upstreams.len(), 2);
+    assert!(c.trusted_proxies.is_empty(), "copying the example must not make X-Forwarded-For believed");
+    assert!(Config::from_toml("", &FakeEnv::default()).unwrap().trusted_proxies.is_empty());
+}
+
+#[test]
+fn a_keygate_key_is_never_taken_as_the_upstream_credential() {
+    use crate::key::{generate, KeyPrefix, PublicId};
+    let key = generate(&KeyPrefix::parse("sk-").unwrap(), &PublicId::random()).secret;
+    for var in ["OPENAI_API_KEY", "KEYGATE_UPSTREAM_API_KEY"] {
+        let error = Config::from_toml("", &FakeEnv::with(&[(var, &format!("{}\n", key.expose()))])).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains(&format!("reads `{var}`, which holds a key issued by keygate")), "{text}");
+        assert!(text.contains("help: put the OpenAI or Azure key in KEYGATE_UPSTREAM_API_KEY"), "{text}");
+        assert!(!text.contains(key.expose()), "the key itself is never printed");
+    }
+    let named = "[upstream]\napi_key_env = \"MY_KEY\"\n";
+    let text = Config::from_toml(named, &FakeEnv::with(&[("MY_KEY", key.expose())])).unwrap_err().to_string();
+    assert!(text.starts_with("`upstream.api_key_env` reads `MY_KEY`"), "{text}");
+}
+
+#[test]
+fn metrics_are_served_on_loopback_unless_configured() {
+    let c = Config::from_toml("", &FakeEnv::default()).unwrap();
+    assert_eq!(c.metrics_listen, MetricsListen::Default(DEFAULT_METRICS_LISTEN.parse().unwrap()));
+    assert!(matches!(c.metrics_listen, MetricsListen::Default(addr) if addr.ip().is_loopback()));
+    let c = Config::from_toml("[server]\nmetrics_listen = \"off\"\n", &FakeEnv::default()).unwrap();
+    assert_eq!(c.metrics_listen, MetricsListen::Off);
+    let c = Config::from_toml("[server]\nmetrics_listen = \"0.0.0.0:9100\"\n", &FakeEnv::default()).unwrap();
+    assert_eq!(c.metrics_listen, MetricsListen::Configured("0.0.0.0:9100".parse().unwrap()));
+    assert!(err("[server]\nmetrics_listen = \"9100\"\n").starts_with("`server.metrics_listen` must be an address"));
 }

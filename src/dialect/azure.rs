@@ -124,6 +124,7 @@ pub fn render(error: &ApiError, path: &str, api_version: &str) -> Response {
         },
         // What Azure passes through from the model keeps OpenAI's shape.
         ApiError::InvalidJson
+        | ApiError::MethodNotAllowed { .. }
         | ApiError::BodyTooLarge { .. }
         | ApiError::BadRequest { .. }
         | ApiError::NotFound { .. }

@@ -46,6 +46,11 @@ pub enum ApiError {
         path: String,
     },
     InvalidJson,
+    /// A known path with a method it does not take (the router adds an
+    /// `Allow` header listing those it does).
+    MethodNotAllowed {
+        method: Method,
+    },
     BodyTooLarge {
         limit: usize,
     },

@@ -30,6 +30,19 @@ pub struct ErrorBody {
     code: Option<&'static str>,
 }
 
+/// At most this many characters of a string the client sent come back in a
+/// message; the rest is cut at a character boundary and marked with `...`.
+const ECHO_CHARS: usize = 256;
+
+/// A client's string as echoed in an error: bounded, so a request cannot make
+/// keygate send (or store, for `explain`) more than it was sent for nothing.
+fn echo(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(ECHO_CHARS) {
+        Some((end, _)) => format!("{}...", &text[..end]).into(),
+        None => text.into(),
+    }
+}
+
 fn invalid_api_key(mask: &str) -> String {
     format!("Incorrect API key provided: {mask}. You can find your API key at https://platform.openai.com/account/api-keys.")
 }
@@ -84,23 +97,33 @@ fn parts(error: &ApiError) -> (StatusCode, String, &'static str, Option<&'static
             Denial::Throttled { exceeded, .. } => limited(exceeded, None, ""),
             Denial::UnknownDeployment { deployment, .. } => (
                 StatusCode::NOT_FOUND,
-                format!("The model `{deployment}` does not exist or you do not have access to it."),
+                format!("The model `{}` does not exist or you do not have access to it.", echo(deployment)),
                 IRE,
                 None,
                 Some("model_not_found"),
             ),
             Denial::ModelNotAllowed { model, .. } => (
                 StatusCode::NOT_FOUND,
-                format!("The model `{model}` does not exist or you do not have access to it."),
+                format!("The model `{}` does not exist or you do not have access to it.", echo(model)),
                 IRE,
                 None,
                 Some("model_not_found"),
             ),
         },
         ApiError::InvalidUrl { method, path } => {
-            (StatusCode::NOT_FOUND, format!("Invalid URL ({method} {path})"), IRE, None, None)
+            (StatusCode::NOT_FOUND, format!("Invalid URL ({} {})", echo(method.as_str()), echo(path)), IRE, None, None)
         }
         ApiError::InvalidJson => (StatusCode::BAD_REQUEST, BAD_JSON.into(), IRE, None, None),
+        ApiError::MethodNotAllowed { method } => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "Method {} is not allowed for this URL; the Allow header lists the methods it accepts.",
+                echo(method.as_str())
+            ),
+            IRE,
+            None,
+            Some("method_not_supported"),
+        ),
         // Only the Azure front door raises these; OpenAI's equivalents:
         ApiError::ResourceNotFound => (StatusCode::NOT_FOUND, "Resource not found".into(), IRE, None, None),
         ApiError::ApiVersionNotSupported => {

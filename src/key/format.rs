@@ -306,17 +306,21 @@ pub fn redact(prefix: &str, id: &PublicId, last4: &str) -> String {
 
 /// OpenAI's masking in `Incorrect API key provided: ...`: values of up to 12
 /// characters are echoed, longer ones keep their first 8 and last 4 characters
-/// with one `*` per hidden character.
+/// with one `*` per hidden character, up to [`MASK_STARS`]: a key of any real
+/// length is masked as OpenAI masks it, and a 100 KB header is not echoed.
 pub fn mask_for_error(presented: &str) -> String {
-    let chars: Vec<char> = presented.chars().collect();
-    if chars.len() <= 12 {
+    let count = presented.chars().count();
+    if count <= 12 {
         return presented.to_owned();
     }
-    let mut out: String = chars[..8].iter().collect();
-    out.extend(std::iter::repeat_n('*', chars.len() - 12));
-    out.extend(&chars[chars.len() - 4..]);
+    let mut out: String = presented.chars().take(8).collect();
+    out.extend(std::iter::repeat_n('*', (count - 12).min(MASK_STARS)));
+    out.extend(presented.chars().skip(count - 4));
     out
 }
+
+/// OpenAI's project keys are 164 characters; any longer value is no key.
+pub const MASK_STARS: usize = 200;
 
 /// Where a key that fails its checksum was probably mistyped.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -144,6 +144,8 @@ fn error_mask_matches_openai() {
     assert_eq!(mask_for_error("undefined"), "undefined");
     assert_eq!(mask_for_error("abcdefghijkl"), "abcdefghijkl");
     assert_eq!(mask_for_error("абвгдежзийклм"), "абвгдежз*йклм");
+    let huge = format!("sk-{}tail", "x".repeat(100_000));
+    assert_eq!(mask_for_error(&huge), format!("sk-xxxxx{}tail", "*".repeat(super::format::MASK_STARS)));
 }
 
 #[test]

@@ -191,42 +191,6 @@ pub async fn forward(
     Ok(stream_back(response))
 }
 
-/// Whether a data-plane path is safe to authorize by its segments and to
-/// forward: no `.`/`..` segments (also percent-encoded), no encoded slashes or
-/// backslashes, no empty segments. URL resolution would otherwise send the
-/// request to another endpoint than the one whose scope was checked.
-pub fn is_clean_path(path: &str) -> bool {
-    // `%2f` or `%5c` in either case: an encoded slash or backslash.
-    let encoded_separator = path
-        .match_indices('%')
-        .any(|(at, _)| matches!(path.as_bytes().get(at + 1..at + 3), Some([b'2', b'f' | b'F'] | [b'5', b'c' | b'C'])));
-    if path.contains('\\') || encoded_separator {
-        return false;
-    }
-    let mut segments = path.split('/').skip(1).peekable();
-    while let Some(segment) = segments.next() {
-        let trailing = segments.peek().is_none();
-        if (segment.is_empty() && !trailing) || is_dot_segment(segment) {
-            return false;
-        }
-    }
-    true
-}
-
-/// `.` or `..`, with any dot written as `%2e` (either case).
-fn is_dot_segment(segment: &str) -> bool {
-    let (mut rest, mut dots) = (segment.as_bytes(), 0);
-    while !rest.is_empty() {
-        rest = match rest {
-            [b'.', tail @ ..] => tail,
-            [b'%', two, e, tail @ ..] if *two == b'2' && e.eq_ignore_ascii_case(&b'e') => tail,
-            _ => return false,
-        };
-        dots += 1;
-    }
-    dots == 1 || dots == 2
-}
-
 /// The methods keygate forwards; anything else (TRACE, CONNECT, ...) is
 /// answered as an unknown route and never reaches the upstream.
 pub fn is_forwarded_method(method: &Method) -> bool {

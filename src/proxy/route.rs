@@ -24,43 +24,6 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::glob_match;
-    use crate::proxy::is_clean_path;
-
-    #[test]
-    fn dot_segments_and_encoded_slashes_are_unclean() {
-        for ok in [
-            "/v1/chat/completions",
-            "/v1/models/gpt-4o",
-            "/v1/files/",
-            "/v1/models/ft:gpt-4o:acme.v1",
-            "/v1/models/...",
-            "/v1/models/..x",
-            "/v1/models/%2ex",
-            "/v1/models/é..",
-            "/v1/models/100%25",
-            "/v1/models/x%2",
-            "/v1/models/x%",
-        ] {
-            assert!(is_clean_path(ok), "{ok}");
-        }
-        for bad in [
-            "/v1/embeddings/../chat/completions",
-            "/v1/models/%2e%2e/files",
-            "/v1/models/%2E%2E/files",
-            "/v1/models/./x",
-            "/v1/models/.%2E/x",
-            "/v1/embeddings%2f..%2fchat/completions",
-            "/v1//chat/completions",
-            "/v1/files/%2e",
-            "/v1/files/%2E.",
-            "/v1/models%5Cx",
-            "/v1/models%5cx",
-            "/v1/models%2Fx",
-            "/v1/models\\..\\files",
-        ] {
-            assert!(!is_clean_path(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn globs() {

@@ -137,12 +137,14 @@ async fn public_routes_answer_without_a_key() {
     let (_, key) = gw.create_key("app").await;
     let _ = http().get(format!("{}/v1/models", gw.url)).bearer_auth("sk-wrong").send().await.unwrap();
     let _ = http().get(format!("{}/v1/models", gw.url)).bearer_auth(&key).send().await.unwrap();
-    for path in ["/healthz", "/readyz"] {
+    for path in ["/healthz", "/readyz", "/openapi.json"] {
         let response = http().get(format!("{}{path}", gw.url)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
         assert_request_id(&response);
     }
-    let metrics = http().get(format!("{}/metrics", gw.url)).send().await.unwrap().text().await.unwrap();
+    let public = http().get(format!("{}/metrics", gw.url)).send().await.unwrap();
+    assert_eq!(public.status(), 404, "metrics are never on the public listener");
+    let metrics = http().get(format!("{}/metrics", gw.metrics_url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("keygate_requests_total"), "{metrics}");
     assert!(metrics.contains("keygate_auth_failures_total{reason=\"unknown_key\"}"), "{metrics}");
     assert!(metrics.contains("keygate_upstream_latency_seconds"), "{metrics}");

@@ -27,6 +27,8 @@ mod proxy;
 mod redis;
 /// `keygate serve` replicas on PostgreSQL and Redis; moving SQLite to PostgreSQL.
 mod replicas;
+/// Attacks from outside: ways around a key's limits, oracles, floods.
+mod security;
 /// Administration API objects against OpenAI's examples.
 mod shapes;
 /// Metering, the Usage API, anomaly alerts.

@@ -239,6 +239,8 @@ pub async fn database_url(dir: &std::path::Path) -> String {
 
 pub struct TestGateway {
     pub url: String,
+    /// The metrics listener (apart from the public one, as `serve` runs it).
+    pub metrics_url: String,
     pub database_url: String,
     pub gateway_state: keygate::server::AppState,
     pub db: tempfile::TempDir,
@@ -295,6 +297,10 @@ impl TestGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let Gateway { state, tasks, .. } = gateway;
+        let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_url = format!("http://{}", metrics_listener.local_addr().unwrap());
+        let metrics_app = keygate::server::metrics_router(state.metrics.clone());
+        tokio::spawn(async move { axum::serve(metrics_listener, metrics_app).await.unwrap() });
         let app = keygate::server::router(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {
@@ -313,6 +319,7 @@ impl TestGateway {
         });
         Self {
             url: format!("http://{addr}"),
+            metrics_url,
             database_url,
             gateway_state: state,
             db,

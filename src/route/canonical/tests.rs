@@ -1,0 +1,104 @@
+use super::{canonical_path, normalize, PathError};
+
+#[test]
+fn clean_paths_keep_their_form() {
+    for ok in [
+        "/v1/chat/completions",
+        "/v1/models/gpt-4o",
+        "/v1/files/",
+        "/v1/models/ft:gpt-4o:acme.v1",
+        "/v1/models/...",
+        "/v1/models/..x",
+        "/v1/models/é..",
+        "/v1/models/100%25",
+        "/v1/files/file-AbC123/content",
+    ] {
+        assert_eq!(canonical_path(ok).as_deref(), Ok(ok), "{ok}");
+    }
+}
+
+#[test]
+fn escapes_of_unreserved_characters_are_decoded_and_others_kept_in_upper_case() {
+    assert_eq!(canonical_path("/v1/%63hat/completions").as_deref(), Ok("/v1/chat/completions"));
+    assert_eq!(canonical_path("/v1/models/%2ex").as_deref(), Ok("/v1/models/.x"));
+    assert_eq!(canonical_path("/v1/models/a%7eb%2D").as_deref(), Ok("/v1/models/a~b-"));
+    assert_eq!(canonical_path("/v1/models/a%20b%3a").as_deref(), Ok("/v1/models/a%20b%3A"));
+}
+
+#[test]
+fn the_resource_is_lower_case() {
+    assert_eq!(canonical_path("/v1/CHAT/completions").as_deref(), Ok("/v1/chat/completions"));
+    assert_eq!(canonical_path("/v1/Files/file-AbC").as_deref(), Ok("/v1/files/file-AbC"));
+}
+
+#[test]
+fn keygates_own_namespaces_are_reserved_in_every_spelling() {
+    for reserved in [
+        "/v1/organization",
+        "/v1/organization/",
+        "/v1/organization/projects",
+        "/v1/Organization/projects",
+        "/v1/ORGANIZATION/projects",
+        "/v1/%6Frganization/admin_api_keys",
+        "/v1/%6frganization/admin_api_keys",
+        "/v1/%4F%52%47anization",
+        "/v1/keygate",
+        "/v1/keygate/",
+        "/v1/keygate/echo-auth",
+        "/v1/KeyGate/echo-auth",
+        "/v1/%6Beygate/echo-auth",
+    ] {
+        assert_eq!(canonical_path(reserved), Err(PathError::Reserved), "{reserved}");
+    }
+}
+
+#[test]
+fn paths_an_upstream_could_read_differently_are_refused() {
+    for bad in [
+        "/v1/embeddings/../chat/completions",
+        "/v1/models/%2e%2e/files",
+        "/v1/models/%2E%2E/files",
+        "/v1/models/./x",
+        "/v1/models/.%2E/x",
+        "/v1/embeddings%2f..%2fchat/completions",
+        "/v1//chat/completions",
+        "/v1/files/%2e",
+        "/v1/files/%2E.",
+        "/v1/models%5Cx",
+        "/v1/models%5cx",
+        "/v1/models%2Fx",
+        "/v1/models\\..\\files",
+        "/v1/models/x%2",
+        "/v1/models/x%",
+        "/v1/models/x%zz",
+        "/v1/models/x%00",
+        "/v1/models/x%0A",
+        "/v1/organization;x/projects",
+        "/v1/organization%3B/projects",
+        "/v1/org anization",
+        "/v1/",
+        "/v1",
+        "/v2/chat/completions",
+        "v1/chat/completions",
+        "",
+    ] {
+        assert_eq!(canonical_path(bad), Err(PathError::Malformed), "{bad}");
+    }
+}
+
+#[test]
+fn normalize_checks_any_path_without_choosing_a_resource() {
+    assert_eq!(
+        normalize("/openai/deployments/d/chat/completions").as_deref(),
+        Ok("/openai/deployments/d/chat/completions")
+    );
+    assert_eq!(normalize("/openai/deployments/../x"), Err(PathError::Malformed));
+}
+
+#[test]
+fn canonical_paths_are_fixed_points() {
+    for raw in ["/v1/%63hat/completions", "/v1/CHAT/x%3a", "/v1/models/%7E"] {
+        let once = canonical_path(raw).unwrap();
+        assert_eq!(canonical_path(&once).as_deref(), Ok(once.as_str()), "{raw}");
+    }
+}
