@@ -362,12 +362,8 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
     let (parts, body) = req.into_parts();
     let authorized = parts.extensions.get::<Authorized>().cloned().ok_or(ApiError::Internal)?;
     let body = read_body(body, state.settings.max_body_bytes).await?;
-    let content_type = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let meta = if parts.method == http::Method::POST {
-        RequestMeta::from_body(content_type, &body)?
-    } else {
-        RequestMeta::default()
-    };
+    // Any method's body may name a model (an empty one names none).
+    let meta = RequestMeta::from_body(&parts.headers, &body)?;
     let route = parts.extensions.get::<Route>().cloned().ok_or(ApiError::Internal)?;
     let path = route.path.as_str();
     let azure = route.dialect == Dialect::Azure;
@@ -394,6 +390,10 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
     let model = deployment_model.as_deref().or(meta.model.as_deref()).or_else(|| path.strip_prefix("/v1/models/"));
     if let Some(model) = model {
         authorized.check_model(model)?;
+    }
+    // A body's model must not hide the path's (`DELETE /v1/models/{id}` with a body): both pass.
+    if let Some(named) = path.strip_prefix("/v1/models/").filter(|named| Some(*named) != model) {
+        authorized.check_model(named)?;
     }
     // Only model calls use tokens: completions get the completion allowance,
     // embeddings their prompt, everything else (lists, files) none.

@@ -55,7 +55,7 @@ async fn malformed_json_is_400_and_not_forwarded() {
     let mock = MockUpstream::start().await;
     let gw = TestGateway::start(&mock.url, "").await;
     let (_, key) = gw.create_key("app").await;
-    for body in ["{\"model\": ", "[1]", ""] {
+    for body in ["{\"model\": ", "[1]", "{} x"] {
         let response = http()
             .post(format!("{}/v1/chat/completions", gw.url))
             .bearer_auth(&key)

@@ -168,3 +168,187 @@ async fn streamed_chat_arrives_whole() {
     assert!(text.contains("\"choices\":[],"));
     assert!(text.contains("\"prompt_tokens\":3"));
 }
+
+// === bodies: what keygate checks is what the upstream receives ===
+
+/// A key that may use `gpt-4o-mini` and nothing else.
+async fn mini_only_key(gw: &TestGateway) -> String {
+    let project = gw.default_project().await;
+    let (status, key) = gw
+        .admin(
+            reqwest::Method::POST,
+            &format!("/v1/organization/projects/{project}/api_keys"),
+            Some(json!({"name": "mini-only", "models": ["gpt-4o-mini"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{key}");
+    key["value"].as_str().unwrap().to_owned()
+}
+
+/// Sends each request and asserts keygate refused it: a 400, or the model
+/// refusal (404 `model_not_found`) when keygate read the forbidden model.
+async fn assert_all_refused(cases: Vec<(&str, reqwest::RequestBuilder)>) {
+    for (label, request) in cases {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        assert!(status == 400 || status == 404, "{label}: {status} {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{label}: {body}");
+        if status == 404 {
+            assert_eq!(body["error"]["code"], "model_not_found", "{label}: {body}");
+        }
+    }
+}
+
+const TWO_MODELS: &str = r#"{"model":"gpt-4o-mini","model":"gpt-4o","messages":[]}"#;
+
+#[tokio::test]
+async fn a_json_body_smuggling_a_model_past_the_allow_list_never_reaches_the_upstream() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let key = mini_only_key(&gw).await;
+    let chat = || http().post(format!("{}/v1/chat/completions", gw.url)).bearer_auth(&key);
+    let cases = vec![
+        ("duplicate model as text/plain", chat().header("content-type", "text/plain").body(TWO_MODELS)),
+        ("duplicate model without a content type", chat().body(TWO_MODELS)),
+        ("duplicate model as application/jsonx", chat().header("content-type", "application/jsonx").body(TWO_MODELS)),
+        (
+            "duplicate model with two content types",
+            chat().header("content-type", "text/plain").header("content-type", "application/json").body(TWO_MODELS),
+        ),
+        ("duplicate model as application/json", chat().header("content-type", "application/json").body(TWO_MODELS)),
+        (
+            "escaped duplicate key",
+            chat().header("content-type", "application/json").body(r#"{"model":"gpt-4o-mini","mod\u0065l":"gpt-4o"}"#),
+        ),
+        (
+            "byte order mark as text/plain",
+            chat().header("content-type", "text/plain").body(b"\xEF\xBB\xBF{\"model\":\"gpt-4o\"}".to_vec()),
+        ),
+        (
+            "byte order mark as application/json",
+            chat().header("content-type", "application/json").body(b"\xEF\xBB\xBF{\"model\":\"gpt-4o\"}".to_vec()),
+        ),
+        (
+            "form-urlencoded model",
+            chat().header("content-type", "application/x-www-form-urlencoded").body("model=gpt-4o&x=1"),
+        ),
+        ("model as an array", chat().json(&json!({"model": ["gpt-4o"], "messages": []}))),
+        ("model as null", chat().json(&json!({"model": null, "messages": []}))),
+        ("compressed body", chat().header("content-type", "text/plain").header("content-encoding", "gzip").body("x")),
+        (
+            "json body on PUT",
+            http().put(format!("{}/v1/chat/completions", gw.url)).bearer_auth(&key).json(&json!({"model": "gpt-4o"})),
+        ),
+        (
+            "json body on DELETE",
+            http()
+                .delete(format!("{}/v1/chat/completions", gw.url))
+                .bearer_auth(&key)
+                .json(&json!({"model": "gpt-4o"})),
+        ),
+    ];
+    assert_all_refused(cases).await;
+    assert!(mock.requests().is_empty(), "{} request(s) reached the upstream", mock.requests().len());
+}
+
+#[tokio::test]
+async fn a_body_model_does_not_hide_the_model_in_the_path() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let key = mini_only_key(&gw).await;
+    let cases = ["get", "delete"].map(|method| {
+        let request = http()
+            .request(method.to_uppercase().parse().unwrap(), format!("{}/v1/models/gpt-4o", gw.url))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-4o-mini"}));
+        (method, request)
+    });
+    assert_all_refused(cases.into()).await;
+    assert!(mock.requests().is_empty(), "{} request(s) reached the upstream", mock.requests().len());
+}
+
+fn form(parts: &[(&str, &str)]) -> String {
+    let mut body = String::new();
+    for (disposition, value) in parts {
+        body.push_str(&format!("--XyZ\r\nContent-Disposition: form-data; {disposition}\r\n\r\n{value}\r\n"));
+    }
+    body + "--XyZ--\r\n"
+}
+
+#[tokio::test]
+async fn a_multipart_body_smuggling_a_model_past_the_allow_list_never_reaches_the_upstream() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let key = mini_only_key(&gw).await;
+    let upload = |body: String| {
+        http()
+            .post(format!("{}/v1/audio/transcriptions", gw.url))
+            .bearer_auth(&key)
+            .header("content-type", "multipart/form-data; boundary=XyZ")
+            .body(body)
+    };
+    let file = ("name=\"file\"; filename=\"a.wav\"", "RIFF");
+    let cases = vec![
+        ("unquoted name", upload(form(&[file, ("name=model", "gpt-4o")]))),
+        ("two model fields", upload(form(&[("name=\"model\"", "gpt-4o-mini"), file, ("name=\"model\"", "gpt-4o")]))),
+        (
+            "model fields differing in case",
+            upload(form(&[("name=\"model\"", "gpt-4o-mini"), ("name=\"MODEL\"", "gpt-4o")])),
+        ),
+        ("RFC 5987 name", upload(form(&[("name*=utf-8''model", "gpt-4o")]))),
+        (
+            "no closing delimiter",
+            upload("--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o".into()),
+        ),
+        (
+            "no boundary",
+            http()
+                .post(format!("{}/v1/audio/transcriptions", gw.url))
+                .bearer_auth(&key)
+                .header("content-type", "multipart/form-data")
+                .body(form(&[("name=\"model\"", "gpt-4o")])),
+        ),
+    ];
+    assert_all_refused(cases).await;
+    assert!(mock.requests().is_empty(), "{} request(s) reached the upstream", mock.requests().len());
+}
+
+#[tokio::test]
+async fn an_allowed_multipart_model_is_forwarded_as_sent() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let key = mini_only_key(&gw).await;
+    let body = form(&[("name=\"file\"; filename=\"a.wav\"", "RIFF"), ("name=model", "gpt-4o-mini")]);
+    let response = http()
+        .post(format!("{}/v1/audio/transcriptions", gw.url))
+        .bearer_auth(&key)
+        .header("content-type", "multipart/form-data; boundary=\"XyZ\"")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(response.status(), 400);
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, body.as_bytes());
+}
+
+#[tokio::test]
+async fn a_bodiless_post_is_forwarded_whatever_its_content_type() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let key = mini_only_key(&gw).await;
+    let cancel = || http().post(format!("{}/v1/batches/batch_1/cancel", gw.url)).bearer_auth(&key);
+    for (label, request) in [
+        ("no body", cancel()),
+        ("empty JSON body", cancel().header("content-type", "application/json").body("")),
+        ("whitespace JSON body", cancel().header("content-type", "application/json").body(" \r\n")),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_ne!(response.status(), 400, "{label}: {}", response.text().await.unwrap());
+    }
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|r| r.path_and_query == "/v1/batches/batch_1/cancel"));
+}
