@@ -65,10 +65,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on `{}` (set --listen or KEYGATE_LISTEN)", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "keygate listening");
 
-    let Gateway { state, tasks, .. } = gateway;
+    let Gateway { state, tasks, connection_limits, .. } = gateway;
     let trusted = Arc::new(config.trusted_proxies.clone());
     let app = keygate::server::router(state);
-    keygate::server::serve(listener, app, tls, trusted, shutdown_signal(), config.shutdown_grace).await;
+    keygate::server::serve(listener, app, tls, trusted, connection_limits, shutdown_signal(), config.shutdown_grace)
+        .await;
     tasks.shutdown().await;
     tracing::info!("keygate stopped");
     Ok(ExitCode::SUCCESS)

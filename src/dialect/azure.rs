@@ -125,6 +125,7 @@ pub fn render(error: &ApiError, path: &str, api_version: &str) -> Response {
         // What Azure passes through from the model keeps OpenAI's shape.
         ApiError::InvalidJson
         | ApiError::BodyTooLarge { .. }
+        | ApiError::RequestTimeout { .. }
         | ApiError::BadRequest { .. }
         | ApiError::NotFound { .. }
         | ApiError::UpstreamUnreachable { .. }

@@ -294,7 +294,7 @@ impl TestGateway {
         let gateway = Gateway::start_with_clock(&config, Some(&Secret::new(ADMIN_KEY)), clock).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let Gateway { state, tasks, .. } = gateway;
+        let Gateway { state, tasks, connection_limits, .. } = gateway;
         let app = keygate::server::router(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {
@@ -303,6 +303,7 @@ impl TestGateway {
                 app,
                 None,
                 Arc::new(Vec::new()),
+                connection_limits,
                 async {
                     let _ = rx.await;
                 },
