@@ -17,7 +17,7 @@ use crate::jobs::{self, BoxFuture, Retention, Tasks};
 use crate::key::Secret;
 use crate::limits::{month_start, BudgetScope, Budgets, Limiter, LocalBackend, RateBackend, RedisBackend};
 use crate::proxy::Upstreams;
-use crate::server::{AppState, Settings, Shared};
+use crate::server::{AppState, ConnectionLimits, Settings, Shared};
 use crate::store::{Store, UsageGroup, UsageQuery};
 use crate::usage::{AnomalyWatcher, Meter};
 
@@ -39,6 +39,8 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub struct Gateway {
     pub state: AppState,
     pub tasks: Tasks,
+    /// For the accept loop (`server::serve`).
+    pub connection_limits: ConnectionLimits,
     /// The admin key generated on first start, to show once.
     pub generated_admin_key: Option<Secret>,
 }
@@ -212,6 +214,7 @@ impl Gateway {
             limiter,
             settings: Arc::new(Settings {
                 max_body_bytes: config.max_body_bytes,
+                request_body_timeout: config.request_body_timeout,
                 organization_header: http::HeaderValue::from_str(&organization_id).ok(),
                 organization_id,
                 default_project_id: boot.default_project.id.clone(),
@@ -225,7 +228,12 @@ impl Gateway {
             }),
             metrics,
         });
-        Ok(Self { state, tasks, generated_admin_key })
+        let connection_limits = ConnectionLimits {
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+            max_connections: config.max_connections,
+        };
+        Ok(Self { state, tasks, connection_limits, generated_admin_key })
     }
 }
 

@@ -141,6 +141,10 @@ struct RawServer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     shutdown_grace_seconds: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    request_body_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,6 +205,14 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub tls: Option<TlsFiles>,
     pub shutdown_grace: Duration,
+    /// A request head must arrive whole within this.
+    pub header_read_timeout: Duration,
+    /// A request body must arrive whole within this.
+    pub request_body_timeout: Duration,
+    /// A connection with no request in flight closes after this.
+    pub idle_timeout: Duration,
+    /// Open connections past this many are closed on accept.
+    pub max_connections: usize,
     pub organization_id: Option<String>,
     /// The first is the default route; the others match by model.
     pub upstreams: Vec<UpstreamConfig>,
@@ -434,6 +446,18 @@ impl Config {
             ));
         }
 
+        let header_read_timeout = server_millis(raw.server.header_read_timeout_ms, 10_000, "header_read_timeout_ms")?;
+        let request_body_timeout =
+            server_millis(raw.server.request_body_timeout_ms, 60_000, "request_body_timeout_ms")?;
+        let idle_timeout = server_millis(raw.server.idle_timeout_ms, 60_000, "idle_timeout_ms")?;
+        let max_connections = raw.server.max_connections.unwrap_or(10_000);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(invalid(
+                "server.max_connections",
+                format!("must be between 1 and 1000000, got {max_connections}"),
+            ));
+        }
+
         let trusted_proxies = raw
             .server
             .trusted_proxies
@@ -511,6 +535,10 @@ impl Config {
             trusted_proxies,
             tls,
             shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_seconds.unwrap_or(30)),
+            header_read_timeout,
+            request_body_timeout,
+            idle_timeout,
+            max_connections: max_connections as usize,
             organization_id,
             upstreams,
             log,
@@ -598,6 +626,19 @@ fn anomaly(raw: RawAnomaly) -> Result<Option<crate::usage::AnomalyPolicy>, Confi
         auto_suspend: raw.auto_suspend.unwrap_or(false),
         webhook: raw.webhook_url,
     }))
+}
+
+/// A `[server]` timeout in milliseconds: at least 100 (less would cut off
+/// ordinary clients on an ordinary network), at most an hour.
+fn server_millis(value: Option<u64>, default: u64, field: &str) -> Result<Duration, ConfigError> {
+    let ms = value.unwrap_or(default);
+    if !(100..=3_600_000).contains(&ms) {
+        return Err(invalid(
+            format!("server.{field}"),
+            format!("must be between 100 and 3600000 (milliseconds), got {ms}"),
+        ));
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn parse_cidr(text: &str) -> Option<IpNet> {

@@ -1,7 +1,11 @@
 //! The HTTP server: shared state, the router (public routes, the Administration
 //! API, the data plane), the request-id middleware that also records denials
-//! and metrics, background tasks, and the accept loop with TLS and graceful
-//! shutdown.
+//! and metrics, background tasks, and the accept loop with TLS, the
+//! connection cap and timeouts (`connection`), the request body deadline
+//! (`deadline`) and graceful shutdown.
+
+mod connection;
+mod deadline;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use http::{HeaderValue, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -31,10 +35,14 @@ use crate::route::Route;
 use crate::store::{DenialRecord, Store, Touch};
 use crate::usage::{AnomalyWatcher, Meter, Metered};
 
+pub use connection::ConnectionLimits;
+
 /// Settings the request path reads, fixed at start.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub max_body_bytes: usize,
+    /// A request body must arrive whole within this of reaching the router.
+    pub request_body_timeout: Duration,
     pub organization_id: String,
     /// `organization_id` as the `openai-organization` answer header, built once.
     pub organization_header: Option<HeaderValue>,
@@ -109,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openai)
         .merge(azure)
         .fallback(invalid_url)
+        .layer(middleware::from_fn_with_state(state.clone(), deadline::request_body_deadline))
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
 }
@@ -498,7 +507,8 @@ fn rate_limit_headers(values: &crate::limits::RateHeaders, headers: &mut http::H
     }
 }
 
-/// Reads a request body up to `limit` bytes; more is OpenAI-shaped 413.
+/// Reads a request body up to `limit` bytes; more is OpenAI-shaped 413, a
+/// body past its deadline 408.
 pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => Ok(bytes),
@@ -507,6 +517,8 @@ pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiErro
                 std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
             if too_large {
                 Err(ApiError::BodyTooLarge { limit })
+            } else if let Some(timeout) = deadline::timed_out(&error) {
+                Err(ApiError::RequestTimeout { timeout })
             } else {
                 tracing::debug!(%error, "client body read failed");
                 Err(ApiError::BadRequest { message: "The request body could not be read.".into(), param: None })
@@ -519,16 +531,27 @@ pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiErro
 
 /// Serves `app` on `listener` (TLS when `tls` is set) until `shutdown`
 /// resolves, then stops accepting and waits up to `grace` for open requests.
+/// `limits` caps open connections and closes slow and idle ones.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     trusted_proxies: Arc<Vec<IpNet>>,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Every connection holds a receiver; shutdown sends, then waits until
+    // all are gone (each connection finishes its requests first).
+    let (drain, drained) = tokio::sync::watch::channel(());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper's timer runs while a request head is read, and also while a
+    // kept-alive HTTP/1 connection waits for its next request: an idle
+    // HTTP/1 connection closes after the smaller of the two timeouts.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let permits =
+        Arc::new(tokio::sync::Semaphore::new(limits.max_connections.min(tokio::sync::Semaphore::MAX_PERMITS)));
+    let mut refusals = connection::Refusals::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -542,6 +565,13 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // At the cap a new connection is closed at once: waiting for a slot
+        // would keep it open, which is what the cap exists to prevent.
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            refusals.refused(limits.max_connections);
+            drop(stream);
+            continue;
+        };
         // Answers and stream events leave as they are written: Nagle's
         // algorithm would hold a small event back until the client's delayed
         // ACK (up to 40 ms), on every stream.
@@ -549,34 +579,52 @@ pub async fn serve(
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
         let trusted = Arc::clone(&trusted_proxies);
-        let service = app.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
-            collapse_leading_slashes(req.uri_mut());
-            let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-            let ip = client_ip(peer.ip(), forwarded, &trusted);
-            req.extensions_mut().insert(ClientIp(ip));
-            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            req
-        });
+        let activity = connection::Activity::new();
+        let tracked = Arc::clone(&activity);
+        let service =
+            app.clone()
+                .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                    collapse_leading_slashes(req.uri_mut());
+                    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+                    let ip = client_ip(peer.ip(), forwarded, &trusted);
+                    req.extensions_mut().insert(ClientIp(ip));
+                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                    req
+                })
+                .map_future(move |answer| {
+                    let in_flight = tracked.begin();
+                    async move {
+                        answer.await.map(|response| response.map(|body| connection::Tracked::new(body, in_flight)))
+                    }
+                });
         let service = hyper_util::service::TowerToHyperService::new(service);
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let drained = drained.clone();
         let tls = tls.clone();
-        #[allow(clippy::disallowed_methods)] // connections are tracked by `graceful`
+        #[allow(clippy::disallowed_methods)] // connections are tracked by `drain`
         tokio::spawn(async move {
+            let _permit = permit;
             let result = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => {
+                // The handshake comes before any request head: without its
+                // own limit a silent client would hold the connection.
+                Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await
+                {
+                    Ok(Ok(stream)) => {
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
+                        connection::drive(conn, &activity, &limits, drained).await
                     }
-                    Err(error) => {
+                    Ok(Err(error)) => {
                         tracing::debug!(%error, %peer, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
                         return;
                     }
                 },
                 None => {
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
+                    connection::drive(conn, &activity, &limits, drained).await
                 }
             };
             if let Err(error) = result {
@@ -585,8 +633,10 @@ pub async fn serve(
         });
     }
     drop(listener);
+    drop(drained);
+    let _ = drain.send(());
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = drain.closed() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown grace elapsed with requests still open"),
     }
 }

@@ -76,7 +76,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let Gateway { state, tasks, .. } = gateway;
+    let Gateway { state, tasks, connection_limits, .. } = gateway;
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = metrics_listener.map(|listener| {
         let app = keygate::server::metrics_router(state.metrics.clone());
@@ -86,6 +86,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             app,
             None,
             Arc::new(Vec::new()),
+            connection_limits,
             async {
                 let _ = metrics_stopped.await;
             },
@@ -94,7 +95,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     let trusted = Arc::new(config.trusted_proxies.clone());
     let app = keygate::server::router(state);
-    keygate::server::serve(listener, app, tls, trusted, shutdown_signal(), config.shutdown_grace).await;
+    keygate::server::serve(listener, app, tls, trusted, connection_limits, shutdown_signal(), config.shutdown_grace)
+        .await;
     let _ = stop_metrics.send(());
     if let Some(server) = metrics_server {
         let _ = server.await;

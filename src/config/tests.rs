@@ -67,6 +67,19 @@ fn bad_fields_are_named() {
     );
     assert_eq!(err("[server]\nmax_body_bytes = 0"), "`server.max_body_bytes` must be between 1 and 1073741824, got 0");
     assert_eq!(
+        err("[server]\nheader_read_timeout_ms = 0"),
+        "`server.header_read_timeout_ms` must be between 100 and 3600000 (milliseconds), got 0"
+    );
+    assert_eq!(
+        err("[server]\nrequest_body_timeout_ms = 3600001"),
+        "`server.request_body_timeout_ms` must be between 100 and 3600000 (milliseconds), got 3600001"
+    );
+    assert_eq!(
+        err("[server]\nidle_timeout_ms = 99"),
+        "`server.idle_timeout_ms` must be between 100 and 3600000 (milliseconds), got 99"
+    );
+    assert_eq!(err("[server]\nmax_connections = 0"), "`server.max_connections` must be between 1 and 1000000, got 0");
+    assert_eq!(
         err("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]"),
         "`server.trusted_proxies` `10.0.0.0/33` is not an IP address or CIDR range"
     );
@@ -95,6 +108,21 @@ fn bad_fields_are_named() {
         err("[redis]\nurl = \"redis://h\"\non_failure = \"maybe\""),
         "`redis.on_failure` must be `open` or `closed`, got `maybe`"
     );
+}
+
+#[test]
+fn connection_timeouts_and_cap_have_defaults_and_can_be_set() {
+    let c = Config::from_toml("", &FakeEnv::default()).unwrap();
+    assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.request_body_timeout, Duration::from_secs(60));
+    assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.max_connections, 10_000);
+    let text = "[server]\nheader_read_timeout_ms = 300\nrequest_body_timeout_ms = 500\nidle_timeout_ms = 400\nmax_connections = 3";
+    let c = Config::from_toml(text, &FakeEnv::default()).unwrap();
+    assert_eq!(c.header_read_timeout, Duration::from_millis(300));
+    assert_eq!(c.request_body_timeout, Duration::from_millis(500));
+    assert_eq!(c.idle_timeout, Duration::from_millis(400));
+    assert_eq!(c.max_connections, 3);
 }
 
 #[test]

@@ -126,6 +126,7 @@ pub fn render(error: &ApiError, path: &str, api_version: &str) -> Response {
         ApiError::InvalidJson
         | ApiError::MethodNotAllowed { .. }
         | ApiError::BodyTooLarge { .. }
+        | ApiError::RequestTimeout { .. }
         | ApiError::BadRequest { .. }
         | ApiError::NotFound { .. }
         | ApiError::UpstreamUnreachable { .. }

@@ -54,6 +54,10 @@ pub enum ApiError {
     BodyTooLarge {
         limit: usize,
     },
+    /// The request body did not arrive whole within `server.request_body_timeout_ms`.
+    RequestTimeout {
+        timeout: std::time::Duration,
+    },
     /// A request the Administration API cannot accept; `param` names the field.
     BadRequest {
         message: String,

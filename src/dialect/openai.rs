@@ -136,6 +136,13 @@ fn parts(error: &ApiError) -> (StatusCode, String, &'static str, Option<&'static
             None,
             Some("request_too_large"),
         ),
+        ApiError::RequestTimeout { timeout } => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!("The request body was not received within {} ms. Please retry your request.", timeout.as_millis()),
+            IRE,
+            None,
+            None,
+        ),
         ApiError::BadRequest { message, param } => (StatusCode::BAD_REQUEST, message.clone(), IRE, *param, None),
         ApiError::NotFound { message } => (StatusCode::NOT_FOUND, message.clone(), IRE, None, None),
         ApiError::UpstreamUnreachable { upstream } => (
@@ -414,5 +421,16 @@ mod tests {
         assert_eq!(body_of(ApiError::UpstreamTimeout { upstream: "u".into() }).await.0, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(body_of(ApiError::BodyTooLarge { limit: 1 }).await.0, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(body_of(ApiError::InvalidJson).await.0, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_arrives_too_slowly_is_408() {
+        let (status, body) = body_of(ApiError::RequestTimeout { timeout: std::time::Duration::from_secs(60) }).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"message": "The request body was not received within 60000 ms. Please retry your request.", "type": "invalid_request_error", "param": null, "code": null}})
+        );
     }
 }

@@ -11,6 +11,8 @@ mod azure;
 mod binary;
 /// The CLI against a running gateway.
 mod cli;
+/// Slow, idle and surplus client connections.
+mod connections;
 /// `keygate doctor` against real misconfigurations.
 mod doctor;
 /// OpenAI-shaped errors keygate produces itself.

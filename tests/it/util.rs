@@ -296,7 +296,7 @@ impl TestGateway {
         let gateway = Gateway::start_with_clock(&config, Some(&Secret::new(ADMIN_KEY)), clock).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let Gateway { state, tasks, .. } = gateway;
+        let Gateway { state, tasks, connection_limits, .. } = gateway;
         let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_url = format!("http://{}", metrics_listener.local_addr().unwrap());
         let metrics_app = keygate::server::metrics_router(state.metrics.clone());
@@ -309,6 +309,7 @@ impl TestGateway {
                 app,
                 None,
                 Arc::new(Vec::new()),
+                connection_limits,
                 async {
                     let _ = rx.await;
                 },
