@@ -120,6 +120,8 @@ impl Gateway {
             usage_records: config.usage_record_retention,
             usage_rollups: config.usage_rollup_retention,
             alerts: config.alert_retention,
+            audit: config.audit_retention,
+            audit_rows: config.audit_max_rows,
         };
         jobs::enforce_retention(&*store, &*clock, &retention).await;
         tasks.spawn(

@@ -106,6 +106,8 @@ struct RawRetention {
     usage_records_days: Option<u64>,
     usage_rollups_days: Option<u64>,
     alerts_days: Option<u64>,
+    audit_days: Option<u64>,
+    audit_max_rows: Option<u64>,
 }
 
 /// USD per million tokens.
@@ -226,6 +228,9 @@ pub struct Config {
     pub usage_record_retention: Duration,
     pub usage_rollup_retention: Duration,
     pub alert_retention: Duration,
+    /// Audit events are kept this long, and at most `audit_max_rows` of them.
+    pub audit_retention: Duration,
+    pub audit_max_rows: u64,
     pub prices: crate::usage::PriceTable,
     /// `None` when the anomaly watcher is off.
     pub anomaly: Option<crate::usage::AnomalyPolicy>,
@@ -523,6 +528,11 @@ impl Config {
         let usage_record_retention = days(raw.retention.usage_records_days, 90, "usage_records_days")?;
         let usage_rollup_retention = days(raw.retention.usage_rollups_days, 400, "usage_rollups_days")?;
         let alert_retention = days(raw.retention.alerts_days, 90, "alerts_days")?;
+        let audit_retention = days(raw.retention.audit_days, 400, "audit_days")?;
+        let audit_max_rows = raw.retention.audit_max_rows.unwrap_or(10_000_000);
+        if audit_max_rows == 0 {
+            return Err(invalid("retention.audit_max_rows", "must be greater than 0"));
+        }
         let redis = redis(raw.redis, o)?;
         let prices = prices(raw.prices)?;
         let anomaly = anomaly(raw.anomaly)?;
@@ -548,6 +558,8 @@ impl Config {
             usage_record_retention,
             usage_rollup_retention,
             alert_retention,
+            audit_retention,
+            audit_max_rows,
             prices,
             anomaly,
             failed_auth_per_minute: match raw.limits.failed_auth_per_minute.unwrap_or(30) {

@@ -491,6 +491,9 @@ pub struct Retention {
     pub usage_records: Duration,
     pub usage_rollups: Duration,
     pub alerts: Duration,
+    pub audit: Duration,
+    /// At most this many audit events (the oldest go first).
+    pub audit_rows: u64,
 }
 
 /// Deletes what is past its lifetime. Runs at start and every hour.
@@ -501,6 +504,7 @@ pub async fn enforce_retention(store: &dyn Store, clock: &dyn Clock, r: &Retenti
         ("denials", store.prune_denials(before(r.denials), r.denial_rows).await),
         ("usage", store.prune_usage(before(r.usage_records), before(r.usage_rollups)).await),
         ("alerts", store.prune_alerts(before(r.alerts)).await),
+        ("audit log", store.prune_audit(before(r.audit), r.audit_rows).await),
     ];
     for (what, result) in results {
         match result {

@@ -505,6 +505,9 @@ pub trait Store: Send + Sync + 'static {
     /// The newest alert of `kind` for a key, to avoid raising it twice.
     async fn last_alert(&self, key_id: &PublicId, kind: &str) -> StoreResult<Option<Alert>>;
     async fn prune_alerts(&self, before: Timestamp) -> StoreResult<u64>;
+    /// Deletes audit events older than `before`, then the oldest beyond
+    /// `max_rows`: the log is append-only for writers, bounded by policy.
+    async fn prune_audit(&self, before: Timestamp, max_rows: u64) -> StoreResult<u64>;
 
     /// Takes or renews the lease on the periodic job `job` for `holder` until
     /// `now + ttl_seconds`; true while `holder` has it. Replicas run a

@@ -1623,6 +1623,29 @@ impl Store for SqlStore {
             .await?
             .rows_affected())
     }
+
+    async fn prune_audit(&self, before: Timestamp, max_rows: u64) -> StoreResult<u64> {
+        let old = sqlx::query(&self.engine.sql("DELETE FROM audit_log WHERE effective_at < ?"))
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let count: i64 =
+            sqlx::query_scalar(&self.engine.sql("SELECT COUNT(*) FROM audit_log")).fetch_one(&self.pool).await?;
+        let excess = u64::try_from(count).unwrap_or(0).saturating_sub(max_rows);
+        if excess == 0 {
+            return Ok(old);
+        }
+        let capped =
+            sqlx::query(&self.engine.sql(
+                "DELETE FROM audit_log WHERE seq IN (SELECT seq FROM audit_log ORDER BY effective_at, seq LIMIT ?)",
+            ))
+            .bind(i64::try_from(excess).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(old + capped)
+    }
 }
 
 #[cfg(test)]

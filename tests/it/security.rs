@@ -270,3 +270,39 @@ async fn admin_api_refusals_are_openai_shaped() {
         }
     }
 }
+
+/// The audit log is append-only for writers and bounded by its retention
+/// policy alone: events past `audit_days` go, then the oldest past
+/// `audit_max_rows`.
+#[tokio::test]
+async fn the_audit_log_is_bounded_by_its_retention_policy() {
+    use keygate::jobs::{enforce_retention, Retention};
+    use std::time::Duration;
+    let mock = MockUpstream::start().await;
+    let clock = std::sync::Arc::new(keygate::clock::ManualClock::new(1_900_000_000));
+    let gw = TestGateway::start_with_clock(tempfile::tempdir().unwrap(), &mock.url, "", clock.clone()).await;
+    for n in 0..3 {
+        gw.admin(Method::POST, "/v1/organization/projects", Some(json!({"name": format!("old {n}")}))).await;
+    }
+    clock.advance(3 * 86_400);
+    for n in 0..5 {
+        gw.admin(Method::POST, "/v1/organization/projects", Some(json!({"name": format!("new {n}")}))).await;
+    }
+    let day = Duration::from_secs(86_400);
+    let state = &gw.gateway_state;
+    let policy = Retention {
+        denials: day,
+        denial_rows: 100,
+        usage_records: day,
+        usage_rollups: day,
+        alerts: day,
+        audit: 2 * day,
+        audit_rows: 4,
+    };
+    enforce_retention(&*state.store, &*state.clock, &policy).await;
+    let (_, logs) = gw.admin(Method::GET, "/v1/organization/audit_logs?limit=100", None).await;
+    let names: Vec<&str> =
+        logs["data"].as_array().unwrap().iter().filter_map(|e| e["project.created"]["data"]["name"].as_str()).collect();
+    assert_eq!(names.len(), 4, "{logs}");
+    assert!(names.iter().all(|n| n.starts_with("new")), "{names:?}");
+}
