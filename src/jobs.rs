@@ -116,10 +116,10 @@ impl Recorder {
         }
     }
 
-    /// A failed login with something that names an admin key. Failures are
-    /// audited per key and minute as one `login.failed` event (count, first
-    /// and last time, client addresses), so forged keys cannot flood the
-    /// append-only audit log.
+    /// A failed login with something that names an admin key. The first
+    /// failure per key and reason is audited at once; its repeats within the
+    /// minute become one `login.failed` event (count, first and last time,
+    /// client addresses), so forged keys cannot flood the append-only log.
     pub fn failed_login(&self, failure: FailedLogin) {
         if !self.push(Record::FailedLogin(Box::new(failure))) {
             metrics::counter!("keygate_audit_dropped_total").increment(1);
@@ -173,39 +173,37 @@ pub struct FailedLogin {
     pub reason: &'static str,
 }
 
-/// The failures of one key within one window, audited as one event.
+/// One admin key's failed logins for one reason within a window: the first
+/// is audited at once, the repeats as one summing event when the window ends.
 struct LoginFailures {
+    opened_at: crate::store::Timestamp,
+    /// Repeats after the first failure: how many, when, from where.
+    count: u64,
     first_at: crate::store::Timestamp,
     last_at: crate::store::Timestamp,
-    count: u64,
     /// Distinct client addresses, at most [`LOGIN_CLIENTS`] of them.
     clients: Vec<String>,
-    reasons: std::collections::BTreeMap<&'static str, u64>,
 }
 
-/// Seconds of failed logins one audit event sums up.
+/// Seconds over which repeated failed logins are summed into one event.
 const LOGIN_WINDOW: i64 = 60;
 const LOGIN_CLIENTS: usize = 16;
-/// Keys with open windows at once; admin keys are few, so this is only a bound.
-const LOGIN_KEYS: usize = 10_000;
+/// Open windows at once; admin keys and reasons are few, so this is only a bound.
+const LOGIN_WINDOWS: usize = 10_000;
+
+type LoginWindow = (PublicId, &'static str);
 
 impl LoginFailures {
-    fn new(failure: &FailedLogin) -> Self {
-        let mut window = Self {
-            first_at: failure.at,
-            last_at: failure.at,
-            count: 0,
-            clients: Vec::new(),
-            reasons: Default::default(),
-        };
-        window.add(failure);
-        window
+    fn open(failure: &FailedLogin) -> Self {
+        Self { opened_at: failure.at, count: 0, first_at: failure.at, last_at: failure.at, clients: Vec::new() }
     }
 
-    fn add(&mut self, failure: &FailedLogin) {
+    fn repeat(&mut self, failure: &FailedLogin) {
+        if self.count == 0 {
+            self.first_at = failure.at;
+        }
         self.count += 1;
         self.last_at = self.last_at.max(failure.at);
-        *self.reasons.entry(failure.reason).or_default() += 1;
         if let Some(ip) = failure.client.map(|ip| ip.to_string()) {
             if self.clients.len() < LOGIN_CLIENTS && !self.clients.contains(&ip) {
                 self.clients.push(ip);
@@ -213,31 +211,42 @@ impl LoginFailures {
         }
     }
 
-    fn into_event(self, key_id: PublicId) -> AuditEvent {
-        let error_code = self.reasons.iter().max_by_key(|(_, n)| **n).map_or("invalid_api_key", |(kind, _)| *kind);
-        AuditEvent {
-            id: crate::ids::audit_log_id(),
-            kind: "login.failed",
-            effective_at: self.first_at,
-            project_id: None,
-            actor_key_id: Some(key_id),
-            details: serde_json::json!({
-                "error_code": error_code,
-                "error_message": "authentication failed",
-                "count": self.count,
-                "first_at": self.first_at,
-                "last_at": self.last_at,
-                "client_ips": self.clients,
-                "reasons": self.reasons,
-            }),
-        }
+    /// The summing event, when the window saw repeats.
+    fn into_event(self, (key_id, reason): LoginWindow) -> Option<AuditEvent> {
+        (self.count > 0).then(|| login_failed(key_id, reason, self.count, self.first_at, self.last_at, &self.clients))
+    }
+}
+
+/// OpenAI's `login.failed` event, with how many failures it stands for.
+fn login_failed(
+    key_id: PublicId,
+    reason: &'static str,
+    count: u64,
+    first_at: crate::store::Timestamp,
+    last_at: crate::store::Timestamp,
+    clients: &[String],
+) -> AuditEvent {
+    AuditEvent {
+        id: crate::ids::audit_log_id(),
+        kind: "login.failed",
+        effective_at: first_at,
+        project_id: None,
+        actor_key_id: Some(key_id),
+        details: serde_json::json!({
+            "error_code": reason,
+            "error_message": "authentication failed",
+            "count": count,
+            "first_at": first_at,
+            "last_at": last_at,
+            "client_ips": clients,
+        }),
     }
 }
 
 #[derive(Default)]
 struct Pending {
     touches: HashMap<PublicId, Touch>,
-    failed_logins: HashMap<PublicId, LoginFailures>,
+    failed_logins: HashMap<LoginWindow, LoginFailures>,
     denials: Vec<DenialRecord>,
     audits: Vec<AuditEvent>,
     usage: Vec<UsageRecord>,
@@ -255,24 +264,26 @@ impl Pending {
                 }
             }
             Record::FailedLogin(failure) => {
-                let room = self.failed_logins.len() < LOGIN_KEYS;
-                let closed = match self.failed_logins.get_mut(&failure.key_id) {
-                    Some(window) if failure.at < window.first_at + LOGIN_WINDOW => {
-                        window.add(&failure);
-                        None
+                let window = (failure.key_id, failure.reason);
+                let full = self.failed_logins.len() >= LOGIN_WINDOWS;
+                match self.failed_logins.get_mut(&window) {
+                    Some(open) if failure.at < open.opened_at + LOGIN_WINDOW => open.repeat(&failure),
+                    None if full => metrics::counter!("keygate_audit_dropped_total").increment(1),
+                    _ => {
+                        // A new window: its first failure is audited at once.
+                        if let Some(ended) = self.failed_logins.insert(window, LoginFailures::open(&failure)) {
+                            self.audits.extend(ended.into_event(window));
+                        }
+                        let client: Vec<String> = failure.client.iter().map(|ip| ip.to_string()).collect();
+                        self.audits.push(login_failed(
+                            failure.key_id,
+                            failure.reason,
+                            1,
+                            failure.at,
+                            failure.at,
+                            &client,
+                        ));
                     }
-                    Some(window) => Some(std::mem::replace(window, LoginFailures::new(&failure))),
-                    None if room => {
-                        self.failed_logins.insert(failure.key_id, LoginFailures::new(&failure));
-                        None
-                    }
-                    None => {
-                        metrics::counter!("keygate_audit_dropped_total").increment(1);
-                        None
-                    }
-                };
-                if let Some(closed) = closed {
-                    self.audits.push(closed.into_event(failure.key_id));
                 }
             }
             Record::Denial(d) => self.denials.push(*d),
@@ -283,18 +294,18 @@ impl Pending {
         }
     }
 
-    /// Moves the failed-login windows that ended by `now` (all of them when
-    /// `now` is `None`, on shutdown) to the audit events to write.
+    /// Ends the failed-login windows that are over by `now` (all of them
+    /// when `now` is `None`, on shutdown), auditing their repeats.
     fn close_login_windows(&mut self, now: Option<crate::store::Timestamp>) {
-        let ended: Vec<PublicId> = self
+        let ended: Vec<LoginWindow> = self
             .failed_logins
             .iter()
-            .filter(|(_, w)| now.is_none_or(|now| now >= w.first_at + LOGIN_WINDOW))
-            .map(|(id, _)| *id)
+            .filter(|(_, w)| now.is_none_or(|now| now >= w.opened_at + LOGIN_WINDOW))
+            .map(|(window, _)| *window)
             .collect();
-        for id in ended {
-            if let Some(window) = self.failed_logins.remove(&id) {
-                self.audits.push(window.into_event(id));
+        for window in ended {
+            if let Some(failures) = self.failed_logins.remove(&window) {
+                self.audits.extend(failures.into_event(window));
             }
         }
     }
@@ -571,37 +582,35 @@ mod tests {
     }
 
     #[test]
-    fn failed_logins_become_one_audit_event_per_key_and_window() {
+    fn failed_logins_are_audited_at_once_and_their_repeats_summed_per_window() {
         let key = PublicId::random();
         let other = PublicId::random();
-        let failure = |key_id, at, ip: &str| {
-            Record::FailedLogin(Box::new(FailedLogin {
-                key_id,
-                at,
-                client: Some(ip.parse().unwrap()),
-                reason: "wrong_secret",
-            }))
+        let failure = |key_id, at, ip: &str, reason| {
+            Record::FailedLogin(Box::new(FailedLogin { key_id, at, client: Some(ip.parse().unwrap()), reason }))
         };
         let mut pending = Pending::default();
         for n in 0..2_000 {
-            pending.add(failure(key, 1_000 + n % 30, &format!("10.0.{}.{}", n / 250, n % 250)));
+            pending.add(failure(key, 1_000 + n % 30, &format!("10.0.{}.{}", n / 250, n % 250), "wrong_secret"));
         }
-        pending.add(failure(other, 1_010, "10.9.9.9"));
+        pending.add(failure(key, 1_010, "10.9.9.8", "revoked"));
+        pending.add(failure(other, 1_010, "10.9.9.9", "wrong_secret"));
+        let firsts: Vec<_> = pending.audits.iter().map(|e| (e.actor_key_id, e.details["error_code"].clone())).collect();
+        assert_eq!(firsts.len(), 3, "the first failure of each key and reason is audited at once");
+        assert!(pending.audits.iter().all(|e| e.details["count"] == 1));
         pending.close_login_windows(Some(1_059));
-        assert!(pending.audits.is_empty(), "the windows are still open");
-        // A failure after the window closes the first window and opens another.
-        pending.add(failure(key, 1_060, "10.0.0.1"));
-        assert_eq!(pending.audits.len(), 1);
-        let event = &pending.audits[0];
-        assert_eq!((event.kind, event.actor_key_id, event.effective_at), ("login.failed", Some(key), 1_000));
-        assert_eq!(event.details["count"], 2_000);
-        assert_eq!(event.details["last_at"], 1_029);
-        assert_eq!(event.details["client_ips"].as_array().unwrap().len(), LOGIN_CLIENTS);
-        assert_eq!(event.details["error_code"], "wrong_secret");
+        assert_eq!(pending.audits.len(), 3, "the windows are still open");
+        // A failure after the window ends it: its repeats are summed, and it opens the next.
+        pending.add(failure(key, 1_060, "10.0.0.1", "wrong_secret"));
+        assert_eq!(pending.audits.len(), 5);
+        let summary = &pending.audits[3];
+        assert_eq!((summary.kind, summary.actor_key_id), ("login.failed", Some(key)));
+        assert_eq!(summary.details["count"], 1_999);
+        assert_eq!(summary.details["error_code"], "wrong_secret");
+        assert_eq!(summary.details["client_ips"].as_array().unwrap().len(), LOGIN_CLIENTS);
+        assert_eq!(pending.audits[4].details["count"], 1, "the next window's first");
         pending.close_login_windows(Some(1_070));
-        assert_eq!(pending.audits.len(), 2, "the other key's window ended");
+        assert_eq!(pending.audits.len(), 5, "windows without repeats end without an event");
         pending.close_login_windows(None);
-        assert_eq!(pending.audits.len(), 3, "on shutdown every open window is written");
         assert!(pending.failed_logins.is_empty());
     }
 }
