@@ -36,12 +36,12 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
+        let mut child = cmd.spawn().unwrap();
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+        while !healthy(port, deadline) {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("keygate exited while starting: {status}");
             }
             assert!(Instant::now() < deadline, "keygate did not start");
             std::thread::sleep(Duration::from_millis(50));
@@ -100,6 +100,22 @@ impl Server {
     }
 }
 
+/// Whether `GET /healthz` on `port` answers 200 before `deadline`. `serve`
+/// binds its port before it opens the database, so a connection is accepted
+/// by the kernel early; the answer comes once keygate serves (and has printed
+/// a first admin key).
+fn healthy(port: u16, deadline: Instant) -> bool {
+    use std::io::Write;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    stream.set_read_timeout(Some(wait)).unwrap();
+    if stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 200"
+}
+
 /// A test that fails before `terminate` must not leave its server running.
 impl Drop for Server {
     fn drop(&mut self) {
@@ -119,7 +135,7 @@ async fn first_start_prints_an_admin_key_once_and_restart_keeps_keys() {
     let dir = tempfile::tempdir().unwrap();
     let first = Server::start(dir.path(), &[]);
     let http = crate::util::http();
-    // The admin key is printed before the listener opens, so it is in stderr now;
+    // The admin key is printed before keygate serves, so it is in stderr now;
     // read it after a clean shutdown.
     let (status, stderr) = first.terminate();
     assert!(status.success(), "{stderr}");
