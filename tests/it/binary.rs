@@ -19,6 +19,14 @@ impl Server {
     }
 
     pub fn start_on(database_url: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(database_url, env, &[], None)
+    }
+
+    /// Starts `keygate serve` on `database_url` with `args` after its own
+    /// flags. With `log`, stdout and stderr both go to that file (and
+    /// `terminate` returns no stderr); without, stdout is dropped and stderr
+    /// kept for `terminate`.
+    pub fn launch(database_url: &str, env: &[(&str, &str)], args: &[&str], log: Option<&std::path::Path>) -> Self {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
         cmd.arg("serve")
@@ -26,13 +34,21 @@ impl Server {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--database")
             .arg(database_url)
+            .args(args)
             .env_remove("KEYGATE_ADMIN_KEY")
             .env_remove("OPENAI_API_KEY")
             .env_remove("KEYGATE_UPSTREAM_API_KEY")
             .env_remove("KEYGATE_UPSTREAM_URL")
-            .env("KEYGATE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("KEYGATE_LOG", "info");
+        match log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+                cmd.stdout(file.try_clone().unwrap()).stderr(file);
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+            }
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -95,7 +111,9 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         };
         let mut stderr = String::new();
-        self.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            pipe.read_to_string(&mut stderr).unwrap();
+        }
         (status, stderr)
     }
 }
