@@ -65,6 +65,13 @@ impl Server {
         Self { child, url }
     }
 
+    /// SIGKILL: no shutdown, no flush, as when the host or the OOM killer
+    /// ends the process.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Creates a key in the default project with `admin`; returns the key object.
     pub async fn create_key(&self, admin: &str, name: &str) -> serde_json::Value {
         self.create_key_with(admin, serde_json::json!({"name": name})).await

@@ -1,9 +1,10 @@
 //! Security issue #18, "harden and prove": the properties keygate promises
 //! about keys, checked from outside. No refusal tells which keys exist; no
-//! secret reaches a log, a metric, an error or the database.
+//! secret reaches a log, a metric, an error or the database; an answered admin
+//! write survives `kill -9`; a start that cannot listen writes nothing.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keygate::clock::ManualClock;
 use keygate::key::{generate, KeyPrefix, PublicId};
@@ -444,4 +445,136 @@ async fn no_secret_reaches_logs_metrics_error_bodies_or_stored_rows() {
     if on_postgres() {
         no_secret_reaches_logs_metrics_errors_or_the_database(&postgres_schema().await, None).await;
     }
+}
+
+// === durability ===
+
+/// Sends an admin call and SIGKILLs the server the moment its answer is in:
+/// nothing after the answer (a flush, a clean shutdown) can have helped.
+async fn answered_then_killed(server: Server, method: Method, path: &str, body: Option<Value>) -> Value {
+    let (status, text) = call(&server, method.clone(), path, DURABLE_ADMIN, body).await;
+    server.kill();
+    assert_eq!(status, 200, "{method} {path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+const DURABLE_ADMIN: &str = "durable-admin-secret";
+
+/// `GET /v1/models` with `key`: status and the grace-period header.
+async fn models_with(server: &Server, key: &str) -> (u16, Option<String>) {
+    let response = http().get(format!("{}/v1/models", server.url)).bearer_auth(key).send().await.unwrap();
+    let expires = response.headers().get("x-keygate-key-expires-at").map(|v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), expires)
+}
+
+async fn admin_writes_survive_kill_9_on(database_url: &str) {
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("keygate.log");
+    let env = [("KEYGATE_ADMIN_KEY", DURABLE_ADMIN), ("KEYGATE_UPSTREAM_URL", "mock")];
+    let start = || Server::launch(database_url, &env, &["--metrics-listen", "off"], Some(&log));
+
+    let server = start();
+    let keys = format!("/v1/organization/projects/{}/api_keys", server.default_project(DURABLE_ADMIN).await);
+    let a = answered_then_killed(server, Method::POST, &keys, Some(json!({"name": "a"}))).await;
+    let (a_id, a_old) = (a["id"].as_str().unwrap(), value(&a));
+
+    let server = start();
+    assert_eq!(models_with(&server, &a_old).await.0, 200, "a created key survives");
+    let b = server.create_key(DURABLE_ADMIN, "b").await;
+    let (b_id, b_old) = (b["id"].as_str().unwrap(), value(&b));
+    let grace = json!({"grace_period_seconds": 3600});
+    let rotated = answered_then_killed(server, Method::POST, &format!("{keys}/{a_id}/rotate"), Some(grace)).await;
+    let a_new = value(&rotated);
+    let grace_ends = keygate::time::rfc3339(rotated["previous_secret_expires_at"].as_i64().unwrap());
+
+    let server = start();
+    assert_eq!(models_with(&server, &a_new).await, (200, None), "a rotation's new secret survives");
+    assert_eq!(models_with(&server, &a_old).await, (200, Some(grace_ends)), "and so does the old one's grace");
+    let none = json!({"grace_period_seconds": 0});
+    let rotated = answered_then_killed(server, Method::POST, &format!("{keys}/{b_id}/rotate"), Some(none)).await;
+    let b_new = value(&rotated);
+
+    let server = start();
+    assert_eq!(models_with(&server, &b_new).await.0, 200);
+    assert_eq!(models_with(&server, &b_old).await.0, 401, "a rotation without grace survives");
+    answered_then_killed(server, Method::DELETE, &format!("{keys}/{a_id}"), None).await;
+
+    let server = start();
+    assert_eq!(models_with(&server, &a_new).await.0, 401, "a revocation survives");
+    assert_eq!(models_with(&server, &a_old).await.0, 401);
+    assert_eq!(models_with(&server, &b_new).await.0, 200);
+    assert!(server.terminate().0.success());
+}
+
+/// A create, rotate or revoke that answered 200 is on disk: SIGKILL right
+/// after the answer, and the restarted binary serves it. On SQLite and on
+/// PostgreSQL, both in every run (the suite's PostgreSQL pass skips
+/// `binary::`, so this test names both engines itself).
+#[tokio::test]
+async fn answered_admin_writes_survive_kill_9_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    admin_writes_survive_kill_9_on(&format!("sqlite://{}", dir.path().join("k.db").display())).await;
+    admin_writes_survive_kill_9_on(&postgres_schema().await).await;
+}
+
+// === bootstrap ===
+
+/// Runs `keygate serve` with `args` until it exits (at most 20 s); returns
+/// its exit status and stderr.
+fn serve_until_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::Read as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("serve")
+        .args(args)
+        .env_remove("KEYGATE_ADMIN_KEY")
+        .env_remove("KEYGATE_DATABASE_URL")
+        .env("KEYGATE_UPSTREAM_URL", "mock")
+        .env("KEYGATE_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("keygate serve kept running on a taken address");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status, stderr)
+}
+
+/// `serve` takes its addresses before it writes anything: a start on a taken
+/// port (public or metrics) fails without making the first admin key, which
+/// would be printed to a log nobody reads and lost. The next start that can
+/// listen makes it and prints it, once.
+#[tokio::test]
+async fn a_start_that_cannot_listen_creates_no_admin_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let database =
+        if on_postgres() { postgres_schema().await } else { format!("sqlite://{}", dir.path().join("k.db").display()) };
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().to_string();
+    let free = format!("127.0.0.1:{}", free_port());
+    let attempts = [
+        (["--listen", taken.as_str(), "--metrics-listen", "off"], "cannot listen on"),
+        (["--listen", free.as_str(), "--metrics-listen", taken.as_str()], "cannot serve metrics on"),
+    ];
+    for (addresses, error) in attempts {
+        let (status, stderr) = serve_until_exit(&[&addresses[..], &["--database", database.as_str()][..]].concat());
+        assert!(!status.success(), "{stderr}");
+        assert!(stderr.contains(error), "{stderr}");
+        assert!(!stderr.contains("sk-admin-kg1"), "a failed start printed an admin key: {stderr}");
+    }
+    let server = Server::launch(&database, &[("KEYGATE_UPSTREAM_URL", "mock")], &["--metrics-listen", "off"], None);
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stderr.matches("sk-admin-kg1").count(), 1, "the first start that listens makes the key: {stderr}");
+    drop(holder);
 }
