@@ -19,6 +19,14 @@ impl Server {
     }
 
     pub fn start_on(database_url: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(database_url, env, &[], None)
+    }
+
+    /// Starts `keygate serve` on `database_url` with `args` after its own
+    /// flags. With `log`, stdout and stderr both go to that file (and
+    /// `terminate` returns no stderr); without, stdout is dropped and stderr
+    /// kept for `terminate`.
+    pub fn launch(database_url: &str, env: &[(&str, &str)], args: &[&str], log: Option<&std::path::Path>) -> Self {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
         cmd.arg("serve")
@@ -26,27 +34,42 @@ impl Server {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--database")
             .arg(database_url)
+            .args(args)
             .env_remove("KEYGATE_ADMIN_KEY")
             .env_remove("OPENAI_API_KEY")
             .env_remove("KEYGATE_UPSTREAM_API_KEY")
             .env_remove("KEYGATE_UPSTREAM_URL")
-            .env("KEYGATE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("KEYGATE_LOG", "info");
+        match log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+                cmd.stdout(file.try_clone().unwrap()).stderr(file);
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+            }
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
+        let mut child = cmd.spawn().unwrap();
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+        while !healthy(port, deadline) {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("keygate exited while starting: {status}");
             }
             assert!(Instant::now() < deadline, "keygate did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { child, url }
+    }
+
+    /// SIGKILL: no shutdown, no flush, as when the host or the OOM killer
+    /// ends the process.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Creates a key in the default project with `admin`; returns the key object.
@@ -95,9 +118,27 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         };
         let mut stderr = String::new();
-        self.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            pipe.read_to_string(&mut stderr).unwrap();
+        }
         (status, stderr)
     }
+}
+
+/// Whether `GET /healthz` on `port` answers 200 before `deadline`. `serve`
+/// binds its port before it opens the database, so a connection is accepted
+/// by the kernel early; the answer comes once keygate serves (and has printed
+/// a first admin key).
+fn healthy(port: u16, deadline: Instant) -> bool {
+    use std::io::Write;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    stream.set_read_timeout(Some(wait)).unwrap();
+    if stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 200"
 }
 
 /// A test that fails before `terminate` must not leave its server running.
@@ -119,7 +160,7 @@ async fn first_start_prints_an_admin_key_once_and_restart_keeps_keys() {
     let dir = tempfile::tempdir().unwrap();
     let first = Server::start(dir.path(), &[]);
     let http = crate::util::http();
-    // The admin key is printed before the listener opens, so it is in stderr now;
+    // The admin key is printed before keygate serves, so it is in stderr now;
     // read it after a clean shutdown.
     let (status, stderr) = first.terminate();
     assert!(status.success(), "{stderr}");

@@ -23,6 +23,8 @@ mod faults;
 mod lifecycle;
 /// Rate limits, budgets, concurrency, failed-auth throttle.
 mod limits;
+/// Issue #18 proved from outside: no key oracle, no secret at rest, durable writes.
+mod proof;
 /// Forwarding: credentials, headers, routing, streaming, cancellation.
 mod proxy;
 /// Limits shared by replicas through Redis, and its failure policies.
