@@ -1,6 +1,7 @@
 //! `POST /v1/keys/leaked`: a reported live key is refused at once (on every
 //! replica), audited and alerted; every accepted batch gets the same answer;
-//! reports are limited and capped; the route never reaches an upstream.
+//! reports are limited and capped; the route never reaches an upstream. And
+//! the scanner pattern of `docs/leak-detection.md` finds keygate keys only.
 
 use std::time::{Duration, Instant};
 
@@ -261,4 +262,54 @@ async fn a_key_reported_to_one_replica_is_refused_by_the_other_within_a_second()
     assert!(!upstream_saw_the_report_route(&mock));
     b.stop().await;
     a.stop().await;
+}
+
+// === the documented scanner pattern ===
+
+/// The pattern in `docs/leak-detection.md`'s one ```regex block, and the
+/// gitleaks rule's, which must be the same.
+fn documented_pattern() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/leak-detection.md")).unwrap();
+    let block = doc.split("```regex\n").nth(1).expect("a ```regex block").split("```").next().unwrap();
+    let pattern = block.trim().to_owned();
+    let rule = doc.split("regex = '''").nth(1).expect("a gitleaks rule").split("'''").next().unwrap();
+    assert_eq!(rule, pattern, "the gitleaks rule and the scanner pattern differ");
+    assert!(doc.contains("id = \"keygate-api-key\""));
+    pattern
+}
+
+#[test]
+fn the_documented_scanner_pattern_matches_keygate_keys_and_not_random_text() {
+    use rand::Rng;
+    let pattern = regex::Regex::new(&documented_pattern()).unwrap();
+    let prefixes = ["sk-", "sk-prod-", "sk-dev-", "sk-admin-", "a-", "z9-", "sk-team-eu1-", "abcdefghijklmnop-x-y-"];
+    let contexts = ["{}", "OPENAI_API_KEY={}\n", "Authorization: Bearer {}", "{\"key\": \"{}\"}", "'{}',", "x {} y"];
+    for n in 0..1_000 {
+        let prefix = KeyPrefix::parse(prefixes[n % prefixes.len()]).unwrap();
+        let key = generate(&prefix, &PublicId::random()).secret.expose().to_owned();
+        let text = contexts[n % contexts.len()].replace("{}", &key);
+        let found: Vec<&str> = pattern.find_iter(&text).map(|m| m.as_str()).collect();
+        assert_eq!(found, [key.as_str()], "in {text:?}");
+    }
+
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    const BASE64URL: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_";
+    let mut rng = rand::thread_rng();
+    let mut random = |alphabet: &[u8], len: usize| -> String {
+        (0..len).map(|_| char::from(alphabet[rng.gen_range(0..alphabet.len())])).collect()
+    };
+    for _ in 0..1_000 {
+        let len = 20 + (random(b"0123456789", 2).parse::<usize>().unwrap() * 2);
+        let plain = random(BASE62, len);
+        assert!(!pattern.is_match(&plain), "{plain}");
+        let openai = format!("sk-proj-{}T3BlbkFJ{}", random(BASE64URL, 74), random(BASE64URL, 74));
+        assert!(!pattern.is_match(&openai), "{openai}");
+        let legacy = format!("sk-{}T3BlbkFJ{}", random(BASE62, 20), random(BASE62, 20));
+        assert!(!pattern.is_match(&legacy), "{legacy}");
+    }
+    // Near misses: one character short or long, another version, no prefix.
+    let key = unknown_key("sk-");
+    for near in [&key[..key.len() - 1], &format!("{key}A"), &key.replacen("kg1", "kg2", 1), &key[3..]] {
+        assert!(!pattern.is_match(near), "{near}");
+    }
 }

@@ -19,7 +19,7 @@ mod doctor;
 mod errors;
 /// Store write failures: what the background writer keeps and retries.
 mod faults;
-/// Leaked-key reports (`POST /v1/keys/leaked`).
+/// Leaked-key reports (`POST /v1/keys/leaked`) and the scanner pattern.
 mod leaks;
 /// Rotation, expiry, suspension, explain, audit.
 mod lifecycle;
