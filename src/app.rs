@@ -159,7 +159,10 @@ impl Gateway {
                 shared
             }
         };
-        let limiter = Arc::new(Limiter::new(backend, budgets, Arc::clone(&clock), config.failed_auth_per_minute));
+        let limiter = Arc::new(
+            Limiter::new(backend, budgets, Arc::clone(&clock), config.failed_auth_per_minute)
+                .with_leak_reports(config.leak_reports_per_minute),
+        );
         let prune_limiter = Arc::clone(&limiter);
         tasks.spawn(
             "limiter prune",

@@ -89,6 +89,7 @@ struct RawUsage {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     failed_auth_per_minute: Option<u64>,
+    leak_reports_per_minute: Option<u64>,
     default_max_tokens: Option<u64>,
 }
 
@@ -237,6 +238,9 @@ pub struct Config {
     /// Failed authentications a client may make per minute before its
     /// failures get 429 (`None`: no throttle).
     pub failed_auth_per_minute: Option<u64>,
+    /// Leaked-key reports (`POST /v1/keys/leaked`) one client address may
+    /// send per minute (`None`: unlimited).
+    pub leak_reports_per_minute: Option<u64>,
     /// Completion tokens a request is assumed to use for token limits when it
     /// names no `max_tokens`.
     pub default_max_tokens: u64,
@@ -563,6 +567,10 @@ impl Config {
             prices,
             anomaly,
             failed_auth_per_minute: match raw.limits.failed_auth_per_minute.unwrap_or(30) {
+                0 => None,
+                n => Some(n),
+            },
+            leak_reports_per_minute: match raw.limits.leak_reports_per_minute.unwrap_or(10) {
                 0 => None,
                 n => Some(n),
             },

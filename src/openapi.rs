@@ -14,6 +14,7 @@ use crate::dialect::ErrorResponse;
 /// Builds the whole document once.
 pub fn document() -> Document {
     let mut doc = crate::admin::AdminApi::openapi();
+    doc.merge(crate::admin::LeakApi::openapi());
     doc.info.title = "keygate".into();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     doc.info.description = Some(
@@ -97,9 +98,13 @@ mod tests {
             "/v1/organization/audit_logs",
             "/v1/chat/completions",
             "/v1/models/{model}",
+            "/v1/keys/leaked",
         ] {
             assert!(json["paths"][path].is_object(), "{path} missing");
         }
+        let leaked = &json["paths"]["/v1/keys/leaked"]["post"];
+        assert_eq!(leaked["security"], serde_json::json!([{}]), "the leak report takes no key: {leaked}");
+        assert!(leaked["responses"]["202"].is_object(), "{leaked}");
         assert!(json["components"]["schemas"]["ProjectApiKeyObject"].is_object());
         assert!(json["components"]["schemas"]["ErrorResponse"].is_object());
     }

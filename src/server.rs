@@ -113,6 +113,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/keygate/echo-auth",
             get(echo_auth).route_layer(middleware::from_fn_with_state(state.clone(), require_extension_key)),
         )
+        // Public and keygate's own, though `/v1/keys/*` is otherwise forwarded.
+        .merge(crate::admin::leak_report_routes())
         .merge(admin)
         .merge(openai)
         .merge(azure)

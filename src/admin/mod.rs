@@ -5,13 +5,15 @@
 //! Owns: admin handlers, API objects, key issuance and revocation, audit
 //! events for each action. Authentication (admin keys only) is applied by the
 //! server around these routes; every change reaches the key index before the
-//! answer is sent.
+//! answer is sent. One route here takes no key at all: the leaked-key report
+//! (`leaks`), which the server mounts apart, among the public routes.
 
 mod admin_keys;
 mod audit_logs;
 mod bootstrap;
 mod key_import;
 mod keys;
+mod leaks;
 mod objects;
 mod projects;
 mod requests;
@@ -32,6 +34,7 @@ use crate::server::AppState;
 use crate::store::{AuditEvent, PageQuery};
 
 pub use bootstrap::bootstrap_admin_key;
+pub use leaks::LeakApi;
 
 /// The Administration API's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
@@ -113,6 +116,13 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/organization/admin_api_keys/{key_id}", get(admin_keys::get).delete(admin_keys::delete))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(openai_shaped))
+}
+
+/// `POST /v1/keys/leaked`, public (no key): the server mounts it outside the
+/// admin-key layer. Every other method on the path is refused here, so none
+/// falls through to the data plane.
+pub fn leak_report_routes() -> Router<AppState> {
+    Router::new().route("/v1/keys/leaked", post(leaks::report).fallback(leaks::other_method))
 }
 
 /// Gives the router's and extractors' own refusals (wrong method, a body over

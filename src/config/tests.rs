@@ -175,3 +175,12 @@ fn metrics_are_served_on_loopback_unless_configured() {
     assert_eq!(c.metrics_listen, MetricsListen::Configured("0.0.0.0:9100".parse().unwrap()));
     assert!(err("[server]\nmetrics_listen = \"9100\"\n").starts_with("`server.metrics_listen` must be an address"));
 }
+
+#[test]
+fn leak_reports_are_limited_to_10_a_minute_unless_configured() {
+    let parse = |text: &str| Config::from_toml(text, &FakeEnv::default()).unwrap().leak_reports_per_minute;
+    assert_eq!(parse(""), Some(10));
+    assert_eq!(parse("[limits]\nleak_reports_per_minute = 3\n"), Some(3));
+    assert_eq!(parse("[limits]\nleak_reports_per_minute = 0\n"), None, "0 turns the limit off");
+    assert!(err("[limits]\nleak_reports_per_minute = -1\n").contains("leak_reports_per_minute"));
+}

@@ -131,6 +131,7 @@ pub fn render(error: &ApiError, path: &str, api_version: &str) -> Response {
         | ApiError::NotFound { .. }
         | ApiError::UpstreamUnreachable { .. }
         | ApiError::UpstreamTimeout { .. }
+        | ApiError::LeakReportsLimited { .. }
         | ApiError::Internal => openai::render(error),
     }
 }

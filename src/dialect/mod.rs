@@ -77,6 +77,10 @@ pub enum ApiError {
     UpstreamTimeout {
         upstream: String,
     },
+    /// A client over `limits.leak_reports_per_minute` (`POST /v1/keys/leaked`).
+    LeakReportsLimited {
+        exceeded: crate::limits::Exceeded,
+    },
     Internal,
 }
 

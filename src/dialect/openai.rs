@@ -159,6 +159,22 @@ fn parts(error: &ApiError) -> (StatusCode, String, &'static str, Option<&'static
             None,
             Some("upstream_timeout"),
         ),
+        ApiError::LeakReportsLimited { exceeded } => {
+            let (limit, used, retry_after_ms) = match exceeded {
+                Exceeded::Rate { limit, used, retry_after_ms, .. } => (*limit, *used, *retry_after_ms),
+                _ => (0, 0, 1000),
+            };
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Rate limit reached for leaked-key reports from your address: Limit {limit} per min, Used {used}, Requested 1. Please try again in {}.",
+                    go_duration(retry_after_ms * 1000)
+                ),
+                "requests",
+                None,
+                Some("rate_limit_exceeded"),
+            )
+        }
         ApiError::Internal => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "The server had an error while processing your request. Sorry about that!".into(),
@@ -272,7 +288,8 @@ fn limited(
 /// `x-should-retry: false` so the SDKs stop retrying.
 fn retry_headers(error: &ApiError, headers: &mut http::HeaderMap) {
     let exceeded = match error {
-        ApiError::Denied(Denial::Limited { exceeded, .. } | Denial::Throttled { exceeded, .. }) => exceeded,
+        ApiError::Denied(Denial::Limited { exceeded, .. } | Denial::Throttled { exceeded, .. })
+        | ApiError::LeakReportsLimited { exceeded } => exceeded,
         _ => return,
     };
     let retry_ms = match exceeded {

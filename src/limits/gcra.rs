@@ -67,6 +67,8 @@ pub enum Owner {
     Project(Box<str>, Option<Box<str>>),
     /// A client address (failed-authentication throttle).
     Client(IpAddr),
+    /// A client address sending leaked-key reports (`POST /v1/keys/leaked`).
+    Reporter(IpAddr),
 }
 
 /// What a bucket counts.
@@ -186,6 +188,7 @@ impl Owner {
             Owner::Key(id) => format!("k:{}", id.as_str()),
             Owner::Project(id, model) => format!("p:{id}:{}", model.as_deref().unwrap_or("*")),
             Owner::Client(ip) => format!("c:{ip}"),
+            Owner::Reporter(ip) => format!("r:{ip}"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Limits: requests and tokens per minute and per day, concurrent requests,
 //! monthly budgets, per key and per project (and per model within a project),
-//! and the failed-authentication throttle per client address.
+//! the failed-authentication throttle per client address, and the limit on
+//! leaked-key reports per client address.
 //!
 //! Owns: the admission decision before a request goes upstream, settling
 //! token estimates with real usage afterwards, the `x-ratelimit-*` values.
@@ -127,7 +128,9 @@ pub struct Limiter {
     budgets: Arc<Budgets>,
     clock: Arc<dyn Clock>,
     failed_auth: Option<Rate>,
-    /// The failed-auth throttle while a shared backend refuses everything.
+    /// Leaked-key reports a client address may send (`None`: unlimited).
+    leak_reports: Option<Rate>,
+    /// The failed-auth throttle and the leak-report limit while a shared backend refuses everything.
     throttle_fallback: LocalBackend,
 }
 
@@ -144,8 +147,15 @@ impl Limiter {
             budgets,
             clock,
             failed_auth: failed_auth_per_minute.map(Rate::per_minute),
+            leak_reports: None,
             throttle_fallback: LocalBackend::default(),
         }
+    }
+
+    /// Limits leaked-key reports to `per_minute` per client address (`None`: unlimited).
+    pub fn with_leak_reports(mut self, per_minute: Option<u64>) -> Self {
+        self.leak_reports = per_minute.map(Rate::per_minute);
+        self
     }
 
     pub fn budgets(&self) -> &Budgets {
@@ -304,11 +314,20 @@ impl Limiter {
     /// is over the throttle (its failures then get 429 instead of 401).
     pub async fn failed_auth(&self, client: IpAddr) -> Option<Exceeded> {
         let rate = self.failed_auth?;
-        let check = Check {
-            bucket: BucketId { owner: Owner::Client(client), dimension: Dimension::FailedAuthPerMinute },
-            rate,
-            cost: 1,
-        };
+        self.per_client(Owner::Client(client), Dimension::FailedAuthPerMinute, rate).await
+    }
+
+    /// Counts a leaked-key report from `client`; `Some` when that client is
+    /// over `limits.leak_reports_per_minute` (the report is then refused
+    /// unread).
+    pub async fn leak_report(&self, client: IpAddr) -> Option<Exceeded> {
+        let rate = self.leak_reports?;
+        self.per_client(Owner::Reporter(client), Dimension::RequestsPerMinute, rate).await
+    }
+
+    /// Takes one from a per-client bucket; `Some` when it is empty.
+    async fn per_client(&self, owner: Owner, dimension: Dimension, rate: Rate) -> Option<Exceeded> {
+        let check = Check { bucket: BucketId { owner, dimension }, rate, cost: 1 };
         let now = self.clock.now_millis() * 1000;
         let taken = match self.backend.take(std::slice::from_ref(&check), now).await {
             // Refusing everything must not also switch the throttle off.
@@ -319,12 +338,12 @@ impl Limiter {
         match taken {
             Ok(_) => None,
             Err(refusal) => Some(Exceeded::Rate {
-                dimension: Dimension::FailedAuthPerMinute,
+                dimension,
                 limit: rate.limit,
                 used: refusal.used,
                 requested: 1,
                 retry_after_ms: (refusal.retry_after_us + 999) / 1000,
-                owner: format!("client {client}"),
+                owner: describe(&check.bucket.owner),
             }),
         }
     }
@@ -359,6 +378,7 @@ fn describe(owner: &Owner) -> String {
         Owner::Project(id, Some(model)) if model.as_ref() != "*" => format!("project {id} (model {model})"),
         Owner::Project(id, _) => format!("project {id}"),
         Owner::Client(ip) => format!("client {ip}"),
+        Owner::Reporter(ip) => format!("leak reports from client {ip}"),
     }
 }
 

@@ -141,6 +141,27 @@ async fn the_failed_auth_throttle_counts_per_client() {
     assert!(limiter.failed_auth(a).await.is_none(), "one failure frees every 20 s");
 }
 
+#[tokio::test]
+async fn leak_reports_have_their_own_per_client_limit_apart_from_failed_auth() {
+    let clock = Arc::new(ManualClock::new(1_800_000_000));
+    let limiter = limiter(clock.clone()).with_leak_reports(Some(2));
+    let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+    for _ in 0..2 {
+        assert!(limiter.leak_report(a).await.is_none());
+    }
+    assert!(
+        matches!(limiter.leak_report(a).await, Some(Exceeded::Rate { limit: 2, ref owner, .. }) if owner == "leak reports from client 192.0.2.1")
+    );
+    assert!(limiter.failed_auth(a).await.is_none(), "reports do not use up the failed-auth throttle");
+    assert!(limiter.leak_report(b).await.is_none(), "another client is not affected");
+    clock.advance(30);
+    assert!(limiter.leak_report(a).await.is_none(), "one report frees every 30 s");
+    let unlimited = super::Limiter::new(Arc::new(LocalBackend::default()), Arc::new(Budgets::default()), clock, None);
+    for _ in 0..100 {
+        assert!(unlimited.leak_report(a).await.is_none());
+    }
+}
+
 #[test]
 fn in_flight_slots_are_freed_on_drop() {
     let inflight = Inflight::default();

@@ -10,13 +10,20 @@ pub enum PathError {
     /// A malformed or ambiguous path: a bad `%` escape, an encoded `/`, `\`
     /// or control character, a `.`/`..` or empty segment, an odd resource name.
     Malformed,
-    /// `/v1/organization/*` or `/v1/keygate/*`, in any spelling: keygate's own.
+    /// `/v1/organization/*`, `/v1/keygate/*` or `/v1/keys/leaked[/*]`, in
+    /// any spelling: keygate's own.
     Reserved,
 }
 
 /// keygate's namespaces (the Administration API and its extensions): served
 /// by keygate or refused, under either dialect, never forwarded.
 const RESERVED: &[&str] = &["organization", "keygate"];
+
+/// keygate's one route outside those namespaces: the leaked-key report
+/// (`POST /v1/keys/leaked`). `/v1/keys/*` is otherwise not keygate's, but a
+/// spelling the exact route misses (`/v1/keys/Leaked`, `/v1/keys/leaked/`)
+/// must not reach an upstream either.
+const RESERVED_ROUTES: &[(&str, &str)] = &[("keys", "leaked")];
 
 /// Normalizes a path: escapes of unreserved characters (RFC 3986 §2.3) are
 /// decoded, other escapes keep their byte with upper-case hex; a path that an
@@ -76,6 +83,10 @@ pub fn canonical_path(raw: &str) -> Result<String, PathError> {
         return Err(PathError::Malformed);
     }
     if RESERVED.contains(&resource.as_str()) {
+        return Err(PathError::Reserved);
+    }
+    let next = rest[resource_len..].strip_prefix('/').and_then(|r| r.split('/').next()).unwrap_or("");
+    if RESERVED_ROUTES.iter().any(|(r, n)| *r == resource && next.eq_ignore_ascii_case(n)) {
         return Err(PathError::Reserved);
     }
     path.replace_range(4..4 + resource_len, &resource);

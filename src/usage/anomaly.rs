@@ -2,7 +2,8 @@
 //! baseline (an EWMA of earlier windows) and raises alerts for a spike, a
 //! burst from a client network the key was never used from, and traffic on a
 //! key unused for a long time. Alerts are stored, logged, counted, optionally
-//! POSTed to a webhook, and may suspend the key.
+//! POSTed to a webhook, and may suspend the key. [`announce`] also sends the
+//! alerts raised outside the watcher (a leaked key reported).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -243,15 +244,7 @@ impl AnomalyWatcher {
             details,
         };
         self.store.insert_alert(&alert).await?;
-        metrics::counter!("keygate_alerts_total", "kind" => alert.kind.clone(), "severity" => alert.severity.clone())
-            .increment(1);
-        tracing::warn!(key = %id, kind, severity, message = %alert.message, "usage anomaly");
-        if let Some(url) = &self.policy.webhook {
-            let body = json!({"type": "keygate.alert", "alert": alert_json(&alert, key.as_deref().map(|k| &*k.name))});
-            if let Err(error) = self.http.post(url).json(&body).send().await.and_then(|r| r.error_for_status()) {
-                tracing::warn!(%error, "alert webhook failed");
-            }
-        }
+        announce(&alert, key.as_deref().map(|k| &*k.name), self.webhook()).await;
         if self.policy.auto_suspend && severity == "critical" {
             if let Some(suspended) = self.store.set_key_active(id, false).await? {
                 self.index.upsert([suspended]);
@@ -259,6 +252,35 @@ impl AnomalyWatcher {
             }
         }
         Ok(vec![alert])
+    }
+}
+
+impl AnomalyWatcher {
+    /// Where alerts are POSTed (`anomaly.webhook_url`), with the client to use.
+    pub fn webhook(&self) -> Option<Webhook<'_>> {
+        self.policy.webhook.as_deref().map(|url| Webhook { http: &self.http, url })
+    }
+}
+
+/// An alert webhook: its URL and the client (with its timeout) that calls it.
+#[derive(Clone, Copy)]
+pub struct Webhook<'a> {
+    pub http: &'a reqwest::Client,
+    pub url: &'a str,
+}
+
+/// Counts and logs a stored alert and POSTs it to the webhook, if any: the
+/// watcher's own alerts and those raised elsewhere (a leaked key) alike. A
+/// failed webhook call is logged; the alert stays listed either way.
+pub async fn announce(alert: &Alert, key_name: Option<&str>, webhook: Option<Webhook<'_>>) {
+    metrics::counter!("keygate_alerts_total", "kind" => alert.kind.clone(), "severity" => alert.severity.clone())
+        .increment(1);
+    tracing::warn!(key = %alert.key_id, kind = %alert.kind, severity = %alert.severity, message = %alert.message, "alert raised");
+    if let Some(Webhook { http, url }) = webhook {
+        let body = json!({"type": "keygate.alert", "alert": alert_json(alert, key_name)});
+        if let Err(error) = http.post(url).json(&body).send().await.and_then(|r| r.error_for_status()) {
+            tracing::warn!(%error, "alert webhook failed");
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use crate::jobs::Recorder;
 use crate::limits::{Budget, BudgetScope, Limiter, Ticket};
 use crate::store::{Alert, Timestamp, Tokens, UsageKind, UsageRecord};
 
-pub use anomaly::{alert_json, network_of, AnomalyPolicy, AnomalyWatcher};
+pub use anomaly::{alert_json, announce, network_of, AnomalyPolicy, AnomalyWatcher, Webhook};
 pub use price::{Price, PriceTable};
 pub use tap::Observed;
 

@@ -19,6 +19,8 @@ mod doctor;
 mod errors;
 /// Store write failures: what the background writer keeps and retries.
 mod faults;
+/// Leaked-key reports (`POST /v1/keys/leaked`) and the scanner pattern.
+mod leaks;
 /// Rotation, expiry, suspension, explain, audit.
 mod lifecycle;
 /// Rate limits, budgets, concurrency, failed-auth throttle.

@@ -18,7 +18,8 @@ pub fn prefix() -> String {
     format!("kgtest:{}:{nanos}:", std::process::id())
 }
 
-fn redis_toml(url: &str, policy: &str) -> String {
+/// A `[redis]` section with a key prefix of its own: replicas must share one string.
+pub fn redis_toml(url: &str, policy: &str) -> String {
     format!("[redis]\nurl = \"{url}\"\non_failure = \"{policy}\"\nkey_prefix = \"{}\"\n", prefix())
 }
 

@@ -47,8 +47,17 @@ fn keygates_own_namespaces_are_reserved_in_every_spelling() {
         "/v1/keygate/echo-auth",
         "/v1/KeyGate/echo-auth",
         "/v1/%6Beygate/echo-auth",
+        "/v1/keys/leaked",
+        "/v1/keys/leaked/",
+        "/v1/Keys/LEAKED",
+        "/v1/keys/%6Ceaked",
+        "/v1/keys/leaked/more",
     ] {
         assert_eq!(canonical_path(reserved), Err(PathError::Reserved), "{reserved}");
+    }
+    // Only the report route is keygate's under `/v1/keys/`.
+    for forwarded in ["/v1/keys", "/v1/keys/", "/v1/keys/key_1", "/v1/keys/leakedx", "/v1/files/leaked"] {
+        assert_eq!(canonical_path(forwarded).as_deref(), Ok(forwarded), "{forwarded}");
     }
 }
 
