@@ -52,6 +52,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref(), &overrides, &ProcessEnv).context("invalid configuration")?;
     init_tracing(&config);
 
+    let shutdown = shutdown_signal()?;
     let admin_key = std::env::var("KEYGATE_ADMIN_KEY").ok().filter(|k| !k.is_empty()).map(Secret::new);
     // Both addresses are taken before anything is written: a start that fails
     // on a busy port must not create (and lose) the first admin key.
@@ -95,7 +96,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     let trusted = Arc::new(config.trusted_proxies.clone());
     let app = keygate::server::router(state);
-    keygate::server::serve(listener, app, tls, trusted, connection_limits, shutdown_signal(), config.shutdown_grace)
+    keygate::server::serve(listener, app, tls, trusted, connection_limits, shutdown, config.shutdown_grace)
         .await;
     let _ = stop_metrics.send(());
     if let Some(server) = metrics_server {
@@ -127,26 +128,30 @@ async fn bind_metrics(metrics: MetricsListen) -> anyhow::Result<Option<TcpListen
     Ok(Some(listener))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGINT and SIGTERM, listened for from the moment this is called: a
+/// signal during start-up (after the first admin key is created, before it is
+/// printed) is then a clean stop after the print, not the default handler's
+/// instant exit.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown requested: draining open requests");
+        tracing::info!("shutdown requested: draining open requests");
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested: draining open requests");
+    })
 }
 
 fn init_tracing(config: &Config) {
