@@ -96,8 +96,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     let trusted = Arc::new(config.trusted_proxies.clone());
     let app = keygate::server::router(state);
-    keygate::server::serve(listener, app, tls, trusted, connection_limits, shutdown, config.shutdown_grace)
-        .await;
+    keygate::server::serve(listener, app, tls, trusted, connection_limits, shutdown, config.shutdown_grace).await;
     let _ = stop_metrics.send(());
     if let Some(server) = metrics_server {
         let _ = server.await;
