@@ -57,7 +57,15 @@ pub async fn get(
     }
     };
     let id = RequestId::parse(&request_id).ok_or_else(not_found)?;
-    let record = state.store.get_denial(id.as_str()).await?.ok_or_else(not_found)?;
+    let record = match state.store.get_denial(id.as_str()).await? {
+        Some(record) => record,
+        None => {
+            // A refusal answered a moment ago may still wait in the recorder's
+            // queue (it writes every second): have it written, then look again.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), state.recorder.flush()).await;
+            state.store.get_denial(id.as_str()).await?.ok_or_else(not_found)?
+        }
+    };
     let key = match &record.key_id {
         Some(id) => {
             state.store.get_key(id).await?.map(|k| KeyMention { id: k.id.api_id(), name: k.name, prefix: k.prefix })

@@ -201,3 +201,23 @@ async fn every_admin_action_is_audited_without_secrets() {
     let (status, _) = gw.admin(Method::GET, "/v1/organization/audit_logs?bogus=1", None).await;
     assert_eq!(status, 400);
 }
+
+/// `keygate explain` right after a refusal finds it: the refusal may still
+/// wait in the recorder's queue, which the lookup has written first.
+#[tokio::test]
+async fn a_refusal_is_explained_the_moment_its_answer_arrives() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let (key, secret) = gw.create_key("gone").await;
+    let project = gw.default_project().await;
+    let id = key["id"].as_str().unwrap();
+    gw.admin(Method::DELETE, &format!("/v1/organization/projects/{project}/api_keys/{id}"), None).await;
+    for _ in 0..5 {
+        let refused = models(&gw, &secret).await;
+        assert_eq!(refused.status(), 401);
+        let request_id = refused.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let (status, body) = gw.admin(Method::GET, &format!("/v1/organization/requests/{request_id}"), None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["reason"], "revoked");
+    }
+}
