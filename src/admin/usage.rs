@@ -171,7 +171,9 @@ async fn buckets(
             json!({
                 "object": "bucket",
                 "start_time": start,
-                "end_time": (start + p.width).min(end),
+                // Always the full width, as OpenAI reports buckets, even
+                // the last one, which is counted only up to `end`.
+                "end_time": start + p.width,
                 "results": by_bucket.remove(&start).unwrap_or_default(),
             })
         })

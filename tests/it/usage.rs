@@ -334,3 +334,24 @@ async fn a_burst_from_a_new_network_and_a_dormant_key_raise_alerts() {
     let raised = watcher.run_once().await.unwrap();
     assert!(raised.iter().any(|a| a.kind == "dormant_key"), "{raised:?}");
 }
+
+/// Every bucket is its full width, the last one (which ends after "now" or
+/// after `end_time`) included, as OpenAI reports them.
+#[tokio::test]
+async fn buckets_are_always_their_full_width() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    for (width, seconds, extra) in [("1m", 60, String::new()), ("1h", 3600, format!("&end_time={}", now - 10))] {
+        let start = now - now % seconds - 2 * seconds;
+        let path = format!("/v1/organization/usage/completions?start_time={start}&bucket_width={width}{extra}");
+        let (status, page) = gw.admin(Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{page}");
+        let buckets = page["data"].as_array().unwrap();
+        assert!(!buckets.is_empty());
+        for bucket in buckets {
+            let (from, to) = (bucket["start_time"].as_i64().unwrap(), bucket["end_time"].as_i64().unwrap());
+            assert_eq!(to - from, seconds, "{width}: {bucket}");
+        }
+    }
+}
