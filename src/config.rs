@@ -22,18 +22,55 @@ pub const MOCK_UPSTREAM: &str = "mock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file `{path}`: {source}")]
+    /// The OS error is the cause, printed under this line (not in it).
+    #[error("cannot read config file `{path}`")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file `{path}` is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("environment variable `{var}` does not fit the configuration: {message}")]
     Env { var: String, message: String },
+    /// `field` names the setting as it was given: `server.listen` in the
+    /// file, `--listen` as a flag (or its env var).
     #[error("`{field}` {message}")]
-    Invalid { field: String, message: String },
+    Invalid { field: String, message: String, help: Option<String> },
+}
+
+impl ConfigError {
+    /// The likely fix, for a `help:` line.
+    pub fn help(&self) -> Option<String> {
+        match self {
+            Self::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Some(
+                "check the path given to `--config` (or KEYGATE_CONFIG); keygate.example.toml is a place to start"
+                    .into(),
+            ),
+            Self::Read { .. } | Self::Parse { .. } | Self::Env { .. } => None,
+            Self::Invalid { help, .. } => help.clone(),
+        }
+    }
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field: field.into(), message: message.into() }
+    ConfigError::Invalid { field: field.into(), message: message.into(), help: None }
+}
+
+fn invalid_with_help(field: impl Into<String>, message: impl Into<String>, help: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into(), help: Some(help.into()) }
+}
+
+/// A listen address; `what` is the example and `field` the setting's name.
+fn listen_address(text: &str, field: &str, example: &str) -> Result<SocketAddr, ConfigError> {
+    text.trim().parse().map_err(|_| {
+        let message = format!("must be an address like {example}, got `{text}`");
+        match text.trim().parse::<u16>() {
+            // A port alone: the address it most likely means.
+            Ok(port) => invalid_with_help(
+                field,
+                message,
+                format!("use `127.0.0.1:{port}` (this machine only) or `0.0.0.0:{port}` (every interface)"),
+            ),
+            Err(_) => invalid(field, message),
+        }
+    })
 }
 
 // === raw, as written ===
@@ -419,32 +456,21 @@ impl Config {
     }
 
     fn validate(raw: RawConfig, o: &Overrides, env: &dyn Env) -> Result<Self, ConfigError> {
+        let listen_field = if o.listen.is_some() { "--listen" } else { "server.listen" };
         let listen_text = o.listen.clone().or(raw.server.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen = listen_text.parse().map_err(|_| {
-            invalid("server.listen", format!("must be an address like 127.0.0.1:8080, got `{listen_text}`"))
-        })?;
+        let listen = listen_address(&listen_text, listen_field, "127.0.0.1:8080")?;
 
+        let metrics_field = if o.metrics_listen.is_some() { "--metrics-listen" } else { "server.metrics_listen" };
         let metrics_listen = match o.metrics_listen.clone().or(raw.server.metrics_listen) {
-            None => MetricsListen::Default(DEFAULT_METRICS_LISTEN.parse().map_err(|_| {
-                invalid("server.metrics_listen", format!("the default `{DEFAULT_METRICS_LISTEN}` is not an address"))
-            })?),
+            None => MetricsListen::Default(listen_address(DEFAULT_METRICS_LISTEN, metrics_field, "127.0.0.1:9464")?),
             Some(off) if off.eq_ignore_ascii_case("off") => MetricsListen::Off,
-            Some(text) => MetricsListen::Configured(text.parse().map_err(|_| {
-                invalid(
-                    "server.metrics_listen",
-                    format!("must be an address like 127.0.0.1:9464, or `off`, got `{text}`"),
-                )
-            })?),
+            Some(text) => MetricsListen::Configured(listen_address(&text, metrics_field, "127.0.0.1:9464, or `off`")?),
         };
 
+        let database_field = if o.database_url.is_some() { "--database" } else { "database.url" };
         let database_url = o.database_url.clone().or(raw.database.url).unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
         if crate::store::Engine::of_url(&database_url).is_none() {
-            // Only the scheme: the rest of a URL may hold a password.
-            let scheme = database_url.split(':').next().unwrap_or_default();
-            return Err(invalid(
-                "database.url",
-                format!("must be a sqlite://PATH or postgres://USER@HOST/DATABASE URL, got a `{scheme}:` URL"),
-            ));
+            return Err(unsupported_database(&database_url, database_field));
         }
 
         let max_body_bytes = raw.server.max_body_bytes.unwrap_or(32 * 1024 * 1024);
@@ -589,6 +615,25 @@ impl Config {
     }
 }
 
+/// A database URL keygate cannot open, with the URL it most likely meant.
+pub fn unsupported_database(url: &str, field: &str) -> ConfigError {
+    let message = "must be a sqlite://PATH or postgres://USER@HOST/DATABASE URL";
+    match url.split_once(':') {
+        // No scheme at all: a file name (nothing secret in it).
+        None => invalid_with_help(
+            field,
+            format!("{message}, got `{url}`"),
+            format!("for a SQLite file, use `sqlite://{url}`"),
+        ),
+        // Only the scheme: the rest of a URL may hold a password.
+        Some((scheme, _)) => invalid_with_help(
+            field,
+            format!("{message}, got a `{scheme}:` URL"),
+            "use sqlite://PATH (embedded, one file) or postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+        ),
+    }
+}
+
 fn redis(raw: RawRedis, o: &Overrides) -> Result<Option<RedisConfig>, ConfigError> {
     let Some(url) = o.redis_url.clone().or(raw.url) else { return Ok(None) };
     if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
@@ -707,13 +752,11 @@ fn credential_from(env_var: Option<&str>, env: &dyn Env, field: &str) -> Result<
 /// app should use is left in the gateway's `OPENAI_API_KEY`.
 fn provider_credential(value: String, var: &str, field: &str) -> Result<Secret, ConfigError> {
     if crate::key::parse(value.trim()).is_ok() {
-        return Err(invalid(
+        return Err(invalid_with_help(
             field,
-            format!(
-                "reads `{var}`, which holds a key issued by keygate, not a provider credential\n\
-                 help: put the OpenAI or Azure key in KEYGATE_UPSTREAM_API_KEY (or the variable `api_key_env` names), \
-                 and give the keygate key to your apps, not to the gateway"
-            ),
+            format!("reads `{var}`, which holds a key issued by keygate, not a provider credential"),
+            "put the OpenAI or Azure key in KEYGATE_UPSTREAM_API_KEY (or the variable `api_key_env` names), \
+             and give the keygate key to your apps, not to the gateway",
         ));
     }
     Ok(Secret::new(value))

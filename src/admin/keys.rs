@@ -267,7 +267,8 @@ struct UpdateKey {
     #[serde(default, with = "super::nullable")]
     models: Option<Option<Vec<String>>>,
     allowed_ips: Option<Vec<String>>,
-    rate_limits: Option<RateLimits>,
+    /// Only the limits named change; `null` removes one.
+    rate_limits: Option<super::RateLimitsPatch>,
     /// `null` removes the budget.
     #[serde(default, deserialize_with = "super::nullable_f64")]
     #[schema(value_type = Option<f64>)]
@@ -275,8 +276,8 @@ struct UpdateKey {
     budget_alert_percent: Option<u8>,
 }
 
-/// `POST .../api_keys/{id}` (extension): name, permissions, models, IPs; takes
-/// effect on the next request.
+/// `POST .../api_keys/{id}` (extension): name, permissions, models, IPs,
+/// limits, budget; a field left out is kept. Takes effect on the next request.
 #[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}", tag = "api keys", description = "Ours.", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), request_body = UpdateKey, responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn update(
     State(state): State<AppState>,
@@ -297,7 +298,7 @@ pub async fn update(
         permissions: parse_permissions(req.permissions.as_deref(), req.scopes.as_deref())?,
         models: req.models.map(|m| m.map(models).transpose()).transpose()?,
         allowed_ips: req.allowed_ips.as_deref().map(cidrs).transpose()?,
-        limits: req.rate_limits.map(rate_limits).transpose()?,
+        limits: req.rate_limits.map(|patch| patch.apply(key.limits)).transpose()?,
         budget: match req.monthly_budget_usd {
             Some(usd) => Some(budget(usd, req.budget_alert_percent.or(key.budget.map(|b| b.alert_percent)))?),
             None => None,

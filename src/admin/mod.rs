@@ -172,6 +172,49 @@ fn nullable_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<
     Option::<i64>::deserialize(d).map(Some)
 }
 
+/// Like [`nullable`], for a count.
+fn nullable_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
+}
+
+/// A change to rate limits, field by field, as OpenAI's project rate-limit
+/// update takes it: a field left out keeps its value, a number sets it, and
+/// `null` removes that one limit.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsPatch {
+    #[serde(default, deserialize_with = "nullable_u64")]
+    #[schema(value_type = Option<u64>)]
+    max_requests_per_1_minute: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable_u64")]
+    #[schema(value_type = Option<u64>)]
+    max_tokens_per_1_minute: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable_u64")]
+    #[schema(value_type = Option<u64>)]
+    max_requests_per_1_day: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable_u64")]
+    #[schema(value_type = Option<u64>)]
+    max_tokens_per_1_day: Option<Option<u64>>,
+    /// Ours: requests in flight at once.
+    #[serde(default, deserialize_with = "nullable_u64")]
+    #[schema(value_type = Option<u64>)]
+    max_concurrent_requests: Option<Option<u64>>,
+}
+
+impl RateLimitsPatch {
+    /// `base` with the named fields changed, checked like new limits.
+    fn apply(self, base: crate::limits::RateLimits) -> Result<crate::limits::RateLimits, ApiError> {
+        let pick = |change: Option<Option<u64>>, old: Option<u64>| change.unwrap_or(old);
+        rate_limits(crate::limits::RateLimits {
+            max_requests_per_1_minute: pick(self.max_requests_per_1_minute, base.max_requests_per_1_minute),
+            max_tokens_per_1_minute: pick(self.max_tokens_per_1_minute, base.max_tokens_per_1_minute),
+            max_requests_per_1_day: pick(self.max_requests_per_1_day, base.max_requests_per_1_day),
+            max_tokens_per_1_day: pick(self.max_tokens_per_1_day, base.max_tokens_per_1_day),
+            max_concurrent_requests: pick(self.max_concurrent_requests, base.max_concurrent_requests),
+        })
+    }
+}
+
 /// Parses a JSON body into `T`, with OpenAI-shaped errors.
 fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| ApiError::InvalidJson)?;

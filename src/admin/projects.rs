@@ -8,7 +8,6 @@ use super::objects::{List, ProjectObject, ProjectRateLimitObject};
 use super::{audit, cidrs, json_body, models, name, objects, query, ListParams};
 use crate::auth::Authorized;
 use crate::dialect::{ApiError, ErrorResponse};
-use crate::limits::RateLimits;
 use crate::server::AppState;
 use crate::store::{Access, Project, ProjectUpdate};
 
@@ -169,21 +168,25 @@ pub async fn rate_limits(
     Ok(Json(List::new(page, |m| format!("rl-{}", m.model), objects::project_rate_limit)))
 }
 
-/// Sets a project's limits for `rl-<model pattern>` (`rl-*`: all models together).
-/// Ours: an entry that does not exist yet is created; all-null fields remove it.
-#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/rate_limits/{rate_limit_id}", tag = "projects", params(("project_id" = String, Path), ("rate_limit_id" = String, Path, description = "`rl-` + model pattern")), request_body = RateLimits, responses((status = 200, body = ProjectRateLimitObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+/// Sets a project's limits for `rl-<model pattern>` (`rl-*`: all models
+/// together): only the fields given change, `null` removes one (as OpenAI's
+/// update does). Ours: an entry that does not exist yet is created; one left
+/// with no limit at all is removed.
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/rate_limits/{rate_limit_id}", tag = "projects", params(("project_id" = String, Path), ("rate_limit_id" = String, Path, description = "`rl-` + model pattern")), request_body = super::RateLimitsPatch, responses((status = 200, body = ProjectRateLimitObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn update_rate_limit(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
     Path((project_id, rate_limit_id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<ProjectRateLimitObject>, ApiError> {
-    let limits = super::rate_limits(json_body(&body)?)?;
+    let patch: super::RateLimitsPatch = json_body(&body)?;
     let model = rate_limit_id
         .strip_prefix("rl-")
         .filter(|m| !m.is_empty() && m.len() <= 256 && !m.chars().any(char::is_control))
         .ok_or_else(|| ApiError::NotFound { message: format!("No such rate limit: {rate_limit_id}.") })?;
-    find(&state, &project_id).await?;
+    let current = find(&state, &project_id).await?;
+    let before = current.rate_limits.iter().find(|m| m.model == model).map(|m| m.limits).unwrap_or_default();
+    let limits = patch.apply(before)?;
     let project = state
         .store
         .set_project_rate_limit(&project_id, model, (!limits.is_empty()).then_some(&limits))

@@ -11,6 +11,7 @@ use super::ClientArgs;
 pub enum AdminKeysCommand {
     /// Create an admin key (Administration API only); prints it once.
     Create {
+        /// A name that says who or what uses the key.
         #[arg(long)]
         name: String,
         /// Lifetime, e.g. 3600s, 12h, 30d (at most 365d).

@@ -49,11 +49,39 @@ fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
 /// The engine a database URL names, or an error that says which URLs work.
 fn engine_of(url: &str) -> anyhow::Result<Engine> {
     Engine::of_url(url).ok_or_else(|| {
-        anyhow::Error::new(Help(
-            "pass --database sqlite://PATH (embedded) or postgres://USER@HOST:PORT/DATABASE".into(),
-        ))
-        .context(format!("unsupported database URL `{url}`"))
+        let error = keygate::config::unsupported_database(url, "--database");
+        let help = error.help();
+        with_help(anyhow::Error::new(error), help)
     })
+}
+
+fn with_help(error: anyhow::Error, help: Option<String>) -> anyhow::Error {
+    match help {
+        Some(help) => error.context(Help(help)),
+        None => error,
+    }
+}
+
+/// Adds a `help:` line to a failure to open a database, when its cause has
+/// a likely fix.
+pub fn database_help(error: anyhow::Error) -> anyhow::Error {
+    use keygate::store::StoreError;
+    let help = error.chain().find_map(|cause| match cause.downcast_ref::<StoreError>()? {
+        StoreError::NoDirectory(dir) => Some(format!(
+            "create the directory first (`mkdir -p {}`), or give --database a path in an existing one",
+            dir.display()
+        )),
+        StoreError::Database(sqlx::Error::Io(io)) if io.kind() == std::io::ErrorKind::ConnectionRefused => Some(
+            "nothing listens at the database's host and port: start PostgreSQL, or check the URL in --database \
+             (or KEYGATE_DATABASE_URL)"
+                .into(),
+        ),
+        StoreError::NoAnswer(_) => {
+            Some("check the host and port in --database, and that a firewall lets the connection through".into())
+        }
+        _ => None,
+    });
+    with_help(error, help)
 }
 
 /// Opens an existing keygate database; never creates one by accident.
@@ -66,7 +94,10 @@ async fn open_existing(url: &str) -> anyhow::Result<SqlStore> {
                 .context(format!("there is no database at `{path}`")));
         }
     }
-    let store = SqlStore::open(url).await.with_context(|| format!("cannot open `{}`", redact_url(url)))?;
+    let store = SqlStore::open(url)
+        .await
+        .with_context(|| format!("cannot open `{}`", redact_url(url)))
+        .map_err(database_help)?;
     if store.schema_version().await? == 0 {
         bail!(anyhow::Error::new(Help("check --database; `keygate migrate` creates the schema".into()))
             .context(format!("`{}` holds no keygate data", redact_url(url))));
@@ -77,7 +108,10 @@ async fn open_existing(url: &str) -> anyhow::Result<SqlStore> {
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let url = args.database.unwrap_or_else(|| DEFAULT_DATABASE.into());
     engine_of(&url)?;
-    let store = SqlStore::open(&url).await.with_context(|| format!("cannot open `{}`", redact_url(&url)))?;
+    let store = SqlStore::open(&url)
+        .await
+        .with_context(|| format!("cannot open `{}`", redact_url(&url)))
+        .map_err(database_help)?;
     let from = store.schema_version().await?;
     let applied =
         store.migrate().await.context("migration failed; the database is left at its last complete version")?;
@@ -176,7 +210,10 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let url = args.database.unwrap_or_else(|| DEFAULT_DATABASE.into());
     engine_of(&url)?;
     let file = std::fs::File::open(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
-    let store = SqlStore::open(&url).await.with_context(|| format!("cannot open `{}`", redact_url(&url)))?;
+    let store = SqlStore::open(&url)
+        .await
+        .with_context(|| format!("cannot open `{}`", redact_url(&url)))
+        .map_err(database_help)?;
     store.migrate().await?;
     let mut bar = output::progress_bar("import");
     let rows = store

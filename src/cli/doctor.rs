@@ -1,4 +1,4 @@
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -97,17 +97,18 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_findings(findings: &[Finding]) {
-    let tty = std::io::stdout().is_terminal();
-    let mut out = std::io::stdout().lock();
+    use anstyle::{AnsiColor, Color, Style};
+    // anstream drops the colour where it is not wanted (not a terminal, NO_COLOR).
+    let mut out = anstream::stdout().lock();
     for f in findings {
         let (mark, color) = match f.status {
-            Status::Pass => ("PASS", "32"),
-            Status::Warn => ("WARN", "33"),
-            Status::Fail => ("FAIL", "31"),
-            Status::Skip => ("SKIP", "90"),
+            Status::Pass => ("PASS", AnsiColor::Green),
+            Status::Warn => ("WARN", AnsiColor::Yellow),
+            Status::Fail => ("FAIL", AnsiColor::Red),
+            Status::Skip => ("SKIP", AnsiColor::BrightBlack),
         };
-        let mark = if tty { format!("\x1b[1;{color}m{mark}\x1b[0m") } else { mark.to_owned() };
-        let _ = writeln!(out, "{mark}  {}: {}", f.title, f.detail);
+        let style = Style::new().bold().fg_color(Some(Color::Ansi(color)));
+        let _ = writeln!(out, "{style}{mark}{style:#}  {}: {}", f.title, f.detail);
         if let Some(fix) = &f.fix {
             let _ = writeln!(out, "      fix: {fix}");
         }

@@ -37,8 +37,12 @@ pub enum KeysCommand {
     },
     /// List the live keys of a project.
     List {
+        /// Project id (default: the default project).
         #[arg(long)]
         project: Option<String>,
+        /// Also show each key's models, scopes, rate limits, budget and allowed addresses.
+        #[arg(long, short)]
+        long: bool,
         /// Only keys due for rotation under the project's max key age.
         #[arg(long)]
         due: bool,
@@ -56,6 +60,7 @@ pub enum KeysCommand {
         /// How long the old secret keeps working: 0, 90s, 15m, 1h, 7d [default: 24h].
         #[arg(long, value_parser = super::parse_duration)]
         grace: Option<u64>,
+        /// Project id (default: the default project).
         #[arg(long)]
         project: Option<String>,
         #[command(flatten)]
@@ -63,7 +68,9 @@ pub enum KeysCommand {
     },
     /// Suspend a key: refused like a revoked key, but it can be resumed.
     Suspend {
+        /// The key id (`key_...`).
         key_id: String,
+        /// Project id (default: the default project).
         #[arg(long)]
         project: Option<String>,
         #[command(flatten)]
@@ -71,7 +78,9 @@ pub enum KeysCommand {
     },
     /// Resume a suspended key.
     Resume {
+        /// The key id (`key_...`).
         key_id: String,
+        /// Project id (default: the default project).
         #[arg(long)]
         project: Option<String>,
         #[command(flatten)]
@@ -102,6 +111,7 @@ pub enum KeysCommand {
         /// Why, recorded with the revocation (e.g. leaked).
         #[arg(long)]
         reason: Option<String>,
+        /// Project id (default: the default project).
         #[arg(long)]
         project: Option<String>,
         #[command(flatten)]
@@ -143,7 +153,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 ));
             }
         }
-        KeysCommand::List { project, due, include_revoked, client } => {
+        KeysCommand::List { project, long, due, include_revoked, client } => {
             let api = AdminClient::from_env(&client.url)?;
             let project = api.project_id(project).await?;
             let all = api
@@ -154,38 +164,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             if client.json {
                 output::json(&Value::Array(all));
             } else {
-                let rows: Vec<Vec<String>> = all
-                    .iter()
-                    .map(|k| {
-                        vec![
-                            output::text(&k["id"]),
-                            output::text(&k["name"]),
-                            output::text(&k["redacted_value"]),
-                            output::text(&k["state"]),
-                            output::text(&k["permissions"]),
-                            output::when(k["created_at"].as_i64()),
-                            output::when(k["rotated_at"].as_i64()),
-                            output::when(k["expires_at"].as_i64()),
-                            output::when(k["last_used_at"].as_i64()),
-                            output::text(&k["last_used_ip"]),
-                        ]
-                    })
-                    .collect();
-                output::table(
-                    &[
-                        "ID",
-                        "NAME",
-                        "KEY",
-                        "STATE",
-                        "PERMISSIONS",
-                        "CREATED",
-                        "ROTATED",
-                        "EXPIRES",
-                        "LAST USED",
-                        "FROM",
-                    ],
-                    &rows,
-                );
+                list_table(&all, long);
             }
         }
         KeysCommand::Rotate { key_id, grace, project, client } => {
@@ -214,8 +193,30 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::Revoke { key_id, reason, project, client } => {
             let api = AdminClient::from_env(&client.url)?;
             let project = api.project_id(project).await?;
+            let path = format!("/v1/organization/projects/{project}/api_keys/{key_id}");
             let query = reason.map(|r| format!("?{}", super::query_pair("reason", &r))).unwrap_or_default();
-            let result = api.delete(&format!("/v1/organization/projects/{project}/api_keys/{key_id}{query}")).await?;
+            let result = match api.delete(&format!("{path}{query}")).await {
+                Ok(result) => result,
+                Err(error) => {
+                    // The API answers 404 for a revoked key, as OpenAI does;
+                    // the CLI looks once more to say what happened.
+                    let revoked = api.get(&format!("{path}?include_revoked=true")).await.ok();
+                    match revoked.filter(|k| k["state"] == "revoked") {
+                        Some(key) => {
+                            if client.json {
+                                output::json(&key);
+                            } else {
+                                output::line(&format!(
+                                    "`{key_id}` was already revoked at {}",
+                                    output::when(key["revoked_at"].as_i64())
+                                ));
+                            }
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        None => return Err(error),
+                    }
+                }
+            };
             if client.json {
                 output::json(&result);
             } else {
@@ -236,4 +237,54 @@ async fn set_state(action: &str, key_id: &str, project: Option<String>, client: 
         output::line(&format!("{key_id} is now {}", output::text(&key["state"])));
     }
     Ok(())
+}
+
+/// The `keys list` table; `long` adds what a key may do and how much.
+fn list_table(keys: &[Value], long: bool) {
+    let mut headers =
+        vec!["ID", "NAME", "KEY", "STATE", "PERMISSIONS", "CREATED", "ROTATED", "EXPIRES", "LAST USED", "FROM"];
+    if long {
+        headers.extend(["SCOPES", "MODELS", "RATE LIMITS", "BUDGET", "ALLOWED IPS"]);
+    }
+    let list = |v: &Value| match v.as_array() {
+        Some(items) if !items.is_empty() => items.iter().map(output::text).collect::<Vec<_>>().join(", "),
+        _ => "any".to_owned(),
+    };
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            let mut row = vec![
+                output::text(&k["id"]),
+                output::text(&k["name"]),
+                output::text(&k["redacted_value"]),
+                output::text(&k["state"]),
+                output::text(&k["permissions"]),
+                output::when(k["created_at"].as_i64()),
+                output::when(k["rotated_at"].as_i64()),
+                output::when(k["expires_at"].as_i64()),
+                output::when(k["last_used_at"].as_i64()),
+                output::text(&k["last_used_ip"]),
+            ];
+            if long {
+                let budget = match k["monthly_budget_usd"].as_f64() {
+                    Some(usd) => format!("{} a month", output::usd(usd)),
+                    None => "-".to_owned(),
+                };
+                row.extend([
+                    match k["scopes"].as_array() {
+                        Some(scopes) if !scopes.is_empty() => {
+                            scopes.iter().map(output::text).collect::<Vec<_>>().join(", ")
+                        }
+                        _ => "-".to_owned(),
+                    },
+                    list(&k["models"]),
+                    super::limits::summary(&k["rate_limits"]),
+                    budget,
+                    list(&k["allowed_ips"]),
+                ]);
+            }
+            row
+        })
+        .collect();
+    output::table(&headers, &rows);
 }

@@ -127,3 +127,44 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
     };
     n.checked_mul(factor).ok_or_else(|| format!("`{text}` is too long"))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every option and argument of every command, with the command's path.
+    fn each_arg(command: &clap::Command, path: String, out: &mut Vec<(String, clap::Arg)>) {
+        for arg in command.get_arguments() {
+            out.push((path.clone(), arg.clone()));
+        }
+        for sub in command.get_subcommands() {
+            each_arg(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_option_says_what_it_is_for() {
+        let mut args = Vec::new();
+        each_arg(&super::Cli::command(), "keygate".into(), &mut args);
+        let bare: Vec<String> = args
+            .iter()
+            .filter(|(_, arg)| {
+                !arg.is_hide_set() && arg.get_help().is_none() && !matches!(arg.get_id().as_str(), "help" | "version")
+            })
+            .map(|(path, arg)| format!("{path} --{}", arg.get_id()))
+            .collect();
+        assert!(bare.is_empty(), "options without help: {bare:?}");
+    }
+
+    #[test]
+    fn help_shows_each_default_once() {
+        let mut args = Vec::new();
+        each_arg(&super::Cli::command(), "keygate".into(), &mut args);
+        for (path, arg) in args {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            if !arg.get_default_values().is_empty() {
+                assert!(!help.contains("[default:"), "{path} --{}: clap already prints the default", arg.get_id());
+            }
+        }
+    }
+}

@@ -1,30 +1,61 @@
-//! How the CLI prints: tables on a terminal (bold headers), JSON for scripts,
-//! errors as `error: ...` then `Caused by:` lines and an optional `help:` line.
+//! How the CLI prints: tables (comfy-table) and JSON on standard output,
+//! progress (indicatif) and errors on standard error. Errors read `error: ...`,
+//! then `Caused by:` lines and an optional `help:` line.
+//!
+//! Colour goes through anstream, which drops it when the stream is not a
+//! terminal and honours `NO_COLOR`, `CLICOLOR` and `CLICOLOR_FORCE`; nothing
+//! here writes escape codes any other way.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
-pub fn stdout_is_tty() -> bool {
-    std::io::stdout().is_terminal()
+use anstyle::{AnsiColor, Style};
+
+const BOLD: Style = Style::new().bold();
+const ERROR: Style = AnsiColor::Red.on_default().bold();
+
+/// Prints rows as aligned columns under bold headers, fitted to the
+/// terminal's width (cells wrap) when standard output is a terminal.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let text = render_table(headers, rows, terminal_width());
+    let mut out = anstream::stdout().lock();
+    let mut lines = text.lines().map(str::trim_end);
+    if let Some(header) = lines.next() {
+        let _ = writeln!(out, "{BOLD}{header}{BOLD:#}");
+    }
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
 }
 
-/// Prints rows as aligned columns; `headers` in bold on a terminal.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+/// The table as text, without colour; `width` fits it to a terminal.
+fn render_table(headers: &[&str], rows: &[Vec<String>], width: Option<u16>) -> String {
+    use comfy_table::{CellAlignment, ContentArrangement, Table};
+    let mut table = Table::new();
+    // Borderless, two spaces between columns, as `kubectl get` and `gh` print.
+    table.load_preset(comfy_table::presets::NOTHING);
+    match width {
+        Some(width) => {
+            table.set_content_arrangement(ContentArrangement::Dynamic).set_width(width);
+        }
+        None => {
+            table.set_content_arrangement(ContentArrangement::Disabled);
         }
     }
-    let tty = stdout_is_tty();
-    let mut out = std::io::stdout().lock();
-    let line = |cells: Vec<&str>| {
-        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned()
-    };
-    let header = line(headers.to_vec());
-    let _ = if tty { writeln!(out, "\x1b[1m{header}\x1b[0m") } else { writeln!(out, "{header}") };
+    table.set_header(headers.iter().copied());
     for row in rows {
-        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
+        table.add_row(row);
     }
+    let columns = table.column_count();
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if i + 1 == columns { 0 } else { 2 }));
+        column.set_cell_alignment(CellAlignment::Left);
+    }
+    table.to_string()
+}
+
+/// Standard output's width in columns, when it is a terminal.
+fn terminal_width() -> Option<u16> {
+    console::Term::stdout().size_checked().map(|(_, columns)| columns)
 }
 
 pub fn json(value: &serde_json::Value) {
@@ -51,28 +82,39 @@ impl std::error::Error for Help {}
 /// Prints `error: ...`, then `Caused by:` lines, then `help: ...` when a
 /// [`Help`] is anywhere in the chain.
 pub fn print_error(error: &anyhow::Error) {
-    let tty = std::io::stderr().is_terminal();
-    let mut err = std::io::stderr().lock();
+    let _ = anstream::stderr().lock().write_all(error_text(error).as_bytes());
+}
+
+/// The text [`print_error`] prints, with `error` in bold red (dropped by
+/// anstream where colour is not wanted).
+fn error_text(error: &anyhow::Error) -> String {
     // anyhow finds a context of type `Help` anywhere in the chain; the chain
     // itself only yields `dyn Error`s, so the help's own line is skipped by text.
     let help = error.downcast_ref::<Help>().map(|h| h.0.clone());
-    let messages: Vec<String> =
-        error.chain().map(|e| e.to_string()).filter(|m| help.as_deref() != Some(m.as_str())).collect();
-    let label = if tty { "\x1b[1;31merror\x1b[0m" } else { "error" };
+    let mut messages: Vec<String> = Vec::new();
+    for message in error.chain().map(|e| e.to_string()) {
+        // A cause whose text is already the end of the line above says nothing new.
+        let repeated = messages.last().is_some_and(|above| above.ends_with(&message));
+        if help.as_deref() != Some(message.as_str()) && !repeated {
+            messages.push(message);
+        }
+    }
+    let mut text = String::new();
     let mut messages = messages.into_iter();
     if let Some(headline) = messages.next() {
-        let _ = writeln!(err, "{label}: {headline}");
+        text.push_str(&format!("{ERROR}error{ERROR:#}: {headline}\n"));
     }
     let causes: Vec<_> = messages.collect();
     if !causes.is_empty() {
-        let _ = writeln!(err, "\nCaused by:");
+        text.push_str("\nCaused by:\n");
         for cause in causes {
-            let _ = writeln!(err, "    {cause}");
+            text.push_str(&format!("    {cause}\n"));
         }
     }
     if let Some(help) = help {
-        let _ = writeln!(err, "\nhelp: {help}");
+        text.push_str(&format!("\n{BOLD}help{BOLD:#}: {help}\n"));
     }
+    text
 }
 
 /// A JSON value as table text: strings bare, null as `-`.
@@ -89,21 +131,80 @@ pub fn when(ts: Option<i64>) -> String {
     ts.map(keygate::time::rfc3339).unwrap_or_else(|| "-".into())
 }
 
-/// A one-line progress bar on standard error, when it is a terminal.
+/// US dollars, to the cent and further where a smaller amount would
+/// otherwise show as `$0.00`: `$25.00`, `$0.000001`.
+pub fn usd(amount: f64) -> String {
+    // Nano-dollars, as keygate keeps money; amounts beyond i64 are not budgets.
+    usd_nanos((amount * 1e9).round() as i64)
+}
+
+/// [`usd`] from nano-dollars.
+pub fn usd_nanos(nanos: i64) -> String {
+    let sign = if nanos < 0 { "-" } else { "" };
+    let nanos = nanos.unsigned_abs();
+    let fraction = format!("{:09}", nanos % 1_000_000_000);
+    let fraction = fraction.trim_end_matches('0');
+    let cents = if fraction.len() < 2 { format!("{fraction:0<2}") } else { fraction.to_owned() };
+    format!("{sign}${}.{cents}", nanos / 1_000_000_000)
+}
+
+/// A progress bar of rows on standard error; indicatif draws it only when
+/// standard error is a terminal.
 pub fn progress_bar(verb: &'static str) -> impl FnMut(u64, u64) {
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut shown = 0u64;
+    let bar = indicatif::ProgressBar::hidden();
+    let style = indicatif::ProgressStyle::with_template("{msg} [{bar:25}] {percent:>3}% {pos}/{len} rows")
+        .map(|s| s.progress_chars("#>-"))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(verb);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     move |done, total| {
-        if !tty || total == 0 {
+        if total == 0 {
             return;
         }
-        let percent = done * 100 / total;
-        if percent != shown || done == total {
-            shown = percent;
-            let filled = usize::try_from(percent / 4).unwrap_or(25);
-            let bar = format!("{}{}", "#".repeat(filled), "-".repeat(25 - filled.min(25)));
-            let end = if done == total { "\n" } else { "" };
-            let _ = write!(std::io::stderr(), "\r{verb} [{bar}] {percent:>3}% {done}/{total} rows{end}");
+        bar.set_length(total);
+        bar.set_position(done);
+        if done >= total {
+            bar.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_amounts_keep_their_digits() {
+        assert_eq!(usd(25.0), "$25.00");
+        assert_eq!(usd(1.5), "$1.50");
+        assert_eq!(usd(0.000001), "$0.000001");
+        assert_eq!(usd_nanos(1), "$0.000000001");
+        assert_eq!(usd_nanos(0), "$0.00");
+        assert_eq!(usd_nanos(-1_230_000_000), "-$1.23");
+    }
+
+    #[test]
+    fn tables_align_wide_and_unicode_cells_without_trailing_space() {
+        let rows = vec![vec!["日本語".to_owned(), "x".to_owned()], vec!["ab".to_owned(), "yy".to_owned()]];
+        let text = render_table(&["NAME", "V"], &rows, None);
+        let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        assert_eq!(lines, ["NAME    V", "日本語  x", "ab      yy"], "{text}");
+    }
+
+    #[test]
+    fn tables_fit_a_narrow_terminal_by_wrapping_cells() {
+        let long = "word ".repeat(20);
+        let text = render_table(&["ID", "WHAT"], &[vec!["key_1".to_owned(), long]], Some(40));
+        assert!(text.lines().count() > 2, "{text}");
+        assert!(text.lines().all(|l| console::measure_text_width(l) <= 40), "{text}");
+    }
+
+    #[test]
+    fn a_cause_repeating_the_line_above_is_printed_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::new(inner).context("cannot read `x`: no such file").context("invalid configuration");
+        let text = error_text(&error);
+        assert_eq!(text.matches("no such file").count(), 1, "{text}");
     }
 }

@@ -19,6 +19,7 @@ pub enum ProjectsCommand {
     },
     /// Create a project.
     Create {
+        /// The project's name.
         #[arg(long)]
         name: String,
         /// Model patterns the project's keys may use, e.g. 'gpt-4o*'.

@@ -9,6 +9,8 @@ use keygate::config::{Config, LogFormat, MetricsListen, Overrides, ProcessEnv};
 use keygate::key::Secret;
 use tokio::net::TcpListener;
 
+use super::output::Help;
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// TOML config file (see keygate.example.toml).
@@ -37,9 +39,19 @@ pub struct ServeArgs {
     /// Redis URL for rate limits shared by every replica.
     #[arg(long, env = "KEYGATE_REDIS_URL")]
     redis: Option<String>,
+    /// Not an option: taken only to answer with `--listen`.
+    #[arg(long, hide = true, num_args = 0..=1)]
+    port: Option<Option<String>>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(port) = args.port {
+        let port = port.unwrap_or_else(|| "PORT".into());
+        return Err(anyhow::Error::new(Help(format!(
+            "use `--listen 127.0.0.1:{port}` (this machine only) or `--listen 0.0.0.0:{port}` (every interface)"
+        )))
+        .context("`keygate serve` has no `--port`: it takes an address with `--listen`"));
+    }
     let overrides = Overrides {
         listen: args.listen,
         metrics_listen: args.metrics_listen,
@@ -49,7 +61,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tls_key: args.tls_key,
         redis_url: args.redis,
     };
-    let config = Config::load(args.config.as_deref(), &overrides, &ProcessEnv).context("invalid configuration")?;
+    let config = Config::load(args.config.as_deref(), &overrides, &ProcessEnv).map_err(|error| {
+        let help = error.help();
+        let error = anyhow::Error::new(error).context("invalid configuration");
+        match help {
+            Some(help) => error.context(Help(help)),
+            None => error,
+        }
+    })?;
     init_tracing(&config);
 
     let shutdown = shutdown_signal()?;
@@ -60,7 +79,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on `{}` (set --listen or KEYGATE_LISTEN)", config.listen))?;
     let metrics_listener = bind_metrics(config.metrics_listen).await?;
-    let gateway = Gateway::start(&config, admin_key.as_ref()).await?;
+    let gateway = Gateway::start(&config, admin_key.as_ref()).await.map_err(super::database::database_help)?;
     let tls = match &config.tls {
         Some(files) => Some(keygate::server::tls_acceptor(&files.cert, &files.key)?),
         None => None,

@@ -11,6 +11,7 @@ use super::ClientArgs;
 pub enum ServiceAccountsCommand {
     /// Create a service account; prints its first key once.
     Create {
+        /// The service account's name, e.g. the app that uses its key.
         #[arg(long)]
         name: String,
         /// Project id (default: the default project).
@@ -21,6 +22,7 @@ pub enum ServiceAccountsCommand {
     },
     /// List a project's service accounts.
     List {
+        /// Project id (default: the default project).
         #[arg(long)]
         project: Option<String>,
         #[command(flatten)]
@@ -30,6 +32,7 @@ pub enum ServiceAccountsCommand {
     Delete {
         /// The service account id (`svc_acct_...`).
         id: String,
+        /// Project id (default: the default project).
         #[arg(long)]
         project: Option<String>,
         #[command(flatten)]

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
@@ -17,6 +17,16 @@ enum By {
 }
 
 impl By {
+    /// The table's first column.
+    fn header(self) -> &'static str {
+        match self {
+            Self::Key => "KEY",
+            Self::Prefix => "PREFIX",
+            Self::Project => "PROJECT",
+            Self::Model => "MODEL",
+        }
+    }
+
     fn group(self) -> &'static str {
         match self {
             Self::Key => "api_key_id",
@@ -29,7 +39,7 @@ impl By {
 
 #[derive(Debug, Args)]
 pub struct UsageArgs {
-    /// Group by key, prefix, project or model [default: model].
+    /// Group by key, prefix, project or model.
     #[arg(long, value_enum, default_value = "model")]
     by: By,
     /// How far back: 90m, 24h, 7d (at most 31d).
@@ -95,12 +105,23 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
         let name = result[cost_group].as_str().unwrap_or("-").to_owned();
         sums.entry(name).or_default().cost_nanos += result["amount_nanos"].as_i64().unwrap_or(0);
     }
+    // Usage names keys by id alone; their names come from the keys themselves.
+    let names = match args.by {
+        By::Key => key_names(&api).await?,
+        _ => HashMap::new(),
+    };
+    let name_of = |id: &str| names.get(id).cloned();
     if args.client.json {
         let rows: Vec<Value> = sums
             .iter()
             .map(|(name, s)| {
-                json!({group: name, "requests": s.requests, "input_tokens": s.input, "output_tokens": s.output,
-                       "cost_usd": s.cost_nanos as f64 / 1e9, "cost_nanos": s.cost_nanos})
+                let mut row = json!({group: name, "requests": s.requests, "input_tokens": s.input,
+                                     "output_tokens": s.output, "cost_usd": s.cost_nanos as f64 / 1e9,
+                                     "cost_nanos": s.cost_nanos});
+                if let By::Key = args.by {
+                    row["api_key_name"] = json!(name_of(name));
+                }
+                row
             })
             .collect();
         output::json(&Value::Array(rows));
@@ -108,18 +129,37 @@ pub async fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
         let rows: Vec<Vec<String>> = sums
             .iter()
             .map(|(name, s)| {
-                vec![
-                    name.clone(),
-                    human(s.requests),
-                    human(s.input),
-                    human(s.output),
-                    format!("${:.4}", s.cost_nanos as f64 / 1e9),
-                ]
+                let mut row = vec![name.clone()];
+                if let By::Key = args.by {
+                    row.push(name_of(name).unwrap_or_else(|| "-".into()));
+                }
+                row.extend([human(s.requests), human(s.input), human(s.output), output::usd_nanos(s.cost_nanos)]);
+                row
             })
             .collect();
-        output::table(&[&group.to_uppercase(), "REQUESTS", "INPUT TOKENS", "OUTPUT TOKENS", "COST"], &rows);
+        let mut headers = vec![args.by.header()];
+        if let By::Key = args.by {
+            headers.push("NAME");
+        }
+        headers.extend(["REQUESTS", "INPUT TOKENS", "OUTPUT TOKENS", "COST"]);
+        output::table(&headers, &rows);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Key id -> name, for every key of every project, revoked ones included
+/// (usage outlives a key).
+async fn key_names(api: &AdminClient) -> anyhow::Result<HashMap<String, String>> {
+    let mut names = HashMap::new();
+    for project in api.list_all("/v1/organization/projects?include_archived=true").await? {
+        let Some(project) = project["id"].as_str() else { continue };
+        for key in api.list_all(&format!("/v1/organization/projects/{project}/api_keys?include_revoked=true")).await? {
+            if let (Some(id), Some(name)) = (key["id"].as_str(), key["name"].as_str()) {
+                names.insert(id.to_owned(), name.to_owned());
+            }
+        }
+    }
+    Ok(names)
 }
 
 /// 1234567 -> 1.2M.
@@ -134,7 +174,7 @@ fn human(n: i64) -> String {
 
 #[derive(Debug, Args)]
 pub struct AlertsArgs {
-    /// How far back [default: 7d].
+    /// How far back: 90m, 24h, 7d.
     #[arg(long, default_value = "7d", value_parser = super::parse_duration)]
     since: u64,
     #[command(flatten)]

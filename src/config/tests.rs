@@ -156,7 +156,8 @@ fn a_keygate_key_is_never_taken_as_the_upstream_credential() {
         let error = Config::from_toml("", &FakeEnv::with(&[(var, &format!("{}\n", key.expose()))])).unwrap_err();
         let text = error.to_string();
         assert!(text.contains(&format!("reads `{var}`, which holds a key issued by keygate")), "{text}");
-        assert!(text.contains("help: put the OpenAI or Azure key in KEYGATE_UPSTREAM_API_KEY"), "{text}");
+        let help = error.help().unwrap_or_default();
+        assert!(help.starts_with("put the OpenAI or Azure key in KEYGATE_UPSTREAM_API_KEY"), "{help}");
         assert!(!text.contains(key.expose()), "the key itself is never printed");
     }
     let named = "[upstream]\napi_key_env = \"MY_KEY\"\n";
@@ -183,4 +184,41 @@ fn leak_reports_are_limited_to_10_a_minute_unless_configured() {
     assert_eq!(parse("[limits]\nleak_reports_per_minute = 3\n"), Some(3));
     assert_eq!(parse("[limits]\nleak_reports_per_minute = 0\n"), None, "0 turns the limit off");
     assert!(err("[limits]\nleak_reports_per_minute = -1\n").contains("leak_reports_per_minute"));
+}
+
+fn load_err(overrides: &Overrides) -> ConfigError {
+    Config::load(None, overrides, &FakeEnv::default()).unwrap_err()
+}
+
+#[test]
+fn a_port_alone_for_listen_names_the_flag_and_suggests_an_address() {
+    let error = load_err(&Overrides { listen: Some("18102".into()), ..Overrides::default() });
+    assert_eq!(error.to_string(), "`--listen` must be an address like 127.0.0.1:8080, got `18102`");
+    assert_eq!(
+        error.help().as_deref(),
+        Some("use `127.0.0.1:18102` (this machine only) or `0.0.0.0:18102` (every interface)")
+    );
+    let error = Config::from_toml("[server]\nmetrics_listen = \"9100\"\n", &FakeEnv::default()).unwrap_err();
+    assert!(error.help().unwrap_or_default().contains("`127.0.0.1:9100`"), "{error}");
+}
+
+#[test]
+fn a_database_path_without_a_scheme_suggests_the_sqlite_url() {
+    let error = load_err(&Overrides { database_url: Some("keygate.db".into()), ..Overrides::default() });
+    assert!(error.to_string().starts_with("`--database` must be a sqlite://PATH"), "{error}");
+    assert!(error.to_string().ends_with("got `keygate.db`"), "{error}");
+    assert_eq!(error.help().as_deref(), Some("for a SQLite file, use `sqlite://keygate.db`"));
+    // A URL with a scheme may hold a password: only the scheme is repeated.
+    let error = load_err(&Overrides { database_url: Some("mysql://u:hunter2@h/db".into()), ..Overrides::default() });
+    assert!(!error.to_string().contains("hunter2") && !error.help().unwrap_or_default().contains("hunter2"));
+}
+
+#[test]
+fn a_missing_config_file_names_the_path_once_and_keeps_the_os_error_as_the_cause() {
+    let error = Config::load(Some(Path::new("/nonexistent/keygate.toml")), &Overrides::default(), &FakeEnv::default())
+        .unwrap_err();
+    assert_eq!(error.to_string(), "cannot read config file `/nonexistent/keygate.toml`");
+    let cause = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+    assert!(cause.contains("No such file"), "{cause}");
+    assert!(error.help().unwrap_or_default().contains("--config"));
 }

@@ -24,8 +24,15 @@ pub type Timestamp = i64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// sqlx's text already ends with its cause's, so the cause is not chained
+    /// again (it would print the same line two or three times).
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+    /// SQLite creates the file, not the directories above it.
+    #[error("the directory `{}` does not exist", .0.display())]
+    NoDirectory(std::path::PathBuf),
+    #[error("the database did not answer within {0} s")]
+    NoAnswer(u64),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("the database schema is version {found}, newer than this keygate knows ({known}); upgrade keygate")]
@@ -36,6 +43,12 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("{0}")]
     Unsupported(&'static str),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -27,6 +27,20 @@ pub enum Engine {
     Postgres,
 }
 
+/// How long opening a database may wait for a connection.
+const CONNECT_SECONDS: u64 = 5;
+
+/// The directory a `sqlite:` URL's file would go in, when it does not exist.
+fn missing_directory(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
+        return None;
+    }
+    let dir = std::path::Path::new(path).parent()?;
+    (!dir.as_os_str().is_empty() && !dir.exists()).then(|| dir.to_owned())
+}
+
 impl Engine {
     /// The engine a database URL names, if keygate supports it.
     pub fn of_url(url: &str) -> Option<Self> {
@@ -190,9 +204,12 @@ impl SqlStore {
     pub async fn open(url: &str) -> StoreResult<Self> {
         let engine = Engine::of_url(url).ok_or_else(|| StoreError::UnsupportedUrl(url.to_owned()))?;
         sqlx::any::install_default_drivers();
-        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
+        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(CONNECT_SECONDS));
         let pool = match engine {
             Engine::Sqlite => {
+                if let Some(dir) = missing_directory(url) {
+                    return Err(StoreError::NoDirectory(dir));
+                }
                 // The Any driver takes SQLite's options from the URL alone.
                 let url = if url.contains("mode=") {
                     url.to_owned()
@@ -217,7 +234,20 @@ impl SqlStore {
                     .connect(&url)
                     .await?
             }
-            Engine::Postgres => options.max_connections(16).connect(url).await?,
+            Engine::Postgres => {
+                // The pool retries a refused connection until its acquire
+                // timeout, then reports only `pool timed out`; one direct
+                // attempt first brings the real cause (connection refused,
+                // bad password, no such database) back at once.
+                let attempt = <sqlx::AnyConnection as sqlx::Connection>::connect(url);
+                match tokio::time::timeout(Duration::from_secs(CONNECT_SECONDS), attempt).await {
+                    Err(_) => return Err(StoreError::NoAnswer(CONNECT_SECONDS)),
+                    Ok(connection) => {
+                        let _ = sqlx::Connection::close(connection?).await;
+                    }
+                }
+                options.max_connections(16).connect(url).await?
+            }
         };
         Ok(Self { pool, engine, project_select: engine.project_select() })
     }
@@ -1672,6 +1702,19 @@ mod tests {
         assert_eq!(Engine::of_url("postgresql://u:p@h:5432/db"), Some(Engine::Postgres));
         for other in ["mysql://h/db", "", "keygate.db", "POSTGRES://h/db"] {
             assert_eq!(Engine::of_url(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_sqlite_file_in_a_missing_directory_is_named_before_sqlite_tries() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nodir");
+        let url = format!("sqlite://{}/keygate.db", missing.display());
+        assert_eq!(missing_directory(&url), Some(missing.clone()));
+        assert_eq!(missing_directory(&format!("sqlite:{}/k.db?mode=rwc", missing.display())), Some(missing));
+        let here = format!("sqlite://{}/keygate.db", dir.path().display());
+        for fine in [here.as_str(), "sqlite://keygate.db", "sqlite::memory:", "sqlite://x/k.db?mode=memory"] {
+            assert_eq!(missing_directory(fine), None, "{fine}");
         }
     }
 

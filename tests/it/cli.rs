@@ -7,17 +7,36 @@ use serde_json::Value;
 use crate::util::*;
 
 fn keygate(gw: &TestGateway, admin_key: Option<&str>, args: &[&str]) -> Output {
+    keygate_at(&gw.url, admin_key, args, &[])
+}
+
+/// The binary, with `KEYGATE_URL` set to `url` and `env` added.
+fn keygate_at(url: &str, admin_key: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
-    cmd.args(args).env("KEYGATE_URL", &gw.url).env_remove("KEYGATE_ADMIN_KEY");
+    cmd.args(args).env("KEYGATE_URL", url).env_remove("KEYGATE_ADMIN_KEY");
+    for var in ["NO_COLOR", "CLICOLOR", "CLICOLOR_FORCE", "KEYGATE_CONFIG", "KEYGATE_LISTEN", "KEYGATE_DATABASE_URL"] {
+        cmd.env_remove(var);
+    }
     if let Some(key) = admin_key {
         cmd.env("KEYGATE_ADMIN_KEY", key);
     }
+    cmd.envs(env.iter().copied());
     cmd.output().unwrap()
 }
 
 fn stdout(out: &Output) -> String {
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Standard error of a run that must have failed.
+fn failure(out: &Output) -> String {
+    assert!(!out.status.success(), "stdout: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+fn has_escape(out: &Output) -> bool {
+    out.stdout.contains(&0x1b) || out.stderr.contains(&0x1b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +158,7 @@ async fn limits_and_budgets_are_set_from_the_cli() {
 
     stdout(&keygate(&gw, Some(ADMIN_KEY), &["limits", "set", "--model", "gpt-4o", "--tpm", "5000"]));
     let listed = stdout(&keygate(&gw, Some(ADMIN_KEY), &["limits", "list"]));
-    assert!(listed.lines().any(|l| l.starts_with("gpt-4o") && l.contains("5000")), "{listed}");
+    assert!(listed.lines().any(|l| l.starts_with("model gpt-4o") && l.contains("5000")), "{listed}");
 
     let out = stdout(&keygate(&gw, Some(ADMIN_KEY), &["budgets", "set", "--key", id, "--monthly-usd", "25"]));
     assert!(out.contains("$25.00 a month, alert at 80%"), "{out}");
@@ -150,6 +169,111 @@ async fn limits_and_budgets_are_set_from_the_cli() {
     assert!(out.contains("no budget"), "{out}");
     let bad = keygate(&gw, Some(ADMIN_KEY), &["limits", "set", "--rpm", "1"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("give `--key KEY_ID` or `--model PATTERN`"));
+}
+
+/// The limits of key `id`, as the API reports them.
+async fn key_limits(gw: &TestGateway, id: &str) -> Value {
+    let project = gw.default_project().await;
+    let (_, key) =
+        gw.admin(reqwest::Method::GET, &format!("/v1/organization/projects/{project}/api_keys/{id}"), None).await;
+    key["rate_limits"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setting_one_limit_keeps_the_others_and_removing_one_is_explicit() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let (key, _) = gw.create_key("limited").await;
+    let id = key["id"].as_str().unwrap();
+    let run = |args: &[&str]| keygate(&gw, Some(ADMIN_KEY), &[&["limits", "set", "--key", id], args].concat());
+
+    let out = stdout(&run(&["--rpm", "60"]));
+    assert_eq!(out.trim(), format!("limits of `{id}`: rpm 60"));
+    let out = stdout(&run(&["--tpm", "5000"]));
+    assert_eq!(out.trim(), format!("limits of `{id}`: rpm 60, tpm 5000"), "the RPM limit stays");
+    let limits = key_limits(&gw, id).await;
+    assert_eq!(
+        (limits["max_requests_per_1_minute"].as_u64(), limits["max_tokens_per_1_minute"].as_u64()),
+        (Some(60), Some(5000))
+    );
+
+    let err = failure(&run(&[]));
+    assert!(err.starts_with("error: nothing to change: no limit was named"), "{err}");
+    assert!(err.contains("help: name what to change, e.g. `--rpm 60`"), "{err}");
+    assert_eq!(key_limits(&gw, id).await, limits, "a call that names nothing changes nothing");
+
+    let err = failure(&run(&["--rpm", "5", "--clear", "rpm"]));
+    assert!(err.contains("`--rpm` is both set and cleared"), "{err}");
+
+    assert_eq!(stdout(&run(&["--rpm", "none"])).trim(), format!("limits of `{id}`: tpm 5000"));
+    assert_eq!(
+        stdout(&run(&["--concurrent", "2", "--tpd", "900"])).trim(),
+        format!("limits of `{id}`: tpm 5000, tpd 900, concurrent 2")
+    );
+    assert_eq!(stdout(&run(&["--clear", "tpm,concurrent"])).trim(), format!("limits of `{id}`: tpd 900"));
+    assert_eq!(stdout(&run(&["--clear", "all"])).trim(), format!("limits of `{id}`: none"));
+
+    // A project's model limits follow the same rules.
+    let model =
+        |args: &[&str]| keygate(&gw, Some(ADMIN_KEY), &[&["limits", "set", "--model", "gpt-4o"], args].concat());
+    stdout(&model(&["--rpm", "3"]));
+    let out = stdout(&model(&["--tpm", "5000"]));
+    assert!(out.trim().ends_with(": rpm 3, tpm 5000"), "{out}");
+    assert!(failure(&model(&[])).contains("nothing to change"));
+    let out = stdout(&model(&["--tpm", "none"]));
+    assert!(out.trim().ends_with(": rpm 3"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_list_and_keys_list_show_the_limits_of_keys() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let (key, _) = gw.create_key("capped-app").await;
+    let id = key["id"].as_str().unwrap();
+    stdout(&keygate(&gw, Some(ADMIN_KEY), &["limits", "set", "--key", id, "--rpm", "7"]));
+    let listed = stdout(&keygate(&gw, Some(ADMIN_KEY), &["limits", "list"]));
+    let line = listed.lines().find(|l| l.contains(id)).unwrap_or_else(|| panic!("no key row: {listed}"));
+    assert!(line.starts_with("key ") && line.contains("(capped-app)") && line.contains(" 7 "), "{listed}");
+    let json: Value =
+        serde_json::from_str(&stdout(&keygate(&gw, Some(ADMIN_KEY), &["limits", "list", "--json"]))).unwrap();
+    assert_eq!(json[0]["api_key_id"], id);
+    assert_eq!(json[0]["max_requests_per_1_minute"], 7);
+
+    let args = ["keys", "create", "--name", "narrow", "--allow", "model.request", "--models", "gpt-4o*"];
+    stdout(&keygate(&gw, Some(ADMIN_KEY), &args));
+    let plain = stdout(&keygate(&gw, Some(ADMIN_KEY), &["keys", "list"]));
+    assert!(!plain.contains("RATE LIMITS"), "{plain}");
+    let long = stdout(&keygate(&gw, Some(ADMIN_KEY), &["keys", "list", "--long"]));
+    let header = long.lines().next().unwrap();
+    for column in ["PERMISSIONS", "SCOPES", "MODELS", "RATE LIMITS", "BUDGET"] {
+        assert!(header.contains(column), "{long}");
+    }
+    let capped = long.lines().find(|l| l.contains(id)).unwrap();
+    assert!(capped.contains("rpm 7"), "{long}");
+    let narrow = long.lines().find(|l| l.contains("narrow")).unwrap();
+    assert!(narrow.contains("restricted") && narrow.contains("model.request") && narrow.contains("gpt-4o*"), "{long}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_base_url_with_v1_is_accepted_and_bad_urls_are_named() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    for url in [format!("{}/v1", gw.url), format!("{}/v1/", gw.url)] {
+        let out = stdout(&keygate_at(&url, Some(ADMIN_KEY), &["projects", "list"], &[]));
+        assert!(out.contains("Default project"), "{url}: {out}");
+    }
+
+    let bare = gw.url.trim_start_matches("http://").to_owned();
+    let err = failure(&keygate_at(&bare, Some(ADMIN_KEY), &["projects", "list"], &[]));
+    assert!(err.starts_with(&format!("error: the keygate URL `{bare}` has no scheme")), "{err}");
+    assert!(err.contains(&format!("help: use `http://{bare}`")), "{err}");
+    assert!(!err.contains("relative URL without a base"), "{err}");
+
+    let tls = gw.url.replacen("http://", "https://", 1);
+    let err = failure(&keygate_at(&tls, Some(ADMIN_KEY), &["projects", "list"], &[]));
+    assert!(err.starts_with(&format!("error: cannot reach keygate at `{tls}`")), "{err}");
+    assert!(err.contains("does not speak TLS"), "{err}");
+    assert!(err.contains(&format!("help: `{tls}` answers plain HTTP, not TLS: use `{}`", gw.url)), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,4 +354,131 @@ async fn keys_import_from_keygate_brings_every_live_key_with_its_secrets() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+}
+
+/// `keygate serve` with `args`, expected to refuse to start.
+fn serve_refused(args: &[&str]) -> (String, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut all = vec!["serve", "--metrics-listen", "off", "--upstream", "mock"];
+    if !args.contains(&"--listen") {
+        all.extend(["--listen", &listen]);
+    }
+    all.extend(args);
+    let out = keygate_at("http://unused", None, &all, &[]);
+    (failure(&out), started.elapsed())
+}
+
+#[test]
+fn serve_errors_name_the_flag_and_say_what_to_use() {
+    let (err, _) = serve_refused(&["--database", "keygate.db"]);
+    assert!(err.contains("`--database` must be a sqlite://PATH"), "{err}");
+    assert!(err.contains("help: for a SQLite file, use `sqlite://keygate.db`"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nodir");
+    let url = format!("sqlite://{}/keygate.db", missing.display());
+    let (err, _) = serve_refused(&["--database", &url]);
+    assert!(err.contains(&format!("the directory `{}` does not exist", missing.display())), "{err}");
+    assert!(err.contains(&format!("help: create the directory first (`mkdir -p {}`)", missing.display())), "{err}");
+    assert_eq!(err.matches("unable to open database file").count(), 0, "{err}");
+    assert!(!missing.exists());
+
+    let closed = format!("postgres://keygate@127.0.0.1:{}/keygate", free_port());
+    let (err, took) = serve_refused(&["--database", &closed]);
+    assert!(err.contains("Connection refused") && !err.contains("pool timed out"), "{err}");
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
+    assert!(err.contains("help: nothing listens at the database's host and port"), "{err}");
+    assert!(took < std::time::Duration::from_secs(4), "a refused connection is reported at once, took {took:?}");
+
+    let (err, _) = serve_refused(&["--listen", "18102"]);
+    assert!(err.contains("`--listen` must be an address like 127.0.0.1:8080, got `18102`"), "{err}");
+    assert!(!err.contains("server.listen"), "{err}");
+    assert!(err.contains("help: use `127.0.0.1:18102`"), "{err}");
+
+    let config = dir.path().join("missing.toml");
+    let (err, _) = serve_refused(&["--config", config.to_str().unwrap()]);
+    assert!(err.contains(&format!("cannot read config file `{}`", config.display())), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(err.contains("help: check the path given to `--config`"), "{err}");
+
+    let (err, _) = serve_refused(&["--port", "9000"]);
+    assert!(err.contains("help: use `--listen 127.0.0.1:9000`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_revoked_key_says_so_instead_of_not_found() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let (key, _) = gw.create_key("twice").await;
+    let id = key["id"].as_str().unwrap();
+    stdout(&keygate(&gw, Some(ADMIN_KEY), &["keys", "revoke", id]));
+    let again = stdout(&keygate(&gw, Some(ADMIN_KEY), &["keys", "revoke", id]));
+    assert!(again.starts_with(&format!("`{id}` was already revoked at 20")), "{again}");
+    let err = failure(&keygate(&gw, Some(ADMIN_KEY), &["keys", "revoke", "key_NoSuchKey0000"]));
+    assert!(err.contains("404"), "{err}");
+}
+
+#[test]
+fn usage_help_prints_each_default_once() {
+    let out = keygate_at("http://unused", None, &["usage", "--help"], &[]);
+    let help = stdout(&out);
+    assert_eq!(help.matches("[default: model]").count(), 1, "{help}");
+    let out = keygate_at("http://unused", None, &["keys", "list", "--help"], &[]);
+    let help = stdout(&out);
+    let project = help.lines().find(|l| l.contains("--project")).unwrap();
+    assert!(project.contains("default project"), "{help}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_by_key_names_each_key_and_small_budgets_keep_their_digits() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let (key, secret) = gw.create_key("billing-worker").await;
+    let id = key["id"].as_str().unwrap().to_owned();
+    let chat = http()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&secret)
+        .json(&serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200);
+    let mut table = String::new();
+    let shown = eventually(std::time::Duration::from_secs(10), || {
+        let out = keygate(&gw, Some(ADMIN_KEY), &["usage", "--by", "key"]);
+        table = String::from_utf8_lossy(&out.stdout).into_owned();
+        let found = table.contains(&id);
+        async move { found }
+    })
+    .await;
+    assert!(shown, "{table}");
+    assert!(table.starts_with("KEY") && table.lines().next().unwrap().contains("NAME"), "{table}");
+    let row = table.lines().find(|l| l.contains(&id)).unwrap();
+    assert!(row.contains("billing-worker"), "{table}");
+
+    let out = stdout(&keygate(&gw, Some(ADMIN_KEY), &["budgets", "set", "--key", &id, "--monthly-usd", "0.000001"]));
+    assert!(out.contains("$0.000001 a month"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirected_output_has_no_colour_codes_and_no_color_wins_over_force() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    gw.create_key("plain").await;
+    let table = keygate(&gw, Some(ADMIN_KEY), &["keys", "list"]);
+    let error = keygate(&gw, Some("sk-wrong"), &["keys", "list"]);
+    assert!(table.status.success() && !error.status.success());
+    assert!(!has_escape(&table) && !has_escape(&error), "escape codes reached a file");
+
+    // Colour can be forced (CLICOLOR_FORCE), so its absence above is a choice...
+    let forced = [("CLICOLOR_FORCE", "1")];
+    let table = keygate_at(&gw.url, Some(ADMIN_KEY), &["keys", "list"], &forced);
+    let error = keygate_at(&gw.url, Some("sk-wrong"), &["keys", "list"], &forced);
+    assert!(has_escape(&table) && has_escape(&error));
+    // ...and NO_COLOR turns it off even then.
+    let none = [("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")];
+    let table = keygate_at(&gw.url, Some(ADMIN_KEY), &["keys", "list"], &none);
+    let error = keygate_at(&gw.url, Some("sk-wrong"), &["keys", "list"], &none);
+    assert!(!has_escape(&table) && !has_escape(&error), "NO_COLOR is honoured");
 }
