@@ -39,9 +39,7 @@ fn record(state: KeyState, expires_at: Option<i64>) -> (KeyRecord, String) {
         created_at: 0,
         expires_at,
         last_used: None,
-        revocation: (state == KeyState::Revoked).then(|| {
-            Revocation { at: 1, by: None, reason: None }
-        }),
+        revocation: (state == KeyState::Revoked).then_some(Revocation { at: 1, by: None, reason: None }),
         secrets: vec![SecretVersion {
             digest: generated.digest,
             legacy: false,
@@ -157,11 +155,6 @@ fn main() {
     println!("|---|---:|---:|---:|---:|");
     for ((name, _), t) in classes.iter().zip(&times) {
         let mean = t.iter().sum::<f64>() / t.len() as f64;
-        println!(
-            "| {name} | {} | {mean:.0} | {:.0} | {:.1} |",
-            t.len(),
-            t[t.len() / 2],
-            welch(t, &times[0])
-        );
+        println!("| {name} | {} | {mean:.0} | {:.0} | {:.1} |", t.len(), t[t.len() / 2], welch(t, &times[0]));
     }
 }
