@@ -72,7 +72,10 @@ impl MockUpstream {
             .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
             .route("/openai/deployments/{deployment}/embeddings", post(azure_embeddings))
             .with_state(state.clone());
-        let app = keygate::mock::router().merge(extra).layer(middleware::from_fn_with_state(state.clone(), record));
+        // `llama-3-8b`: a model only a routed upstream knows (proxy tests).
+        let app = keygate::mock::router_with_models(&["llama-3-8b"])
+            .merge(extra)
+            .layer(middleware::from_fn_with_state(state.clone(), record));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
