@@ -433,8 +433,10 @@ async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Respo
         Some(injected) => (injected, true),
         None => (body, false),
     };
+    // The upstream gets the model behind the deployment, also when the body
+    // named none (Azure SDKs put the deployment in the URL only).
     let body = match (&deployment_model, meta.model.as_deref()) {
-        (Some(real), Some(sent)) if real != sent => crate::usage::replace_model(&body, real).unwrap_or(body),
+        (Some(real), sent) if sent != Some(real.as_str()) => crate::usage::replace_model(&body, real).unwrap_or(body),
         _ => body,
     };
     let metered = Metered {

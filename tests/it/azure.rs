@@ -231,3 +231,18 @@ async fn an_openai_client_gets_clean_answers_from_an_azure_upstream() {
     assert!(first.contains(r#""role":"assistant""#), "{first}");
     assert!(stream.ends_with("data: [DONE]\n\n"));
 }
+
+/// An Azure client names the deployment in the URL only: the OpenAI upstream
+/// still gets the model behind it in the body.
+#[tokio::test]
+async fn a_deployment_url_without_a_model_in_the_body_sends_the_deployments_model() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, FRONT_DOOR).await;
+    let (_, secret) = gw.create_key("azure-client").await;
+    let r =
+        azure_post(&gw, &format!("/openai/deployments/prod-gpt4o/chat/completions?api-version={V}"), &secret, hello())
+            .await;
+    assert_eq!(r.status(), 200);
+    let sent: Value = serde_json::from_slice(&mock.requests()[0].body).unwrap();
+    assert_eq!(sent["model"], "gpt-4o");
+}
