@@ -345,6 +345,24 @@ fn multipart_refuses_what_parsers_read_differently() {
 }
 
 #[test]
+fn multipart_refuses_a_quoted_semicolon_that_would_name_the_model() {
+    // Found by the body_form fuzz invariant: a parser that splits the
+    // disposition on every `;` reads `name=model"` out of the quoted value.
+    let reason = "a part's Content-Disposition has a quoted `;`, which some parsers split on";
+    let message =
+        format!("The multipart body could not be parsed: {reason}. Send `multipart/form-data` as RFC 7578 describes.");
+    for params in ["name=\"x;name=model\"", "name=\"file\"; filename=\"a;name=model\"", "name=\"model;a\""] {
+        assert_eq!(refusal(read(Some(FORM), form(&[(params, "gpt-4o")]))).0, message, "{params}");
+    }
+    // A `;` in a file name is fine when no reading names the model with it.
+    let file = ("name=\"file\"; filename=\"a;b.wav\"", "RIFF");
+    assert_eq!(
+        model_of(Some(FORM), form(&[file, ("name=\"model\"; filename=\"m;x\"", "whisper-1")])).as_deref(),
+        Some("whisper-1")
+    );
+}
+
+#[test]
 fn multipart_with_more_than_one_model_field_is_refused() {
     let twice = "The multipart body has more than one `model` field. Send it once.".to_owned();
     for second in ["name=\"model\"", "name=MODEL", "name=\"mod%65l\"", "name=\"Mod%45L\""] {
