@@ -19,6 +19,8 @@ mod doctor;
 mod errors;
 /// Store write failures: what the background writer keeps and retries.
 mod faults;
+/// The fuzz corpus, replayed through the fuzz targets' invariant checks.
+mod fuzz_corpus;
 /// Rotation, expiry, suspension, explain, audit.
 mod lifecycle;
 /// Rate limits, budgets, concurrency, failed-auth throttle.
