@@ -637,7 +637,7 @@ pub fn unsupported_database(url: &str, field: &str) -> ConfigError {
 fn redis(raw: RawRedis, o: &Overrides) -> Result<Option<RedisConfig>, ConfigError> {
     let Some(url) = o.redis_url.clone().or(raw.url) else { return Ok(None) };
     if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
-        return Err(invalid("redis.url", format!("must be a redis:// or rediss:// URL, got `{url}`")));
+        return Err(invalid("redis.url", format!("must be a redis:// or rediss:// URL, got `{}`", shown_url(&url))));
     }
     let on_failure = match raw.on_failure.as_deref() {
         None | Some("open") => crate::limits::FailurePolicy::Open,
@@ -678,7 +678,7 @@ fn anomaly(raw: RawAnomaly) -> Result<Option<crate::usage::AnomalyPolicy>, Confi
     }
     if let Some(url) = &raw.webhook_url {
         if reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
-            return Err(invalid("anomaly.webhook_url", format!("must be an http(s) URL, got `{url}`")));
+            return Err(invalid("anomaly.webhook_url", format!("must be an http(s) URL, got `{}`", shown_url(url))));
         }
     }
     Ok(Some(crate::usage::AnomalyPolicy {
@@ -727,11 +727,30 @@ fn target(url: &str, field: &str) -> Result<UpstreamTarget, ConfigError> {
         return Ok(UpstreamTarget::Mock);
     }
     let parsed = reqwest::Url::parse(url)
-        .map_err(|e| invalid(format!("{field}.url"), format!("is not a valid URL (`{url}`): {e}")))?;
+        .map_err(|e| invalid(format!("{field}.url"), format!("is not a valid URL (`{}`): {e}", shown_url(url))))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(invalid(format!("{field}.url"), format!("must be http or https, got `{url}`")));
+        return Err(invalid(format!("{field}.url"), format!("must be http or https, got `{}`", shown_url(url))));
     }
     Ok(UpstreamTarget::Url(url.trim_end_matches('/').to_owned()))
+}
+
+/// A URL as an error message shows it: the password of every
+/// `scheme://user:password@host` in it becomes `***`, since startup errors
+/// end up in logs (a database URL shows only its scheme, see `validate`).
+fn shown_url(url: &str) -> String {
+    let mut shown = url.to_owned();
+    let mut from = 0;
+    while let Some(found) = shown[from..].find("://") {
+        let start = from + found + 3;
+        let end = shown[start..].find(['/', '?', '#']).map_or(shown.len(), |i| start + i);
+        if let Some(at) = shown[start..end].rfind('@').map(|i| start + i) {
+            if let Some(colon) = shown[start..at].find(':').map(|i| start + i) {
+                shown.replace_range(colon + 1..at, "***");
+            }
+        }
+        from = start;
+    }
+    shown
 }
 
 fn credential_from(env_var: Option<&str>, env: &dyn Env, field: &str) -> Result<Option<Secret>, ConfigError> {

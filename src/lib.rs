@@ -14,6 +14,10 @@ pub mod clock;
 pub mod config;
 pub mod diagnose;
 pub mod dialect;
+/// Invariant checks shared by the fuzz targets (`fuzz/`) and the corpus
+/// replay test; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod jobs;
 pub mod key;

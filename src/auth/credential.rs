@@ -59,12 +59,14 @@ fn from_api_key(headers: &HeaderMap) -> Result<Presented, Denial> {
 }
 
 /// Whether a query string carries a key: a parameter named like one, or any
-/// value with a keygate key's format. Such requests are refused: query
-/// strings end up in logs, histories and upstream URLs.
+/// parameter name or value with a keygate key's format (`?sk-...` alone is a
+/// name). Such requests are refused: query strings end up in logs, histories
+/// and upstream URLs.
 pub fn key_in_query(query: Option<&str>) -> bool {
     query.is_some_and(|query| {
         form_urlencoded::parse(query.as_bytes()).any(|(name, value)| {
             matches!(name.to_ascii_lowercase().as_str(), "api-key" | "api_key" | "apikey" | "key")
+                || crate::key::parse(name.trim()).is_ok()
                 || crate::key::parse(value.trim()).is_ok()
         })
     })

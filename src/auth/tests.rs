@@ -410,3 +410,14 @@ fn keys_in_query_strings_are_refused() {
     assert!(!key_in_query(Some("limit=2&after=file-abc")));
     assert!(!key_in_query(None));
 }
+
+#[test]
+fn a_key_sent_as_a_query_parameter_name_is_refused_too() {
+    // Found by fuzzing: `?sk-...` (no `=`) or `?sk-...=1` reaches logs just
+    // as a value does, but only values were checked.
+    let (_, key) = record(KeyKind::Project);
+    assert!(key_in_query(Some(&key)));
+    assert!(key_in_query(Some(&format!("limit=2&{key}"))));
+    assert!(key_in_query(Some(&format!("{key}=1"))));
+    assert!(key_in_query(Some(&format!("%20{key}%20"))));
+}

@@ -222,3 +222,35 @@ fn a_missing_config_file_names_the_path_once_and_keeps_the_os_error_as_the_cause
     assert!(cause.contains("No such file"), "{cause}");
     assert!(error.help().unwrap_or_default().contains("--config"));
 }
+
+#[test]
+fn url_errors_never_print_the_urls_password() {
+    // Found by fuzzing: only `database.url` kept its password out of errors.
+    assert_eq!(
+        err("[redis]\nurl = \"valkey://:hunter2@10.0.0.5:6379\""),
+        "`redis.url` must be a redis:// or rediss:// URL, got `valkey://:***@10.0.0.5:6379`"
+    );
+    assert_eq!(
+        err("[upstream]\nurl = \"ftp://me:hunter2@host/v1\""),
+        "`upstream.url` must be http or https, got `ftp://me:***@host/v1`"
+    );
+    assert_eq!(
+        err("[anomaly]\nwebhook_url = \"ftp://u:p@ss:w0rd@hooks/x?a=b@c\""),
+        "`anomaly.webhook_url` must be an http(s) URL, got `ftp://u:***@hooks/x?a=b@c`"
+    );
+    for url in [
+        "[upstream]\nurl = \"http://u:hunter2@[::1\"",
+        "[[upstreams]]\nname = \"a\"\nmodels = [\"x\"]\nurl = \"ws://u:hunter2@h\"",
+    ] {
+        assert!(!err(url).contains("hunter2"), "{}", err(url));
+    }
+    assert_eq!(
+        err("[redis]\nurl = \"x://a://u:hunter2@h\""),
+        "`redis.url` must be a redis:// or rediss:// URL, got `x://a://u:***@h`"
+    );
+    // No password, nothing hidden.
+    assert_eq!(
+        err("[redis]\nurl = \"valkey://user@h\""),
+        "`redis.url` must be a redis:// or rediss:// URL, got `valkey://user@h`"
+    );
+}

@@ -175,3 +175,102 @@ fn public_id_accepts_api_form() {
     assert_eq!(PublicId::parse(id.as_str()), Some(id));
     assert_eq!(PublicId::parse("key_short"), None);
 }
+
+// === properties ===
+
+use proptest::prelude::*;
+
+/// A prefix drawn from the documented grammar (module docs of `format`).
+fn valid_prefix() -> impl Strategy<Value = String> {
+    "[a-z][a-z0-9]{0,15}(-[a-z0-9]{1,16}){0,2}-".prop_filter("at most 34 characters", |p| p.len() <= 34)
+}
+
+fn any_id() -> impl Strategy<Value = PublicId> {
+    "[0-9A-Za-z]{12}".prop_filter_map("12 base62", |id| PublicId::parse(&id))
+}
+
+/// The prefix rule in other words: at most 34 characters ending in `-`;
+/// before it one to three `-`-separated parts of 1 to 16 lower-case letters
+/// and digits, the first starting with a letter.
+fn prefix_rule(text: &str) -> bool {
+    let Some(stem) = text.strip_suffix('-') else { return false };
+    let parts: Vec<&str> = stem.split('-').collect();
+    text.len() <= 34
+        && parts.len() <= 3
+        && stem.starts_with(|c: char| c.is_ascii_lowercase())
+        && parts
+            .iter()
+            .all(|p| (1..=16).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+}
+
+proptest! {
+    #[test]
+    fn any_generated_key_parses_back_to_its_prefix_and_id(prefix in valid_prefix(), id in any_id()) {
+        let key = generate(&KeyPrefix::parse(&prefix).unwrap(), &id);
+        let text = key.secret.expose();
+        let parsed = parse(text).unwrap();
+        prop_assert_eq!(parsed.prefix, prefix.as_str());
+        prop_assert_eq!(parsed.id, id.as_str());
+        prop_assert_eq!(claimed_id(text), Some(id));
+        prop_assert_eq!(text.len(), prefix.len() + BODY_LEN);
+    }
+
+    #[test]
+    fn any_single_character_substitution_anywhere_is_caught(
+        prefix in valid_prefix(),
+        id in any_id(),
+        at in any::<prop::sample::Index>(),
+        replacement in 0x20u8..0x7F,
+    ) {
+        let key = generate(&KeyPrefix::parse(&prefix).unwrap(), &id);
+        let mut bytes = key.secret.expose().as_bytes().to_vec();
+        let at = at.index(bytes.len());
+        prop_assume!(bytes[at] != replacement);
+        bytes[at] = replacement;
+        let mutated = String::from_utf8(bytes).unwrap();
+        prop_assert!(parse(&mutated).is_err(), "{} accepted", mutated);
+    }
+
+    #[test]
+    fn prefixes_follow_the_documented_rule(
+        text in prop_oneof![valid_prefix(), "[a-z0-9-]{0,40}", "[a-zA-Z0-9_-]{0,12}-", "[a-z]{16,18}-[a-z]{16,18}-"],
+    ) {
+        prop_assert_eq!(KeyPrefix::parse(&text).is_ok(), prefix_rule(&text), "{}", text);
+    }
+
+    #[test]
+    fn a_key_in_quotes_or_whitespace_is_refused_not_repaired(
+        id in any_id(),
+        wrap in prop::sample::select(vec!["\"{}\"", "'{}'", " {}", "{}\n", "{}\t", "{}\u{200B}"]),
+    ) {
+        let key = generate(&KeyPrefix::default(), &id);
+        let wrapped = wrap.replace("{}", key.secret.expose());
+        prop_assert!(parse(&wrapped).is_err());
+    }
+}
+
+proptest! {
+    // Each case parses 61 × 62 candidates.
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_substituted_body_character_is_located_by_the_typo_search(
+        id in any_id(),
+        at in any::<prop::sample::Index>(),
+        replacement in prop::sample::select(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".to_vec()),
+    ) {
+        let key = generate(&KeyPrefix::default(), &id);
+        let text = key.secret.expose();
+        // After the `kg1` marker: the id, secret and checksum.
+        let body_start = text.len() - BODY_LEN + 3;
+        let at = body_start + at.index(text.len() - body_start);
+        let original = text.as_bytes()[at];
+        prop_assume!(original != replacement);
+        let mut bytes = text.as_bytes().to_vec();
+        bytes[at] = replacement;
+        let typo = String::from_utf8(bytes).unwrap();
+        prop_assert_eq!(parse(&typo), Err(KeyFormatError::ChecksumMismatch));
+        let expected = TypoSuggestion { position: at, found: char::from(replacement), expected: char::from(original) };
+        prop_assert!(locate_typo(&typo).contains(&expected));
+    }
+}

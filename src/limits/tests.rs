@@ -197,3 +197,128 @@ fn go_durations_look_like_openais() {
     assert_eq!(go_duration(3_723_500_000), "1h2m3.5s");
     assert_eq!(go_duration(1_500), "1.5ms");
 }
+
+// === properties ===
+
+use futures_util::FutureExt as _;
+use proptest::prelude::*;
+
+fn owner(n: u8) -> Owner {
+    Owner::Client(std::net::IpAddr::from([192, 0, 2, n]))
+}
+
+/// Takes on one bucket at random times (µs steps) with random costs.
+fn takes(limit: u64) -> impl Strategy<Value = Vec<(i64, u64)>> {
+    prop::collection::vec((0..MINUTE_US / 4, 1..=limit), 1..60)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// GCRA's guarantee: the burst is the limit, then the rate. Over any span
+    /// `[a, b]` of take times, admitted units are at most `limit` plus what
+    /// drains in `b - a` (so never more than `limit` at one instant).
+    #[test]
+    fn admitted_units_never_exceed_the_burst_plus_the_rate(
+        (limit, steps) in prop_oneof![1..=50u64, 1_000_000..=150_000_000u64]
+            .prop_flat_map(|limit| (Just(limit), takes(limit))),
+    ) {
+        let backend = LocalBackend::default();
+        let rate = Rate::per_minute(limit);
+        let mut now = 1_000 * MINUTE_US;
+        let mut admitted: Vec<(i64, u64)> = Vec::new();
+        for (advance, cost) in steps {
+            now += advance;
+            let check = Check { bucket: BucketId { owner: owner(1), dimension: Dimension::TokensPerMinute }, rate, cost };
+            if backend.take_now(std::slice::from_ref(&check), now).is_ok() {
+                admitted.push((now, cost));
+            }
+        }
+        for (i, &(a, _)) in admitted.iter().enumerate() {
+            let mut sum = 0u128;
+            for &(b, cost) in &admitted[i..] {
+                sum += u128::from(cost);
+                let allowed = u128::from(limit) + u128::from(rate.units_in(b - a));
+                prop_assert!(sum <= allowed, "{} units in [{}, {}] with limit {}", sum, a, b, limit);
+            }
+        }
+    }
+
+    /// A take refused by one check leaves every bucket of the take as it was:
+    /// a twin backend with the same history, spared the refused take, answers
+    /// every later take the same.
+    #[test]
+    fn a_refused_take_charges_no_one(
+        history in prop::collection::vec((0u8..4, 1..=5u64), 0..20),
+        attempt in prop::collection::vec((0u8..4, any::<bool>(), 1..=5u64), 1..6),
+        probes in prop::collection::vec((0u8..4, any::<bool>()), 1..12),
+    ) {
+        let check = |who: u8, day: bool, cost: u64| {
+            let (dimension, rate) = if day {
+                (Dimension::RequestsPerDay, Rate::per_day(6))
+            } else {
+                (Dimension::RequestsPerMinute, Rate::per_minute(5))
+            };
+            Check { bucket: BucketId { owner: owner(who), dimension }, rate, cost }
+        };
+        let (tried, twin) = (LocalBackend::default(), LocalBackend::default());
+        let now = DAY_US;
+        for &(who, cost) in &history {
+            let checks = [check(who, false, cost)];
+            prop_assert_eq!(tried.take_now(&checks, now).is_ok(), twin.take_now(&checks, now).is_ok());
+        }
+        let attempt: Vec<Check> = attempt.into_iter().map(|(who, day, cost)| check(who, day, cost)).collect();
+        prop_assume!(tried.take_now(&attempt, now).is_err());
+        for (who, day) in probes {
+            let probe = [check(who, day, 1)];
+            prop_assert_eq!(tried.take_now(&probe, now), twin.take_now(&probe, now));
+        }
+    }
+
+    /// Settling an estimate back down never frees more than it took.
+    #[test]
+    fn giving_back_a_take_never_frees_more_than_it_took(
+        limit in 1..=1_000_000u64,
+        first in 0.0..1.0f64,
+        second in 0.0..1.0f64,
+    ) {
+        let rate = Rate::per_minute(limit);
+        let bucket = BucketId { owner: owner(1), dimension: Dimension::TokensPerMinute };
+        let (settled, twin) = (LocalBackend::default(), LocalBackend::default());
+        let now = MINUTE_US;
+        let held = ((limit as f64 * first) as u64).max(1);
+        let taken = ((limit as f64 * second) as u64).clamp(1, limit);
+        for backend in [&settled, &twin] {
+            backend.take_now(&[Check { bucket: bucket.clone(), rate, cost: held }], now).unwrap();
+        }
+        if settled.take_now(&[Check { bucket: bucket.clone(), rate, cost: taken }], now).is_ok() {
+            settled.adjust_now(&bucket, rate, -i64::try_from(taken).unwrap(), now);
+        }
+        let remaining = |b: &LocalBackend| b.take_now(&[Check { bucket: bucket.clone(), rate, cost: 0 }], now).unwrap()[0].remaining;
+        let (after, before) = (remaining(&settled), remaining(&twin));
+        prop_assert!(after <= before && after + 1 >= before, "{} left after settling, {} before", after, before);
+    }
+
+    /// The failed-auth throttle on a fake clock: a client over it is told how
+    /// long to wait, and after exactly that wait it is let through once;
+    /// refused failures do not push the wait further.
+    #[test]
+    fn the_throttle_admits_again_after_the_wait_it_announced(
+        events in prop::collection::vec((0..30_000i64, 0u8..3), 1..80),
+    ) {
+        let clock = Arc::new(ManualClock::new(1_800_000_000));
+        let limiter = limiter(clock.clone());
+        for (advance, who) in events {
+            clock.advance_millis(advance);
+            let client = std::net::IpAddr::from([192, 0, 2, who]);
+            let outcome = limiter.failed_auth(client).now_or_never().unwrap();
+            if let Some(Exceeded::Rate { retry_after_ms, limit, used, .. }) = outcome {
+                prop_assert_eq!(limit, 3);
+                prop_assert!(used <= limit);
+                prop_assert!(retry_after_ms > 0 && retry_after_ms <= 20_000, "{}", retry_after_ms);
+                clock.advance_millis(retry_after_ms);
+                prop_assert!(limiter.failed_auth(client).now_or_never().unwrap().is_none());
+            }
+        }
+    }
+}

@@ -181,20 +181,29 @@ fn looks_like_json(body: &[u8]) -> bool {
 fn urlencoded_model(body: &[u8]) -> Result<Option<String>, ApiError> {
     let mut model = None;
     // Some parsers also split on `;` (python-multipart does): split on both.
-    for pair in body.split(|b| matches!(b, b'&' | b';')) {
-        let (name, value) = match pair.iter().position(|b| *b == b'=') {
-            Some(at) => (&pair[..at], &pair[at + 1..]),
-            None => (pair, &b""[..]),
-        };
-        if !percent_decode(name).eq_ignore_ascii_case(b"model") {
-            continue;
+    for pair in body.split(|b| *b == b'&') {
+        for (n, field) in pair.split(|b| *b == b';').enumerate() {
+            let (name, value) = match field.iter().position(|b| *b == b'=') {
+                Some(at) => (&field[..at], &field[at + 1..]),
+                None => (field, &b""[..]),
+            };
+            if !percent_decode(name).eq_ignore_ascii_case(b"model") {
+                continue;
+            }
+            // `model=a;b`: `a` where `;` splits fields, `a;b` where only `&` does.
+            if n == 0 && field.len() < pair.len() {
+                return Err(bad_request(
+                    "The form body has a `;` after the `model` field, which some parsers read as a field separator and others as part of the value. Percent-encode it as `%3B`.",
+                    Some("model"),
+                ));
+            }
+            if model.is_some() {
+                return Err(bad_request("The form body sets `model` more than once. Send it once.", Some("model")));
+            }
+            let value = String::from_utf8(percent_decode(value).into_owned())
+                .map_err(|_| bad_request("The form field `model` is not UTF-8 text.", Some("model")))?;
+            model = Some(value);
         }
-        if model.is_some() {
-            return Err(bad_request("The form body sets `model` more than once. Send it once.", Some("model")));
-        }
-        let value = String::from_utf8(percent_decode(value).into_owned())
-            .map_err(|_| bad_request("The form field `model` is not UTF-8 text.", Some("model")))?;
-        model = Some(value);
     }
     Ok(model)
 }

@@ -28,6 +28,8 @@ use crate::store::{Alert, Timestamp, Tokens, UsageKind, UsageRecord};
 pub use anomaly::{alert_json, announce, network_of, AnomalyPolicy, AnomalyWatcher, Webhook};
 pub use price::{Price, PriceTable};
 pub use tap::Observed;
+/// For `crate::fuzzing`, which drives the tap without a server.
+pub(crate) use tap::{tokens_from_usage, Tap};
 
 /// Everything known about a request before its answer, to make its record.
 pub struct Metered {

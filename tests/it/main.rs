@@ -19,6 +19,8 @@ mod doctor;
 mod errors;
 /// Store write failures: what the background writer keeps and retries.
 mod faults;
+/// The fuzz corpus, replayed through the fuzz targets' invariant checks.
+mod fuzz_corpus;
 /// Leaked-key reports (`POST /v1/keys/leaked`) and the scanner pattern.
 mod leaks;
 /// Rotation, expiry, suspension, explain, audit.

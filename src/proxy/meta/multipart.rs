@@ -2,8 +2,9 @@
 //! for one purpose: find the `model` field exactly as an upstream would, or
 //! refuse the body. Anything parsers are known to read differently is a 400:
 //! a preamble, text after the closing delimiter, the boundary inside a part,
-//! folded or LF-only headers, `name*=`, escapes in a quoted name, and more
-//! than one part that could be named `model`.
+//! folded or LF-only headers, `name*=`, escapes in a quoted name, a quoted
+//! `;` that would name `model` to a parser splitting on it, and more than one
+//! part that could be named `model`.
 //!
 //! Work is linear in the body: the delimiter is found with `memmem` and every
 //! byte is looked at a bounded number of times (bodies run to tens of MiB).
@@ -195,6 +196,21 @@ fn is_model(disposition: &[u8]) -> Result<bool, ApiError> {
     if escaped {
         return Err(malformed("a part's name has a backslash"));
     }
+    let named_model = is_model_name(name);
+    // A parser that splits on every `;`, quoted or not, reads
+    // `filename="a;name=model"` as naming `model`: refuse what readings disagree on.
+    let naive = text.split(';').skip(1).any(|param| {
+        param
+            .split_once('=')
+            .is_some_and(|(n, v)| n.trim().eq_ignore_ascii_case("name") && is_model_name(v.trim().trim_matches('"')))
+    });
+    if naive != named_model {
+        return Err(malformed("a part's Content-Disposition has a quoted `;`, which some parsers split on"));
+    }
+    Ok(named_model)
+}
+
+fn is_model_name(name: &str) -> bool {
     let decoded: Cow<'_, [u8]> = percent_decode(name.as_bytes());
-    Ok(name.eq_ignore_ascii_case("model") || decoded.eq_ignore_ascii_case(b"model"))
+    name.eq_ignore_ascii_case("model") || decoded.eq_ignore_ascii_case(b"model")
 }

@@ -241,6 +241,20 @@ fn a_urlencoded_form_has_its_model_read() {
     assert_eq!(refusal(read(ct, "model=%FF")), ("The form field `model` is not UTF-8 text.".into(), Some("model")));
 }
 
+#[test]
+fn a_urlencoded_model_value_with_a_semicolon_is_refused() {
+    // Found by fuzzing: `model=a;b` is `a` to a parser that splits on `;`
+    // (what keygate checked) and `a;b` to one that splits on `&` only.
+    let ct = Some("application/x-www-form-urlencoded");
+    let message = "The form body has a `;` after the `model` field, which some parsers read as a field separator and others as part of the value. Percent-encode it as `%3B`.";
+    for body in ["model=gpt-4o-mini;gpt-4o", "a=1&model=x;", "MODEL=x;y=z&b=2", "model;x"] {
+        assert_eq!(refusal(read(ct, body)), (message.to_owned(), Some("model")), "{body}");
+    }
+    // Where only a `;`-splitting parser sees a model, keygate checks that one.
+    assert_eq!(model_of(ct, "x;model=gpt-4o").as_deref(), Some("gpt-4o"));
+    assert_eq!(model_of(ct, "model=gpt-4o%3Bx").as_deref(), Some("gpt-4o;x"));
+}
+
 // === multipart/form-data ===
 
 #[test]
@@ -328,6 +342,24 @@ fn multipart_refuses_what_parsers_read_differently() {
         );
         assert_eq!(refusal(read(Some(FORM), &body)), (message, None), "{reason}: {}", String::from_utf8_lossy(&body));
     }
+}
+
+#[test]
+fn multipart_refuses_a_quoted_semicolon_that_would_name_the_model() {
+    // Found by the body_form fuzz invariant: a parser that splits the
+    // disposition on every `;` reads `name=model"` out of the quoted value.
+    let reason = "a part's Content-Disposition has a quoted `;`, which some parsers split on";
+    let message =
+        format!("The multipart body could not be parsed: {reason}. Send `multipart/form-data` as RFC 7578 describes.");
+    for params in ["name=\"x;name=model\"", "name=\"file\"; filename=\"a;name=model\"", "name=\"model;a\""] {
+        assert_eq!(refusal(read(Some(FORM), form(&[(params, "gpt-4o")]))).0, message, "{params}");
+    }
+    // A `;` in a file name is fine when no reading names the model with it.
+    let file = ("name=\"file\"; filename=\"a;b.wav\"", "RIFF");
+    assert_eq!(
+        model_of(Some(FORM), form(&[file, ("name=\"model\"; filename=\"m;x\"", "whisper-1")])).as_deref(),
+        Some("whisper-1")
+    );
 }
 
 #[test]

@@ -111,3 +111,75 @@ fn canonical_paths_are_fixed_points() {
         assert_eq!(canonical_path(&once).as_deref(), Ok(once.as_str()), "{raw}");
     }
 }
+
+// === properties ===
+
+use proptest::prelude::*;
+
+/// A path segment built from the pieces normalization treats specially:
+/// escapes in either case, stray `%`, dots, separators' look-alikes.
+fn segment() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => "[a-zA-Z0-9_~:@-]",
+            2 => "%[0-9a-fA-F]{2}",
+            1 => Just("%".to_owned()),
+            1 => Just(".".to_owned()),
+            1 => Just("é".to_owned()),
+            1 => prop::sample::select(vec![";", "\\", "%2F", "%2f", "%5C", "%2E", "%00", " "]).prop_map(str::to_owned),
+        ],
+        0..6,
+    )
+    .prop_map(|pieces| pieces.concat())
+}
+
+fn any_path() -> impl Strategy<Value = String> {
+    (prop::sample::select(vec!["/v1/", "/V1/", "/v1", "/", "/openai/"]), prop::collection::vec(segment(), 0..5))
+        .prop_map(|(root, segments)| format!("{root}{}", segments.join("/")))
+}
+
+/// `name` with each letter in a random case and maybe percent-encoded
+/// (hex digits in a random case too).
+fn disguised(name: &'static str) -> impl Strategy<Value = String> {
+    prop::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), name.len()).prop_map(move |choices| {
+        name.bytes()
+            .zip(choices)
+            .map(|(b, (upper, encode, upper_hex))| {
+                let b = if upper { b.to_ascii_uppercase() } else { b };
+                match (encode, upper_hex) {
+                    (false, _) => char::from(b).to_string(),
+                    (true, true) => format!("%{b:02X}"),
+                    (true, false) => format!("%{b:02x}"),
+                }
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_canonical_path_is_its_own_canonical_and_normal_form(raw in any_path()) {
+        if let Ok(path) = canonical_path(&raw) {
+            prop_assert_eq!(canonical_path(&path), Ok(path.clone()), "from {}", raw);
+            prop_assert_eq!(normalize(&path), Ok(path.clone()));
+            for bad in ["//", "/../", "/./", "%2F", "%2f", "\\"] {
+                prop_assert!(!path.contains(bad), "{} from {}", path, raw);
+            }
+        }
+        if let Ok(normal) = normalize(&raw) {
+            prop_assert_eq!(normalize(&normal), Ok(normal.clone()));
+            prop_assert_eq!(canonical_path(&normal), canonical_path(&raw));
+        }
+    }
+
+    #[test]
+    fn reserved_names_in_any_case_or_encoding_are_reserved(
+        name in prop_oneof![disguised("organization"), disguised("keygate")],
+        rest in prop::sample::select(vec!["", "/", "/projects", "/admin_api_keys/key_1", "/echo-auth/"]),
+    ) {
+        let path = format!("/v1/{name}{rest}");
+        prop_assert_eq!(canonical_path(&path), Err(PathError::Reserved), "{}", path);
+    }
+}

@@ -1,0 +1,4 @@
+//! `keygate::fuzzing::check_credential`: the invariants are documented there.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| keygate::fuzzing::check_credential(data));
