@@ -31,9 +31,48 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Fails only if another recorder was installed first; the handle
             // then renders an empty page, which is harmless.
             let _ = metrics::set_global_recorder(recorder);
+            describe_metrics();
             handle
         })
         .clone()
+}
+
+/// Every metric keygate exports, with its `# HELP` text. Counters without
+/// labels start at 0, so a scrape shows them (and an alert on `increase()`
+/// works) before the first event; labelled ones appear with their first label.
+fn describe_metrics() {
+    const COUNTERS: &[(&str, bool, &str)] = &[
+        ("keygate_requests_total", true, "Requests answered, by matched route template, method and status."),
+        ("keygate_auth_failures_total", true, "Refused authentications, by private reason (served on the metrics listener only)."),
+        ("keygate_alerts_total", true, "Alerts raised, by kind."),
+        ("keygate_alerts_dropped_total", false, "Alerts that could not be queued for storing."),
+        ("keygate_audit_dropped_total", false, "Audit events that could not be queued or kept for a retry."),
+        ("keygate_denials_dropped_total", false, "Denial records (for explain) that could not be queued or kept."),
+        ("keygate_last_used_dropped_total", false, "Last-used updates that could not be queued."),
+        ("keygate_usage_records_total", false, "Usage records written."),
+        ("keygate_usage_dropped_total", false, "Usage records that could not be queued or kept for a retry."),
+        ("keygate_index_changes_dropped_total", false, "Key index changes that could not be announced to replicas."),
+        ("keygate_redis_failures_total", false, "Rate-limit operations that failed on Redis."),
+        ("keygate_connections_refused_total", false, "Connections closed at once because server.max_connections were open."),
+        ("keygate_leak_reports_total", false, "Leaked-key reports received."),
+        ("keygate_leaked_keys_revoked_total", false, "Live keys revoked because they were reported leaked."),
+    ];
+    for &(name, labelled, help) in COUNTERS {
+        metrics::describe_counter!(name, help);
+        if !labelled {
+            metrics::counter!(name).increment(0);
+        }
+    }
+    metrics::describe_histogram!(
+        "keygate_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time from a request's arrival to its answer's headers."
+    );
+    metrics::describe_histogram!(
+        "keygate_upstream_latency_seconds",
+        metrics::Unit::Seconds,
+        "Time until an upstream's answer headers, by upstream."
+    );
 }
 
 pub struct Gateway {

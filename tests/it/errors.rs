@@ -148,5 +148,7 @@ async fn public_routes_answer_without_a_key() {
     assert!(metrics.contains("keygate_requests_total"), "{metrics}");
     assert!(metrics.contains("keygate_auth_failures_total{reason=\"unknown_key\"}"), "{metrics}");
     assert!(metrics.contains("keygate_upstream_latency_seconds"), "{metrics}");
+    assert!(metrics.contains("# HELP keygate_requests_total "), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "keygate_usage_dropped_total 0"), "counters start at 0: {metrics}");
     assert!(!metrics.contains(&key[..20]));
 }
