@@ -17,7 +17,7 @@ use crate::store::{Access, KeyFilter, KeyKind, OwnerRef};
 
 pub const ADMIN_PREFIX: &str = "sk-admin-";
 
-#[utoipa::path(get, path = "/v1/organization/admin_api_keys", tag = "admin keys", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20")), responses((status = 200, body = List<AdminApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/organization/admin_api_keys", operation_id = "admin-api-keys-list", summary = "List admin API keys", tag = "admin keys", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20")), responses((status = 200, body = List<AdminApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
@@ -27,7 +27,7 @@ pub async fn list(
     Ok(Json(List::new(page, |k| k.id.api_id(), objects::admin_api_key)))
 }
 
-#[utoipa::path(get, path = "/v1/organization/admin_api_keys/{key_id}", tag = "admin keys", params(("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = AdminApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/organization/admin_api_keys/{key_id}", operation_id = "admin-api-keys-get", summary = "Retrieve an admin API key", tag = "admin keys", params(("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = AdminApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(key_id): Path<String>,
@@ -42,7 +42,7 @@ struct CreateAdminKey {
     expires_in_seconds: Option<i64>,
 }
 
-#[utoipa::path(post, path = "/v1/organization/admin_api_keys", tag = "admin keys", request_body = CreateAdminKey, responses((status = 200, body = WithValue<AdminApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/admin_api_keys", operation_id = "admin-api-keys-create", summary = "Create an admin API key", tag = "admin keys", request_body = CreateAdminKey, responses((status = 200, body = WithValue<AdminApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
@@ -88,7 +88,7 @@ pub async fn create(
     Ok(Json(WithValue { object: objects::admin_api_key(&record), value: secret.expose().to_owned() }))
 }
 
-#[utoipa::path(delete, path = "/v1/organization/admin_api_keys/{key_id}", tag = "admin keys", params(("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(delete, path = "/v1/organization/admin_api_keys/{key_id}", operation_id = "admin-api-keys-delete", summary = "Delete an admin API key", tag = "admin keys", params(("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,

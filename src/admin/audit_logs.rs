@@ -76,7 +76,7 @@ fn entry(record: &AuditRecord) -> Value {
 #[schema(value_type = Object)]
 pub struct AuditLogEntry(Value);
 
-#[utoipa::path(get, path = "/v1/organization/audit_logs", tag = "audit logs", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("before" = Option<String>, Query), ("event_types[]" = Option<Vec<String>>, Query), ("project_ids[]" = Option<Vec<String>>, Query), ("resource_ids[]" = Option<Vec<String>>, Query), ("actor_ids[]" = Option<Vec<String>>, Query), ("effective_at[gte]" = Option<i64>, Query), ("effective_at[lte]" = Option<i64>, Query)), responses((status = 200, body = List<AuditLogEntry>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/organization/audit_logs", operation_id = "list-audit-logs", summary = "List audit logs", tag = "audit logs", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("before" = Option<String>, Query), ("event_types[]" = Option<Vec<String>>, Query), ("project_ids[]" = Option<Vec<String>>, Query), ("resource_ids[]" = Option<Vec<String>>, Query), ("actor_ids[]" = Option<Vec<String>>, Query), ("effective_at[gte]" = Option<i64>, Query), ("effective_at[lte]" = Option<i64>, Query)), responses((status = 200, body = List<AuditLogEntry>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,

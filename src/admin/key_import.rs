@@ -88,7 +88,7 @@ pub struct ImportResults {
     data: Vec<ImportResult>,
 }
 
-#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/import", tag = "api keys", description = "Ours: keys from another keygate deployment, by digest.", params(("project_id" = String, Path)), request_body = ImportKeys, responses((status = 200, body = ImportResults), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/import", operation_id = "import-project-api-keys", summary = "Import project API keys", tag = "api keys", description = "Ours: keys from another keygate deployment, by digest.", params(("project_id" = String, Path)), request_body = ImportKeys, responses((status = 200, body = ImportResults), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn import(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,

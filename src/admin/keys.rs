@@ -97,7 +97,7 @@ struct KeyListParams {
     due: bool,
 }
 
-#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/api_keys", tag = "api keys", params(("project_id" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("include_revoked" = Option<bool>, Query), ("due" = Option<bool>, Query, description = "Ours: only keys due for rotation")), responses((status = 200, body = List<ProjectApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/api_keys", operation_id = "list-project-api-keys", summary = "List a project's API keys", tag = "api keys", params(("project_id" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("include_revoked" = Option<bool>, Query), ("due" = Option<bool>, Query, description = "Ours: only keys due for rotation")), responses((status = 200, body = List<ProjectApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn list(
     State(state): State<AppState>,
     Path(project_id): Path<String>,
@@ -138,7 +138,7 @@ struct GetParams {
     include_revoked: bool,
 }
 
-#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`"), ("include_revoked" = Option<bool>, Query)), responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}", operation_id = "retrieve-project-api-key", summary = "Retrieve a project API key", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`"), ("include_revoked" = Option<bool>, Query)), responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn get(
     State(state): State<AppState>,
     Path((project_id, key_id)): Path<(String, String)>,
@@ -180,7 +180,7 @@ struct CreateKey {
 /// `POST /v1/organization/projects/{id}/api_keys` (extension: OpenAI creates
 /// project keys only in its dashboard). Answers the key object plus `value`,
 /// the only time the secret is shown.
-#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys", tag = "api keys", description = "Ours: OpenAI creates project keys only in its dashboard.", params(("project_id" = String, Path)), request_body = CreateKey, responses((status = 200, body = WithValue<ProjectApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys", operation_id = "create-project-api-key", summary = "Create a project API key", description = "Ours: OpenAI creates project keys only in its dashboard. Answers the key object plus `value`, the only time the secret is shown.", tag = "api keys", params(("project_id" = String, Path)), request_body = CreateKey, responses((status = 200, body = WithValue<ProjectApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
@@ -278,7 +278,7 @@ struct UpdateKey {
 
 /// `POST .../api_keys/{id}` (extension): name, permissions, models, IPs,
 /// limits, budget; a field left out is kept. Takes effect on the next request.
-#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}", tag = "api keys", description = "Ours.", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), request_body = UpdateKey, responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}", operation_id = "modify-project-api-key", summary = "Modify a project API key", description = "Ours: name, permissions, models, IPs, limits, budget; a field left out is kept. Takes effect on the next request.", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), request_body = UpdateKey, responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn update(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
@@ -323,7 +323,7 @@ struct DeleteParams {
 }
 
 /// Revokes the key at once: the index is updated before the answer is sent.
-#[utoipa::path(delete, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`"), ("reason" = Option<String>, Query, description = "Ours: recorded with the revocation")), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(delete, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}", operation_id = "delete-project-api-key", summary = "Revoke a project API key", description = "Revokes the key at once: the index is updated before the answer is sent.", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`"), ("reason" = Option<String>, Query, description = "Ours: recorded with the revocation")), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
@@ -362,7 +362,7 @@ pub const DEFAULT_GRACE_SECONDS: i64 = 24 * 3600;
 /// `POST .../api_keys/{id}/rotate` (extension): a new secret under the same
 /// id; the old one works until the grace period ends. Answers the key object
 /// plus `value`, shown once.
-#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}/rotate", tag = "api keys", description = "Ours.", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), request_body(content = Option<RotateKey>), responses((status = 200, body = WithValue<ProjectApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}/rotate", operation_id = "rotate-project-api-key", summary = "Rotate a project API key", description = "Ours: a new secret under the same id; the old one works until the grace period ends. Answers the key object plus `value`, shown once.", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), request_body(content = Option<RotateKey>), responses((status = 200, body = WithValue<ProjectApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn rotate(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
@@ -402,7 +402,7 @@ pub async fn rotate(
 }
 
 /// `POST .../api_keys/{id}/suspend` (extension): refused like a revoked key, but reversible.
-#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}/suspend", tag = "api keys", description = "Ours.", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}/suspend", operation_id = "suspend-project-api-key", summary = "Suspend a project API key", description = "Ours: refused like a revoked key, but reversible.", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn suspend(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
@@ -412,7 +412,7 @@ pub async fn suspend(
 }
 
 /// `POST .../api_keys/{id}/resume` (extension).
-#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}/resume", tag = "api keys", description = "Ours.", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}/resume", operation_id = "resume-project-api-key", summary = "Resume a suspended project API key", description = "Ours.", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn resume(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,

@@ -120,6 +120,8 @@ pub struct LeakApi;
 #[utoipa::path(
     post,
     path = "/v1/keys/leaked",
+    operation_id = "report-leaked-keys",
+    summary = "Report leaked keys",
     tag = "public",
     security(()),
     description = "Ours, unauthenticated: report key strings found in the wild. A live key of this gateway is revoked at once on every replica, audited (`api_key.leaked`) and raised as a `leaked_key` alert. The answer is the same for any accepted batch and never says which strings were keys. Also takes GitHub's secret-scanning partner shape, `[{\"token\": ..., \"type\": ..., \"url\": ..., \"source\": ...}]`. At most 100 strings and 1 MiB; limited per client address (`limits.leak_reports_per_minute`).",

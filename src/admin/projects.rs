@@ -11,7 +11,7 @@ use crate::dialect::{ApiError, ErrorResponse};
 use crate::server::AppState;
 use crate::store::{Access, Project, ProjectUpdate};
 
-#[utoipa::path(get, path = "/v1/organization/projects", tag = "projects", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("include_archived" = Option<bool>, Query)), responses((status = 200, body = List<ProjectObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/organization/projects", operation_id = "list-projects", summary = "List projects", tag = "projects", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("include_archived" = Option<bool>, Query)), responses((status = 200, body = List<ProjectObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
@@ -21,7 +21,7 @@ pub async fn list(
     Ok(Json(List::new(page, |p| p.id.clone(), objects::project)))
 }
 
-#[utoipa::path(get, path = "/v1/organization/projects/{project_id}", tag = "projects", params(("project_id" = String, Path)), responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/organization/projects/{project_id}", operation_id = "retrieve-project", summary = "Retrieve a project", tag = "projects", params(("project_id" = String, Path)), responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(project_id): Path<String>,
@@ -48,7 +48,7 @@ struct ProjectBody {
     budget_alert_percent: Option<u8>,
 }
 
-#[utoipa::path(post, path = "/v1/organization/projects", tag = "projects", request_body = ProjectBody, responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/projects", operation_id = "create-project", summary = "Create a project", tag = "projects", request_body = ProjectBody, responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
@@ -86,7 +86,7 @@ pub async fn create(
     Ok(Json(objects::project(&project)))
 }
 
-#[utoipa::path(post, path = "/v1/organization/projects/{project_id}", tag = "projects", params(("project_id" = String, Path)), request_body = ProjectBody, responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}", operation_id = "modify-project", summary = "Modify a project", tag = "projects", params(("project_id" = String, Path)), request_body = ProjectBody, responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn update(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
@@ -124,7 +124,7 @@ pub async fn update(
 }
 
 /// Archives a project; its keys are refused from the next request on.
-#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/archive", tag = "projects", params(("project_id" = String, Path)), responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/archive", operation_id = "archive-project", summary = "Archive a project", description = "Its keys are refused from the next request on.", tag = "projects", params(("project_id" = String, Path)), responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn archive(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
@@ -158,7 +158,7 @@ pub fn not_found(project_id: &str) -> ApiError {
     ApiError::NotFound { message: format!("No such project: {project_id}.") }
 }
 
-#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/rate_limits", tag = "projects", params(("project_id" = String, Path)), responses((status = 200, body = List<ProjectRateLimitObject>), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/rate_limits", operation_id = "list-project-rate-limits", summary = "List a project's rate limits per model", tag = "projects", params(("project_id" = String, Path)), responses((status = 200, body = List<ProjectRateLimitObject>), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn rate_limits(
     State(state): State<AppState>,
     Path(project_id): Path<String>,
@@ -172,7 +172,7 @@ pub async fn rate_limits(
 /// together): only the fields given change, `null` removes one (as OpenAI's
 /// update does). Ours: an entry that does not exist yet is created; one left
 /// with no limit at all is removed.
-#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/rate_limits/{rate_limit_id}", tag = "projects", params(("project_id" = String, Path), ("rate_limit_id" = String, Path, description = "`rl-` + model pattern")), request_body = super::RateLimitsPatch, responses((status = 200, body = ProjectRateLimitObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/rate_limits/{rate_limit_id}", operation_id = "update-project-rate-limits", summary = "Update a project rate limit", description = "Sets a project's limits for `rl-<model pattern>` (`rl-*`: all models together): only the fields given change, `null` removes one (as OpenAI's update does). Ours: an entry that does not exist yet is created; one left with no limit at all is removed.", tag = "projects", params(("project_id" = String, Path), ("rate_limit_id" = String, Path, description = "`rl-` + model pattern")), request_body = super::RateLimitsPatch, responses((status = 200, body = ProjectRateLimitObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn update_rate_limit(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,

@@ -38,6 +38,9 @@ pub struct RequestExplanation {
 #[utoipa::path(
     get,
     path = "/v1/organization/requests/{request_id}",
+    operation_id = "explain-request",
+    summary = "Explain a refused request",
+    description = "Ours: the private reason a request was refused, by its `x-request-id` (what `keygate explain` shows).",
     tag = "keygate",
     params(("request_id" = String, Path, description = "The `x-request-id` of a refused request")),
     responses(

@@ -15,7 +15,7 @@ use crate::dialect::{ApiError, ErrorResponse};
 use crate::server::AppState;
 use crate::store::{Access, KeyKind, OwnerRef, Revocation, ServiceAccount};
 
-#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/service_accounts", tag = "service accounts", params(("project_id" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20")), responses((status = 200, body = List<ServiceAccountObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/service_accounts", operation_id = "list-project-service-accounts", summary = "List a project's service accounts", tag = "service accounts", params(("project_id" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20")), responses((status = 200, body = List<ServiceAccountObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn list(
     State(state): State<AppState>,
     Path(project_id): Path<String>,
@@ -27,7 +27,7 @@ pub async fn list(
     Ok(Json(List::new(page, |sa| sa.id.clone(), objects::service_account)))
 }
 
-#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/service_accounts/{sa_id}", tag = "service accounts", params(("project_id" = String, Path), ("sa_id" = String, Path)), responses((status = 200, body = ServiceAccountObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/organization/projects/{project_id}/service_accounts/{sa_id}", operation_id = "retrieve-project-service-account", summary = "Retrieve a project service account", tag = "service accounts", params(("project_id" = String, Path), ("sa_id" = String, Path)), responses((status = 200, body = ServiceAccountObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn get(
     State(state): State<AppState>,
     Path((project_id, sa_id)): Path<(String, String)>,
@@ -46,7 +46,7 @@ struct CreateServiceAccount {
     prefix: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/service_accounts", tag = "service accounts", params(("project_id" = String, Path)), request_body = CreateServiceAccount, responses((status = 200, body = CreatedServiceAccount), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/projects/{project_id}/service_accounts", operation_id = "create-project-service-account", summary = "Create a project service account", tag = "service accounts", params(("project_id" = String, Path)), request_body = CreateServiceAccount, responses((status = 200, body = CreatedServiceAccount), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
@@ -104,7 +104,7 @@ pub async fn create(
 }
 
 /// Deletes the service account and revokes every key it owns.
-#[utoipa::path(delete, path = "/v1/organization/projects/{project_id}/service_accounts/{sa_id}", tag = "service accounts", params(("project_id" = String, Path), ("sa_id" = String, Path)), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(delete, path = "/v1/organization/projects/{project_id}/service_accounts/{sa_id}", operation_id = "delete-project-service-account", summary = "Delete a project service account", description = "Deletes the service account and revokes every key it owns.", tag = "service accounts", params(("project_id" = String, Path), ("sa_id" = String, Path)), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,

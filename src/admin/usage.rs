@@ -198,6 +198,8 @@ fn model(row: &UsageRow) -> Option<String> {
 #[utoipa::path(
     get,
     path = "/v1/organization/usage/completions",
+    operation_id = "usage-completions",
+    summary = "Completions usage",
     tag = "usage",
     params(
         ("start_time" = i64, Query), ("end_time" = Option<i64>, Query), ("bucket_width" = Option<String>, Query, description = "1m, 1h or 1d"),
@@ -236,6 +238,8 @@ pub async fn completions(State(state): State<AppState>, RawQuery(raw): RawQuery)
 #[utoipa::path(
     get,
     path = "/v1/organization/usage/embeddings",
+    operation_id = "usage-embeddings",
+    summary = "Embeddings usage",
     tag = "usage",
     params(
         ("start_time" = i64, Query), ("end_time" = Option<i64>, Query), ("bucket_width" = Option<String>, Query),
@@ -266,6 +270,8 @@ pub async fn embeddings(State(state): State<AppState>, RawQuery(raw): RawQuery) 
 #[utoipa::path(
     get,
     path = "/v1/organization/costs",
+    operation_id = "usage-costs",
+    summary = "Costs",
     tag = "usage",
     params(
         ("start_time" = i64, Query), ("end_time" = Option<i64>, Query), ("bucket_width" = Option<String>, Query, description = "1d"),
@@ -302,6 +308,8 @@ pub struct AlertObject(Value);
 #[utoipa::path(
     get,
     path = "/v1/organization/alerts",
+    operation_id = "list-alerts",
+    summary = "List usage alerts",
     tag = "usage",
     description = "Ours: usage anomalies (spikes, new client networks, dormant keys), newest first.",
     params(("since" = Option<i64>, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query)),

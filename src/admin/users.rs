@@ -24,14 +24,14 @@ fn role(value: Option<&str>) -> Result<String, ApiError> {
     Ok(role.to_owned())
 }
 
-#[utoipa::path(get, path = "/v1/organization/users", tag = "users", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20")), responses((status = 200, body = List<UserObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/organization/users", operation_id = "list-users", summary = "List users", tag = "users", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20")), responses((status = 200, body = List<UserObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<List<UserObject>>, ApiError> {
     let params: ListParams = query(raw.as_deref())?;
     let page = state.store.list_users(&params.page()?).await?;
     Ok(Json(List::new(page, |u| u.id.clone(), objects::user)))
 }
 
-#[utoipa::path(get, path = "/v1/organization/users/{user_id}", tag = "users", params(("user_id" = String, Path)), responses((status = 200, body = UserObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/organization/users/{user_id}", operation_id = "retrieve-user", summary = "Retrieve a user", tag = "users", params(("user_id" = String, Path)), responses((status = 200, body = UserObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn get(State(state): State<AppState>, Path(user_id): Path<String>) -> Result<Json<UserObject>, ApiError> {
     Ok(Json(objects::user(&find(&state, &user_id).await?)))
 }
@@ -45,7 +45,7 @@ struct CreateUser {
 }
 
 /// `POST /v1/organization/users` (extension: OpenAI adds users by invitation).
-#[utoipa::path(post, path = "/v1/organization/users", tag = "users", description = "Ours: OpenAI adds users by invitation.", request_body = CreateUser, responses((status = 200, body = UserObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/users", operation_id = "create-user", summary = "Create a user", tag = "users", description = "Ours: OpenAI adds users by invitation.", request_body = CreateUser, responses((status = 200, body = UserObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
@@ -74,7 +74,7 @@ struct UpdateUser {
     role: String,
 }
 
-#[utoipa::path(post, path = "/v1/organization/users/{user_id}", tag = "users", params(("user_id" = String, Path)), request_body = UpdateUser, responses((status = 200, body = UserObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(post, path = "/v1/organization/users/{user_id}", operation_id = "modify-user", summary = "Modify a user", tag = "users", params(("user_id" = String, Path)), request_body = UpdateUser, responses((status = 200, body = UserObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn update(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,
@@ -90,7 +90,7 @@ pub async fn update(
 }
 
 /// Removes the user and revokes every key the user owns.
-#[utoipa::path(delete, path = "/v1/organization/users/{user_id}", tag = "users", params(("user_id" = String, Path)), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+#[utoipa::path(delete, path = "/v1/organization/users/{user_id}", operation_id = "delete-user", summary = "Delete a user", description = "Removes the user and revokes every key the user owns.", tag = "users", params(("user_id" = String, Path)), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(actor): Extension<Authorized>,

@@ -138,14 +138,132 @@ fn env_sections_overlay_the_file_and_flags_overlay_env() {
     assert_eq!(Config::load(Some(&path), &flags, &env).unwrap().listen.port(), 3);
 }
 
+const EXAMPLE: &str = include_str!("../../keygate.example.toml");
+
 #[test]
-fn the_example_file_is_valid() {
-    let text = include_str!("../../keygate.example.toml");
-    let env = FakeEnv::with(&[("VLLM_API_KEY", "x")]);
-    let c = Config::from_toml(text, &env).unwrap();
-    assert_eq!(c.upstreams.len(), 2);
-    assert!(c.trusted_proxies.is_empty(), "copying the example must not make X-Forwarded-For believed");
-    assert!(Config::from_toml("", &FakeEnv::default()).unwrap().trusted_proxies.is_empty());
+fn copying_the_example_file_changes_nothing() {
+    // With no credential: the mock, as with no file at all.
+    let example = Config::from_toml(EXAMPLE, &FakeEnv::default()).unwrap();
+    let none = Config::from_toml("", &FakeEnv::default()).unwrap();
+    assert_eq!(example.upstreams.len(), 1, "the example must not add an active [[upstreams]] entry");
+    assert!(matches!(example.upstreams[0].target, UpstreamTarget::Mock), "{:?}", example.upstreams[0].target);
+    assert!(example.upstreams[0].defaulted_to_mock);
+    assert_eq!(example.listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(example.metrics_listen, none.metrics_listen);
+    assert!(example.trusted_proxies.is_empty(), "copying the example must not make X-Forwarded-For believed");
+    assert!(example.redis.is_none() && example.tls.is_none() && example.organization_id.is_none());
+    // Every other setting too: `Config` holds no hash maps, so its `Debug`
+    // text is deterministic and compares the whole value.
+    assert_eq!(format!("{example:?}"), format!("{none:?}"));
+    // With a credential: OpenAI, as with no file at all.
+    let env = FakeEnv::with(&[("OPENAI_API_KEY", "sk-upstream")]);
+    let example = Config::from_toml(EXAMPLE, &env).unwrap();
+    assert!(matches!(&example.upstreams[0].target, UpstreamTarget::Url(u) if u == DEFAULT_UPSTREAM_URL));
+    assert_eq!(format!("{example:?}"), format!("{:?}", Config::from_toml("", &env).unwrap()));
+}
+
+/// The example with every `# key = value` and `# [section]` line made active.
+/// Prose comments never take that shape, so what remains commented is prose.
+fn uncommented(text: &str) -> String {
+    let is_setting = |line: &str| {
+        if line.starts_with('[') {
+            return line.ends_with(']');
+        }
+        let Some((key, _)) = line.split_once(" = ") else { return false };
+        let quoted = key.len() > 2 && key.starts_with('"') && key.ends_with('"');
+        quoted || (!key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+    };
+    text.lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(setting) if is_setting(setting) => setting,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The field names a `#[derive(Deserialize)]` struct accepts, straight from
+/// the derive: it passes them to `Deserializer::deserialize_struct`, which this
+/// deserializer records before refusing. A field added to a `Raw*` struct is
+/// thus checked below without anyone listing it.
+fn fields_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor};
+    struct Fields(std::cell::Cell<&'static [&'static str]>);
+    impl<'de> serde::Deserializer<'de> for &Fields {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.set(fields);
+            Err(Self::Error::custom("fields recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let fields = Fields(std::cell::Cell::new(&[]));
+    let _ = T::deserialize(&fields);
+    fields.0.get()
+}
+
+/// Every field every `Raw*` struct accepts is in the example, active or as a
+/// commented-out example, and the examples themselves are valid: the file
+/// with all of them uncommented must pass the same parser and validation.
+#[test]
+fn the_example_file_documents_every_setting() {
+    let full = uncommented(EXAMPLE);
+    let env = FakeEnv::with(&[("MY_OPENAI_KEY", "a"), ("VLLM_API_KEY", "b"), ("AZURE_OPENAI_API_KEY", "c")]);
+    let config = Config::from_toml(&full, &env).unwrap_or_else(|e| panic!("{e}\n{full}"));
+    assert!(config.redis.is_some() && config.tls.is_some() && config.organization_id.is_some());
+    assert_eq!(config.upstreams.len(), 3, "both [[upstreams]] examples");
+
+    let table: toml::Table = full.parse().unwrap();
+    let keys_of = |value: &toml::Value| -> Vec<String> {
+        value.as_table().map(|t| t.keys().cloned().collect()).unwrap_or_default()
+    };
+    let mut documented = 0;
+    for section in fields_of::<RawConfig>() {
+        let value = table.get(*section).unwrap_or_else(|| panic!("[{section}] is missing from the example"));
+        // Each section's settings, and the struct that accepts them.
+        let (present, accepted): (Vec<String>, &[&str]) = match *section {
+            "server" => (keys_of(value), fields_of::<RawServer>()),
+            "database" => (keys_of(value), fields_of::<RawDatabase>()),
+            "organization" => (keys_of(value), fields_of::<RawOrganization>()),
+            "upstream" => (keys_of(value), fields_of::<RawUpstream>()),
+            // Each field in at least one of the examples.
+            "upstreams" => {
+                let entries = value.as_array().map(Vec::as_slice).unwrap_or_default();
+                (entries.iter().flat_map(keys_of).collect(), fields_of::<RawUpstream>())
+            }
+            "log" => (keys_of(value), fields_of::<RawLog>()),
+            "errors" => (keys_of(value), fields_of::<RawErrors>()),
+            "retention" => (keys_of(value), fields_of::<RawRetention>()),
+            "prices" => {
+                let entries = value.as_table().map(|t| t.values().collect::<Vec<_>>()).unwrap_or_default();
+                assert!(!entries.is_empty(), "[prices] has no example entry");
+                (entries.into_iter().flat_map(keys_of).collect(), fields_of::<RawPrice>())
+            }
+            "anomaly" => (keys_of(value), fields_of::<RawAnomaly>()),
+            "limits" => (keys_of(value), fields_of::<RawLimits>()),
+            "azure" => (keys_of(value), fields_of::<RawAzure>()),
+            "usage" => (keys_of(value), fields_of::<RawUsage>()),
+            "redis" => (keys_of(value), fields_of::<RawRedis>()),
+            other => panic!("a new section `{other}`: add it here, with its Raw struct"),
+        };
+        assert!(!accepted.is_empty(), "no fields recorded for [{section}]");
+        for field in accepted {
+            assert!(present.iter().any(|p| p == field), "`{section}.{field}` is not in keygate.example.toml");
+            documented += 1;
+        }
+    }
+    assert!(documented > 60, "only {documented} settings checked");
 }
 
 #[test]

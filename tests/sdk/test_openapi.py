@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 from conftest import ADMIN_KEY
+from openapi_spec_validator import validate
+
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
@@ -37,6 +40,30 @@ def test_openapi_document_is_served_and_complete(gateway):
                  "/v1/organization/requests/{request_id}", "/v1/chat/completions", "/v1/embeddings"):
         assert path in doc["paths"], path
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def test_openapi_document_passes_validation_with_unique_operation_ids_and_summaries(gateway):
+    doc = gateway.request("GET", "/openapi.json").json()
+    validate(doc)  # raises on any OpenAPI 3.1 error (repeated operationIds included)
+    ids: dict[str, str] = {}
+    for path, item in doc["paths"].items():
+        for method in METHODS:
+            if method not in item:
+                continue
+            op, where = item[method], f"{method.upper()} {path}"
+            assert op.get("operationId"), f"{where}: no operationId"
+            assert op["operationId"] not in ids, f"{where}: operationId {op['operationId']} repeats {ids.get(op['operationId'])}"
+            ids[op["operationId"]] = where
+            assert op.get("summary", "").strip(), f"{where}: no summary"
+    for path in ("/healthz", "/readyz", "/v1/keygate/echo-auth", "/v1/keys/leaked",
+                 "/openai/deployments/{deployment-id}/chat/completions",
+                 "/openai/deployments/{deployment-id}/completions",
+                 "/openai/deployments/{deployment-id}/embeddings"):
+        assert path in doc["paths"], path
+    # /metrics is served on the metrics listener only: described, not a path of this server.
+    assert "/metrics" not in doc["paths"]
+    assert "metrics_listen" in doc["info"]["description"]
+    assert doc["components"]["securitySchemes"]["api-key"] == {"type": "apiKey", "in": "header", "name": "api-key"}
 
 
 def test_schemathesis_finds_no_server_error_in_the_admin_api(gateway, tmp_path):
