@@ -519,8 +519,14 @@ def test_cli_usage_by_model_table(gateway, mixed):
     assert lines[0].split() == ["MODEL", "REQUESTS", "INPUT", "TOKENS", "OUTPUT", "TOKENS", "COST"]
     want = expected(mixed.calls, None, ("model",))
     rows = [line.split() for line in lines[1:]]
-    assert rows == [[model, str(w["requests"]), str(w["input"]), str(w["output"]), f"${w['cost'] / 1e9:.4f}"]
+    assert rows == [[model, str(w["requests"]), str(w["input"]), str(w["output"]), usd(w["cost"])]
                     for (model,), w in sorted(want.items())]
+
+
+def usd(nanos: int) -> str:
+    """The CLI's money: exact nano-dollars, trailing zeros dropped, at least cents."""
+    fraction = f"{nanos % 1_000_000_000:09d}".rstrip("0").ljust(2, "0")
+    return f"${nanos // 1_000_000_000}.{fraction}"
 
 
 def test_cli_usage_by_key_json(gateway, mixed):
