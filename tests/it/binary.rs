@@ -167,6 +167,7 @@ async fn first_start_prints_an_admin_key_once_and_restart_keeps_keys() {
     let admin = admin_key_in(&stderr).expect("first start prints an admin key");
     assert_eq!(stderr.matches("sk-admin-kg1").count(), 1);
     assert!(stderr.contains("MOCK"), "the mock upstream must be announced loudly");
+    assert!(!stderr.contains('\x1b'), "colour codes reached a log that is not a terminal: {stderr:?}");
 
     let second = Server::start(dir.path(), &[]);
     let key = second.create_key(&admin, "survivor").await;

@@ -338,6 +338,10 @@ def test_double_slash_before_openai_is_collapsed(azure_gw, key, mock_upstream):
     assert r.json()["choices"][0]["message"]["content"] == CHAT_CONTENT
     assert_azure_headers(r.headers)
     assert mock_upstream.last().path == "/v1/chat/completions"
+    # An unknown deployment behind the doubled slash is Azure's DeploymentNotFound, not an OpenAI 404.
+    unknown = azure_post(azure_gw, "/" + chat_path(deployment="no-such-deployment"), key)
+    assert unknown.status == 404
+    assert unknown.body == DEPLOYMENT_NOT_FOUND_BODY
     # The SDK with a trailing slash on the endpoint still reaches keygate.
     client = azure_client(azure_gw, key, deployment="prod-gpt4o", endpoint=azure_gw.url + "/")
     assert client.chat.completions.create(model="prod-gpt4o", messages=HELLO).choices[0].message.content == CHAT_CONTENT
