@@ -309,6 +309,12 @@ class _Handler(BaseHTTPRequestHandler):
         if azure is not None:
             self._azure(rec, azure.group("deployment"), azure.group("operation"))
             return
+        if path.endswith("/cancel"):
+            # The SDKs' bodiless cancel calls: answered with the object's id and
+            # a cancelling status (the SDK builds its type without validating).
+            object_id = path.rsplit("/", 2)[-2]
+            self._send_json(rec, 200, {"id": object_id, "status": "cancelling", "object": "cancelled"})
+            return
         route = {
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completions,
