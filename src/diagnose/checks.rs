@@ -381,6 +381,19 @@ fn is_loopback(url: &reqwest::Url) -> bool {
     matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]" | "::1"))
 }
 
+/// A base URL that goes on past `/v1` (`.../v1/chat/completions`): the base
+/// it should be, and the endpoint path that follows it.
+fn endpoint_in_base(url_text: &str) -> Option<(String, String)> {
+    let url = reqwest::Url::parse(url_text).ok()?;
+    let path = url.path().trim_end_matches('/');
+    let at = path.find("/v1/")?;
+    let endpoint = &path[at + "/v1".len()..];
+    let mut api_base = url.clone();
+    api_base.set_path(&path[..at + "/v1".len()]);
+    api_base.set_query(None);
+    Some((api_base.to_string(), endpoint.to_owned()))
+}
+
 fn base(setup: &Setup) -> String {
     setup.base_url.clone().unwrap_or_else(|| OPENAI_URL.to_owned())
 }
@@ -401,6 +414,20 @@ fn base_url(setup: &Setup) -> Vec<Finding> {
                     out.push(
                         Finding::new("base_url", Status::Warn, title, "The base URL ends in several slashes.")
                             .fix("End it in /v1 exactly."),
+                    );
+                } else if let Some((api_base, endpoint)) = endpoint_in_base(&url_text) {
+                    out.push(
+                        Finding::new(
+                            "base_url",
+                            Status::Fail,
+                            title,
+                            format!(
+                                "`{url_text}` names an endpoint (`{endpoint}`), not the API's base: the SDK appends \
+                                 the endpoint itself, so it would call `{}/chat/completions`",
+                                url_text.trim_end_matches('/')
+                            ),
+                        )
+                        .fix(format!("use `{api_base}` as the base URL")),
                     );
                 } else if !path.trim_end_matches('/').ends_with("/v1") {
                     out.push(
@@ -486,16 +513,19 @@ async fn live(setup: &Setup, key: &Secret) -> Vec<Finding> {
     if let Some(endpoint) = &setup.azure_endpoint {
         let root = endpoint.trim_end_matches('/');
         let version = setup.api_version.as_deref().unwrap_or("");
-        let models = client.get(format!("{root}/openai/models?api-version={version}")).header("api-key", key);
-        out.push(answer_finding("live_models", "Listing models", probe::send(models).await));
+        let url = format!("{root}/openai/models?api-version={version}");
+        let models = client.get(&url).header("api-key", key);
+        out.push(answer_finding("live_models", "Listing models", &url, probe::send(models).await));
         if let Some(deployment) = setup.deployment.as_deref().or(setup.model.as_deref()) {
+            let url = format!("{root}/openai/deployments/{deployment}/chat/completions?api-version={version}");
             let chat = client
-                .post(format!("{root}/openai/deployments/{deployment}/chat/completions?api-version={version}"))
+                .post(&url)
                 .header("api-key", key)
                 .json(&serde_json::json!({"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}));
             out.push(answer_finding(
                 "live_call",
                 &format!("A call to deployment `{deployment}`"),
+                &url,
                 probe::send(chat).await,
             ));
         }
@@ -512,28 +542,27 @@ async fn live(setup: &Setup, key: &Secret) -> Vec<Finding> {
         }
         request.bearer_auth(key)
     };
-    out.push(answer_finding(
-        "live_models",
-        "Listing models",
-        probe::send(with_identity(client.get(format!("{root}/models")))).await,
-    ));
+    let url = format!("{root}/models");
+    out.push(answer_finding("live_models", "Listing models", &url, probe::send(with_identity(client.get(&url))).await));
     if let Some(model) = &setup.model {
-        let request = if model.contains("embedding") {
-            with_identity(client.post(format!("{root}/embeddings")))
-                .json(&serde_json::json!({"model": model, "input": "ping"}))
+        let (url, body) = if model.contains("embedding") {
+            (format!("{root}/embeddings"), serde_json::json!({"model": model, "input": "ping"}))
         } else {
-            with_identity(client.post(format!("{root}/chat/completions")))
-                .json(&serde_json::json!({"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}))
+            (
+                format!("{root}/chat/completions"),
+                serde_json::json!({"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}),
+            )
         };
-        out.push(answer_finding("live_call", &format!("A call to `{model}`"), probe::send(request).await));
+        let request = with_identity(client.post(&url)).json(&body);
+        out.push(answer_finding("live_call", &format!("A call to `{model}`"), &url, probe::send(request).await));
     }
-    out.push(header_integrity(&client, root, key).await);
+    out.push(header_integrity(&client, root, key, endpoint_in_base(root).is_some()).await);
     out
 }
 
-fn answer_finding(id: &'static str, what: &str, answer: Result<Answer, String>) -> Finding {
+fn answer_finding(id: &'static str, what: &str, url: &str, answer: Result<Answer, String>) -> Finding {
     match answer {
-        Ok(answer) => probe::interpret(id, what, &answer),
+        Ok(answer) => probe::interpret(id, what, url, &answer),
         Err(problem) => Finding::new(id, Status::Fail, what, format!("The call {problem}."))
             .fix("Check the URL and the network (see above)."),
     }
@@ -541,11 +570,11 @@ fn answer_finding(id: &'static str, what: &str, answer: Result<Answer, String>) 
 
 /// Asks a keygate gateway what Authorization header it received (its length
 /// and a digest prefix, never the value) and compares with what was sent.
-async fn header_integrity(client: &reqwest::Client, root: &str, key: &str) -> Finding {
+async fn header_integrity(client: &reqwest::Client, root: &str, key: &str, base_names_endpoint: bool) -> Finding {
     let title = "Authorization header integrity";
     let sent = format!("Bearer {key}");
-    let answer = match probe::send(client.get(format!("{root}/keygate/echo-auth")).header("authorization", &sent)).await
-    {
+    let url = format!("{root}/keygate/echo-auth");
+    let answer = match probe::send(client.get(&url).header("authorization", &sent)).await {
         Ok(answer) => answer,
         Err(problem) => return Finding::new("header_integrity", Status::Skip, title, format!("The check {problem}.")),
     };
@@ -569,6 +598,23 @@ async fn header_integrity(client: &reqwest::Client, root: &str, key: &str) -> Fi
         )
         .fix("Configure the proxy to pass Authorization through, or bypass it with NO_PROXY."),
         401 => Finding::new("header_integrity", Status::Skip, title, "The key was refused, so the header could not be compared (see the live checks)."),
-        _ => Finding::new("header_integrity", Status::Skip, title, "Not a keygate gateway (no echo endpoint): skipped."),
+        404 if base_names_endpoint => Finding::new(
+            "header_integrity",
+            Status::Skip,
+            title,
+            format!("nothing at `{url}`, because the base URL names an endpoint (see `Base URL`): skipped"),
+        ),
+        404 => Finding::new(
+            "header_integrity",
+            Status::Skip,
+            title,
+            format!("nothing at `{url}`: not a keygate gateway, or the base URL does not end in `/v1`: skipped"),
+        ),
+        status => Finding::new(
+            "header_integrity",
+            Status::Skip,
+            title,
+            format!("`{url}` answered HTTP {status}, not keygate's echo: not a keygate gateway: skipped"),
+        ),
     }
 }

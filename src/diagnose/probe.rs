@@ -54,8 +54,8 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<Answer, String> {
     Ok(Answer { status, body, text, headers })
 }
 
-/// What an answer to `what` means, as a finding.
-pub fn interpret(id: &'static str, what: &str, answer: &Answer) -> Finding {
+/// What an answer to `what` (a call to `url`) means, as a finding.
+pub fn interpret(id: &'static str, what: &str, url: &str, answer: &Answer) -> Finding {
     let rid = answer.request_id().map(|r| format!(" (request id {r})")).unwrap_or_default();
     let explain = answer
         .request_id()
@@ -103,7 +103,13 @@ pub fn interpret(id: &'static str, what: &str, answer: &Answer) -> Finding {
         404 if message.starts_with("Invalid URL") => {
             finding(Status::Fail, format!("{message}{rid}")).fix("The base URL's path is wrong: it should end in /v1.")
         }
-        404 => finding(Status::Fail, format!("Not found: {message}{rid}")),
+        404 => {
+            let said = if message.trim().is_empty() { String::new() } else { format!(" (`{}`)", message.trim()) };
+            finding(Status::Fail, format!("nothing at `{url}`: the server answered 404{said}{rid}")).fix(
+                "check the base URL: the SDK appends the endpoint (`/models`, `/chat/completions`) to it, \
+                 so it must end in `/v1`",
+            )
+        }
         429 if answer.code() == "insufficient_quota" => {
             finding(Status::Fail, format!("The quota or budget is exhausted{rid}."))
                 .fix("Raise the budget, or wait for next month; retrying will not help.")

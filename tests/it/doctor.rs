@@ -285,3 +285,32 @@ async fn a_proxy_that_strips_authorization_is_detected() {
     assert!(run.check("header_integrity")["detail"].as_str().unwrap().contains("strips it"));
     assert!(run.check("live_models")["detail"].as_str().unwrap().contains("no usable Authorization header"));
 }
+
+/// Issue #19: `.../v1/chat/completions` as the base URL was told to append
+/// `/v1`, its 404 read `Not found:  (request id ...)`, and the gateway was
+/// called "not a keygate gateway".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_url_naming_an_endpoint_is_told_its_base() {
+    let (_mock, gw, base) = gateway().await;
+    let (_, key) = gw.create_key("endpoint").await;
+    let endpoint = format!("{base}/chat/completions");
+    let (secret, url) = (key.clone(), endpoint.clone());
+    let run = tokio::task::spawn_blocking(move || {
+        doctor(&[("OPENAI_API_KEY", &secret), ("OPENAI_BASE_URL", &url)], &[], None)
+    })
+    .await
+    .unwrap()
+    .tap(&key);
+    assert_eq!(run.code, 1, "{}", run.text);
+    assert_eq!(run.status("base_url"), "fail");
+    let detail = run.check("base_url")["detail"].as_str().unwrap();
+    assert!(detail.contains("names an endpoint (`/chat/completions`)"), "{detail}");
+    assert_eq!(run.check("base_url")["fix"], format!("use `{base}` as the base URL"));
+    assert!(!run.text.contains("/v1/chat/completions/v1"), "{}", run.text);
+    let models = run.check("live_models");
+    let detail = models["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("nothing at `{endpoint}/models`")), "{models}");
+    assert!(!detail.contains("Not found:  "), "{detail}");
+    let header = run.check("header_integrity")["detail"].as_str().unwrap();
+    assert!(header.contains("the base URL names an endpoint") && !header.contains("not a keygate gateway"), "{header}");
+}
