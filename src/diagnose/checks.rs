@@ -13,7 +13,7 @@ const OPENAI_URL: &str = "https://api.openai.com/v1";
 pub async fn run(setup: &Setup) -> Vec<Finding> {
     let mut out = vec![key_present(setup)];
     if let Some((key, _)) = setup.key() {
-        out.extend(key_shape(key));
+        out.extend(key_shape(key, setup.is_azure()));
         out.push(keygate_checksum(key));
         out.push(key_kind(setup, key));
     }
@@ -105,7 +105,50 @@ fn look_alike(c: char) -> Option<char> {
     })
 }
 
-fn key_shape(key: &Secret) -> Vec<Finding> {
+/// Quote marks a key can pick up when copied from code or a shell line.
+const QUOTES: [char; 3] = ['"', '\'', '`'];
+
+/// The key with what `key_shape` reports around it (whitespace, stray quotes)
+/// removed, for the checks that look at the key itself.
+fn without_stray(text: &str) -> &str {
+    text.trim().trim_matches(QUOTES).trim()
+}
+
+/// What the openai Python SDK does with a key it cannot put in a header, or
+/// `None` when it can. It reads `OPENAI_API_KEY` as it is (no strip); its HTTP
+/// client (httpx on h11) refuses a header value holding a control character
+/// or ending in whitespace, and encodes header values as ASCII; either way
+/// nothing is sent. (Checked against openai 3.57; the Node SDK 7.57 trims the
+/// variable, so there the same key works.)
+fn sdk_refusal(azure: bool, key: &str) -> Option<String> {
+    if let Some(c) = key.chars().find(|c| !c.is_ascii()) {
+        return Some(format!(
+            "the openai Python SDK cannot send it: header values must be ASCII, so every call raises \
+             `UnicodeEncodeError: 'ascii' codec can't encode character '\\u{:04x}'` before anything is sent",
+            c as u32
+        ));
+    }
+    // `Authorization: Bearer <key>`, or Azure's `api-key: <key>`.
+    let value = if azure { key.to_owned() } else { format!("Bearer {key}") };
+    let control = value.chars().find(|c| c.is_ascii_control() && !matches!(c, '\t' | '\x7f'));
+    let edge = value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']);
+    let what = match control {
+        Some('\n') => "a newline",
+        Some('\r') => "a carriage return",
+        Some(_) => "a control character",
+        None if edge => "whitespace at its start or end",
+        None => return None,
+    };
+    let variable = if azure { "the key" } else { "`OPENAI_API_KEY`" };
+    Some(format!(
+        "the openai Python SDK sends {variable} as it is (it does not strip it), and its HTTP client refuses \
+         a header value with {what} before anything is sent: every call raises \
+         `openai.APIConnectionError: Connection error.`, caused by `LocalProtocolError: Illegal header value` \
+         (the Node SDK trims the variable and would send the key without it)"
+    ))
+}
+
+fn key_shape(key: &Secret, azure: bool) -> Vec<Finding> {
     let text = key.expose();
     let mut problems = Vec::new();
     let mut fixes = Vec::new();
@@ -119,11 +162,23 @@ fn key_shape(key: &Secret) -> Vec<Finding> {
         fixes.push("remove it (e.g. `export KEY=\"$(printf %s \"$KEY\" | tr -d '[:space:]')\"`)");
     }
     let trimmed = text.trim();
-    if trimmed.len() >= 2
-        && (trimmed.starts_with('"') && trimmed.ends_with('"') || trimmed.starts_with('\'') && trimmed.ends_with('\''))
-    {
-        problems.push("the key is wrapped in quotes, which the SDK would send as part of it".to_owned());
-        fixes.push("remove the quotes from the value");
+    let first = trimmed.chars().next().filter(|c| QUOTES.contains(c));
+    let last = trimmed.chars().next_back().filter(|c| QUOTES.contains(c));
+    match (first, last) {
+        (Some(a), Some(b)) if a == b && trimmed.len() >= 2 => {
+            problems.push("the key is wrapped in quotes, which the SDK would send as part of it".to_owned());
+            fixes.push("remove the quotes from the value");
+        }
+        (None, None) => {}
+        (first, last) => {
+            for (end, quote) in [("starts", first), ("ends", last)] {
+                if let Some(quote) = quote {
+                    problems
+                        .push(format!("the key {end} with a stray `{quote}`, which the SDK would send as part of it"));
+                }
+            }
+            fixes.push("remove the stray quote from the value");
+        }
     }
     if trimmed.to_ascii_lowercase().starts_with("bearer ") {
         problems.push("the value starts with `Bearer `; the SDK adds that itself".to_owned());
@@ -169,15 +224,30 @@ fn key_shape(key: &Secret) -> Vec<Finding> {
         )];
     }
     fixes.dedup();
-    vec![Finding::new("key_shape", Status::Fail, "Key shape", problems.join("; ") + ".").fix(fixes.join("; "))]
+    let mut detail = problems.join("; ");
+    if let Some(refusal) = sdk_refusal(azure, text) {
+        detail = format!("{detail}; {refusal}");
+    }
+    vec![Finding::new("key_shape", Status::Fail, "Key shape", detail + ".").fix(fixes.join("; "))]
 }
 
 // === 3. keygate's checksum ===
 
 fn keygate_checksum(key: &Secret) -> Finding {
-    let text = key.expose().trim();
+    // What `key_shape` reports (whitespace, a stray quote) is its finding, not
+    // a truncation or a typo: the checksum is checked on what is left.
+    let text = without_stray(key.expose());
     let title = "keygate checksum";
     match key::parse(text) {
+        Ok(parsed) if text != key.expose() => Finding::new(
+            "keygate_checksum",
+            Status::Pass,
+            title,
+            format!(
+                "once the stray characters are removed (see `Key shape`), a well-formed keygate key (prefix `{}`, id `key_{}`)",
+                parsed.prefix, parsed.id
+            ),
+        ),
         Ok(parsed) => Finding::new(
             "keygate_checksum",
             Status::Pass,
@@ -192,10 +262,13 @@ fn keygate_checksum(key: &Secret) -> Finding {
         ),
         Err(KeyFormatError::ChecksumMismatch) => {
             let typos = key::locate_typo(text);
+            // Positions count from the start of the value as set, stray characters included.
+            let raw = key.expose();
+            let offset = raw.find(text).map_or(0, |at| raw[..at].chars().count());
             let detail = match typos.as_slice() {
                 [one] => format!(
                     "The checksum does not match: character {} is probably mistyped (you have `{}`, the checksum says `{}`).",
-                    one.position + 1,
+                    one.position + offset + 1,
                     one.found,
                     one.expected
                 ),
@@ -506,16 +579,44 @@ async fn reachability(setup: &Setup) -> Vec<Finding> {
 
 // === 7-8. live calls ===
 
-async fn live(setup: &Setup, key: &Secret) -> Vec<Finding> {
-    let client = probe::client();
-    let key = key.expose().trim();
-    let mut out = Vec::new();
+/// `GET` on the models list, as the SDK sends it (`api-key` on Azure).
+fn models_request(setup: &Setup, client: &reqwest::Client, key: &str) -> (String, reqwest::RequestBuilder) {
     if let Some(endpoint) = &setup.azure_endpoint {
         let root = endpoint.trim_end_matches('/');
         let version = setup.api_version.as_deref().unwrap_or("");
         let url = format!("{root}/openai/models?api-version={version}");
-        let models = client.get(&url).header("api-key", key);
-        out.push(answer_finding("live_models", "Listing models", &url, probe::send(models).await));
+        let request = client.get(&url).header("api-key", key);
+        return (url, request);
+    }
+    let url = format!("{}/models", base(setup).trim_end_matches('/'));
+    let request = with_identity(setup, client.get(&url), key);
+    (url, request)
+}
+
+/// The headers the SDK adds from `OPENAI_ORG_ID`, `OPENAI_PROJECT_ID` and the key.
+fn with_identity(setup: &Setup, mut request: reqwest::RequestBuilder, key: &str) -> reqwest::RequestBuilder {
+    if let Some(org) = &setup.organization {
+        request = request.header("OpenAI-Organization", org);
+    }
+    if let Some(project) = &setup.project {
+        request = request.header("OpenAI-Project", project);
+    }
+    request.bearer_auth(key)
+}
+
+/// Every live call sends the key exactly as the SDK would: untrimmed.
+async fn live(setup: &Setup, key: &Secret) -> Vec<Finding> {
+    let client = probe::client();
+    let key = key.expose();
+    if let Some(refusal) = sdk_refusal(setup.is_azure(), key) {
+        return unsendable(setup, &client, key, &refusal).await;
+    }
+    let mut out = Vec::new();
+    let (url, models) = models_request(setup, &client, key);
+    out.push(answer_finding("live_models", "Listing models", &url, probe::send(models).await));
+    if let Some(endpoint) = &setup.azure_endpoint {
+        let root = endpoint.trim_end_matches('/');
+        let version = setup.api_version.as_deref().unwrap_or("");
         if let Some(deployment) = setup.deployment.as_deref().or(setup.model.as_deref()) {
             let url = format!("{root}/openai/deployments/{deployment}/chat/completions?api-version={version}");
             let chat = client
@@ -533,17 +634,6 @@ async fn live(setup: &Setup, key: &Secret) -> Vec<Finding> {
     }
     let root = base(setup);
     let root = root.trim_end_matches('/');
-    let with_identity = |mut request: reqwest::RequestBuilder| {
-        if let Some(org) = &setup.organization {
-            request = request.header("OpenAI-Organization", org);
-        }
-        if let Some(project) = &setup.project {
-            request = request.header("OpenAI-Project", project);
-        }
-        request.bearer_auth(key)
-    };
-    let url = format!("{root}/models");
-    out.push(answer_finding("live_models", "Listing models", &url, probe::send(with_identity(client.get(&url))).await));
     if let Some(model) = &setup.model {
         let (url, body) = if model.contains("embedding") {
             (format!("{root}/embeddings"), serde_json::json!({"model": model, "input": "ping"}))
@@ -553,10 +643,52 @@ async fn live(setup: &Setup, key: &Secret) -> Vec<Finding> {
                 serde_json::json!({"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}),
             )
         };
-        let request = with_identity(client.post(&url)).json(&body);
+        let request = with_identity(setup, client.post(&url), key).json(&body);
         out.push(answer_finding("live_call", &format!("A call to `{model}`"), &url, probe::send(request).await));
     }
     out.push(header_integrity(&client, root, key, endpoint_in_base(root).is_some()).await);
+    out
+}
+
+/// The live findings for a key the SDK cannot send: nothing is sent as the
+/// SDK would, so nothing passes; one call with the stray characters removed
+/// tells whether removing them is the whole fix.
+async fn unsendable(setup: &Setup, client: &reqwest::Client, key: &str, refusal: &str) -> Vec<Finding> {
+    let cleaned = without_stray(key);
+    let after = match sdk_refusal(setup.is_azure(), cleaned) {
+        Some(_) => String::new(),
+        None => {
+            let (_, request) = models_request(setup, client, cleaned);
+            match probe::send(request).await {
+                Ok(answer) if (200..300).contains(&answer.status) => {
+                    "; with the stray characters removed, listing models works".to_owned()
+                }
+                Ok(answer) => {
+                    format!("; with the stray characters removed, listing models still fails (HTTP {})", answer.status)
+                }
+                Err(_) => String::new(),
+            }
+        }
+    };
+    let mut out =
+        vec![Finding::new("live_models", Status::Fail, "Listing models", format!("not sent: {refusal}{after}"))
+            .fix("remove the stray characters from the key (see `Key shape`)")];
+    if let Some(model) = setup.deployment.as_deref().or(setup.model.as_deref()) {
+        out.push(Finding::new(
+            "live_call",
+            Status::Fail,
+            format!("A call to `{model}`"),
+            "not sent: the SDK cannot send this key (see `Listing models`)",
+        ));
+    }
+    if !setup.is_azure() {
+        out.push(Finding::new(
+            "header_integrity",
+            Status::Skip,
+            "Authorization header integrity",
+            "the SDK cannot send this key, so no header would reach the server: skipped",
+        ));
+    }
     out
 }
 

@@ -314,3 +314,58 @@ async fn a_base_url_naming_an_endpoint_is_told_its_base() {
     let header = run.check("header_integrity")["detail"].as_str().unwrap();
     assert!(header.contains("the base URL names an endpoint") && !header.contains("not a keygate gateway"), "{header}");
 }
+
+/// Issue #19: a trailing newline failed the shape check, yet the live calls
+/// and the header check passed: doctor trimmed the key, which the openai
+/// Python SDK sends as it is (and httpx refuses to put in a header).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_a_trailing_newline_is_probed_as_the_sdk_sends_it() {
+    let (_mock, gw, base) = gateway().await;
+    let (_, key) = gw.create_key("newline").await;
+    let newline = format!("{key}\n");
+    let run = tokio::task::spawn_blocking(move || {
+        doctor(&[("OPENAI_API_KEY", &newline), ("OPENAI_BASE_URL", &base)], &["--model", "gpt-4o"], None)
+    })
+    .await
+    .unwrap()
+    .tap(&key);
+    assert_eq!(run.code, 1, "{}", run.text);
+    let shape = run.check("key_shape")["detail"].as_str().unwrap();
+    assert!(shape.contains("trailing newline") && shape.contains("Illegal header value"), "{shape}");
+    assert_eq!(run.status("keygate_checksum"), "pass");
+    assert_eq!(run.status("live_models"), "fail");
+    let models = run.check("live_models")["detail"].as_str().unwrap();
+    assert!(models.starts_with("not sent: the openai Python SDK sends `OPENAI_API_KEY` as it is"), "{models}");
+    assert!(models.contains("`openai.APIConnectionError: Connection error.`"), "{models}");
+    assert!(models.contains("with the stray characters removed, listing models works"), "{models}");
+    assert_eq!(run.status("live_call"), "fail");
+    assert_eq!(run.status("header_integrity"), "skip");
+}
+
+/// Issue #19: one trailing quote passed the shape check, and the checksum
+/// check then called the key "truncated or pasted twice".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_trailing_quote_is_named_not_called_truncated() {
+    let (_mock, gw, base) = gateway().await;
+    let (_, key) = gw.create_key("quote").await;
+    let quoted = format!("{key}\"");
+    let run = tokio::task::spawn_blocking(move || {
+        doctor(&[("OPENAI_API_KEY", &quoted), ("OPENAI_BASE_URL", &base)], &[], None)
+    })
+    .await
+    .unwrap()
+    .tap(&key);
+    assert_eq!(run.code, 1, "{}", run.text);
+    assert_eq!(run.status("key_shape"), "fail");
+    let shape = run.check("key_shape")["detail"].as_str().unwrap();
+    assert!(shape.contains("the key ends with a stray `\"`"), "{shape}");
+    assert_eq!(run.status("keygate_checksum"), "pass");
+    assert!(run.check("keygate_checksum")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("once the stray characters are removed"));
+    assert!(!run.text.contains("truncated"), "{}", run.text);
+    // The SDK sends the quote, and so does doctor: the gateway refuses the key.
+    assert_eq!(run.status("live_models"), "fail");
+    assert!(run.check("live_models")["detail"].as_str().unwrap().contains("does not accept this key"));
+}
