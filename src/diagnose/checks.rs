@@ -3,7 +3,7 @@
 use sha2::{Digest, Sha256};
 
 use super::env::Setup;
-use super::probe::{self, Answer};
+use super::probe::{self, Failure};
 use super::{describe_key, Finding, Status};
 use crate::key::{self, KeyFormatError, Secret};
 
@@ -613,7 +613,7 @@ async fn live(setup: &Setup, key: &Secret) -> Vec<Finding> {
     }
     let mut out = Vec::new();
     let (url, models) = models_request(setup, &client, key);
-    out.push(answer_finding("live_models", "Listing models", &url, probe::send(models).await));
+    out.push(call("live_models", "Listing models", &url, models).await);
     if let Some(endpoint) = &setup.azure_endpoint {
         let root = endpoint.trim_end_matches('/');
         let version = setup.api_version.as_deref().unwrap_or("");
@@ -623,12 +623,7 @@ async fn live(setup: &Setup, key: &Secret) -> Vec<Finding> {
                 .post(&url)
                 .header("api-key", key)
                 .json(&serde_json::json!({"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}));
-            out.push(answer_finding(
-                "live_call",
-                &format!("A call to deployment `{deployment}`"),
-                &url,
-                probe::send(chat).await,
-            ));
+            out.push(call("live_call", &format!("A call to deployment `{deployment}`"), &url, chat).await);
         }
         return out;
     }
@@ -644,7 +639,7 @@ async fn live(setup: &Setup, key: &Secret) -> Vec<Finding> {
             )
         };
         let request = with_identity(setup, client.post(&url), key).json(&body);
-        out.push(answer_finding("live_call", &format!("A call to `{model}`"), &url, probe::send(request).await));
+        out.push(call("live_call", &format!("A call to `{model}`"), &url, request).await);
     }
     out.push(header_integrity(&client, root, key, endpoint_in_base(root).is_some()).await);
     out
@@ -692,9 +687,26 @@ async fn unsendable(setup: &Setup, client: &reqwest::Client, key: &str, refusal:
     out
 }
 
-fn answer_finding(id: &'static str, what: &str, url: &str, answer: Result<Answer, String>) -> Finding {
-    match answer {
+/// Makes one call and says what its answer (or its lack of one) means.
+async fn call(id: &'static str, what: &str, url: &str, request: reqwest::RequestBuilder) -> Finding {
+    match probe::send(request).await {
         Ok(answer) => probe::interpret(id, what, url, &answer),
+        Err(Failure::NoConnection) if url.starts_with("https://") && probe::speaks_plain_http(url).await => {
+            let authority = reqwest::Url::parse(url)
+                .ok()
+                .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+                .unwrap_or_default();
+            Finding::new(
+                id,
+                Status::Fail,
+                what,
+                format!(
+                    "the TLS handshake failed: `{authority}` answers plain HTTP, not HTTPS, and the URL starts \
+                     with `https://` (the SDK raises `openai.APIConnectionError: Connection error.`)"
+                ),
+            )
+            .fix("use `http://` instead of `https://` in the URL (on loopback or a trusted network only), or serve keygate with TLS (`tls_cert`, `tls_key`)")
+        }
         Err(problem) => Finding::new(id, Status::Fail, what, format!("The call {problem}."))
             .fix("Check the URL and the network (see above)."),
     }

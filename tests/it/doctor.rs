@@ -369,3 +369,25 @@ async fn a_stray_trailing_quote_is_named_not_called_truncated() {
     assert_eq!(run.status("live_models"), "fail");
     assert!(run.check("live_models")["detail"].as_str().unwrap().contains("does not accept this key"));
 }
+
+/// Issue #19: `https://` against a gateway serving plain HTTP said only
+/// "could not connect".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_against_a_plain_http_gateway_says_so() {
+    let (_mock, gw, base) = gateway().await;
+    let (_, key) = gw.create_key("tls").await;
+    let https = base.replacen("http://", "https://", 1);
+    let authority = gw.url.trim_start_matches("http://").to_owned();
+    let run = tokio::task::spawn_blocking(move || {
+        doctor(&[("OPENAI_API_KEY", &key), ("OPENAI_BASE_URL", &https)], &[], None).tap(&key)
+    })
+    .await
+    .unwrap();
+    assert_eq!(run.code, 1, "{}", run.text);
+    assert_eq!(run.status("network"), "pass");
+    assert_eq!(run.status("live_models"), "fail");
+    let models = run.check("live_models");
+    let detail = models["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("`{authority}` answers plain HTTP, not HTTPS")), "{models}");
+    assert!(models["fix"].as_str().unwrap().contains("use `http://` instead of `https://`"), "{models}");
+}
