@@ -297,6 +297,19 @@ enum KeyKind {
     Unknown,
 }
 
+impl KeyKind {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Keygate => "a keygate key",
+            Self::KeygateAdmin => "a keygate admin key",
+            Self::OpenAi => "an OpenAI key",
+            Self::OpenAiAdmin => "an OpenAI admin key",
+            Self::Azure => "an Azure OpenAI key",
+            Self::Unknown => "a key of no format doctor knows",
+        }
+    }
+}
+
 fn key_kind_of(text: &str) -> KeyKind {
     let text = text.trim();
     if text.contains("-kg1") || key::parse(text).is_ok() {
@@ -361,7 +374,21 @@ fn key_kind(setup: &Setup, key: &Secret) -> Finding {
             "An OpenAI key sent to a gateway: a keygate gateway only accepts keys it issued.",
         )
         .fix("Use the key your keygate administrator gave you."),
-        (kind, _) => Finding::new("key_kind", Status::Pass, title, format!("{kind:?} key for a {target:?} endpoint.")),
+        (kind, target) => {
+            let endpoint = match target {
+                Target::OpenAi => "api.openai.com".to_owned(),
+                Target::Azure => "an Azure OpenAI endpoint".to_owned(),
+                Target::Other => {
+                    let url = setup.base_url.as_deref().unwrap_or(OPENAI_URL);
+                    match reqwest::Url::parse(url).ok().and_then(|u| Some((u.host_str()?.to_owned(), u.port()))) {
+                        Some((host, Some(port))) => format!("the server at `{host}:{port}`"),
+                        Some((host, None)) => format!("the server at `{host}`"),
+                        None => format!("the server at `{url}`"),
+                    }
+                }
+            };
+            Finding::new("key_kind", Status::Pass, title, format!("{}, for {endpoint}", kind.describe()))
+        }
     }
 }
 

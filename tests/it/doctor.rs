@@ -97,6 +97,9 @@ async fn a_clean_setup_passes_every_check() {
         assert_eq!(run.status(id), "pass", "{id}: {}", run.check(id));
     }
     assert!(run.text.contains("PASS  API key"), "{}", run.text);
+    // Issue #19: this read "Keygate key for a Other endpoint".
+    let authority = gw.url.trim_start_matches("http://");
+    assert_eq!(run.check("key_kind")["detail"], format!("a keygate key, for the server at `{authority}`"));
 }
 
 trait Tap {
