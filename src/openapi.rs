@@ -52,6 +52,15 @@ pub fn document() -> Document {
         }
         doc.paths.add_path_operation(path, vec![method], op.build());
     }
+    let key_info = OperationBuilder::new()
+        .summary(Some("Ours: what the presenting key may do (id, permissions, models, limits; never the secret)"))
+        .tag("keygate")
+        .responses(
+            ResponsesBuilder::new()
+                .response("200", ResponseBuilder::new().description("A `keygate.key` object"))
+                .response("401", error_response("Missing or invalid key")),
+        );
+    doc.paths.add_path_operation("/v1/keygate/key", vec![HttpMethod::Get], key_info.build());
     doc.paths.paths.entry("/healthz".into()).or_insert_with(|| public("Process alive"));
     doc.paths.paths.entry("/readyz".into()).or_insert_with(|| public("Store reachable"));
     doc

@@ -656,6 +656,8 @@ async fn live(setup: &Setup, key: &Secret) -> Vec<Finding> {
     }
     let root = base(setup);
     let root = root.trim_end_matches('/');
+    let names_endpoint = endpoint_in_base(root).is_some();
+    out.push(key_access(&client, root, key, setup.model.as_deref(), names_endpoint).await);
     if let Some(model) = &setup.model {
         let (url, body) = if model.contains("embedding") {
             (format!("{root}/embeddings"), serde_json::json!({"model": model, "input": "ping"}))
@@ -668,7 +670,7 @@ async fn live(setup: &Setup, key: &Secret) -> Vec<Finding> {
         let request = with_identity(setup, client.post(&url), key).json(&body);
         out.push(call("live_call", &format!("A call to `{model}`"), &url, request).await);
     }
-    out.push(header_integrity(&client, root, key, endpoint_in_base(root).is_some()).await);
+    out.push(header_integrity(&client, root, key, names_endpoint).await);
     out
 }
 
@@ -739,6 +741,117 @@ async fn call(id: &'static str, what: &str, url: &str, request: reqwest::Request
     }
 }
 
+/// Why one of keygate's own routes (`/v1/keygate/...`) gave no answer: the
+/// server is not keygate, or the base URL led the call elsewhere.
+fn no_extension(url: &str, status: u16, base_names_endpoint: bool) -> String {
+    match status {
+        404 if base_names_endpoint => {
+            format!("nothing at `{url}`, because the base URL names an endpoint (see `Base URL`)")
+        }
+        404 => format!("nothing at `{url}`: not a keygate gateway, or the base URL does not end in `/v1`"),
+        status => format!("`{url}` answered HTTP {status}: not a keygate gateway"),
+    }
+}
+
+/// Asks a keygate gateway what the key may do (`GET /v1/keygate/key`): a key
+/// that may list models but call none passes every other check without
+/// `--model`, and fails only at its first real call.
+async fn key_access(
+    client: &reqwest::Client,
+    root: &str,
+    key: &str,
+    model: Option<&str>,
+    names_endpoint: bool,
+) -> Finding {
+    let title = "What the key may do";
+    let url = format!("{root}/keygate/key");
+    let skip = |detail: String| Finding::new("key_access", Status::Skip, title, detail);
+    let answer = match probe::send(client.get(&url).bearer_auth(key)).await {
+        Ok(answer) => answer,
+        Err(problem) => return skip(format!("the call to `{url}` {problem}: skipped")),
+    };
+    match answer.status {
+        200 => {}
+        401 | 403 => return skip("the key was refused (see `Listing models`): skipped".to_owned()),
+        status => {
+            let next = match model {
+                Some(model) => format!("the call to `{model}` shows whether the key may call it"),
+                None => "pass `--model <a model the key should call>` to check with one minimal call".to_owned(),
+            };
+            return skip(format!("{}; {next}", no_extension(&url, status, names_endpoint)));
+        }
+    }
+    let body = &answer.body;
+    let strings = |field: &str| -> Option<Vec<String>> {
+        body[field].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).map(|v| format!("`{v}`")).collect())
+    };
+    let model_calls = strings("model_calls").unwrap_or_default();
+    let permissions = body["permissions"].as_str().unwrap_or("?");
+    let scopes = strings("scopes").unwrap_or_default();
+    let key_models = strings("models");
+    let project_models = strings("project_models");
+    let id = body["id"].as_str().unwrap_or("?");
+    if body["can_call_models"].as_bool() == Some(false) {
+        let reason = if !model_calls.is_empty() {
+            None
+        } else if permissions == "restricted" {
+            Some(format!("scopes {}", scopes.join(", ")))
+        } else {
+            Some(format!("permissions `{permissions}`"))
+        };
+        let reason = reason
+            .or_else(|| {
+                key_models.as_ref().filter(|m| m.is_empty()).map(|_| "its model allow-list is empty".to_owned())
+            })
+            .or_else(|| {
+                project_models.as_ref().filter(|m| m.is_empty()).map(|_| "its project allows no model".to_owned())
+            })
+            .unwrap_or_else(|| "the gateway says so".to_owned());
+        return Finding::new(
+            "key_access",
+            Status::Warn,
+            title,
+            format!("this key (`{id}`) may list models but cannot call any model ({reason})"),
+        )
+        .fix(
+            "if the key is meant to call models, ask an admin of the gateway to give it `model.request` \
+             (or a per-call scope such as `api.model.chat.request`) and at least one model",
+        );
+    }
+    let models = match (&key_models, &project_models) {
+        (None, None) => "any model".to_owned(),
+        (Some(key), None) => format!("models {}", key.join(", ")),
+        (None, Some(project)) => format!("models {} (its project's list)", project.join(", ")),
+        (Some(key), Some(project)) => {
+            format!("models {} (within its project's {})", key.join(", "), project.join(", "))
+        }
+    };
+    let mut detail = format!("`{id}`, permissions `{permissions}`: may call {} on {models}", model_calls.join(", "));
+    let limits = describe_limits(&body["rate_limits"]);
+    if !limits.is_empty() {
+        detail.push_str(&format!("; limits {limits}"));
+    }
+    if let Some(budget) = body["monthly_budget_usd"].as_f64() {
+        detail.push_str(&format!("; budget ${budget} a month"));
+    }
+    Finding::new("key_access", Status::Pass, title, detail)
+}
+
+/// `60 requests/minute, 10000 tokens/minute` from a `rate_limits` object.
+fn describe_limits(limits: &serde_json::Value) -> String {
+    [
+        ("max_requests_per_1_minute", "requests/minute"),
+        ("max_tokens_per_1_minute", "tokens/minute"),
+        ("max_requests_per_1_day", "requests/day"),
+        ("max_tokens_per_1_day", "tokens/day"),
+        ("max_concurrent_requests", "concurrent requests"),
+    ]
+    .iter()
+    .filter_map(|(field, unit)| limits[*field].as_u64().map(|n| format!("{n} {unit}")))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
 /// Asks a keygate gateway what Authorization header it received (its length
 /// and a digest prefix, never the value) and compares with what was sent.
 async fn header_integrity(client: &reqwest::Client, root: &str, key: &str, base_names_endpoint: bool) -> Finding {
@@ -769,23 +882,11 @@ async fn header_integrity(client: &reqwest::Client, root: &str, key: &str, base_
         )
         .fix("Configure the proxy to pass Authorization through, or bypass it with NO_PROXY."),
         401 => Finding::new("header_integrity", Status::Skip, title, "The key was refused, so the header could not be compared (see the live checks)."),
-        404 if base_names_endpoint => Finding::new(
-            "header_integrity",
-            Status::Skip,
-            title,
-            format!("nothing at `{url}`, because the base URL names an endpoint (see `Base URL`): skipped"),
-        ),
-        404 => Finding::new(
-            "header_integrity",
-            Status::Skip,
-            title,
-            format!("nothing at `{url}`: not a keygate gateway, or the base URL does not end in `/v1`: skipped"),
-        ),
         status => Finding::new(
             "header_integrity",
             Status::Skip,
             title,
-            format!("`{url}` answered HTTP {status}, not keygate's echo: not a keygate gateway: skipped"),
+            format!("{}: skipped", no_extension(&url, status, base_names_endpoint)),
         ),
     }
 }
