@@ -890,3 +890,6 @@ async fn header_integrity(client: &reqwest::Client, root: &str, key: &str, base_
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;
