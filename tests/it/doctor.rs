@@ -316,6 +316,7 @@ async fn a_base_url_naming_an_endpoint_is_told_its_base() {
     assert!(detail.contains("names an endpoint (`/chat/completions`)"), "{detail}");
     assert_eq!(run.check("base_url")["fix"], format!("use `{base}` as the base URL"));
     assert!(!run.text.contains("/v1/chat/completions/v1"), "{}", run.text);
+    assert!(run.text.contains(&format!("      help: use `{base}` as the base URL\n")), "{}", run.text);
     let models = run.check("live_models");
     let detail = models["detail"].as_str().unwrap();
     assert!(detail.contains(&format!("nothing at `{endpoint}/models`")), "{models}");
