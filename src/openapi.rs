@@ -141,6 +141,17 @@ pub fn document() -> Document {
             &[("200", "`ready` or `degraded: <reasons>`"), ("503", "Not serving: the reason")],
         ),
     );
+
+    let key_info = OperationBuilder::new()
+        .operation_id(Some("get-keygate-key"))
+        .summary(Some("Ours: what the presenting key may do (id, permissions, models, limits; never the secret)"))
+        .tag("keygate")
+        .responses(
+            ResponsesBuilder::new()
+                .response("200", ResponseBuilder::new().description("A `keygate.key` object"))
+                .response("401", error_response("Missing or invalid key")),
+        );
+    doc.paths.add_path_operation("/v1/keygate/key", vec![HttpMethod::Get], key_info.build());
     doc
 }
 

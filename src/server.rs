@@ -113,6 +113,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/keygate/echo-auth",
             get(echo_auth).route_layer(middleware::from_fn_with_state(state.clone(), require_extension_key)),
         )
+        .route(
+            "/v1/keygate/key",
+            get(key_info).route_layer(middleware::from_fn_with_state(state.clone(), require_extension_key)),
+        )
         // Public and keygate's own, though `/v1/keys/*` is otherwise forwarded.
         .merge(crate::admin::leak_report_routes())
         .merge(admin)
@@ -189,6 +193,49 @@ async fn echo_auth(req: Request) -> Response {
     axum::Json(
         serde_json::json!({"object": "keygate.echo_auth", "length": value.len(), "sha256_prefix": &digest[..16]}),
     )
+    .into_response()
+}
+
+/// `GET /v1/keygate/key` (ours, any valid project key): what the presenting
+/// key may do, from the decision already made for this request: its id, name,
+/// permissions, the model calls they allow, the key's and its project's model
+/// allow-lists, limits and budgets. Never the secret. `keygate doctor` reads it
+/// to warn about a key that cannot call any model before a call fails.
+async fn key_info(req: Request) -> Response {
+    let Some(authorized) = req.extensions().get::<Authorized>() else { return ApiError::Internal.into_response() };
+    let key = &authorized.key;
+    let policy = &key.policy;
+    let project = authorized.project.as_deref();
+    let model_calls = policy.permissions.model_calls();
+    let no_models = |models: Option<&Vec<String>>| models.is_some_and(|m| m.is_empty());
+    let project_models = project.and_then(|p| p.access.models.as_ref());
+    let can_call_models =
+        !model_calls.is_empty() && !no_models(policy.access.models.as_ref()) && !no_models(project_models);
+    let usd = |nanos: i64| nanos as f64 / 1e9;
+    let project_limits: Vec<_> = project
+        .map(|p| &p.rate_limits[..])
+        .unwrap_or_default()
+        .iter()
+        .map(|l| serde_json::json!({"model": l.model, "rate_limits": l.limits}))
+        .collect();
+    axum::Json(serde_json::json!({
+        "object": "keygate.key",
+        "id": key.id.api_id(),
+        "name": &*key.name,
+        "prefix": key.prefix(),
+        "project_id": project.map(|p| p.id.as_str()).or(key.placement.project_id.as_deref()),
+        "permissions": policy.permissions.level(),
+        "scopes": policy.permissions.scopes(),
+        "model_calls": model_calls,
+        "can_call_models": can_call_models,
+        "models": policy.access.models,
+        "project_models": project_models,
+        "rate_limits": policy.limits,
+        "project_rate_limits": project_limits,
+        "monthly_budget_usd": policy.budget.map(|b| usd(b.monthly_nanos)),
+        "project_monthly_budget_usd": project.and_then(|p| p.budget).map(|b| usd(b.monthly_nanos)),
+        "expires_at": authorized.expires_at,
+    }))
     .into_response()
 }
 

@@ -195,6 +195,26 @@ impl Permissions {
         }
     }
 
+    /// The kinds of model call these permissions allow, in a fixed order:
+    /// `chat`, `completions`, `embeddings`, `moderations`, `audio`, `images`,
+    /// `responses`. Empty for a key that may only read (list models, files...).
+    pub fn model_calls(&self) -> Vec<&'static str> {
+        let responses = data_plane_scope(&Method::POST, "/v1/responses");
+        [
+            ("chat", CHAT),
+            ("completions", COMPLETIONS),
+            ("embeddings", EMBEDDINGS),
+            ("moderations", MODERATIONS),
+            ("audio", AUDIO),
+            ("images", IMAGES),
+            ("responses", responses),
+        ]
+        .into_iter()
+        .filter(|(_, scope)| self.allows(*scope))
+        .map(|(name, _)| name)
+        .collect()
+    }
+
     pub fn allows(&self, scope: Scope) -> bool {
         if scope.accepted == ["*"] {
             return true;

@@ -421,3 +421,19 @@ fn a_key_sent_as_a_query_parameter_name_is_refused_too() {
     assert!(key_in_query(Some(&format!("{key}=1"))));
     assert!(key_in_query(Some(&format!("%20{key}%20"))));
 }
+
+#[test]
+fn model_calls_name_what_permissions_let_a_key_call() {
+    let scopes = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        Permissions::All.model_calls(),
+        ["chat", "completions", "embeddings", "moderations", "audio", "images", "responses"]
+    );
+    assert!(Permissions::ReadOnly.model_calls().is_empty());
+    let reader = Permissions::parse("restricted", &scopes(&["api.model.read", "api.files.write"])).unwrap();
+    assert!(reader.model_calls().is_empty());
+    let embedder = Permissions::parse("restricted", &scopes(&["api.model.embeddings.request"])).unwrap();
+    assert_eq!(embedder.model_calls(), ["embeddings"]);
+    let umbrella = Permissions::parse("restricted", &scopes(&["model.request"])).unwrap();
+    assert_eq!(umbrella.model_calls(), ["chat", "completions", "embeddings", "moderations", "audio", "images"]);
+}

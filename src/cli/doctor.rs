@@ -110,7 +110,7 @@ fn print_findings(findings: &[Finding]) {
         let style = Style::new().bold().fg_color(Some(Color::Ansi(color)));
         let _ = writeln!(out, "{style}{mark}{style:#}  {}: {}", f.title, f.detail);
         if let Some(fix) = &f.fix {
-            let _ = writeln!(out, "      fix: {fix}");
+            let _ = writeln!(out, "      help: {fix}");
         }
     }
 }

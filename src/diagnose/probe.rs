@@ -37,14 +37,33 @@ pub fn client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-pub async fn send(request: reqwest::RequestBuilder) -> Result<Answer, String> {
+/// Why a call got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    TimedOut,
+    /// No connection, TLS handshake included.
+    NoConnection,
+    Failed,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::TimedOut => "timed out",
+            Self::NoConnection => "could not connect",
+            Self::Failed => "failed",
+        })
+    }
+}
+
+pub async fn send(request: reqwest::RequestBuilder) -> Result<Answer, Failure> {
     let response = request.send().await.map_err(|e| {
         if e.is_timeout() {
-            "timed out".to_owned()
+            Failure::TimedOut
         } else if e.is_connect() {
-            "could not connect".to_owned()
+            Failure::NoConnection
         } else {
-            "the request failed".to_owned()
+            Failure::Failed
         }
     })?;
     let status = response.status().as_u16();
@@ -54,8 +73,27 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<Answer, String> {
     Ok(Answer { status, body, text, headers })
 }
 
-/// What an answer to `what` means, as a finding.
-pub fn interpret(id: &'static str, what: &str, answer: &Answer) -> Finding {
+/// Whether the server behind `url` answers plain HTTP: an `https://` URL
+/// that cannot connect although the port accepts connections is most often a
+/// server without TLS. Sends one `HEAD /` in clear text (no key).
+pub async fn speaks_plain_http(url: &str) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(url) = reqwest::Url::parse(url) else { return false };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let request = format!("HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut start = [0u8; 5];
+        stream.read_exact(&mut start).await.ok()?;
+        Some(&start == b"HTTP/")
+    };
+    tokio::time::timeout(Duration::from_secs(3), exchange).await.ok().flatten().unwrap_or(false)
+}
+
+/// What an answer to `what` (a call to `url`) means, as a finding.
+pub fn interpret(id: &'static str, what: &str, url: &str, answer: &Answer) -> Finding {
     let rid = answer.request_id().map(|r| format!(" (request id {r})")).unwrap_or_default();
     let explain = answer
         .request_id()
@@ -103,7 +141,13 @@ pub fn interpret(id: &'static str, what: &str, answer: &Answer) -> Finding {
         404 if message.starts_with("Invalid URL") => {
             finding(Status::Fail, format!("{message}{rid}")).fix("The base URL's path is wrong: it should end in /v1.")
         }
-        404 => finding(Status::Fail, format!("Not found: {message}{rid}")),
+        404 => {
+            let said = if message.trim().is_empty() { String::new() } else { format!(" (`{}`)", message.trim()) };
+            finding(Status::Fail, format!("nothing at `{url}`: the server answered 404{said}{rid}")).fix(
+                "check the base URL: the SDK appends the endpoint (`/models`, `/chat/completions`) to it, \
+                 so it must end in `/v1`",
+            )
+        }
         429 if answer.code() == "insufficient_quota" => {
             finding(Status::Fail, format!("The quota or budget is exhausted{rid}."))
                 .fix("Raise the budget, or wait for next month; retrying will not help.")
