@@ -124,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .merge(azure)
         .fallback(invalid_url)
         .layer(middleware::from_fn_with_state(state.clone(), deadline::request_body_deadline))
+        .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
 }
@@ -241,6 +242,20 @@ async fn key_info(req: Request) -> Response {
 
 async fn invalid_url(req: Request) -> ApiError {
     ApiError::InvalidUrl { method: req.method().clone(), path: req.uri().path().to_owned() }
+}
+
+/// A handler that panics gets OpenAI's 500 (with its request id) instead of
+/// a dropped connection. Nothing of the panic is logged here: its message may
+/// hold request data; the process's panic hook logs only where it happened.
+pub async fn catch_panic(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!("a request handler panicked; answered 500");
+            ApiError::Internal.into_response()
+        }
+    }
 }
 
 // === request context ===

@@ -71,6 +71,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })?;
     init_tracing(&config);
 
+    // A panic's message can hold request data (a key in a header, a body):
+    // the log gets only where it happened.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(%location, "panic (its message is not logged: it may hold request data)");
+    }));
     let shutdown = shutdown_signal()?;
     let admin_key = std::env::var("KEYGATE_ADMIN_KEY").ok().filter(|k| !k.is_empty()).map(Secret::new);
     // Both addresses are taken before anything is written: a start that fails

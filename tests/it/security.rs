@@ -308,3 +308,29 @@ async fn the_audit_log_is_bounded_by_its_retention_policy() {
     assert_eq!(names.len(), 4, "{logs}");
     assert!(names.iter().all(|n| n.starts_with("new")), "{names:?}");
 }
+
+/// A panicking handler answers OpenAI's 500, and nothing of what it was
+/// handling (here a key in its panic message) reaches the answer.
+#[tokio::test]
+async fn a_panicking_handler_answers_500_without_its_message() {
+    use axum::routing::get;
+    use tower::ServiceExt as _;
+    let secret = "sk-prod-kg1SECRETSECRETSECRETSECRET";
+    let app = axum::Router::new()
+        .route(
+            "/boom",
+            get(move || async move {
+                panic!("handler saw {secret}");
+                #[allow(unreachable_code)]
+                ""
+            }),
+        )
+        .layer(axum::middleware::from_fn(keygate::server::catch_panic));
+    let response =
+        app.oneshot(axum::http::Request::get("/boom").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["type"], "server_error");
+    assert!(!body.to_string().contains("SECRET"));
+}
