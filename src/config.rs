@@ -302,12 +302,23 @@ pub enum MetricsListen {
     Configured(SocketAddr),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
     pub url: String,
     pub on_failure: crate::limits::FailurePolicy,
     /// Prepended to every key, so deployments can share one Redis.
     pub key_prefix: String,
+}
+
+/// The URL's password never reaches a `{:?}` of the configuration.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &shown_url(&self.url))
+            .field("on_failure", &self.on_failure)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]

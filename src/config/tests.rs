@@ -372,3 +372,11 @@ fn url_errors_never_print_the_urls_password() {
         "`redis.url` must be a redis:// or rediss:// URL, got `valkey://user@h`"
     );
 }
+
+#[test]
+fn the_redis_password_never_reaches_the_configs_debug_form() {
+    let c = Config::from_toml("[redis]\nurl = \"redis://:hunter2@10.0.0.5:6379\"\n", &FakeEnv::default()).unwrap();
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("redis://:***@10.0.0.5:6379"), "{shown}");
+}
