@@ -9,60 +9,21 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
-use keygate::auth::{authenticate, data_plane_scope, Admission, Authorized, KeyIndex, Permissions, Plane};
+use keygate::auth::{authenticate, data_plane_scope, Admission, Authorized, KeyIndex, Plane};
 use keygate::clock::SystemClock;
 use keygate::dialect::{render_openai, ApiError};
-use keygate::key::{generate, KeyDigest, KeyPrefix, PublicId};
+use keygate::key::KeyDigest;
 use keygate::limits::{Budgets, FailurePolicy, Limiter, LocalBackend, RateLimits, RedisBackend};
-use keygate::store::{Access, KeyKind, KeyRecord, KeyState, Project, SecretVersion};
 
 /// The allocator the gateway binary runs with: at a million keys the cost is
 /// in where allocations land (cache lines, pages), so measure with the one
 /// that ships.
+mod support;
+
+use support::{project, record};
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn record(limits: RateLimits) -> (KeyRecord, String) {
-    let generated = generate(&KeyPrefix::parse("sk-prod-").unwrap(), &PublicId::random());
-    let record = KeyRecord {
-        id: generated.id,
-        kind: KeyKind::Project,
-        name: "bench".into(),
-        project_id: Some("proj_bench".into()),
-        owner: None,
-        prefix: "sk-prod-".into(),
-        state: KeyState::Active,
-        permissions: Permissions::All,
-        access: Access::default(),
-        limits,
-        budget: None,
-        created_at: 0,
-        expires_at: None,
-        last_used: None,
-        revocation: None,
-        secrets: vec![SecretVersion {
-            digest: generated.digest,
-            legacy: false,
-            last4: generated.last4,
-            created_at: 0,
-            expires_at: None,
-        }],
-    };
-    (record, generated.secret.expose().to_owned())
-}
-
-fn project() -> Project {
-    Project {
-        id: "proj_bench".into(),
-        name: "bench".into(),
-        created_at: 0,
-        archived_at: None,
-        access: Access::default(),
-        max_key_age_seconds: None,
-        rate_limits: Vec::new(),
-        budget: None,
-    }
-}
 
 /// An index of `n` keys and one key string in it.
 fn index_of(n: usize) -> (KeyIndex, String) {

@@ -11,44 +11,26 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Method};
-use keygate::auth::{authenticate, data_plane_scope, Admission, KeyIndex, Permissions, Plane};
-use keygate::key::{generate, KeyPrefix, PublicId};
-use keygate::store::{Access, KeyKind, KeyRecord, KeyState, Project, Revocation, SecretVersion};
+use keygate::auth::{authenticate, data_plane_scope, Admission, KeyIndex, Plane};
+use keygate::key::{generate, KeyPrefix};
+use keygate::store::{KeyRecord, KeyState, Revocation};
 use rand::seq::SliceRandom;
 use rand::Rng;
+
+mod support;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const NOW: i64 = 1_800_000_000;
 
+/// A key of the benchmarks' project in `state`, expiring at `expires_at`.
 fn record(state: KeyState, expires_at: Option<i64>) -> (KeyRecord, String) {
-    let generated = generate(&KeyPrefix::parse("sk-prod-").unwrap(), &PublicId::random());
-    let record = KeyRecord {
-        id: generated.id,
-        kind: KeyKind::Project,
-        name: "oracle".into(),
-        project_id: Some("proj_o".into()),
-        owner: None,
-        prefix: "sk-prod-".into(),
-        state,
-        permissions: Permissions::All,
-        access: Access::default(),
-        limits: Default::default(),
-        budget: None,
-        created_at: 0,
-        expires_at,
-        last_used: None,
-        revocation: (state == KeyState::Revoked).then_some(Revocation { at: 1, by: None, reason: None }),
-        secrets: vec![SecretVersion {
-            digest: generated.digest,
-            legacy: false,
-            last4: generated.last4,
-            created_at: 0,
-            expires_at: None,
-        }],
-    };
-    (record, generated.secret.expose().to_owned())
+    let (mut record, key) = support::record(Default::default());
+    record.state = state;
+    record.expires_at = expires_at;
+    record.revocation = (state == KeyState::Revoked).then_some(Revocation { at: 1, by: None, reason: None });
+    (record, key)
 }
 
 fn bearer(key: &str) -> HeaderMap {
@@ -113,17 +95,7 @@ fn main() {
     while records.len() < keys {
         records.push(record(KeyState::Active, None).0);
     }
-    let project = Project {
-        id: "proj_o".into(),
-        name: "oracle".into(),
-        created_at: 0,
-        archived_at: None,
-        access: Access::default(),
-        max_key_age_seconds: None,
-        rate_limits: Vec::new(),
-        budget: None,
-    };
-    let index = KeyIndex::new(records, vec![project]);
+    let index = KeyIndex::new(records, vec![support::project()]);
     let admission = Admission {
         plane: Plane::Data,
         scope: data_plane_scope(&Method::POST, "/v1/chat/completions"),
