@@ -17,7 +17,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from conftest import Gateway
-from test_node_sdk import NODE_DIR, NODE_TIMEOUT_S, _node_missing
+from test_node_sdk import NODE_DIR, NODE_TIMEOUT_S, require_node_sdk
 
 ANSWER = "This is a synthetic answer from the keygate mock upstream."
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -254,13 +254,7 @@ def test_structured_outputs_stream_through_the_helper(client):
 def test_the_node_sdk_helpers(mock_gateway):
     """tests/sdk/node/mock.test.mjs: the Node SDK's Responses stream helper, tool
     calls and NotFoundError against the mock."""
-    missing = _node_missing()
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{missing}, and CI=true requires the Node SDK tests")
-        pytest.skip(missing)
-    if not (NODE_DIR / "node_modules" / "openai" / "package.json").exists():
-        pytest.fail("the Node packages are not installed: run `npm ci --prefix tests/sdk/node` (scripts/test does)")
+    require_node_sdk()
     key = mock_gateway.create_key("node-mock")["value"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGATE_", "OPENAI_", "NODE_OPTIONS"))}
     env.update(KEYGATE_URL=mock_gateway.url, KEYGATE_TEST_KEY=key, NO_COLOR="1")

@@ -25,19 +25,21 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 NODE_TIMEOUT_S = 120
 
 
-def _node_missing() -> str | None:
+def require_node_sdk() -> None:
+    """Skips without node/npm, except under CI=true, where that fails; fails
+    when the Node packages are not installed."""
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
-    return f"{' and '.join(missing)} not installed" if missing else None
+    if missing:
+        reason = f"{' and '.join(missing)} not installed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}, and CI=true requires the Node SDK tests")
+        pytest.skip(reason)
+    if not (NODE_DIR / "node_modules" / "openai" / "package.json").exists():
+        pytest.fail("the Node packages are not installed: run `npm ci --prefix tests/sdk/node` (scripts/test does)")
 
 
 def test_node_azure_sdk(make_gateway, mock_upstream):
-    missing = _node_missing()
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{missing}, and CI=true requires the Node SDK tests")
-        pytest.skip(missing)
-    if not (NODE_DIR / "node_modules" / "openai" / "package.json").exists():
-        pytest.fail("the Node packages are not installed: run `npm ci --prefix tests/sdk/node` (scripts/test does)")
+    require_node_sdk()
 
     gw = make_gateway(extra_env=FRONT_DOOR_ENV)
     key = gw.create_key("node-sdk")["value"]
