@@ -43,7 +43,11 @@ pub fn metrics_handle() -> PrometheusHandle {
 fn describe_metrics() {
     const COUNTERS: &[(&str, bool, &str)] = &[
         ("keygate_requests_total", true, "Requests answered, by matched route template, method and status."),
-        ("keygate_auth_failures_total", true, "Refused authentications, by private reason (served on the metrics listener only)."),
+        (
+            "keygate_auth_failures_total",
+            true,
+            "Refused authentications, by private reason (served on the metrics listener only).",
+        ),
         ("keygate_alerts_total", true, "Alerts raised, by kind."),
         ("keygate_alerts_dropped_total", false, "Alerts that could not be queued for storing."),
         ("keygate_audit_dropped_total", false, "Audit events that could not be queued or kept for a retry."),
@@ -53,7 +57,11 @@ fn describe_metrics() {
         ("keygate_usage_dropped_total", false, "Usage records that could not be queued or kept for a retry."),
         ("keygate_index_changes_dropped_total", false, "Key index changes that could not be announced to replicas."),
         ("keygate_redis_failures_total", false, "Rate-limit operations that failed on Redis."),
-        ("keygate_connections_refused_total", false, "Connections closed at once because server.max_connections were open."),
+        (
+            "keygate_connections_refused_total",
+            false,
+            "Connections closed at once because server.max_connections were open.",
+        ),
         ("keygate_leak_reports_total", false, "Leaked-key reports received."),
         ("keygate_leaked_keys_revoked_total", false, "Live keys revoked because they were reported leaked."),
     ];
