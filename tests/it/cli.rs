@@ -384,7 +384,9 @@ fn serve_errors_name_the_flag_and_say_what_to_use() {
     assert_eq!(err.matches("unable to open database file").count(), 0, "{err}");
     assert!(!missing.exists());
 
-    let closed = format!("postgres://keygate@127.0.0.1:{}/keygate", free_port());
+    // Port 1 (tcpmux) has no listener here: a port freed by `free_port()` can
+    // be taken by another test's server before this connects.
+    let closed = "postgres://keygate@127.0.0.1:1/keygate".to_owned();
     let (err, took) = serve_refused(&["--database", &closed]);
     assert!(err.contains("Connection refused") && !err.contains("pool timed out"), "{err}");
     assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
