@@ -180,28 +180,27 @@ fn error_response(description: &str) -> ResponseBuilder {
 }
 
 fn data_plane_responses() -> ResponsesBuilder {
-    ResponsesBuilder::new()
-        .response("200", ResponseBuilder::new().description("The upstream's answer, passed through"))
-        .response("400", error_response("Malformed request"))
-        .response("401", error_response("Missing, invalid, revoked or insufficient key"))
-        .response("404", error_response("Unknown route or model outside the key's allow-list"))
-        .response("413", error_response("Body larger than the configured limit"))
-        .response("429", error_response("Rate limit or budget exceeded"))
-        .response("502", error_response("Upstream unreachable"))
-        .response("504", error_response("Upstream timed out"))
+    plane_responses(error_response, "Unknown route or model outside the key's allow-list")
 }
 
 fn azure_responses() -> ResponsesBuilder {
-    let azure_error = |description: &str| json_response(description, Ref::from_schema_name(AZURE_ERROR));
+    plane_responses(
+        |description| json_response(description, Ref::from_schema_name(AZURE_ERROR)),
+        "Unknown deployment, route or api-version",
+    )
+}
+
+/// A forwarding route's answers, each error in its dialect's shape.
+fn plane_responses(error: impl Fn(&str) -> ResponseBuilder, not_found: &str) -> ResponsesBuilder {
     ResponsesBuilder::new()
         .response("200", ResponseBuilder::new().description("The upstream's answer, passed through"))
-        .response("400", azure_error("Malformed request"))
-        .response("401", azure_error("Missing, invalid, revoked or insufficient key"))
-        .response("404", azure_error("Unknown deployment, route or api-version"))
-        .response("413", azure_error("Body larger than the configured limit"))
-        .response("429", azure_error("Rate limit or budget exceeded"))
-        .response("502", azure_error("Upstream unreachable"))
-        .response("504", azure_error("Upstream timed out"))
+        .response("400", error("Malformed request"))
+        .response("401", error("Missing, invalid, revoked or insufficient key"))
+        .response("404", error(not_found))
+        .response("413", error("Body larger than the configured limit"))
+        .response("429", error("Rate limit or budget exceeded"))
+        .response("502", error("Upstream unreachable"))
+        .response("504", error("Upstream timed out"))
 }
 
 fn azure_error_schema() -> RefOr<Schema> {
