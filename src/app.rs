@@ -19,7 +19,7 @@ use crate::limits::{month_start, BudgetScope, Budgets, Limiter, LocalBackend, Ra
 use crate::proxy::Upstreams;
 use crate::server::{AppState, ConnectionLimits, Settings, Shared};
 use crate::store::{Store, UsageGroup, UsageQuery};
-use crate::usage::{AnomalyWatcher, Meter};
+use crate::usage::{Alerts, AnomalyWatcher, Meter};
 
 /// The process-wide Prometheus recorder (the `metrics` facade allows one).
 pub fn metrics_handle() -> PrometheusHandle {
@@ -50,6 +50,8 @@ fn describe_metrics() {
         ),
         ("keygate_alerts_total", true, "Alerts raised, by kind."),
         ("keygate_alerts_dropped_total", false, "Alerts that could not be queued for storing."),
+        ("keygate_alert_deliveries_total", true, "Alert webhook delivery attempts, by outcome."),
+        ("keygate_anomaly_skipped_seconds_total", false, "Traffic the usage watcher skipped after a long absence."),
         ("keygate_audit_dropped_total", false, "Audit events that could not be queued or kept for a retry."),
         ("keygate_denials_dropped_total", false, "Denial records (for explain) that could not be queued or kept."),
         ("keygate_last_used_dropped_total", false, "Last-used updates that could not be queued."),
@@ -218,37 +220,30 @@ impl Gateway {
                 async move { limiter.prune().await }
             }),
         );
-        let meter = Meter::new(recorder.clone(), Arc::new(config.prices.clone()), Arc::clone(&limiter));
+        let alerts = Arc::new(Alerts::new(
+            Arc::clone(&store),
+            Arc::clone(&index),
+            Arc::clone(&clock),
+            config.alert_webhook.clone(),
+        ));
+        if config.alert_webhook.is_some() {
+            tasks.spawn("alert webhook", Arc::clone(&alerts).sender());
+        }
+        let meter =
+            Meter::new(recorder.clone(), Arc::new(config.prices.clone()), Arc::clone(&limiter), Arc::clone(&alerts));
         let anomaly = config.anomaly.clone().map(|policy| {
-            Arc::new(AnomalyWatcher::new(Arc::clone(&store), Arc::clone(&index), Arc::clone(&clock), policy))
+            Arc::new(AnomalyWatcher::new(
+                Arc::clone(&store),
+                Arc::clone(&index),
+                Arc::clone(&clock),
+                policy,
+                Arc::clone(&alerts),
+                recorder.clone(),
+            ))
         });
         if let Some(watcher) = &anomaly {
-            let (watcher, flush) = (Arc::clone(watcher), recorder.clone());
-            let (lease_store, lease_clock) = (Arc::clone(&store), Arc::clone(&clock));
             // Replicas read the same usage: one of them at a time raises alerts.
-            let holder = format!("{:016x}", rand::random::<u64>());
-            let ttl = i64::try_from(watcher.policy().window.as_secs()).unwrap_or(i64::MAX / 4).max(60) * 3;
-            tasks.spawn(
-                "usage anomalies",
-                jobs::periodic(watcher.policy().window, move || {
-                    let (watcher, flush) = (Arc::clone(&watcher), flush.clone());
-                    let (store, clock, holder) = (Arc::clone(&lease_store), Arc::clone(&lease_clock), holder.clone());
-                    async move {
-                        match store.hold_lease("usage anomalies", &holder, clock.now(), ttl).await {
-                            Ok(true) => {}
-                            Ok(false) => return, // another replica watches
-                            Err(error) => {
-                                tracing::warn!(%error, "usage anomaly check skipped: cannot take its lease");
-                                return;
-                            }
-                        }
-                        flush.flush().await;
-                        if let Err(error) = watcher.run_once().await {
-                            tracing::warn!(%error, "usage anomaly check failed");
-                        }
-                    }
-                }),
-            );
+            tasks.spawn("usage anomalies", Arc::clone(watcher).task());
         }
 
         let organization_id = match &config.organization_id {
@@ -262,6 +257,7 @@ impl Gateway {
             upstreams,
             recorder,
             meter,
+            alerts,
             anomaly,
             limiter,
             settings: Arc::new(Settings {

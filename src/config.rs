@@ -168,7 +168,10 @@ struct RawAnomaly {
     dormant_days: Option<u64>,
     cooldown_seconds: Option<u64>,
     auto_suspend: Option<bool>,
+    baseline_days: Option<u64>,
+    new_key_max_rpm: Option<i64>,
     webhook_url: Option<String>,
+    webhook_secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,6 +275,8 @@ pub struct Config {
     pub prices: crate::usage::PriceTable,
     /// `None` when the anomaly watcher is off.
     pub anomaly: Option<crate::usage::AnomalyPolicy>,
+    /// Where every alert is POSTed (`anomaly.webhook_url`), watcher on or off.
+    pub alert_webhook: Option<crate::usage::WebhookTarget>,
     /// Failed authentications a client may make per minute before its
     /// failures get 429 (`None`: no throttle).
     pub failed_auth_per_minute: Option<u64>,
@@ -576,7 +581,8 @@ impl Config {
         }
         let redis = redis(raw.redis, o)?;
         let prices = prices(raw.prices)?;
-        let anomaly = anomaly(raw.anomaly)?;
+        let alert_webhook = alert_webhook(&raw.anomaly)?;
+        let anomaly = anomaly(raw.anomaly, usage_rollup_retention)?;
 
         Ok(Self {
             listen,
@@ -603,6 +609,7 @@ impl Config {
             audit_max_rows,
             prices,
             anomaly,
+            alert_webhook,
             failed_auth_per_minute: match raw.limits.failed_auth_per_minute.unwrap_or(30) {
                 0 => None,
                 n => Some(n),
@@ -671,7 +678,7 @@ fn prices(raw: std::collections::BTreeMap<String, RawPrice>) -> Result<crate::us
     Ok(crate::usage::PriceTable::with(overrides))
 }
 
-fn anomaly(raw: RawAnomaly) -> Result<Option<crate::usage::AnomalyPolicy>, ConfigError> {
+fn anomaly(raw: RawAnomaly, rollups_kept: Duration) -> Result<Option<crate::usage::AnomalyPolicy>, ConfigError> {
     if raw.enabled == Some(false) {
         return Ok(None);
     }
@@ -684,24 +691,70 @@ fn anomaly(raw: RawAnomaly) -> Result<Option<crate::usage::AnomalyPolicy>, Confi
         ));
     }
     let spike_factor = raw.spike_factor.unwrap_or(d.spike_factor);
-    if !spike_factor.is_finite() || spike_factor < 1.5 {
-        return Err(invalid("anomaly.spike_factor", format!("must be at least 1.5, got {spike_factor}")));
+    if !spike_factor.is_finite() || !(1.5..=1000.0).contains(&spike_factor) {
+        return Err(invalid("anomaly.spike_factor", format!("must be between 1.5 and 1000, got {spike_factor}")));
     }
-    if let Some(url) = &raw.webhook_url {
-        if reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
-            return Err(invalid("anomaly.webhook_url", format!("must be an http(s) URL, got `{}`", shown_url(url))));
-        }
+    let count = |value: Option<i64>, default: i64, field: &str| match value.unwrap_or(default) {
+        n @ 1..=1_000_000_000 => Ok(n),
+        n => Err(invalid(format!("anomaly.{field}"), format!("must be between 1 and 1000000000, got {n}"))),
+    };
+    let dormant_days = raw.dormant_days.unwrap_or(d.dormant_after.as_secs() / 86_400);
+    if !(1..=3650).contains(&dormant_days) {
+        return Err(invalid("anomaly.dormant_days", format!("must be between 1 and 3650, got {dormant_days}")));
+    }
+    let cooldown = raw.cooldown_seconds.unwrap_or(d.cooldown.as_secs());
+    if cooldown > 30 * 86_400 {
+        return Err(invalid("anomaly.cooldown_seconds", format!("must be at most 2592000 (30 days), got {cooldown}")));
+    }
+    let baseline_days = raw.baseline_days.unwrap_or(d.baseline_period.as_secs() / 86_400);
+    let kept_days = rollups_kept.as_secs() / 86_400;
+    if !(1..=90).contains(&baseline_days) || baseline_days > kept_days {
+        return Err(invalid(
+            "anomaly.baseline_days",
+            format!(
+                "must be between 1 and 90, and within retention.usage_rollups_days ({kept_days}), got {baseline_days}"
+            ),
+        ));
     }
     Ok(Some(crate::usage::AnomalyPolicy {
         window: Duration::from_secs(window),
         spike_factor,
-        spike_min_requests: raw.spike_min_requests.unwrap_or(d.spike_min_requests).max(1),
-        new_network_min_requests: raw.new_network_min_requests.unwrap_or(d.new_network_min_requests).max(1),
-        dormant_after: raw.dormant_days.map_or(d.dormant_after, |days| Duration::from_secs(days * 86_400)),
-        cooldown: raw.cooldown_seconds.map_or(d.cooldown, Duration::from_secs),
+        spike_min_requests: count(raw.spike_min_requests, d.spike_min_requests, "spike_min_requests")?,
+        new_network_min_requests: count(
+            raw.new_network_min_requests,
+            d.new_network_min_requests,
+            "new_network_min_requests",
+        )?,
+        dormant_after: Duration::from_secs(dormant_days * 86_400),
+        cooldown: Duration::from_secs(cooldown),
         auto_suspend: raw.auto_suspend.unwrap_or(false),
-        webhook: raw.webhook_url,
+        baseline_period: Duration::from_secs(baseline_days * 86_400),
+        new_key_max_rpm: count(raw.new_key_max_rpm, d.new_key_max_rpm, "new_key_max_rpm")?,
     }))
+}
+
+/// The alert webhook: an http(s) URL and the `whsec_` secret that signs
+/// every delivery; one without the other is refused.
+fn alert_webhook(raw: &RawAnomaly) -> Result<Option<crate::usage::WebhookTarget>, ConfigError> {
+    let (url, secret) = match (&raw.webhook_url, &raw.webhook_secret) {
+        (None, None) => return Ok(None),
+        (Some(url), Some(secret)) => (url, secret),
+        (Some(_), None) => {
+            return Err(invalid(
+                "anomaly.webhook_secret",
+                "is needed with anomaly.webhook_url: every delivery is signed with it \
+                 (make one with: echo \"whsec_$(openssl rand -base64 32)\")",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid("anomaly.webhook_url", "is needed with anomaly.webhook_secret: where to send alerts"))
+        }
+    };
+    if reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
+        return Err(invalid("anomaly.webhook_url", format!("must be an http(s) URL, got `{}`", shown_url(url))));
+    }
+    let secret = crate::usage::WebhookSecret::parse(secret).map_err(|why| invalid("anomaly.webhook_secret", why))?;
+    Ok(Some(crate::usage::WebhookTarget { url: url.clone(), secret }))
 }
 
 /// A `[server]` timeout in milliseconds: at least 100 (less would cut off

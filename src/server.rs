@@ -33,7 +33,7 @@ use crate::jobs::Recorder;
 use crate::proxy::{self, RequestMeta, Upstreams};
 use crate::route::Route;
 use crate::store::{DenialRecord, Store, Touch};
-use crate::usage::{AnomalyWatcher, Meter, Metered};
+use crate::usage::{Alerts, AnomalyWatcher, Meter, Metered};
 
 pub use connection::ConnectionLimits;
 
@@ -86,6 +86,8 @@ pub struct Shared {
     pub upstreams: Arc<Upstreams>,
     pub recorder: Recorder,
     pub meter: Meter,
+    /// Stores, counts and delivers alerts.
+    pub alerts: Arc<Alerts>,
     /// `None` when `anomaly.enabled = false`.
     pub anomaly: Option<Arc<AnomalyWatcher>>,
     pub limiter: Arc<crate::limits::Limiter>,

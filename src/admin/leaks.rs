@@ -236,7 +236,7 @@ async fn revoke_leaked(
         state.recorder.audit(event);
     }
     let alert = Alert {
-        id: format!("alert_{}", crate::ids::RequestId::new().as_str().get(4..28).unwrap_or_default()),
+        id: crate::usage::alert_id(&format!("leaked_key/{}/{}", key.id, crate::ids::RequestId::new())),
         at: now,
         key_id: key.id,
         project_id: key.project_id().map(str::to_owned),
@@ -249,26 +249,14 @@ async fn revoke_leaked(
             None => format!("key {} was reported leaked from client {client} and revoked", key.id),
         },
         details: data,
+        delivery: None,
     };
-    if let Err(error) = state.store.insert_alert(&alert).await {
+    // Stored, counted and handed to the webhook sender, which delivers off
+    // this request: a slow receiver must not hold the reporter's answer.
+    if let Err(error) = state.alerts.raise(alert).await {
         tracing::error!(%error, key = %key.id, "could not store the leaked_key alert");
     }
-    announce_later(state, alert, key.name.to_string());
     Ok(())
-}
-
-/// Counts, logs and sends the alert to the webhook off the request: a slow
-/// webhook must not hold the reporter's answer (nor time it).
-fn announce_later(state: &AppState, alert: Alert, key_name: String) {
-    let watcher = state.anomaly.clone();
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "a webhook call lost at shutdown loses no record: the alert is stored and listed"
-    )]
-    tokio::spawn(async move {
-        let webhook = watcher.as_deref().and_then(|w| w.webhook());
-        crate::usage::announce(&alert, Some(&key_name), webhook).await;
-    });
 }
 
 fn key_type(kind: KeyKind) -> &'static str {

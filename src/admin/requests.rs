@@ -8,7 +8,9 @@ use utoipa::ToSchema;
 
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::ids::RequestId;
+use crate::key::PublicId;
 use crate::server::AppState;
+use crate::store::{AuditFilter, StoreResult, Timestamp};
 
 #[derive(Serialize, ToSchema)]
 pub struct KeyMention {
@@ -75,6 +77,13 @@ pub async fn get(
         }
         None => None,
     };
+    let explanation = match (record.reason.as_str(), &record.key_id) {
+        ("suspended", Some(id)) => match suspension(&state, id, record.at).await? {
+            Some(why) => format!("{} {why}", record.explanation),
+            None => record.explanation,
+        },
+        _ => record.explanation,
+    };
     Ok(Json(RequestExplanation {
         object: "keygate.request",
         id: record.request_id,
@@ -84,8 +93,42 @@ pub async fn get(
         path: record.path,
         client_ip: record.client_ip,
         reason: record.reason,
-        explanation: record.explanation,
+        explanation,
         key,
         project_id: record.project_id,
+    }))
+}
+
+/// Who suspended the key before `at`, from the audit log: an alert (the
+/// usage watcher's auto-suspend) or an admin.
+async fn suspension(state: &AppState, id: &PublicId, at: Timestamp) -> StoreResult<Option<String>> {
+    let events = state
+        .store
+        .list_audit(&AuditFilter {
+            event_types: vec!["api_key.updated".into()],
+            resource_ids: vec![id.api_id()],
+            effective_at_lte: Some(at),
+            limit: 50,
+            ..AuditFilter::default()
+        })
+        .await?;
+    let Some(event) = events.items.into_iter().find(|e| e.details["changes_requested"]["state"] == "suspended") else {
+        return Ok(None);
+    };
+    let when = crate::time::rfc3339(event.effective_at);
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    Ok(Some(match event.details.get("alert") {
+        Some(alert) => format!(
+            "It was suspended automatically at {when} by alert {} ({}: {}). Resume it with `keygate keys resume {}{}` once the key is known to be safe, or rotate it.",
+            text(&alert["id"]),
+            text(&alert["kind"]),
+            text(&alert["message"]),
+            id.api_id(),
+            event.project.as_ref().map(|(project, _)| format!(" --project {project}")).unwrap_or_default()
+        ),
+        None => match event.actor_key {
+            Some(actor) => format!("It was suspended at {when} by admin key {} ({}).", actor.id.api_id(), actor.name),
+            None => format!("It was suspended at {when}."),
+        },
     }))
 }

@@ -15,7 +15,7 @@ use super::{bad, ListParams};
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::server::AppState;
 use crate::store::{Timestamp, UsageGroup, UsageKind, UsageQuery, UsageRow};
-use crate::usage::alert_json;
+use crate::usage::{alert_json, delivery_json};
 
 /// OpenAI's `page` envelope of time buckets.
 #[derive(Serialize, ToSchema)]
@@ -311,7 +311,7 @@ pub struct AlertObject(Value);
     operation_id = "list-alerts",
     summary = "List usage alerts",
     tag = "usage",
-    description = "Ours: usage anomalies (spikes, new client networks, dormant keys), newest first.",
+    description = "Ours: alerts (usage spikes, new client networks, dormant keys, leaked keys, budget thresholds), newest first. `delivery` is the state of the alert's webhook delivery (`pending`, `delivered` or `failed`, with attempts and the last error), or null when no webhook was configured when it was raised.",
     params(("since" = Option<i64>, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query)),
     responses((status = 200, body = List<AlertObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse))
 )]
@@ -333,7 +333,9 @@ pub async fn alerts(
         |a| a.id.clone(),
         |a| {
             let name = state.index.by_id(&a.key_id).map(|k| k.name.to_string());
-            AlertObject(alert_json(a, name.as_deref()))
+            let mut object = alert_json(a, name.as_deref());
+            object["delivery"] = a.delivery.as_ref().map_or(Value::Null, delivery_json);
+            AlertObject(object)
         },
     )))
 }

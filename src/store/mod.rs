@@ -390,7 +390,10 @@ pub struct UsageRow {
     pub key_id: Option<String>,
     pub model: Option<String>,
     pub prefix: Option<String>,
+    /// Model requests: those the upstream answered with success.
     pub requests: i64,
+    /// Forwarded requests the upstream failed or refused (not model requests).
+    pub failed_requests: i64,
     pub tokens: Tokens,
     pub cost_nanos: i64,
 }
@@ -406,15 +409,71 @@ pub struct Alert {
     pub severity: String,
     pub message: String,
     pub details: serde_json::Value,
+    /// Its webhook delivery; `None` when no webhook was configured.
+    pub delivery: Option<Delivery>,
 }
 
-/// A client network seen for a key.
+/// Where an alert's webhook delivery stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The same on every attempt (`webhook-id`), so receivers drop repeats.
+    pub id: String,
+    pub status: DeliveryStatus,
+    pub attempts: i64,
+    pub next_attempt_at: Option<Timestamp>,
+    pub last_attempt_at: Option<Timestamp>,
+    /// Why the last attempt failed: `HTTP 500`, `timed out`, ...
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    /// Given up after the last retry.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => Self::Pending,
+            "delivered" => Self::Delivered,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Requests a key made from one client network in one examined window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkSighting {
     pub key_id: PublicId,
     pub network: String,
-    pub at: Timestamp,
+    /// The end of the window (`[window_end - width, window_end)`).
+    pub window_end: Timestamp,
     pub requests: i64,
+}
+
+/// What is known of a (key, network) pair after a window was counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownNetwork {
+    pub key_id: PublicId,
+    pub network: String,
+    pub first_seen: Timestamp,
+    /// Every request from it, each window counted once.
+    pub requests: i64,
+    /// The key had been used from another network before this one.
+    pub key_had_others: bool,
+    pub alerted_at: Option<Timestamp>,
 }
 
 /// What `bootstrap` found or created.
@@ -504,19 +563,40 @@ pub trait Store: Send + Sync + 'static {
     /// `rollups_before`; returns how many rows went.
     async fn prune_usage(&self, records_before: Timestamp, rollups_before: Timestamp) -> StoreResult<u64>;
 
-    /// Records client networks per key; returns the sightings of networks
-    /// never seen before for a key that already had others.
-    async fn record_networks(&self, batch: &[NetworkSighting]) -> StoreResult<Vec<NetworkSighting>>;
+    /// Adds one window's requests per (key, network); a window already
+    /// counted (a sighting whose `window_end` is not past the pair's
+    /// `counted_until`) adds nothing, so a window examined twice counts once.
+    /// Returns each pair as it stands after.
+    async fn count_networks(&self, batch: &[NetworkSighting]) -> StoreResult<Vec<KnownNetwork>>;
+    /// Notes that a new-network alert was raised for the pair.
+    async fn mark_network_alerted(&self, key_id: &PublicId, network: &str, at: Timestamp) -> StoreResult<()>;
 
     /// Requests per (key id, client ip) in `[start, end)`.
     async fn usage_clients(&self, start: Timestamp, end: Timestamp) -> StoreResult<Vec<(String, String, i64)>>;
-    /// The key's last metered request before `before`.
+    /// The start of the last minute before `before` in which the key was used.
     async fn last_usage_before(&self, key_id: &PublicId, before: Timestamp) -> StoreResult<Option<Timestamp>>;
 
-    async fn insert_alert(&self, alert: &Alert) -> StoreResult<()>;
+    /// Stores the alert; false when one with its id is already stored (the
+    /// same event raised twice: by two replicas, or a window examined again).
+    async fn insert_alert(&self, alert: &Alert) -> StoreResult<bool>;
     async fn list_alerts(&self, since: Timestamp, page: &PageQuery) -> StoreResult<Page<Alert>>;
     /// The newest alert of `kind` for a key, to avoid raising it twice.
     async fn last_alert(&self, key_id: &PublicId, kind: &str) -> StoreResult<Option<Alert>>;
+    /// Alerts whose webhook delivery is pending and due at `now`, oldest first.
+    async fn due_deliveries(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<Alert>>;
+    /// Takes a due delivery for one attempt: counts the attempt and holds the
+    /// delivery until `hold_until`, so no other replica sends it meanwhile.
+    /// False when another replica took it first.
+    async fn claim_delivery(&self, alert_id: &str, now: Timestamp, hold_until: Timestamp) -> StoreResult<bool>;
+    /// Records an attempt's outcome: delivered, retry at `next_attempt_at`,
+    /// or failed for good.
+    async fn finish_delivery(
+        &self,
+        alert_id: &str,
+        status: DeliveryStatus,
+        next_attempt_at: Option<Timestamp>,
+        error: Option<&str>,
+    ) -> StoreResult<()>;
     async fn prune_alerts(&self, before: Timestamp) -> StoreResult<u64>;
     /// Deletes audit events older than `before`, then the oldest beyond
     /// `max_rows`: the log is append-only for writers, bounded by policy.
@@ -526,4 +606,11 @@ pub trait Store: Send + Sync + 'static {
     /// `now + ttl_seconds`; true while `holder` has it. Replicas run a
     /// cluster-wide job only while they hold its lease.
     async fn hold_lease(&self, job: &str, holder: &str, now: Timestamp, ttl_seconds: i64) -> StoreResult<bool>;
+    /// Gives the lease up at once (a clean shutdown), if `holder` has it.
+    async fn release_lease(&self, job: &str, holder: &str) -> StoreResult<()>;
+    /// How far the job has got (for the watcher: the end of the last window
+    /// it examined); `None` before its first run.
+    async fn job_position(&self, job: &str) -> StoreResult<Option<Timestamp>>;
+    /// Moves the job's position forward, only while `holder` has its lease.
+    async fn advance_job(&self, job: &str, holder: &str, position: Timestamp) -> StoreResult<bool>;
 }

@@ -608,9 +608,26 @@ fn key_from_row(row: &AnyRow, secrets: Vec<SecretVersion>) -> StoreResult<KeyRec
     })
 }
 
+/// The columns [`alert_from_row`] reads.
+const ALERT_COLUMNS: &str =
+    "id, at, key_id, project_id, kind, severity, message, details, delivery_id, delivery_status, \
+     delivery_attempts, delivery_next_at, delivery_last_at, delivery_last_error";
+
 fn alert_from_row(row: &AnyRow) -> StoreResult<Alert> {
     let key_id: String = row.try_get("key_id")?;
     let details: String = row.try_get("details")?;
+    let delivery = match row.try_get::<Option<String>, _>("delivery_status")? {
+        None => None,
+        Some(status) => Some(Delivery {
+            id: row.try_get::<Option<String>, _>("delivery_id")?.unwrap_or_default(),
+            status: DeliveryStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad delivery status `{status}` in alerts")))?,
+            attempts: row.try_get("delivery_attempts")?,
+            next_attempt_at: row.try_get("delivery_next_at")?,
+            last_attempt_at: row.try_get("delivery_last_at")?,
+            last_error: row.try_get("delivery_last_error")?,
+        }),
+    };
     Ok(Alert {
         id: row.try_get("id")?,
         at: row.try_get("at")?,
@@ -621,6 +638,7 @@ fn alert_from_row(row: &AnyRow) -> StoreResult<Alert> {
         severity: row.try_get("severity")?,
         message: row.try_get("message")?,
         details: serde_json::from_str(&details).map_err(|e| StoreError::Corrupt(format!("alert details: {e}")))?,
+        delivery,
     })
 }
 
@@ -1353,7 +1371,7 @@ impl Store for SqlStore {
         type Group = (i64, String, String, String, &'static str);
         // Ordered, so replicas writing the same rollup rows lock them in the
         // same order and cannot deadlock.
-        let mut groups: BTreeMap<Group, (String, [i64; 6])> = BTreeMap::new();
+        let mut groups: BTreeMap<Group, (String, [i64; 7])> = BTreeMap::new();
         let mut tx = self.begin_write().await?;
         let mut inserted: HashSet<String> = HashSet::with_capacity(batch.len());
         for chunk in batch.chunks(ROWS_PER_STATEMENT) {
@@ -1403,9 +1421,11 @@ impl Store for SqlStore {
                 u.model.clone().unwrap_or_default(),
                 u.kind.as_str(),
             );
-            let (_, sums) = groups.entry(key).or_insert_with(|| (u.prefix.clone(), [0; 6]));
+            let (_, sums) = groups.entry(key).or_insert_with(|| (u.prefix.clone(), [0; 7]));
+            let succeeded = (200..300).contains(&u.status);
             for (sum, value) in sums.iter_mut().zip([
-                1,
+                i64::from(succeeded),
+                i64::from(!succeeded),
                 u.tokens.input,
                 u.tokens.output,
                 u.tokens.cached,
@@ -1417,9 +1437,10 @@ impl Store for SqlStore {
         }
         for ((minute, project_id, key_id, model, kind), (prefix, sums)) in &groups {
             sqlx::query(
-                &self.engine.sql("INSERT INTO usage_rollups (minute, project_id, key_id, prefix, model, kind, requests, input_tokens, output_tokens, \
-                 cached_tokens, reasoning_tokens, cost_nanos) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                &self.engine.sql("INSERT INTO usage_rollups (minute, project_id, key_id, prefix, model, kind, requests, failed_requests, input_tokens, output_tokens, \
+                 cached_tokens, reasoning_tokens, cost_nanos) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (minute, project_id, key_id, model, kind) DO UPDATE SET requests = usage_rollups.requests + excluded.requests, \
+                 failed_requests = usage_rollups.failed_requests + excluded.failed_requests, \
                  input_tokens = usage_rollups.input_tokens + excluded.input_tokens, output_tokens = usage_rollups.output_tokens + excluded.output_tokens, \
                  cached_tokens = usage_rollups.cached_tokens + excluded.cached_tokens, reasoning_tokens = usage_rollups.reasoning_tokens + excluded.reasoning_tokens, \
                  cost_nanos = usage_rollups.cost_nanos + excluded.cost_nanos"),
@@ -1436,6 +1457,7 @@ impl Store for SqlStore {
             .bind(sums[3])
             .bind(sums[4])
             .bind(sums[5])
+            .bind(sums[6])
             .execute(&mut *tx)
             .await?;
         }
@@ -1460,18 +1482,20 @@ impl Store for SqlStore {
         // edge of an unaligned window come from the request rows themselves.
         let (inner_start, inner_end) = (q.start + (60 - q.start.rem_euclid(60)) % 60, q.end - q.end.rem_euclid(60));
         let mut sql = format!(
-            "SELECT ((t - ?) / {width}) * {width} + ? AS bucket{group_sql}, {} AS requests, \
+            "SELECT ((t - ?) / {width}) * {width} + ? AS bucket{group_sql}, {} AS requests, {} AS failed_requests, \
              {} AS input_tokens, {} AS output_tokens, {} AS cached_tokens, \
              {} AS reasoning_tokens, {} AS cost_nanos FROM ( \
-               SELECT minute AS t, project_id, key_id, prefix, model, kind, requests, input_tokens, output_tokens, \
+               SELECT minute AS t, project_id, key_id, prefix, model, kind, requests, failed_requests, input_tokens, output_tokens, \
                  cached_tokens, reasoning_tokens, cost_nanos FROM usage_rollups WHERE minute >= {inner_start} AND minute < {inner_end} \
                UNION ALL \
-               SELECT at AS t, project_id, key_id, prefix, COALESCE(model, '') AS model, kind, 1 AS requests, input_tokens, \
+               SELECT at AS t, project_id, key_id, prefix, COALESCE(model, '') AS model, kind, \
+                 CASE WHEN status >= 200 AND status < 300 THEN 1 ELSE 0 END AS requests, \
+                 CASE WHEN status >= 200 AND status < 300 THEN 0 ELSE 1 END AS failed_requests, input_tokens, \
                  output_tokens, cached_tokens, reasoning_tokens, cost_nanos FROM usage_records \
                  WHERE at >= ? AND at < ? AND NOT (at >= {inner_start} AND at < {inner_end}) \
              ) AS u WHERE 1 = 1",
             // PostgreSQL sums BIGINTs as NUMERIC; both engines give them back as integers.
-            sum("requests"), sum("input_tokens"), sum("output_tokens"), sum("cached_tokens"), sum("reasoning_tokens"), sum("cost_nanos")
+            sum("requests"), sum("failed_requests"), sum("input_tokens"), sum("output_tokens"), sum("cached_tokens"), sum("reasoning_tokens"), sum("cost_nanos")
         );
         let mut binds: Vec<String> = Vec::new();
         if let Some(kind) = q.kind {
@@ -1513,6 +1537,7 @@ impl Store for SqlStore {
                     model: opt(row, UsageGroup::Model, "model")?,
                     prefix: opt(row, UsageGroup::Prefix, "prefix")?,
                     requests: row.try_get("requests")?,
+                    failed_requests: row.try_get("failed_requests")?,
                     tokens: Tokens {
                         input: row.try_get("input_tokens")?,
                         output: row.try_get("output_tokens")?,
@@ -1539,33 +1564,56 @@ impl Store for SqlStore {
         Ok(a + b)
     }
 
-    async fn record_networks(&self, batch: &[NetworkSighting]) -> StoreResult<Vec<NetworkSighting>> {
+    async fn count_networks(&self, batch: &[NetworkSighting]) -> StoreResult<Vec<KnownNetwork>> {
         let mut tx = self.begin_write().await?;
-        let mut fresh = Vec::new();
+        let mut known = Vec::with_capacity(batch.len());
         for s in batch {
-            let known: i64 = sqlx::query_scalar(&self.engine.sql("SELECT COUNT(*) FROM key_networks WHERE key_id = ?"))
-                .bind(s.key_id.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-            let inserted = sqlx::query(
-                &self.engine.sql("INSERT INTO key_networks (key_id, network, first_seen, last_seen, requests) VALUES (?, ?, ?, ?, ?) \
-                 ON CONFLICT (key_id, network) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > key_networks.last_seen THEN excluded.last_seen ELSE key_networks.last_seen END, \
-                 requests = key_networks.requests + excluded.requests RETURNING first_seen"),
-            )
+            // The update adds a window only once: a window examined again (a
+            // replica that took over mid-window) finds it counted.
+            sqlx::query(&self.engine.sql(
+                "INSERT INTO key_networks (key_id, network, first_seen, last_seen, requests, counted_until) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (key_id, network) DO UPDATE SET last_seen = excluded.last_seen, \
+                 requests = key_networks.requests + excluded.requests, counted_until = excluded.counted_until \
+                 WHERE key_networks.counted_until < excluded.counted_until",
+            ))
             .bind(s.key_id.as_str())
             .bind(&s.network)
-            .bind(s.at)
-            .bind(s.at)
+            .bind(s.window_end)
+            .bind(s.window_end)
             .bind(s.requests)
+            .bind(s.window_end)
+            .execute(&mut *tx)
+            .await?;
+            let row = sqlx::query(&self.engine.sql(
+                "SELECT n.first_seen, n.requests, n.alerted_at, CAST(CASE WHEN EXISTS (SELECT 1 FROM key_networks o \
+                 WHERE o.key_id = n.key_id AND o.first_seen < n.first_seen) THEN 1 ELSE 0 END AS BIGINT) AS had_others \
+                 FROM key_networks n WHERE n.key_id = ? AND n.network = ?",
+            ))
+            .bind(s.key_id.as_str())
+            .bind(&s.network)
             .fetch_one(&mut *tx)
             .await?;
-            let first_seen: i64 = inserted.try_get("first_seen")?;
-            if first_seen == s.at && known > 0 {
-                fresh.push(s.clone());
-            }
+            known.push(KnownNetwork {
+                key_id: s.key_id,
+                network: s.network.clone(),
+                first_seen: row.try_get("first_seen")?,
+                requests: row.try_get("requests")?,
+                key_had_others: row.try_get::<i64, _>("had_others")? == 1,
+                alerted_at: row.try_get("alerted_at")?,
+            });
         }
         tx.commit().await?;
-        Ok(fresh)
+        Ok(known)
+    }
+
+    async fn mark_network_alerted(&self, key_id: &PublicId, network: &str, at: Timestamp) -> StoreResult<()> {
+        sqlx::query(&self.engine.sql("UPDATE key_networks SET alerted_at = ? WHERE key_id = ? AND network = ?"))
+            .bind(at)
+            .bind(key_id.as_str())
+            .bind(network)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn usage_clients(&self, start: Timestamp, end: Timestamp) -> StoreResult<Vec<(String, String, i64)>> {
@@ -1581,33 +1629,49 @@ impl Store for SqlStore {
     }
 
     async fn last_usage_before(&self, key_id: &PublicId, before: Timestamp) -> StoreResult<Option<Timestamp>> {
-        Ok(sqlx::query_scalar(&self.engine.sql("SELECT MAX(at) FROM usage_records WHERE key_id = ? AND at < ?"))
-            .bind(key_id.as_str())
-            .bind(before)
-            .fetch_one(&self.pool)
-            .await?)
+        // The rollups, not the request rows: they are kept far longer
+        // (`retention.usage_rollups_days`), and a dormant key is one idle for weeks.
+        Ok(sqlx::query_scalar(
+            &self.engine.sql("SELECT MAX(minute) FROM usage_rollups WHERE key_id = ? AND minute < ?"),
+        )
+        .bind(key_id.as_str())
+        .bind(before)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
-    async fn insert_alert(&self, a: &Alert) -> StoreResult<()> {
-        sqlx::query(&self.engine.sql("INSERT INTO alerts (id, at, key_id, project_id, kind, severity, message, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
-            .bind(&a.id)
-            .bind(a.at)
-            .bind(a.key_id.as_str())
-            .bind(&a.project_id)
-            .bind(&a.kind)
-            .bind(&a.severity)
-            .bind(&a.message)
-            .bind(a.details.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    async fn insert_alert(&self, a: &Alert) -> StoreResult<bool> {
+        let d = a.delivery.as_ref();
+        let inserted = sqlx::query(&self.engine.sql(
+            "INSERT INTO alerts (id, at, key_id, project_id, kind, severity, message, details, delivery_id, delivery_status, \
+             delivery_attempts, delivery_next_at, delivery_last_at, delivery_last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO NOTHING",
+        ))
+        .bind(&a.id)
+        .bind(a.at)
+        .bind(a.key_id.as_str())
+        .bind(&a.project_id)
+        .bind(&a.kind)
+        .bind(&a.severity)
+        .bind(&a.message)
+        .bind(a.details.to_string())
+        .bind(d.map(|d| d.id.clone()))
+        .bind(d.map(|d| d.status.as_str()))
+        .bind(d.map_or(0, |d| d.attempts))
+        .bind(d.and_then(|d| d.next_attempt_at))
+        .bind(d.and_then(|d| d.last_attempt_at))
+        .bind(d.and_then(|d| d.last_error.clone()))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
     }
 
     async fn list_alerts(&self, since: Timestamp, q: &PageQuery) -> StoreResult<Page<Alert>> {
-        let rows = sqlx::query(&self.engine.sql(
-            "SELECT id, at, key_id, project_id, kind, severity, message, details FROM alerts WHERE at >= ? \
-             AND (? IS NULL OR rowid < (SELECT rowid FROM alerts WHERE id = ?)) ORDER BY rowid DESC LIMIT ?",
-        ))
+        let rows = sqlx::query(&self.engine.sql(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE at >= ? \
+             AND (? IS NULL OR rowid < (SELECT rowid FROM alerts WHERE id = ?)) ORDER BY rowid DESC LIMIT ?"
+        )))
         .bind(since)
         .bind(&q.after)
         .bind(&q.after)
@@ -1618,15 +1682,62 @@ impl Store for SqlStore {
     }
 
     async fn last_alert(&self, key_id: &PublicId, kind: &str) -> StoreResult<Option<Alert>> {
-        let row = sqlx::query(
-            &self.engine.sql("SELECT id, at, key_id, project_id, kind, severity, message, details FROM alerts WHERE key_id = ? AND kind = ? \
-             ORDER BY at DESC, rowid DESC LIMIT 1"),
-        )
+        let row = sqlx::query(&self.engine.sql(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE key_id = ? AND kind = ? ORDER BY at DESC, rowid DESC LIMIT 1"
+        )))
         .bind(key_id.as_str())
         .bind(kind)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(alert_from_row).transpose()
+    }
+
+    async fn due_deliveries(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<Alert>> {
+        let rows = sqlx::query(&self.engine.sql(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE delivery_status = 'pending' AND delivery_next_at <= ? \
+             ORDER BY delivery_next_at, rowid LIMIT ?"
+        )))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(alert_from_row).collect()
+    }
+
+    async fn claim_delivery(&self, alert_id: &str, now: Timestamp, hold_until: Timestamp) -> StoreResult<bool> {
+        let claimed = sqlx::query(&self.engine.sql(
+            "UPDATE alerts SET delivery_attempts = delivery_attempts + 1, delivery_last_at = ?, delivery_next_at = ? \
+             WHERE id = ? AND delivery_status = 'pending' AND delivery_next_at <= ?",
+        ))
+        .bind(now)
+        .bind(hold_until)
+        .bind(alert_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(claimed == 1)
+    }
+
+    async fn finish_delivery(
+        &self,
+        alert_id: &str,
+        status: DeliveryStatus,
+        next_attempt_at: Option<Timestamp>,
+        error: Option<&str>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            &self.engine.sql(
+                "UPDATE alerts SET delivery_status = ?, delivery_next_at = ?, delivery_last_error = ? WHERE id = ?",
+            ),
+        )
+        .bind(status.as_str())
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(alert_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn hold_lease(&self, job: &str, holder: &str, now: Timestamp, ttl_seconds: i64) -> StoreResult<bool> {
@@ -1644,6 +1755,37 @@ impl Store for SqlStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(held.is_some())
+    }
+
+    async fn release_lease(&self, job: &str, holder: &str) -> StoreResult<()> {
+        sqlx::query(&self.engine.sql("UPDATE job_leases SET expires_at = 0 WHERE name = ? AND holder = ?"))
+            .bind(job)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn job_position(&self, job: &str) -> StoreResult<Option<Timestamp>> {
+        Ok(sqlx::query_scalar(&self.engine.sql("SELECT position FROM job_leases WHERE name = ?"))
+            .bind(job)
+            .fetch_optional(&self.pool)
+            .await?
+            .flatten())
+    }
+
+    async fn advance_job(&self, job: &str, holder: &str, position: Timestamp) -> StoreResult<bool> {
+        let moved = sqlx::query(&self.engine.sql(
+            "UPDATE job_leases SET position = ? WHERE name = ? AND holder = ? AND (position IS NULL OR position < ?)",
+        ))
+        .bind(position)
+        .bind(job)
+        .bind(holder)
+        .bind(position)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(moved == 1)
     }
 
     async fn prune_alerts(&self, before: Timestamp) -> StoreResult<u64> {

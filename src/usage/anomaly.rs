@@ -1,22 +1,47 @@
-//! The usage watcher: compares each key's last window of traffic with its own
-//! baseline (an EWMA of earlier windows) and raises alerts for a spike, a
-//! burst from a client network the key was never used from, and traffic on a
-//! key unused for a long time. Alerts are stored, logged, counted, optionally
-//! POSTed to a webhook, and may suspend the key. [`announce`] also sends the
-//! alerts raised outside the watcher (a leaked key reported).
+//! The usage watcher: examines every window of traffic once, in order, and
+//! raises alerts for a spike (against the key's own history, or its peers'
+//! for a key with none), for requests from a client network new to the key,
+//! and for traffic on a key unused for a long time.
+//!
+//! One replica watches at a time (a lease in the store, renewed every tick,
+//! released on a clean shutdown and taken over within [`LEASE_SECONDS`] of a
+//! crash). Where it stopped is stored too: a watcher that returns, or another
+//! replica elected in its place, goes on from the first window not examined
+//! and catches up on the ones missed, so a restart leaves no blind spot. The
+//! same event always gets the same alert id, so a window examined twice
+//! raises nothing twice.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use futures_util::future::BoxFuture;
 use serde_json::json;
+use tokio::sync::watch;
 
+use super::alerts::{alert_id, Alerts};
+use super::baseline::{judge, History, Reference, SpikeRule};
 use crate::auth::KeyIndex;
 use crate::clock::Clock;
+use crate::jobs::Recorder;
 use crate::key::PublicId;
-use crate::store::{Alert, NetworkSighting, Store, StoreResult, Timestamp, UsageGroup, UsageQuery};
+use crate::store::{
+    Alert, AuditEvent, KeyState, NetworkSighting, Store, StoreResult, Timestamp, UsageGroup, UsageQuery,
+};
+
+/// The lease and position of the watcher in the store.
+pub const JOB: &str = "usage anomalies";
+/// How often the watcher checks for a window to examine (and renews its lease).
+pub const TICK: Duration = Duration::from_secs(15);
+/// A lease not renewed for this long is taken over (a replica killed).
+pub const LEASE_SECONDS: i64 = 45;
+/// A window is examined this long after it ends, once requests still being
+/// answered and other replicas' recorders have written their records.
+pub const SETTLE_SECONDS: i64 = 60;
+/// After downtime longer than this the older windows are skipped (logged):
+/// catching up on days of traffic would hold the watcher for too long.
+const MAX_CATCH_UP_SECONDS: i64 = 86_400;
 
 #[derive(Debug, Clone)]
 pub struct AnomalyPolicy {
@@ -26,7 +51,7 @@ pub struct AnomalyPolicy {
     pub spike_factor: f64,
     /// ...if it also has at least this many requests.
     pub spike_min_requests: i64,
-    /// A never-seen client network with at least this many requests in a window.
+    /// Requests from a network new to the key that raise an alert.
     pub new_network_min_requests: i64,
     /// Traffic on a key idle for this long.
     pub dormant_after: Duration,
@@ -34,7 +59,12 @@ pub struct AnomalyPolicy {
     pub cooldown: Duration,
     /// Suspend a key on a critical alert.
     pub auto_suspend: bool,
-    pub webhook: Option<String>,
+    /// How much history a baseline is made of; a network first seen within
+    /// it is still new.
+    pub baseline_period: Duration,
+    /// A key with no history may make this many requests a minute (over a
+    /// window) before it is a spike whatever its peers do.
+    pub new_key_max_rpm: i64,
 }
 
 impl Default for AnomalyPolicy {
@@ -47,21 +77,24 @@ impl Default for AnomalyPolicy {
             dormant_after: Duration::from_secs(30 * 86_400),
             cooldown: Duration::from_secs(3600),
             auto_suspend: false,
-            webhook: None,
+            baseline_period: Duration::from_secs(7 * 86_400),
+            new_key_max_rpm: 120,
         }
     }
 }
 
-/// Smoothing of the baseline: each window counts for this much.
-const ALPHA: f64 = 0.3;
+impl AnomalyPolicy {
+    fn width(&self) -> i64 {
+        secs(self.window).max(60)
+    }
 
-pub struct AnomalyWatcher {
-    store: Arc<dyn Store>,
-    index: Arc<KeyIndex>,
-    clock: Arc<dyn Clock>,
-    policy: AnomalyPolicy,
-    http: reqwest::Client,
-    baselines: Mutex<HashMap<PublicId, f64>>,
+    fn rule(&self) -> SpikeRule {
+        SpikeRule {
+            factor: self.spike_factor,
+            min_requests: self.spike_min_requests,
+            new_key_ceiling: self.new_key_max_rpm.saturating_mul(self.width() / 60),
+        }
+    }
 }
 
 fn secs(d: Duration) -> i64 {
@@ -82,29 +115,145 @@ pub fn network_of(ip: IpAddr) -> String {
     }
 }
 
+pub struct AnomalyWatcher {
+    store: Arc<dyn Store>,
+    index: Arc<KeyIndex>,
+    clock: Arc<dyn Clock>,
+    policy: AnomalyPolicy,
+    alerts: Arc<Alerts>,
+    recorder: Recorder,
+    /// This watcher's name on the lease.
+    holder: String,
+    /// Also makes ticks take turns.
+    history: tokio::sync::Mutex<History>,
+}
+
+/// One examined window.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Timestamp,
+    end: Timestamp,
+    /// When the alerts it raises are raised.
+    now: Timestamp,
+}
+
 impl AnomalyWatcher {
-    pub fn new(store: Arc<dyn Store>, index: Arc<KeyIndex>, clock: Arc<dyn Clock>, policy: AnomalyPolicy) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
-        Self { store, index, clock, policy, http, baselines: Mutex::new(HashMap::new()) }
+    pub fn new(
+        store: Arc<dyn Store>,
+        index: Arc<KeyIndex>,
+        clock: Arc<dyn Clock>,
+        policy: AnomalyPolicy,
+        alerts: Arc<Alerts>,
+        recorder: Recorder,
+    ) -> Self {
+        let history = History::new(policy.width(), secs(policy.baseline_period));
+        Self {
+            store,
+            index,
+            clock,
+            policy,
+            alerts,
+            recorder,
+            holder: format!("{:016x}", rand::random::<u64>()),
+            history: tokio::sync::Mutex::new(history),
+        }
     }
 
     pub fn policy(&self) -> &AnomalyPolicy {
         &self.policy
     }
 
-    /// Looks at the window that just ended; returns the alerts it raised.
-    pub async fn run_once(&self) -> StoreResult<Vec<Alert>> {
-        let window = secs(self.policy.window).max(60);
+    /// Takes or keeps the lease, then examines every window that has ended
+    /// and settled since the last one examined (by this replica or another).
+    /// Returns the alerts raised; none while another replica watches.
+    pub async fn tick(&self) -> StoreResult<Vec<Alert>> {
+        let mut history = self.history.lock().await;
         let now = self.clock.now();
-        let end = now - now.rem_euclid(60);
-        let start = end - window;
-        let per_key = self
+        if !self.store.hold_lease(JOB, &self.holder, now, LEASE_SECONDS).await? {
+            return Ok(Vec::new());
+        }
+        let width = self.policy.width();
+        let ready = now - now.rem_euclid(60) - SETTLE_SECONDS;
+        let mut position = match self.store.job_position(JOB).await? {
+            Some(position) => position,
+            None => ready - ready.rem_euclid(width) - width,
+        };
+        if ready - position > MAX_CATCH_UP_SECONDS {
+            let skip = (ready - position - MAX_CATCH_UP_SECONDS) / width * width + width;
+            tracing::warn!(seconds = skip, "usage watcher was away too long: skipping the oldest windows");
+            metrics::counter!("keygate_anomaly_skipped_seconds_total").increment(u64::try_from(skip).unwrap_or(0));
+            position += skip;
+        }
+        if position + width > ready {
+            return Ok(Vec::new());
+        }
+        self.recorder.flush().await;
+        let mut raised = Vec::new();
+        while position + width <= ready {
+            if !history.in_step(position) {
+                self.rebuild(&mut history, position).await?;
+            }
+            let window = Window { start: position, end: position + width, now };
+            raised.extend(self.examine(&mut history, window).await?);
+            // Only the lease holder moves on; one that lost it stops here and
+            // its successor examines the rest.
+            if !self.store.advance_job(JOB, &self.holder, window.end).await?
+                || !self.store.hold_lease(JOB, &self.holder, self.clock.now(), LEASE_SECONDS).await?
+            {
+                break;
+            }
+            position = window.end;
+        }
+        Ok(raised)
+    }
+
+    /// Gives the lease up (a clean shutdown), so another replica, or this one
+    /// restarted, takes over at its next tick.
+    pub async fn release(&self) {
+        if let Err(error) = self.store.release_lease(JOB, &self.holder).await {
+            tracing::warn!(%error, "could not release the usage watcher's lease; it expires by itself");
+        }
+    }
+
+    /// The watcher's task: a tick every [`TICK`] until shutdown, then the
+    /// lease released.
+    pub fn task(self: Arc<Self>) -> impl FnOnce(watch::Receiver<bool>) -> BoxFuture<'static, ()> {
+        move |mut shutdown| {
+            Box::pin(async move {
+                let mut every = tokio::time::interval(TICK);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => {
+                            if let Err(error) = self.tick().await {
+                                tracing::warn!(%error, "usage anomaly check failed; it is retried at the next tick");
+                            }
+                        }
+                        _ = shutdown.changed() => break,
+                    }
+                }
+                self.release().await;
+            })
+        }
+    }
+
+    /// Reads the baseline period that ends at `until` from the usage rollups.
+    async fn rebuild(&self, history: &mut History, until: Timestamp) -> StoreResult<()> {
+        let rows = self.requests_per_key(until - history.span(), until).await?;
+        history.rebuild(rows, until);
+        Ok(())
+    }
+
+    /// (key, window start, requests) in `[start, end)`, failed calls included:
+    /// a leaked key probing the upstream is traffic all the same.
+    async fn requests_per_key(&self, start: Timestamp, end: Timestamp) -> StoreResult<Vec<(PublicId, Timestamp, i64)>> {
+        let rows = self
             .store
             .query_usage(&UsageQuery {
                 kind: None,
                 start,
                 end,
-                bucket_seconds: window,
+                bucket_seconds: self.policy.width(),
                 group_by: vec![UsageGroup::ApiKey],
                 project_ids: Vec::new(),
                 key_ids: Vec::new(),
@@ -112,112 +261,117 @@ impl AnomalyWatcher {
                 prefixes: Vec::new(),
             })
             .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let id = row.key_id.as_deref().and_then(PublicId::parse)?;
+                Some((id, row.bucket_start, row.requests + row.failed_requests))
+            })
+            .collect())
+    }
+
+    async fn examine(&self, history: &mut History, w: Window) -> StoreResult<Vec<Alert>> {
         let mut counts: HashMap<PublicId, i64> = HashMap::new();
-        for row in per_key {
-            if let Some(id) = row.key_id.as_deref().and_then(PublicId::parse) {
-                *counts.entry(id).or_default() += row.requests;
-            }
+        for (id, _, requests) in self.requests_per_key(w.start, w.end).await? {
+            *counts.entry(id).or_default() += requests;
         }
+        let mut keys: Vec<(PublicId, i64)> = counts.iter().map(|(k, n)| (*k, *n)).collect();
+        keys.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         let mut raised = Vec::new();
-        for (id, current, baseline) in self.update_baselines(&counts) {
-            let spiking = baseline.is_some_and(|b| {
-                current >= self.policy.spike_min_requests && current as f64 >= self.policy.spike_factor * b.max(1.0)
-            });
-            if spiking {
-                let baseline = baseline.unwrap_or_default();
-                let severity = if current as f64 >= 2.0 * self.policy.spike_factor * baseline.max(1.0) {
-                    "critical"
-                } else {
-                    "warning"
-                };
-                let message = format!(
-                    "{current} requests in {window} s, {:.1}x the key's baseline of {baseline:.1}",
-                    current as f64 / baseline.max(1.0)
-                );
-                let details = json!({"requests": current, "baseline": baseline, "window_seconds": window});
-                raised.extend(self.raise(&id, "spike", severity, message, details, now).await?);
+        for (id, requests) in keys {
+            let own = history.baseline(&id);
+            let reference = match own {
+                Some(baseline) => Reference::Key(baseline),
+                None => self.peers(history, &id),
+            };
+            if let Some(spike) = judge(requests, w.end - w.start, reference, self.policy.rule()) {
+                let mut details = spike.details;
+                details["window_start"] = json!(w.start);
+                details["window_end"] = json!(w.end);
+                let event = format!("spike/{id}/{}", w.end);
+                raised.extend(self.raise(&id, "spike", spike.severity, spike.message, details, w, &event).await?);
             }
+            let last_active = match own {
+                Some(baseline) => Some(baseline.last_active),
+                None => self.store.last_usage_before(&id, w.start).await?,
+            };
+            raised.extend(self.check_dormant(&id, requests, last_active, w).await?);
         }
-        for (id, current) in &counts {
-            raised.extend(self.check_dormant(id, *current, start, now).await?);
-        }
-        raised.extend(self.check_networks(start, end, now).await?);
+        raised.extend(self.check_networks(history, w).await?);
+        history.push(w.start, &counts);
         Ok(raised)
     }
 
-    /// Returns (key, this window, baseline before it) and folds the window in.
-    /// A spike does not raise the baseline it is measured against.
-    fn update_baselines(&self, counts: &HashMap<PublicId, i64>) -> Vec<(PublicId, i64, Option<f64>)> {
-        let mut baselines = self.baselines.lock();
-        let mut keys: Vec<PublicId> = baselines.keys().cloned().collect();
-        keys.extend(counts.keys().filter(|k| !baselines.contains_key(*k)).cloned());
-        let mut out = Vec::with_capacity(keys.len());
-        for id in keys {
-            let current = counts.get(&id).copied().unwrap_or(0);
-            let before = baselines.get(&id).copied();
-            let spiking = before.is_some_and(|b| current as f64 >= self.policy.spike_factor * b.max(1.0));
-            let next = match before {
-                None => current as f64,
-                Some(_) if spiking => before.unwrap_or_default(),
-                Some(b) => ALPHA * current as f64 + (1.0 - ALPHA) * b,
-            };
-            baselines.insert(id, next);
-            out.push((id, current, before));
+    /// The typical key of the key's project, else of the organization.
+    fn peers(&self, history: &History, id: &PublicId) -> Reference {
+        let project_of = |k: &PublicId| self.index.by_id(k).and_then(|k| k.project_id().map(str::to_owned));
+        if let Some(project) = project_of(id) {
+            if let Some(typical) = history.typical(|k| project_of(k).as_deref() == Some(&project)) {
+                return Reference::Peers { typical: Some(typical), from_project: true };
+            }
         }
-        out
+        Reference::Peers { typical: history.typical(|_| true), from_project: false }
     }
 
     async fn check_dormant(
         &self,
         id: &PublicId,
-        current: i64,
-        window_start: Timestamp,
-        now: Timestamp,
+        requests: i64,
+        last_active: Option<Timestamp>,
+        w: Window,
     ) -> StoreResult<Vec<Alert>> {
-        if current == 0 {
-            return Ok(Vec::new());
-        }
-        let idle = secs(self.policy.dormant_after);
-        let previous = self.store.last_usage_before(id, window_start).await?;
-        let since = match (previous, self.index.by_id(id)) {
+        let since = match (last_active, self.index.by_id(id)) {
             (Some(at), _) => at,
             (None, Some(key)) => key.created_at,
             (None, None) => return Ok(Vec::new()),
         };
-        if window_start - since < idle {
+        if w.start - since < secs(self.policy.dormant_after) {
             return Ok(Vec::new());
         }
-        let days = (window_start - since) / 86_400;
-        let message = format!("{current} requests on a key unused for {days} days");
-        let details = json!({"requests": current, "idle_since": since});
-        self.raise(id, "dormant_key", "warning", message, details, now).await
+        let days = (w.start - since) / 86_400;
+        let message = format!("{requests} requests on a key unused for {days} days");
+        let details = json!({"requests": requests, "idle_since": since, "window_start": w.start, "window_end": w.end});
+        let event = format!("dormant_key/{id}/{}", w.end);
+        self.raise(id, "dormant_key", "warning", message, details, w, &event).await.map(Vec::from_iter)
     }
 
-    async fn check_networks(&self, start: Timestamp, end: Timestamp, now: Timestamp) -> StoreResult<Vec<Alert>> {
+    /// Counts each (key, network) pair's requests in the window; a network the
+    /// key was not used from before its baseline period is new until it has
+    /// been alerted, however few requests each window brings.
+    async fn check_networks(&self, history: &History, w: Window) -> StoreResult<Vec<Alert>> {
         let mut sightings: HashMap<(PublicId, String), i64> = HashMap::new();
-        for (key_id, ip, requests) in self.store.usage_clients(start, end).await? {
+        for (key_id, ip, requests) in self.store.usage_clients(w.start, w.end).await? {
             if let (Some(id), Ok(ip)) = (PublicId::parse(&key_id), ip.parse::<IpAddr>()) {
                 *sightings.entry((id, network_of(ip))).or_default() += requests;
             }
         }
-        let batch: Vec<NetworkSighting> = sightings
+        let mut batch: Vec<NetworkSighting> = sightings
             .into_iter()
-            .map(|((key_id, network), requests)| NetworkSighting { key_id, network, at: end, requests })
+            .map(|((key_id, network), requests)| NetworkSighting { key_id, network, window_end: w.end, requests })
             .collect();
+        batch.sort_by(|a, b| (a.key_id.as_str(), &a.network).cmp(&(b.key_id.as_str(), &b.network)));
         let mut raised = Vec::new();
-        for fresh in self.store.record_networks(&batch).await? {
-            if fresh.requests >= self.policy.new_network_min_requests {
-                let message = format!(
-                    "{} requests from {}, a network this key was never used from",
-                    fresh.requests, fresh.network
-                );
-                let details = json!({"network": fresh.network, "requests": fresh.requests});
-                raised.extend(self.raise(&fresh.key_id, "new_ip_range", "warning", message, details, now).await?);
+        for n in self.store.count_networks(&batch).await? {
+            let new = n.key_had_others && n.alerted_at.is_none() && n.first_seen > w.end - history.span();
+            if !new || n.requests < self.policy.new_network_min_requests {
+                continue;
+            }
+            let message = format!(
+                "{} requests from {} since it was first seen, a network this key was not used from before",
+                n.requests, n.network
+            );
+            let details = json!({"network": n.network, "requests": n.requests, "first_seen": n.first_seen,
+                "window_start": w.start, "window_end": w.end});
+            let event = format!("new_ip_range/{}/{}", n.key_id, n.network);
+            if let Some(alert) = self.raise(&n.key_id, "new_ip_range", "warning", message, details, w, &event).await? {
+                self.store.mark_network_alerted(&n.key_id, &n.network, w.now).await?;
+                raised.push(alert);
             }
         }
         Ok(raised)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn raise(
         &self,
         id: &PublicId,
@@ -225,77 +379,77 @@ impl AnomalyWatcher {
         severity: &str,
         message: String,
         details: serde_json::Value,
-        now: Timestamp,
-    ) -> StoreResult<Vec<Alert>> {
+        w: Window,
+        event: &str,
+    ) -> StoreResult<Option<Alert>> {
         if let Some(last) = self.store.last_alert(id, kind).await? {
-            if now - last.at < secs(self.policy.cooldown) {
-                return Ok(Vec::new());
+            if w.now - last.at < secs(self.policy.cooldown) {
+                return Ok(None);
             }
         }
         let key = self.index.by_id(id);
         let alert = Alert {
-            id: format!("alert_{}", &crate::ids::RequestId::new().as_str()[4..28]),
-            at: now,
+            id: alert_id(event),
+            at: w.now,
             key_id: *id,
             project_id: key.as_ref().and_then(|k| k.project_id().map(str::to_owned)),
             kind: kind.to_owned(),
             severity: severity.to_owned(),
             message,
             details,
+            delivery: None,
         };
-        self.store.insert_alert(&alert).await?;
-        announce(&alert, key.as_deref().map(|k| &*k.name), self.webhook()).await;
+        let Some(alert) = self.alerts.raise(alert).await? else { return Ok(None) };
         if self.policy.auto_suspend && severity == "critical" {
-            if let Some(suspended) = self.store.set_key_active(id, false).await? {
-                self.index.upsert([suspended]);
-                tracing::warn!(key = %id, "key suspended after a critical usage alert");
-            }
+            self.suspend(&alert).await?;
         }
-        Ok(vec![alert])
+        Ok(Some(alert))
     }
-}
 
-impl AnomalyWatcher {
-    /// Where alerts are POSTed (`anomaly.webhook_url`), with the client to use.
-    pub fn webhook(&self) -> Option<Webhook<'_>> {
-        self.policy.webhook.as_deref().map(|url| Webhook { http: &self.http, url })
-    }
-}
-
-/// An alert webhook: its URL and the client (with its timeout) that calls it.
-#[derive(Clone, Copy)]
-pub struct Webhook<'a> {
-    pub http: &'a reqwest::Client,
-    pub url: &'a str,
-}
-
-/// Counts and logs a stored alert and POSTs it to the webhook, if any: the
-/// watcher's own alerts and those raised elsewhere (a leaked key) alike. A
-/// failed webhook call is logged; the alert stays listed either way.
-pub async fn announce(alert: &Alert, key_name: Option<&str>, webhook: Option<Webhook<'_>>) {
-    metrics::counter!("keygate_alerts_total", "kind" => alert.kind.clone(), "severity" => alert.severity.clone())
-        .increment(1);
-    tracing::warn!(key = %alert.key_id, kind = %alert.kind, severity = %alert.severity, message = %alert.message, "alert raised");
-    if let Some(Webhook { http, url }) = webhook {
-        let body = json!({"type": "keygate.alert", "alert": alert_json(alert, key_name)});
-        if let Err(error) = http.post(url).json(&body).send().await.and_then(|r| r.error_for_status()) {
-            tracing::warn!(%error, "alert webhook failed");
+    /// Suspends the key a critical alert is about, on every replica, and
+    /// audits it under the alert's name.
+    async fn suspend(&self, alert: &Alert) -> StoreResult<()> {
+        let was_active = self.index.by_id(&alert.key_id).is_some_and(|k| k.state == KeyState::Active);
+        let Some(suspended) = self.store.set_key_active(&alert.key_id, false).await? else { return Ok(()) };
+        self.index.upsert([suspended]);
+        if !was_active {
+            return Ok(());
         }
+        tracing::warn!(key = %alert.key_id, alert = %alert.id, "key suspended after a critical usage alert");
+        let event = AuditEvent {
+            id: crate::ids::audit_log_id(),
+            kind: "api_key.updated",
+            effective_at: alert.at,
+            project_id: alert.project_id.clone(),
+            actor_key_id: None,
+            details: json!({
+                "id": alert.key_id.api_id(),
+                "changes_requested": {"state": "suspended"},
+                "alert": {"id": alert.id, "kind": alert.kind, "message": alert.message},
+            }),
+        };
+        if let Err(error) = self.store.append_audit(&event).await {
+            tracing::warn!(%error, "could not write the suspension's audit event; queued for retry");
+            self.recorder.audit(event);
+        }
+        Ok(())
     }
 }
 
-/// An alert as the API and the webhook show it.
-pub fn alert_json(alert: &Alert, key_name: Option<&str>) -> serde_json::Value {
-    json!({
-        "object": "keygate.alert",
-        "id": alert.id,
-        "created_at": alert.at,
-        "api_key_id": alert.key_id.api_id(),
-        "api_key_name": key_name,
-        "project_id": alert.project_id,
-        "kind": alert.kind,
-        "severity": alert.severity,
-        "message": alert.message,
-        "details": alert.details,
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_are_the_24_or_the_48() {
+        assert_eq!(network_of("203.0.113.9".parse().unwrap()), "203.0.113.0/24");
+        assert_eq!(network_of("2001:db8:1:2::1".parse().unwrap()), "2001:db8:1::/48");
+    }
+
+    #[test]
+    fn the_new_key_ceiling_is_per_minute_over_the_window() {
+        let policy =
+            AnomalyPolicy { window: Duration::from_secs(600), new_key_max_rpm: 50, ..AnomalyPolicy::default() };
+        assert_eq!(policy.rule().new_key_ceiling, 500);
+    }
 }

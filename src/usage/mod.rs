@@ -7,7 +7,9 @@
 //! watcher. Leaves storage to `store`, batching to `jobs::Recorder`, and the
 //! Usage API's HTTP shape to `admin`.
 
+mod alerts;
 mod anomaly;
+mod baseline;
 mod estimate;
 mod price;
 mod tap;
@@ -25,7 +27,8 @@ use crate::jobs::Recorder;
 use crate::limits::{Budget, BudgetScope, Limiter, Ticket};
 use crate::store::{Alert, Timestamp, Tokens, UsageKind, UsageRecord};
 
-pub use anomaly::{alert_json, announce, network_of, AnomalyPolicy, AnomalyWatcher, Webhook};
+pub use alerts::{alert_id, alert_json, delivery_json, Alerts, WebhookSecret, WebhookTarget};
+pub use anomaly::{network_of, AnomalyPolicy, AnomalyWatcher, JOB, LEASE_SECONDS, SETTLE_SECONDS};
 pub use price::{Price, PriceTable};
 pub use tap::Observed;
 /// For `crate::fuzzing`, which drives the tap without a server.
@@ -60,11 +63,12 @@ pub struct Meter {
     recorder: Recorder,
     prices: Arc<PriceTable>,
     limiter: Arc<Limiter>,
+    alerts: Arc<Alerts>,
 }
 
 impl Meter {
-    pub fn new(recorder: Recorder, prices: Arc<PriceTable>, limiter: Arc<Limiter>) -> Self {
-        Self { recorder, prices, limiter }
+    pub fn new(recorder: Recorder, prices: Arc<PriceTable>, limiter: Arc<Limiter>, alerts: Arc<Alerts>) -> Self {
+        Self { recorder, prices, limiter, alerts }
     }
 
     /// Wraps the answer's body in the usage tap; the record is written when
@@ -114,7 +118,7 @@ impl Meter {
         if let Some(ticket) = &m.ticket {
             let actual = u64::try_from(tokens.input + tokens.output).unwrap_or(0);
             for (scope, budget, spent) in self.limiter.settle(ticket, actual, cost_nanos) {
-                self.recorder.alert(budget_alert(&m, &scope, budget, spent));
+                self.recorder.alert(self.alerts.queued(budget_alert(&m, &scope, budget, spent)));
             }
         }
         self.recorder.usage(UsageRecord {
@@ -144,7 +148,8 @@ fn budget_alert(m: &Metered, scope: &BudgetScope, budget: Budget, spent: i64) ->
         BudgetScope::Project(id) => format!("project {id}"),
     };
     Alert {
-        id: format!("alert_{}", &m.request_id.get(4..28).unwrap_or("budget")),
+        // A key's and its project's budget can both be crossed by one request.
+        id: alert_id(&format!("budget/{}/{whose}", m.request_id)),
         at: m.at,
         key_id: m.authorized.key.id,
         project_id: m.authorized.key.project_id().map(str::to_owned),
@@ -157,6 +162,7 @@ fn budget_alert(m: &Metered, scope: &BudgetScope, budget: Budget, spent: i64) ->
             budget.alert_percent
         ),
         details: serde_json::json!({"spent_nanos": spent, "budget_nanos": budget.monthly_nanos, "scope": whose}),
+        delivery: None,
     }
 }
 

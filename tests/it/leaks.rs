@@ -30,7 +30,11 @@ fn upstream_saw_the_report_route(mock: &MockUpstream) -> bool {
 async fn a_reported_key_is_refused_on_the_next_request_audited_alerted_and_sent_to_the_webhook() {
     let mock = MockUpstream::start().await;
     let hook = format!("{}/leak-hook", mock.url);
-    let gw = TestGateway::start(&mock.url, &format!("[anomaly]\nwebhook_url = \"{hook}\"\n")).await;
+    let gw = TestGateway::start(
+        &mock.url,
+        &format!("[anomaly]\nwebhook_url = \"{hook}\"\nwebhook_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"),
+    )
+    .await;
     let (key, secret) = gw.create_key("pasted into a gist").await;
     let id = key["id"].as_str().unwrap();
     assert_eq!(models(&gw, &secret).await, 200);

@@ -39,5 +39,7 @@ mod replicas;
 mod security;
 /// Administration API objects against OpenAI's examples.
 mod shapes;
-/// Metering, the Usage API, anomaly alerts.
+/// Metering, the Usage API.
 mod usage;
+/// The usage watcher: durable baselines, takeover, signed webhook deliveries.
+mod watcher;

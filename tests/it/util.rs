@@ -285,6 +285,17 @@ impl TestGateway {
         Self::start_on(primary.database_url.clone(), upstream_url, extra_toml).await
     }
 
+    /// [`Self::replica_of`], reading time from `clock`.
+    pub async fn replica_with_clock(
+        primary: &TestGateway,
+        upstream_url: &str,
+        extra_toml: &str,
+        clock: Arc<dyn keygate::clock::Clock>,
+    ) -> Self {
+        let own = tempfile::tempdir().unwrap();
+        Self::boot(own, primary.database_url.clone(), upstream_url, extra_toml, clock).await
+    }
+
     async fn boot(
         db: tempfile::TempDir,
         database_url: String,
