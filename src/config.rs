@@ -736,6 +736,11 @@ fn anomaly(raw: RawAnomaly, rollups_kept: Duration) -> Result<Option<crate::usag
 /// The alert webhook: an http(s) URL and the `whsec_` secret that signs
 /// every delivery; one without the other is refused.
 fn alert_webhook(raw: &RawAnomaly) -> Result<Option<crate::usage::WebhookTarget>, ConfigError> {
+    if let Some(url) = &raw.webhook_url {
+        if reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
+            return Err(invalid("anomaly.webhook_url", format!("must be an http(s) URL, got `{}`", shown_url(url))));
+        }
+    }
     let (url, secret) = match (&raw.webhook_url, &raw.webhook_secret) {
         (None, None) => return Ok(None),
         (Some(url), Some(secret)) => (url, secret),
@@ -750,9 +755,6 @@ fn alert_webhook(raw: &RawAnomaly) -> Result<Option<crate::usage::WebhookTarget>
             return Err(invalid("anomaly.webhook_url", "is needed with anomaly.webhook_secret: where to send alerts"))
         }
     };
-    if reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
-        return Err(invalid("anomaly.webhook_url", format!("must be an http(s) URL, got `{}`", shown_url(url))));
-    }
     let secret = crate::usage::WebhookSecret::parse(secret).map_err(|why| invalid("anomaly.webhook_secret", why))?;
     Ok(Some(crate::usage::WebhookTarget { url: url.clone(), secret }))
 }

@@ -380,3 +380,38 @@ fn the_redis_password_never_reaches_the_configs_debug_form() {
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("redis://:***@10.0.0.5:6379"), "{shown}");
 }
+
+#[test]
+fn every_anomaly_setting_is_checked() {
+    for (toml, field) in [
+        ("dormant_days = 0", "anomaly.dormant_days"),
+        ("spike_min_requests = 0", "anomaly.spike_min_requests"),
+        ("new_network_min_requests = -1", "anomaly.new_network_min_requests"),
+        ("new_key_max_rpm = 0", "anomaly.new_key_max_rpm"),
+        ("spike_factor = 1.2", "anomaly.spike_factor"),
+        ("spike_factor = nan", "anomaly.spike_factor"),
+        ("window_seconds = 90", "anomaly.window_seconds"),
+        ("cooldown_seconds = 99999999", "anomaly.cooldown_seconds"),
+        ("baseline_days = 0", "anomaly.baseline_days"),
+        ("baseline_days = 91", "anomaly.baseline_days"),
+        ("webhook_url = \"https://hooks.example.com/k\"", "anomaly.webhook_secret"),
+        ("webhook_secret = \"whsec_ZXhhbXBsZS1vbmx5LWRvLW5vdC11c2UtdGhpcy1zZWNyZXQ=\"", "anomaly.webhook_url"),
+        ("webhook_url = \"https://h/k\"\nwebhook_secret = \"not-a-whsec\"", "anomaly.webhook_secret"),
+        ("webhook_url = \"https://h/k\"\nwebhook_secret = \"whsec_c2hvcnQ=\"", "anomaly.webhook_secret"),
+    ] {
+        let message = err(&format!("[anomaly]\n{toml}"));
+        assert!(message.starts_with(&format!("`{field}`")), "{toml}: {message}");
+    }
+    let message = err("[retention]\nusage_rollups_days = 3\n[anomaly]\nbaseline_days = 7");
+    assert!(message.contains("usage_rollups_days (3)"), "{message}");
+    // A secret never appears in an error.
+    let message = err("[anomaly]\nwebhook_url = \"https://h/k\"\nwebhook_secret = \"whsec_c2hvcnQ=\"");
+    assert!(!message.contains("c2hvcnQ"), "{message}");
+    let config = Config::from_toml(
+        "[anomaly]\nenabled = false\nwebhook_url = \"https://h/k\"\nwebhook_secret = \"whsec_ZXhhbXBsZS1vbmx5LWRvLW5vdC11c2UtdGhpcy1zZWNyZXQ=\"",
+        &FakeEnv::with(&[]),
+    )
+    .unwrap();
+    assert!(config.anomaly.is_none() && config.alert_webhook.is_some(), "alerts are delivered with the watcher off");
+    assert!(!format!("{config:?}").contains("ZXhhbXBsZS1vbmx5"), "the secret is not in Debug output");
+}
