@@ -14,7 +14,7 @@ use super::objects::List;
 use super::{bad, ListParams};
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::server::AppState;
-use crate::store::{Timestamp, UsageGroup, UsageKind, UsageQuery, UsageRow};
+use crate::store::{Timestamp, Tokens, UsageGroup, UsageKind, UsageQuery, UsageRow};
 use crate::usage::{alert_json, delivery_json};
 
 /// OpenAI's `page` envelope of time buckets.
@@ -162,7 +162,9 @@ async fn buckets(
         })
         .await?;
     let mut by_bucket: HashMap<Timestamp, Vec<Value>> = HashMap::new();
-    for row in &rows {
+    // A group whose every call failed served no model request: OpenAI lists
+    // no result for it.
+    for row in rows.iter().filter(|r| r.requests > 0 || r.cost_nanos != 0 || r.tokens != Tokens::default()) {
         by_bucket.entry(row.bucket_start).or_default().push(result(row));
     }
     let data = (0..count)
