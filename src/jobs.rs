@@ -390,7 +390,9 @@ pub fn recorder(
     let task = move |mut shutdown: watch::Receiver<bool>| -> BoxFuture {
         Box::pin(async move {
             let mut pending = Pending::default();
-            let mut tick = tokio::time::interval(every);
+            // The first batch after one period: an interval's immediate first
+            // tick could write a record the moment it is queued.
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 let stopping = tokio::select! {
                     () = inbox.0.ready.notified() => false,

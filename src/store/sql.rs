@@ -1565,6 +1565,9 @@ impl Store for SqlStore {
     }
 
     async fn count_networks(&self, batch: &[NetworkSighting]) -> StoreResult<Vec<KnownNetwork>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_write().await?;
         let mut known = Vec::with_capacity(batch.len());
         for s in batch {

@@ -224,12 +224,13 @@ impl AnomalyWatcher {
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
-                        _ = every.tick() => {
-                            if let Err(error) = self.tick().await {
-                                tracing::warn!(%error, "usage anomaly check failed; it is retried at the next tick");
-                            }
-                        }
+                        _ = every.tick() => {}
                         _ = shutdown.changed() => break,
+                    }
+                    // Outside the select: shutdown waits for a tick to finish
+                    // rather than cutting it between an alert and its suspension.
+                    if let Err(error) = self.tick().await {
+                        tracing::warn!(%error, "usage anomaly check failed; it is retried at the next tick");
                     }
                 }
                 self.release().await;
@@ -274,6 +275,10 @@ impl AnomalyWatcher {
         let mut counts: HashMap<PublicId, i64> = HashMap::new();
         for (id, _, requests) in self.requests_per_key(w.start, w.end).await? {
             *counts.entry(id).or_default() += requests;
+        }
+        if counts.is_empty() {
+            history.push(w.start, &counts);
+            return Ok(Vec::new());
         }
         let mut keys: Vec<(PublicId, i64)> = counts.iter().map(|(k, n)| (*k, *n)).collect();
         keys.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));

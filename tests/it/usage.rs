@@ -10,10 +10,22 @@ use crate::util::*;
 
 /// Usage of `key` so far, summed, after the recorder has written everything.
 async fn usage_of(gw: &TestGateway, key: &Value) -> (i64, Tokens, i64) {
+    let mut tokens = Tokens::default();
+    let (mut requests, mut cost) = (0, 0);
+    for r in usage_rows(gw, key).await {
+        requests += r.requests;
+        tokens.input += r.tokens.input;
+        tokens.output += r.tokens.output;
+        cost += r.cost_nanos;
+    }
+    (requests, tokens, cost)
+}
+
+/// All of `key`'s usage in one bucket, after the recorder has written everything.
+async fn usage_rows(gw: &TestGateway, key: &Value) -> Vec<keygate::store::UsageRow> {
     gw.gateway_state.recorder.flush().await;
     let id = key["id"].as_str().unwrap().strip_prefix("key_").unwrap().to_owned();
-    let rows = gw
-        .gateway_state
+    gw.gateway_state
         .store
         .query_usage(&UsageQuery {
             kind: None,
@@ -27,16 +39,7 @@ async fn usage_of(gw: &TestGateway, key: &Value) -> (i64, Tokens, i64) {
             prefixes: vec![],
         })
         .await
-        .unwrap();
-    let mut tokens = Tokens::default();
-    let (mut requests, mut cost) = (0, 0);
-    for r in rows {
-        requests += r.requests;
-        tokens.input += r.tokens.input;
-        tokens.output += r.tokens.output;
-        cost += r.cost_nanos;
-    }
-    (requests, tokens, cost)
+        .unwrap()
 }
 
 async fn post(gw: &TestGateway, key: &str, path: &str, body: Value) -> reqwest::Response {
@@ -181,22 +184,7 @@ async fn failed_upstream_calls_are_recorded_but_are_no_model_requests() {
     let results: Vec<&Value> =
         usage["data"].as_array().unwrap().iter().flat_map(|b| b["results"].as_array().unwrap()).collect();
     assert!(results.iter().all(|r| r["num_model_requests"] == 0), "{usage}");
-    let rows = gw
-        .gateway_state
-        .store
-        .query_usage(&UsageQuery {
-            kind: None,
-            start: 0,
-            end: i64::MAX / 2,
-            bucket_seconds: i64::MAX / 4,
-            group_by: vec![UsageGroup::ApiKey],
-            project_ids: vec![],
-            key_ids: vec![key["id"].as_str().unwrap().to_owned()],
-            models: vec![],
-            prefixes: vec![],
-        })
-        .await
-        .unwrap();
+    let rows = usage_rows(&gw, &key).await;
     assert_eq!(rows.iter().map(|r| r.failed_requests).sum::<i64>(), 1);
 }
 
