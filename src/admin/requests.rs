@@ -79,7 +79,7 @@ pub async fn get(
     };
     let explanation = match (record.reason.as_str(), &record.key_id) {
         ("suspended", Some(id)) => match suspension(&state, id, record.at).await? {
-            Some(why) => format!("{} {why}", record.explanation),
+            Some(why) => format!("{} {why}", record.explanation.trim_end_matches('.')),
             None => record.explanation,
         },
         _ => record.explanation,
@@ -119,7 +119,7 @@ async fn suspension(state: &AppState, id: &PublicId, at: Timestamp) -> StoreResu
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
     Ok(Some(match event.details.get("alert") {
         Some(alert) => format!(
-            "It was suspended automatically at {when} by alert {} ({}: {}). Resume it with `keygate keys resume {}{}` once the key is known to be safe, or rotate it.",
+            "(since {when}, suspended automatically by alert {}: {}, {}). Resume it with `keygate keys resume {}{}` once the key is known to be safe, or rotate it.",
             text(&alert["id"]),
             text(&alert["kind"]),
             text(&alert["message"]),
@@ -127,8 +127,8 @@ async fn suspension(state: &AppState, id: &PublicId, at: Timestamp) -> StoreResu
             event.project.as_ref().map(|(project, _)| format!(" --project {project}")).unwrap_or_default()
         ),
         None => match event.actor_key {
-            Some(actor) => format!("It was suspended at {when} by admin key {} ({}).", actor.id.api_id(), actor.name),
-            None => format!("It was suspended at {when}."),
+            Some(actor) => format!("(since {when}, by admin key {} `{}`).", actor.id.api_id(), actor.name),
+            None => format!("(since {when})."),
         },
     }))
 }

@@ -441,7 +441,8 @@ async fn auto_suspend_is_audited_under_the_alert_and_explain_names_it() {
     assert_eq!(why["reason"], "suspended");
     let explanation = why["explanation"].as_str().unwrap();
     assert!(explanation.contains(spike["id"].as_str().unwrap()), "{explanation}");
-    assert!(explanation.contains("suspended automatically"), "{explanation}");
+    assert!(explanation.contains("is suspended (since "), "{explanation}");
+    assert!(explanation.contains("suspended automatically by alert"), "{explanation}");
 
     let (_, audit) = gw
         .admin(

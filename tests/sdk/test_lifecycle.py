@@ -558,7 +558,8 @@ def test_suspend_and_resume_round_trip(gateway, mock_upstream):
     assert e.body == {"message": incorrect_key_message(key["value"]), "type": "invalid_request_error",
                       "param": None, "code": "invalid_api_key"}, "a suspended key is refused like a revoked one"
     assert mock_upstream.requests == []
-    explain(gateway, e.request_id, "suspended", explanation=f"{keyref(key)} is suspended", key=keyobj(key),
+    explain(gateway, e.request_id, "suspended", fragments=(f"{keyref(key)} is suspended (since ", ", by admin key key_"),
+            key=keyobj(key),
             project_id=gateway.project_id(), method="POST", path="/v1/chat/completions")
 
     r = gateway.admin("POST", key_path(gateway, key["id"], "/resume"))
@@ -647,7 +648,7 @@ def _case_suspended(gw: Gateway) -> dict:
     key = gw.create_key("suspended-target")
     assert gw.admin("POST", key_path(gw, key["id"], "/suspend")).status == 200
     return dict(resp=models(gw, key["value"]), reason="suspended", key=keyobj(key),
-                explanation=f"{keyref(key)} is suspended")
+                fragments=(f"{keyref(key)} is suspended (since ", ", by admin key key_"))
 
 
 def _case_project_archived(gw: Gateway) -> dict:
