@@ -24,6 +24,7 @@ pub mod key;
 pub mod limits;
 pub mod mock;
 pub mod openapi;
+pub mod policy;
 pub mod proxy;
 pub mod replicas;
 pub mod route;

@@ -353,7 +353,7 @@ async fn require_project_key(State(state): State<AppState>, mut req: Request, ne
         }
     }
     let scope = match req.extensions().get::<Route>() {
-        Some(route) => auth::data_plane_scope(req.method(), &route.path),
+        Some(route) => crate::policy::data_plane_scope(req.method(), &route.path),
         None => return ApiError::Internal.into_response(),
     };
     require(state, Plane::Data, scope, req, next).await
@@ -362,16 +362,16 @@ async fn require_project_key(State(state): State<AppState>, mut req: Request, ne
 /// keygate's own routes under `/v1/keygate/` (matched exactly by the router,
 /// never forwarded): any valid project key.
 async fn require_extension_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let scope = auth::data_plane_scope(req.method(), req.uri().path());
+    let scope = crate::policy::data_plane_scope(req.method(), req.uri().path());
     require(state, Plane::Data, scope, req, next).await
 }
 
 async fn require_admin_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let scope = auth::admin_scope(req.method(), req.uri().path());
+    let scope = crate::policy::admin_scope(req.method(), req.uri().path());
     require(state, Plane::Admin, scope, req, next).await
 }
 
-async fn require(state: AppState, plane: Plane, scope: auth::Scope, mut req: Request, next: Next) -> Response {
+async fn require(state: AppState, plane: Plane, scope: crate::policy::Scope, mut req: Request, next: Next) -> Response {
     let now = state.clock.now();
     let admission = auth::Admission {
         plane,
@@ -566,7 +566,7 @@ fn rate_limit_headers(values: &crate::limits::RateHeaders, headers: &mut http::H
         };
         headers.insert(limit_name, HeaderValue::from(limit));
         headers.insert(remaining_name, HeaderValue::from(taken.remaining));
-        match HeaderValue::try_from(crate::limits::go_duration(taken.reset_us)) {
+        match HeaderValue::try_from(crate::time::go_duration(taken.reset_us)) {
             Ok(reset) => headers.insert(reset_name, reset),
             Err(_) => headers.remove(reset_name),
         };

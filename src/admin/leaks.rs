@@ -35,7 +35,8 @@ use crate::auth::IndexedKey;
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::key::KeyDigest;
 use crate::server::{AppState, ClientIp};
-use crate::store::{Alert, AuditEvent, KeyKind, KeyState, Revocation, Timestamp};
+use crate::store::{Alert, AuditEvent, KeyKind, KeyState, Revocation};
+use crate::time::Timestamp;
 
 /// The most strings one report may carry.
 pub const MAX_KEYS: usize = 100;

@@ -201,5 +201,5 @@ pub async fn update_rate_limit(
         json!({"id": rate_limit_id, "changes_requested": limits}),
     )
     .await;
-    Ok(Json(objects::project_rate_limit(&crate::limits::ModelLimits { model: model.to_owned(), limits })))
+    Ok(Json(objects::project_rate_limit(&crate::policy::ModelLimits { model: model.to_owned(), limits })))
 }

@@ -10,8 +10,9 @@ use super::keys::{issue, parse_prefix, KeySpec};
 use super::objects::{CreatedServiceAccount, Deleted, List, ServiceAccountKey, ServiceAccountObject};
 use super::projects::{find as find_project, find_active};
 use super::{actor_name, audit, json_body, name, objects, query, ListParams};
-use crate::auth::{Authorized, Permissions};
+use crate::auth::Authorized;
 use crate::dialect::{ApiError, ErrorResponse};
+use crate::policy::Permissions;
 use crate::server::AppState;
 use crate::store::{Access, KeyKind, OwnerRef, Revocation, ServiceAccount};
 

@@ -14,7 +14,8 @@ use super::objects::List;
 use super::{bad, ListParams};
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::server::AppState;
-use crate::store::{Timestamp, UsageGroup, UsageKind, UsageQuery, UsageRow};
+use crate::store::{UsageGroup, UsageKind, UsageQuery, UsageRow};
+use crate::time::Timestamp;
 use crate::usage::alert_json;
 
 /// OpenAI's `page` envelope of time buckets.

@@ -15,8 +15,9 @@ use serde_json::json;
 
 use crate::auth::KeyIndex;
 use crate::clock::Clock;
-use crate::key::PublicId;
-use crate::store::{Alert, NetworkSighting, Store, StoreResult, Timestamp, UsageGroup, UsageQuery};
+use crate::ids::PublicId;
+use crate::store::{Alert, NetworkSighting, Store, StoreResult, UsageGroup, UsageQuery};
+use crate::time::Timestamp;
 
 #[derive(Debug, Clone)]
 pub struct AnomalyPolicy {

@@ -22,8 +22,10 @@ use bytes::Bytes;
 
 use crate::auth::Authorized;
 use crate::jobs::Recorder;
-use crate::limits::{Budget, BudgetScope, Limiter, Ticket};
-use crate::store::{Alert, Timestamp, Tokens, UsageKind, UsageRecord};
+use crate::limits::{Limiter, Ticket};
+use crate::policy::{Budget, BudgetScope};
+use crate::store::{Alert, Tokens, UsageKind, UsageRecord};
+use crate::time::Timestamp;
 
 pub use anomaly::{alert_json, announce, network_of, AnomalyPolicy, AnomalyWatcher, Webhook};
 pub use price::{Price, PriceTable};

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use keygate::clock::ManualClock;
-use keygate::key::PublicId;
+use keygate::ids::PublicId;
 use keygate::store::{Tokens, UsageGroup, UsageKind, UsageQuery, UsageRecord};
 use reqwest::Method;
 use serde_json::{json, Value};
