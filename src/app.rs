@@ -18,7 +18,8 @@ use crate::key::Secret;
 use crate::limits::{month_start, Budgets, Limiter, LocalBackend, RateBackend, RedisBackend};
 use crate::policy::BudgetScope;
 use crate::proxy::Upstreams;
-use crate::server::{AppState, ConnectionLimits, Settings, Shared};
+use crate::server::ConnectionLimits;
+use crate::state::{AppState, Settings, Shared};
 use crate::store::{Store, UsageGroup, UsageQuery};
 use crate::usage::{AnomalyWatcher, Meter};
 

@@ -16,7 +16,7 @@ use http::{HeaderValue, Uri};
 
 use crate::auth::Denial;
 use crate::dialect::{ApiError, Dialect};
-use crate::server::AppState;
+use crate::state::AppState;
 
 mod canonical;
 

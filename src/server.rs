@@ -1,18 +1,16 @@
-//! The HTTP server: shared state, the router (public routes, the Administration
-//! API, the data plane), the request-id middleware that also records denials
-//! and metrics, background tasks, and the accept loop with TLS, the
-//! connection cap and timeouts (`connection`), the request body deadline
-//! (`deadline`) and graceful shutdown.
+//! The HTTP server: the router (public routes, the Administration API, the
+//! data plane), the request-id middleware that also records denials and
+//! metrics, and the accept loop with TLS, the connection cap and timeouts
+//! (`connection`) and graceful shutdown. The state it serves with is
+//! `state`'s; the client address and body reading are `request`'s.
 
 mod connection;
-mod deadline;
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,73 +23,17 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
-use crate::auth::{self, Authorized, Denial, KeyIndex, Plane};
-use crate::clock::Clock;
+use crate::auth::{self, Authorized, Denial, Plane};
 use crate::dialect::{ApiError, Dialect};
 use crate::ids::RequestId;
-use crate::jobs::Recorder;
-use crate::proxy::{self, RequestMeta, Upstreams};
+use crate::proxy::{self, RequestMeta};
+use crate::request::{self, client_ip, read_body, ClientIp};
 use crate::route::Route;
-use crate::store::{DenialRecord, Store, Touch};
-use crate::usage::{AnomalyWatcher, Meter, Metered};
+use crate::state::AppState;
+use crate::store::{DenialRecord, Touch};
+use crate::usage::Metered;
 
 pub use connection::ConnectionLimits;
-
-/// Settings the request path reads, fixed at start.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub max_body_bytes: usize,
-    /// A request body must arrive whole within this of reaching the router.
-    pub request_body_timeout: Duration,
-    pub organization_id: String,
-    /// `organization_id` as the `openai-organization` answer header, built once.
-    pub organization_header: Option<HeaderValue>,
-    pub default_project_id: String,
-    pub trusted_proxies: Vec<IpNet>,
-    /// `errors.hints`: append safe, format-only hints to 401 messages.
-    pub error_hints: bool,
-    /// Completion tokens assumed for token limits when a request names none.
-    pub default_max_tokens: u64,
-    /// Off only for benchmarks (`usage.enabled = false`).
-    pub metering: bool,
-    /// The Azure front door: deployment name → model, accepted api-versions, region.
-    pub azure_deployments: std::collections::BTreeMap<String, String>,
-    pub azure_api_versions: Vec<String>,
-    pub azure_region: String,
-}
-
-/// What every handler shares; cloned per request and per middleware layer,
-/// so it is one `Arc` (one atomic increment) around [`Shared`].
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl AppState {
-    pub fn new(shared: Shared) -> Self {
-        Self(Arc::new(shared))
-    }
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-pub struct Shared {
-    pub store: Arc<dyn Store>,
-    pub index: Arc<KeyIndex>,
-    pub clock: Arc<dyn Clock>,
-    pub upstreams: Arc<Upstreams>,
-    pub recorder: Recorder,
-    pub meter: Meter,
-    /// `None` when `anomaly.enabled = false`.
-    pub anomaly: Option<Arc<AnomalyWatcher>>,
-    pub limiter: Arc<crate::limits::Limiter>,
-    pub settings: Arc<Settings>,
-    pub metrics: PrometheusHandle,
-}
 
 pub fn router(state: AppState) -> Router {
     let openai = Router::new()
@@ -123,7 +65,7 @@ pub fn router(state: AppState) -> Router {
         .merge(openai)
         .merge(azure)
         .fallback(invalid_url)
-        .layer(middleware::from_fn_with_state(state.clone(), deadline::request_body_deadline))
+        .layer(middleware::from_fn_with_state(state.settings.request_body_timeout, request::request_body_deadline))
         .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
@@ -312,27 +254,6 @@ fn method_label(method: &http::Method) -> &'static str {
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     }
-}
-
-/// The client's address: the peer, or, when the peer is a trusted proxy, the
-/// nearest untrusted address in `X-Forwarded-For`.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub IpAddr);
-
-pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
-    }
-    let hops = forwarded_for.unwrap_or("").split(',').rev().filter_map(|h| h.trim().parse::<IpAddr>().ok());
-    let mut last = peer;
-    for hop in hops {
-        last = hop;
-        if !is_trusted(&hop) {
-            return hop;
-        }
-    }
-    last
 }
 
 // === authentication ===
@@ -573,26 +494,6 @@ fn rate_limit_headers(values: &crate::limits::RateHeaders, headers: &mut http::H
     }
 }
 
-/// Reads a request body up to `limit` bytes; more is OpenAI-shaped 413, a
-/// body past its deadline 408.
-pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes),
-        Err(error) => {
-            let too_large =
-                std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                Err(ApiError::BodyTooLarge { limit })
-            } else if let Some(timeout) = deadline::timed_out(&error) {
-                Err(ApiError::RequestTimeout { timeout })
-            } else {
-                tracing::debug!(%error, "client body read failed");
-                Err(ApiError::BadRequest { message: "The request body could not be read.".into(), param: None })
-            }
-        }
-    }
-}
-
 // === accept loop ===
 
 /// Serves `app` on `listener` (TLS when `tls` is set) until `shutdown`
@@ -747,8 +648,6 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Re
 
 #[cfg(test)]
 mod tests {
-    use super::client_ip;
-
     #[test]
     fn double_leading_slashes_collapse() {
         let mut uri: http::Uri = "//openai/deployments/d/chat/completions?api-version=1".parse().unwrap();
@@ -757,15 +656,5 @@ mod tests {
         let mut plain: http::Uri = "/v1/models".parse().unwrap();
         super::collapse_leading_slashes(&mut plain);
         assert_eq!(plain.to_string(), "/v1/models");
-    }
-
-    #[test]
-    fn forwarded_for_is_trusted_only_from_configured_proxies() {
-        let proxy: ipnet::IpNet = "10.0.0.0/8".parse().unwrap();
-        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-        assert_eq!(client_ip(ip("1.2.3.4"), Some("9.9.9.9"), &[proxy]), ip("1.2.3.4"));
-        assert_eq!(client_ip(ip("10.0.0.1"), Some("9.9.9.9, 10.0.0.2"), &[proxy]), ip("9.9.9.9"));
-        assert_eq!(client_ip(ip("10.0.0.1"), None, &[proxy]), ip("10.0.0.1"));
-        assert_eq!(client_ip(ip("10.0.0.1"), Some("garbage"), &[proxy]), ip("10.0.0.1"));
     }
 }

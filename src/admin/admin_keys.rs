@@ -13,7 +13,7 @@ use crate::auth::Authorized;
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::key::KeyPrefix;
 use crate::policy::Permissions;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{Access, KeyFilter, KeyKind, OwnerRef};
 
 pub const ADMIN_PREFIX: &str = "sk-admin-";

@@ -18,7 +18,7 @@ use crate::dialect::{ApiError, ErrorResponse};
 use crate::ids::PublicId;
 use crate::key::KeyDigest;
 use crate::policy::{Permissions, RateLimits};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{Access, KeyKind, KeyRecord, NewKey, OwnerRef, Project, SecretVersion, ServiceAccount};
 use crate::time::Timestamp;
 

@@ -16,7 +16,7 @@ use crate::dialect::{ApiError, ErrorResponse};
 use crate::ids::PublicId;
 use crate::key::{generate, KeyPrefix, Secret};
 use crate::policy::{Budget, Permissions, RateLimits};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{
     Access, KeyFilter, KeyKind, KeyRecord, KeyState, KeyUpdate, NewKey, OwnerRef, Page, PageQuery, Revocation,
     SecretVersion,

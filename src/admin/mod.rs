@@ -30,7 +30,7 @@ use serde::Deserialize;
 
 use crate::auth::Authorized;
 use crate::dialect::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{AuditEvent, PageQuery};
 
 pub use bootstrap::bootstrap_admin_key;

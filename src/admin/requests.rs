@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::ids::RequestId;
-use crate::server::AppState;
+use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct KeyMention {

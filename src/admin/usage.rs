@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::objects::List;
 use super::{bad, ListParams};
 use crate::dialect::{ApiError, ErrorResponse};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{UsageGroup, UsageKind, UsageQuery, UsageRow};
 use crate::time::Timestamp;
 use crate::usage::alert_json;
