@@ -199,4 +199,6 @@ fn decide(
 }
 
 #[cfg(test)]
+pub(crate) mod test_util;
+#[cfg(test)]
 mod tests;

@@ -1,55 +1,12 @@
 use http::{HeaderMap, HeaderValue, Method};
 
+use super::test_util::{project, record, NOW};
 use super::*;
-use crate::ids::PublicId;
 use crate::key::{generate, KeyPrefix};
 use crate::policy::{admin_scope, data_plane_scope, Permissions};
 use crate::store::{KeyRecord, Revocation, SecretVersion};
 
-const NOW: i64 = 1_800_000_000;
 const ORG: &str = "org-test";
-
-fn record(kind: KeyKind) -> (KeyRecord, String) {
-    let generated = generate(&KeyPrefix::parse("sk-prod-").unwrap(), &PublicId::random());
-    let record = KeyRecord {
-        id: generated.id,
-        kind,
-        name: "MyApp-Prod-v2".into(),
-        project_id: (kind == KeyKind::Project).then(|| "proj_1".into()),
-        owner: None,
-        prefix: "sk-prod-".into(),
-        state: KeyState::Active,
-        permissions: Permissions::All,
-        access: Access::default(),
-        limits: Default::default(),
-        budget: None,
-        created_at: NOW - 100,
-        expires_at: None,
-        last_used: None,
-        revocation: None,
-        secrets: vec![SecretVersion {
-            digest: generated.digest,
-            legacy: false,
-            last4: generated.last4.clone(),
-            created_at: NOW - 100,
-            expires_at: None,
-        }],
-    };
-    (record, generated.secret.expose().to_owned())
-}
-
-fn project() -> Project {
-    Project {
-        id: "proj_1".into(),
-        name: "p".into(),
-        created_at: NOW - 1000,
-        archived_at: None,
-        access: Access::default(),
-        max_key_age_seconds: None,
-        rate_limits: Vec::new(),
-        budget: None,
-    }
-}
 
 fn index(records: Vec<KeyRecord>) -> KeyIndex {
     KeyIndex::new(records, vec![project()])
@@ -126,7 +83,7 @@ fn private_reasons_tell_typo_unknown_and_wrong_secret_apart() {
     let (_, other_key) = record(KeyKind::Project);
     assert!(matches!(auth(&index, &bearer(&other_key)), Err(Denial::UnknownKey { .. })));
     // Same public id, different secret: a well-formed key the index does not hold.
-    let forged = crate::key::generate(&KeyPrefix::parse("sk-prod-").unwrap(), &rec.id);
+    let forged = generate(&KeyPrefix::parse("sk-prod-").unwrap(), &rec.id);
     match auth(&index, &bearer(forged.secret.expose())) {
         Err(Denial::WrongSecret { key, .. }) => assert_eq!(key.id, rec.id),
         other => panic!("expected WrongSecret, got {other:?}"),
