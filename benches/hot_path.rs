@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
-use keygate::auth::{authenticate, data_plane_scope, Admission, Authorized, KeyIndex, Plane};
+use keygate::auth::{authenticate, Admission, Authorized, KeyIndex, Plane};
 use keygate::clock::SystemClock;
 use keygate::dialect::{render_openai, ApiError};
 use keygate::key::KeyDigest;
-use keygate::limits::{Budgets, FailurePolicy, Limiter, LocalBackend, RateLimits, RedisBackend};
+use keygate::limits::{Budgets, FailurePolicy, Limiter, LocalBackend, RedisBackend};
+use keygate::policy::{data_plane_scope, RateLimits};
 
 /// The allocator the gateway binary runs with: at a million keys the cost is
 /// in where allocations land (cache lines, pages), so measure with the one

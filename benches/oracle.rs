@@ -11,8 +11,9 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Method};
-use keygate::auth::{authenticate, data_plane_scope, Admission, KeyIndex, Plane};
+use keygate::auth::{authenticate, Admission, KeyIndex, Plane};
 use keygate::key::{generate, KeyPrefix};
+use keygate::policy::data_plane_scope;
 use keygate::store::{KeyRecord, KeyState, Revocation};
 use rand::seq::SliceRandom;
 use rand::Rng;

@@ -15,9 +15,11 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, UpstreamTarget};
 use crate::jobs::{self, BoxFuture, Retention, Tasks};
 use crate::key::Secret;
-use crate::limits::{month_start, BudgetScope, Budgets, Limiter, LocalBackend, RateBackend, RedisBackend};
+use crate::limits::{month_start, Budgets, Limiter, LocalBackend, RateBackend, RedisBackend};
+use crate::policy::BudgetScope;
 use crate::proxy::Upstreams;
-use crate::server::{AppState, ConnectionLimits, Settings, Shared};
+use crate::server::ConnectionLimits;
+use crate::state::{AppState, Settings, Shared};
 use crate::store::{Store, UsageGroup, UsageQuery};
 use crate::usage::{Alerts, AnomalyWatcher, Meter};
 
@@ -303,7 +305,7 @@ async fn load_budgets(store: &dyn Store, budgets: &Budgets, now: i64) -> anyhow:
             .await?;
         for row in rows {
             let scope = match group {
-                UsageGroup::ApiKey => row.key_id.as_deref().and_then(crate::key::PublicId::parse).map(BudgetScope::Key),
+                UsageGroup::ApiKey => row.key_id.as_deref().and_then(crate::ids::PublicId::parse).map(BudgetScope::Key),
                 _ => row.project_id.clone().map(BudgetScope::Project),
             };
             if let Some(scope) = scope {

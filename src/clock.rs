@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::store::Timestamp;
+use crate::time::Timestamp;
 
 pub trait Clock: Send + Sync + 'static {
     /// Unix milliseconds (rate limits need sub-second time).

@@ -1,9 +1,13 @@
 //! Identifiers keygate mints, in OpenAI's shapes: `req_<32 hex>`, `proj_<24>`,
-//! `svc_acct_<24>`, `audit_log-<..>`, `org-<24>`.
+//! `svc_acct_<24>`, `audit_log-<..>`, `org-<24>`, and a key's public id
+//! (`key_<12 base62>`), which the key format (`crate::key`) embeds in every key.
 
 use std::fmt;
 
 use rand::{distributions::Alphanumeric, rngs::OsRng, Rng, RngCore};
+
+/// The alphabet of public ids, and of the key text around them.
+pub const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 fn alnum(len: usize) -> String {
     OsRng.sample_iter(&Alphanumeric).take(len).map(char::from).collect()
@@ -54,6 +58,53 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// The public part of a key: 12 base62 characters. Names a key in logs, usage,
+/// audit and `explain`; never authorizes anything alone. Held inline and
+/// `Copy`: the index, limiter buckets and usage rows name keys by it on every
+/// request, and a heap string there would be an allocation per use.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicId([u8; PublicId::LEN]);
+
+impl PublicId {
+    pub const LEN: usize = 12;
+
+    /// Accepts the bare id or the API form `key_<id>`.
+    pub fn parse(value: &str) -> Option<Self> {
+        let bare = value.strip_prefix("key_").unwrap_or(value);
+        if !bare.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        bare.as_bytes().try_into().ok().map(Self)
+    }
+
+    pub fn random() -> Self {
+        let mut rng = OsRng;
+        Self(std::array::from_fn(|_| BASE62[rng.gen_range(0..BASE62.len())]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII alphanumerics get in (`parse`, `random`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The id as the Administration API shows it.
+    pub fn api_id(&self) -> String {
+        format!("key_{}", self.as_str())
+    }
+}
+
+impl fmt::Display for PublicId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "key_{}", self.as_str())
+    }
+}
+
+impl fmt::Debug for PublicId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicId({})", self.as_str())
+    }
+}
+
 pub fn project_id() -> String {
     format!("proj_{}", alnum(24))
 }
@@ -95,5 +146,13 @@ mod tests {
         assert!(earlier.as_str() < later.as_str(), "{earlier} < {later}");
         let burst: std::collections::HashSet<String> = (0..1000).map(|_| RequestId::new().to_string()).collect();
         assert_eq!(burst.len(), 1000);
+    }
+
+    #[test]
+    fn public_id_accepts_api_form() {
+        let id = PublicId::random();
+        assert_eq!(PublicId::parse(&id.api_id()), Some(id));
+        assert_eq!(PublicId::parse(id.as_str()), Some(id));
+        assert_eq!(PublicId::parse("key_short"), None);
     }
 }

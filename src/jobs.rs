@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{IndexBuilder, KeyIndex};
 use crate::clock::Clock;
-use crate::key::PublicId;
+use crate::ids::PublicId;
 use crate::store::{Alert, AuditEvent, DenialRecord, KeyRecord, Store, StoreResult, Touch, UsageRecord};
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -167,7 +167,7 @@ impl Recorder {
 #[derive(Debug, Clone)]
 pub struct FailedLogin {
     pub key_id: PublicId,
-    pub at: crate::store::Timestamp,
+    pub at: crate::time::Timestamp,
     pub client: Option<std::net::IpAddr>,
     /// The private reason's kind (`wrong_secret`, `revoked`, ...).
     pub reason: &'static str,
@@ -176,11 +176,11 @@ pub struct FailedLogin {
 /// One admin key's failed logins for one reason within a window: the first
 /// is audited at once, the repeats as one summing event when the window ends.
 struct LoginFailures {
-    opened_at: crate::store::Timestamp,
+    opened_at: crate::time::Timestamp,
     /// Repeats after the first failure: how many, when, from where.
     count: u64,
-    first_at: crate::store::Timestamp,
-    last_at: crate::store::Timestamp,
+    first_at: crate::time::Timestamp,
+    last_at: crate::time::Timestamp,
     /// Distinct client addresses, at most [`LOGIN_CLIENTS`] of them.
     clients: Vec<String>,
 }
@@ -222,8 +222,8 @@ fn login_failed(
     key_id: PublicId,
     reason: &'static str,
     count: u64,
-    first_at: crate::store::Timestamp,
-    last_at: crate::store::Timestamp,
+    first_at: crate::time::Timestamp,
+    last_at: crate::time::Timestamp,
     clients: &[String],
 ) -> AuditEvent {
     AuditEvent {
@@ -296,7 +296,7 @@ impl Pending {
 
     /// Ends the failed-login windows that are over by `now` (all of them
     /// when `now` is `None`, on shutdown), auditing their repeats.
-    fn close_login_windows(&mut self, now: Option<crate::store::Timestamp>) {
+    fn close_login_windows(&mut self, now: Option<crate::time::Timestamp>) {
         let ended: Vec<LoginWindow> = self
             .failed_logins
             .iter()

@@ -1,9 +1,13 @@
 //! keygate: a self-hosted, OpenAI-compatible API-key gateway.
 //!
-//! A request flows one way: `server` (request id) → `auth` (credential, key
-//! index, decision) → `proxy` (upstream, streaming) ; refusals are `auth::Denial`
-//! values rendered by `dialect`. Keys are `key`, persistence is `store`, the
-//! Administration API is `admin`, configuration is `config`.
+//! A request flows one way, in phases (`server::data_plane`): route
+//! (`route`), authenticate (`auth`, from the in-memory key index), authorise
+//! the model, admit (`limits`), rewrite, forward (`proxy`), tap and meter
+//! (`usage`); refusals are `auth::Denial` values rendered by `dialect`. Keys
+//! are `key`, persistence is `store`, the Administration API is `admin`,
+//! configuration is `config`, and plain values everyone shares are `time`,
+//! `ids`, `clock` and `policy`. Layers only look down: `docs/architecture.md`
+//! is the map.
 
 #![forbid(unsafe_code)]
 
@@ -24,10 +28,13 @@ pub mod key;
 pub mod limits;
 pub mod mock;
 pub mod openapi;
+pub mod policy;
 pub mod proxy;
 pub mod replicas;
+pub mod request;
 pub mod route;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod time;
 pub mod usage;

@@ -13,8 +13,8 @@ use redis::aio::{ConnectionManager, PubSub};
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::{Change, KeyIndex};
+use crate::ids::PublicId;
 use crate::jobs::{reconcile_index, BoxFuture, Tasks};
-use crate::key::PublicId;
 use crate::store::Store;
 
 /// Announcements a replica may queue before it drops them (and relies on reconcile).

@@ -16,7 +16,8 @@ use http::{HeaderValue, Uri};
 
 use crate::auth::Denial;
 use crate::dialect::{ApiError, Dialect};
-use crate::server::AppState;
+use crate::proxy::is_forwarded_method;
+use crate::state::AppState;
 
 mod canonical;
 
@@ -55,6 +56,27 @@ impl Route {
             _ => path.to_owned(),
         }
     }
+}
+
+/// The data plane's first phase, route and canonicalise, before any key is
+/// looked at: the canonical path chooses the scope and is what is forwarded.
+/// keygate's own namespaces, paths without a canonical form and methods such
+/// as TRACE and CONNECT never leave. Leaves the request carrying its
+/// [`Route`]: an Azure URL's, set by [`azure_front_door`], or its OpenAI one.
+pub fn canonicalise(req: &mut Request) -> Result<(), ApiError> {
+    if normalize(req.uri().path()).is_err() || !is_forwarded_method(req.method()) {
+        return Err(invalid_url(req));
+    }
+    if req.extensions().get::<Route>().is_none() {
+        let route = Route::openai(req.uri()).map_err(|_| invalid_url(req))?;
+        req.extensions_mut().insert(route);
+    }
+    Ok(())
+}
+
+/// OpenAI's answer to a URL keygate does not serve.
+pub fn invalid_url(req: &Request) -> ApiError {
+    ApiError::InvalidUrl { method: req.method().clone(), path: req.uri().path().to_owned() }
 }
 
 /// Parses an Azure URL; `Err` is the error Azure itself would give. The
@@ -173,6 +195,44 @@ mod tests {
 
     fn parse(url: &str) -> Result<Route, ApiError> {
         parse_azure(&url.parse().unwrap(), &versions())
+    }
+
+    fn request(method: http::Method, uri: &str) -> Request {
+        http::Request::builder().method(method).uri(uri).body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn canonicalising_gives_an_openai_url_its_route_and_keeps_the_front_doors() {
+        let mut req = request(http::Method::POST, "/v1/chat/%63ompletions?x=1");
+        canonicalise(&mut req).unwrap();
+        let route = req.extensions().get::<Route>().unwrap();
+        assert_eq!((route.path.as_str(), route.query.as_deref()), ("/v1/chat/completions", Some("x=1")));
+        assert_eq!(route.dialect, Dialect::OpenAi);
+
+        let mut azure = request(http::Method::POST, "/openai/deployments/d/chat/completions?api-version=2024-10-21");
+        let routed = parse_azure(azure.uri(), &versions()).unwrap();
+        azure.extensions_mut().insert(routed.clone());
+        canonicalise(&mut azure).unwrap();
+        assert_eq!(azure.extensions().get::<Route>(), Some(&routed));
+    }
+
+    #[test]
+    fn canonicalising_refuses_what_must_never_leave() {
+        for (method, uri) in [
+            (http::Method::POST, "/v1/keygate/key"),
+            (http::Method::GET, "/v1/organization/projects"),
+            (http::Method::GET, "/v1/a/../organization/projects"),
+            (http::Method::TRACE, "/v1/models"),
+        ] {
+            let mut req = request(method.clone(), uri);
+            match canonicalise(&mut req) {
+                Err(ApiError::InvalidUrl { method: refused, path }) => {
+                    assert_eq!((refused, path.as_str()), (method, uri))
+                }
+                other => panic!("{uri}: {other:?}"),
+            }
+            assert!(req.extensions().get::<Route>().is_none(), "{uri}");
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! Formatting unix seconds as RFC 3339 UTC, without a calendar dependency.
+//! Time as keygate stores and shows it: unix seconds, formatted as RFC 3339
+//! UTC without a calendar dependency, and durations as Go prints them (the
+//! form of OpenAI's `x-ratelimit-reset-*` headers and 429 texts).
 
-use crate::store::Timestamp;
+/// Unix seconds.
+pub type Timestamp = i64;
 
 /// `2026-11-20T14:02:00Z`.
 pub fn rfc3339(ts: Timestamp) -> String {
@@ -8,6 +11,37 @@ pub fn rfc3339(ts: Timestamp) -> String {
     let secs = ts.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// Formats microseconds as Go's `time.Duration` prints them (`120ms`, `1.78s`, `6m0s`).
+pub fn go_duration(us: i64) -> String {
+    let us = us.max(0);
+    if us == 0 {
+        return "0s".into();
+    }
+    let trim = |whole: i64, frac: i64, digits: usize, unit: &str| {
+        let frac = format!("{frac:0digits$}");
+        let frac = frac.trim_end_matches('0');
+        if frac.is_empty() {
+            format!("{whole}{unit}")
+        } else {
+            format!("{whole}.{frac}{unit}")
+        }
+    };
+    if us < 1_000 {
+        return format!("{us}µs");
+    }
+    if us < 1_000_000 {
+        return trim(us / 1_000, us % 1_000, 3, "ms");
+    }
+    let (h, rest) = (us / 3_600_000_000, us % 3_600_000_000);
+    let (m, rest) = (rest / 60_000_000, rest % 60_000_000);
+    let seconds = trim(rest / 1_000_000, rest % 1_000_000, 6, "s");
+    match (h, m) {
+        (0, 0) => seconds,
+        (0, m) => format!("{m}m{seconds}"),
+        (h, m) => format!("{h}h{m}m{seconds}"),
+    }
 }
 
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
@@ -26,12 +60,24 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339;
+    use super::{go_duration, rfc3339};
 
     #[test]
     fn formats_known_instants() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_711_471_533), "2024-03-26T16:45:33Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn go_durations_look_like_openais() {
+        assert_eq!(go_duration(0), "0s");
+        assert_eq!(go_duration(8_000), "8ms");
+        assert_eq!(go_duration(120_000), "120ms");
+        assert_eq!(go_duration(1_780_000), "1.78s");
+        assert_eq!(go_duration(20_000_000), "20s");
+        assert_eq!(go_duration(360_000_000), "6m0s");
+        assert_eq!(go_duration(3_723_500_000), "1h2m3.5s");
+        assert_eq!(go_duration(1_500), "1.5ms");
     }
 }

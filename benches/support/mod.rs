@@ -1,9 +1,9 @@
 //! Keys and a project for the benchmarks (each bench is its own crate; this
 //! module is included by `mod support;`).
 
-use keygate::auth::Permissions;
-use keygate::key::{generate, KeyPrefix, PublicId};
-use keygate::limits::RateLimits;
+use keygate::ids::PublicId;
+use keygate::key::{generate, KeyPrefix};
+use keygate::policy::{Permissions, RateLimits};
 use keygate::store::{Access, KeyKind, KeyRecord, KeyState, Project, SecretVersion};
 
 /// An active project key of the benchmarks' project, and its string.

@@ -9,10 +9,11 @@ use serde_json::json;
 use super::keys::{find_key, issue, revoke, KeySpec};
 use super::objects::{AdminApiKeyObject, Deleted, List, WithValue};
 use super::{bad, json_body, name, objects, query, ListParams};
-use crate::auth::{Authorized, Permissions};
+use crate::auth::Authorized;
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::key::KeyPrefix;
-use crate::server::AppState;
+use crate::policy::Permissions;
+use crate::state::AppState;
 use crate::store::{Access, KeyFilter, KeyKind, OwnerRef};
 
 pub const ADMIN_PREFIX: &str = "sk-admin-";

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::bad;
 use super::objects::List;
 use crate::dialect::{ApiError, ErrorResponse};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{AuditFilter, AuditRecord, KeyKind, Owner};
 
 fn parse_filter(raw: Option<&str>) -> Result<AuditFilter, ApiError> {

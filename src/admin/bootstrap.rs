@@ -2,9 +2,11 @@
 //! upserted by digest on every start), or generated once on an empty database.
 
 use super::admin_keys::ADMIN_PREFIX;
-use crate::auth::Permissions;
-use crate::key::{self, generate, KeyDigest, KeyPrefix, PublicId, Secret};
-use crate::store::{Access, KeyKind, KeyRecord, NewKey, OwnerRef, SecretVersion, Store, StoreResult, Timestamp};
+use crate::ids::PublicId;
+use crate::key::{self, generate, KeyDigest, KeyPrefix, Secret};
+use crate::policy::Permissions;
+use crate::store::{Access, KeyKind, KeyRecord, NewKey, OwnerRef, SecretVersion, Store, StoreResult};
+use crate::time::Timestamp;
 
 /// Returns the generated key when one was made (to print once), and the
 /// record that was inserted, if any.

@@ -13,12 +13,14 @@ use serde_json::json;
 use super::keys::parse_prefix;
 use super::projects::find_active;
 use super::{audit, bad, budget, cidrs, json_body, models, name, rate_limits};
-use crate::auth::{Authorized, Permissions};
+use crate::auth::Authorized;
 use crate::dialect::{ApiError, ErrorResponse};
-use crate::key::{KeyDigest, PublicId};
-use crate::limits::RateLimits;
-use crate::server::AppState;
-use crate::store::{Access, KeyKind, KeyRecord, NewKey, OwnerRef, Project, SecretVersion, ServiceAccount, Timestamp};
+use crate::ids::PublicId;
+use crate::key::KeyDigest;
+use crate::policy::{Permissions, RateLimits};
+use crate::state::AppState;
+use crate::store::{Access, KeyKind, KeyRecord, NewKey, OwnerRef, Project, SecretVersion, ServiceAccount};
+use crate::time::Timestamp;
 
 /// At most this many keys per request; the CLI sends batches.
 const MAX_KEYS: usize = 500;

@@ -11,15 +11,17 @@ use serde_json::json;
 use super::objects::{Deleted, List, ProjectApiKeyObject, WithValue};
 use super::projects::find_active;
 use super::{actor_name, audit, bad, budget, cidrs, json_body, models, name, objects, query, rate_limits, ListParams};
-use crate::auth::{Authorized, Permissions};
+use crate::auth::Authorized;
 use crate::dialect::{ApiError, ErrorResponse};
-use crate::key::{generate, KeyPrefix, PublicId, Secret};
-use crate::limits::{Budget, RateLimits};
-use crate::server::AppState;
+use crate::ids::PublicId;
+use crate::key::{generate, KeyPrefix, Secret};
+use crate::policy::{Budget, Permissions, RateLimits};
+use crate::state::AppState;
 use crate::store::{
     Access, KeyFilter, KeyKind, KeyRecord, KeyState, KeyUpdate, NewKey, OwnerRef, Page, PageQuery, Revocation,
-    SecretVersion, Timestamp,
+    SecretVersion,
 };
+use crate::time::Timestamp;
 
 /// Everything a new key needs besides its secret.
 pub struct KeySpec {

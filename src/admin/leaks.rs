@@ -34,8 +34,10 @@ use serde_json::json;
 use crate::auth::IndexedKey;
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::key::KeyDigest;
-use crate::server::{AppState, ClientIp};
-use crate::store::{Alert, AuditEvent, KeyKind, KeyState, Revocation, Timestamp};
+use crate::request::{read_body, ClientIp};
+use crate::state::AppState;
+use crate::store::{Alert, AuditEvent, KeyKind, KeyState, Revocation};
+use crate::time::Timestamp;
 
 /// The most strings one report may carry.
 pub const MAX_KEYS: usize = 100;
@@ -139,7 +141,7 @@ pub async fn report(State(state): State<AppState>, req: Request) -> Result<Respo
     if let Some(exceeded) = state.limiter.leak_report(client).await {
         return Err(ApiError::LeakReportsLimited { exceeded });
     }
-    let body = crate::server::read_body(req.into_body(), MAX_BODY_BYTES).await?;
+    let body = read_body(req.into_body(), MAX_BODY_BYTES).await?;
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|_| ApiError::InvalidJson)?;
     let reported = serde_json::from_value::<Body>(value).map_err(|_| ApiError::BadRequest {
         message: "Invalid leak report: expected {\"keys\": [\"...\"]} (optionally with `url` and `source`), or GitHub's [{\"token\": \"...\"}].".into(),

@@ -30,7 +30,7 @@ use serde::Deserialize;
 
 use crate::auth::Authorized;
 use crate::dialect::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{AuditEvent, PageQuery};
 
 pub use bootstrap::bootstrap_admin_key;
@@ -203,9 +203,9 @@ pub struct RateLimitsPatch {
 
 impl RateLimitsPatch {
     /// `base` with the named fields changed, checked like new limits.
-    fn apply(self, base: crate::limits::RateLimits) -> Result<crate::limits::RateLimits, ApiError> {
+    fn apply(self, base: crate::policy::RateLimits) -> Result<crate::policy::RateLimits, ApiError> {
         let pick = |change: Option<Option<u64>>, old: Option<u64>| change.unwrap_or(old);
-        rate_limits(crate::limits::RateLimits {
+        rate_limits(crate::policy::RateLimits {
             max_requests_per_1_minute: pick(self.max_requests_per_1_minute, base.max_requests_per_1_minute),
             max_tokens_per_1_minute: pick(self.max_tokens_per_1_minute, base.max_tokens_per_1_minute),
             max_requests_per_1_day: pick(self.max_requests_per_1_day, base.max_requests_per_1_day),
@@ -251,7 +251,7 @@ fn models(list: Vec<String>) -> Result<Vec<String>, ApiError> {
 }
 
 /// A monthly budget from US dollars and an alert threshold.
-fn budget(usd: Option<f64>, alert_percent: Option<u8>) -> Result<Option<crate::limits::Budget>, ApiError> {
+fn budget(usd: Option<f64>, alert_percent: Option<u8>) -> Result<Option<crate::policy::Budget>, ApiError> {
     let Some(usd) = usd else { return Ok(None) };
     if !usd.is_finite() || !(0.0..=1e9).contains(&usd) {
         return Err(bad(
@@ -266,11 +266,11 @@ fn budget(usd: Option<f64>, alert_percent: Option<u8>) -> Result<Option<crate::l
             "budget_alert_percent",
         ));
     }
-    Ok(Some(crate::limits::Budget { monthly_nanos: (usd * 1e9).round() as i64, alert_percent }))
+    Ok(Some(crate::policy::Budget { monthly_nanos: (usd * 1e9).round() as i64, alert_percent }))
 }
 
 /// Rate limits must be positive where given.
-fn rate_limits(limits: crate::limits::RateLimits) -> Result<crate::limits::RateLimits, ApiError> {
+fn rate_limits(limits: crate::policy::RateLimits) -> Result<crate::policy::RateLimits, ApiError> {
     let values = [
         limits.max_requests_per_1_minute,
         limits.max_tokens_per_1_minute,

@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::key::redact;
-use crate::limits::{ModelLimits, RateLimits};
+use crate::policy::{ModelLimits, RateLimits};
 use crate::store::{Access, KeyRecord, KeyState, Owner, Page, Project, ServiceAccount, User};
 
 /// OpenAI's list envelope.

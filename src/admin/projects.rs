@@ -8,7 +8,7 @@ use super::objects::{List, ProjectObject, ProjectRateLimitObject};
 use super::{audit, cidrs, json_body, models, name, objects, query, ListParams};
 use crate::auth::Authorized;
 use crate::dialect::{ApiError, ErrorResponse};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{Access, Project, ProjectUpdate};
 
 #[utoipa::path(get, path = "/v1/organization/projects", operation_id = "list-projects", summary = "List projects", tag = "projects", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("include_archived" = Option<bool>, Query)), responses((status = 200, body = List<ProjectObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
@@ -201,5 +201,5 @@ pub async fn update_rate_limit(
         json!({"id": rate_limit_id, "changes_requested": limits}),
     )
     .await;
-    Ok(Json(objects::project_rate_limit(&crate::limits::ModelLimits { model: model.to_owned(), limits })))
+    Ok(Json(objects::project_rate_limit(&crate::policy::ModelLimits { model: model.to_owned(), limits })))
 }

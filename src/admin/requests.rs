@@ -7,10 +7,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::dialect::{ApiError, ErrorResponse};
+use crate::ids::PublicId;
 use crate::ids::RequestId;
-use crate::key::PublicId;
-use crate::server::AppState;
-use crate::store::{AuditFilter, StoreResult, Timestamp};
+use crate::state::AppState;
+use crate::store::{AuditFilter, StoreResult};
+use crate::time::Timestamp;
 
 #[derive(Serialize, ToSchema)]
 pub struct KeyMention {

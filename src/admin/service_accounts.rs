@@ -10,9 +10,10 @@ use super::keys::{issue, parse_prefix, KeySpec};
 use super::objects::{CreatedServiceAccount, Deleted, List, ServiceAccountKey, ServiceAccountObject};
 use super::projects::{find as find_project, find_active};
 use super::{actor_name, audit, json_body, name, objects, query, ListParams};
-use crate::auth::{Authorized, Permissions};
+use crate::auth::Authorized;
 use crate::dialect::{ApiError, ErrorResponse};
-use crate::server::AppState;
+use crate::policy::Permissions;
+use crate::state::AppState;
 use crate::store::{Access, KeyKind, OwnerRef, Revocation, ServiceAccount};
 
 #[utoipa::path(get, path = "/v1/organization/projects/{project_id}/service_accounts", operation_id = "list-project-service-accounts", summary = "List a project's service accounts", tag = "service accounts", params(("project_id" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20")), responses((status = 200, body = List<ServiceAccountObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]

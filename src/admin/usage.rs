@@ -13,8 +13,9 @@ use utoipa::ToSchema;
 use super::objects::List;
 use super::{bad, ListParams};
 use crate::dialect::{ApiError, ErrorResponse};
-use crate::server::AppState;
-use crate::store::{Timestamp, Tokens, UsageGroup, UsageKind, UsageQuery, UsageRow};
+use crate::state::AppState;
+use crate::store::{Tokens, UsageGroup, UsageKind, UsageQuery, UsageRow};
+use crate::time::Timestamp;
 use crate::usage::{alert_json, delivery_json};
 
 /// OpenAI's `page` envelope of time buckets.

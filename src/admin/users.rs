@@ -11,7 +11,7 @@ use super::objects::{Deleted, List, UserObject};
 use super::{actor_name, audit, bad, json_body, name, objects, query, ListParams};
 use crate::auth::Authorized;
 use crate::dialect::{ApiError, ErrorResponse};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::{Revocation, StoreError, User};
 
 const ROLES: &[&str] = &["owner", "reader"];

@@ -4,10 +4,11 @@
 
 use std::fmt;
 
-use super::Scope;
-use crate::key::{KeyFormatError, PublicId};
-use crate::limits::{BudgetScope, Dimension, Exceeded};
-use crate::store::{Revocation, Timestamp};
+use crate::ids::PublicId;
+use crate::key::KeyFormatError;
+use crate::policy::{BudgetScope, Dimension, Exceeded, Scope};
+use crate::store::Revocation;
+use crate::time::{go_duration, rfc3339, Timestamp};
 
 /// Names a key without any secret: public id, name, prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,7 +279,7 @@ impl fmt::Display for Denial {
             Self::Revoked { key, revocation, .. } => {
                 write!(f, "{key} was revoked")?;
                 if let Some(r) = revocation {
-                    write!(f, " at {}", crate::time::rfc3339(r.at))?;
+                    write!(f, " at {}", rfc3339(r.at))?;
                     if let Some(by) = &r.by {
                         write!(f, " by {by}")?;
                     }
@@ -289,16 +290,16 @@ impl fmt::Display for Denial {
                 Ok(())
             }
             Self::Suspended { key, .. } => write!(f, "{key} is suspended"),
-            Self::Expired { key, at, .. } => write!(f, "{key} expired at {}", crate::time::rfc3339(*at)),
+            Self::Expired { key, at, .. } => write!(f, "{key} expired at {}", rfc3339(*at)),
             Self::RotatedOut { key, at, rotated_at, .. } => {
                 write!(f, "{key} was rotated")?;
                 if let Some(rotated_at) = rotated_at {
-                    write!(f, " at {}", crate::time::rfc3339(*rotated_at))?;
+                    write!(f, " at {}", rfc3339(*rotated_at))?;
                 }
                 write!(
                     f,
                     "; the grace period of the presented (old) secret ended at {}; its replacement is the newest secret of {} (same id)",
-                    crate::time::rfc3339(*at),
+                    rfc3339(*at),
                     key.id
                 )
             }
@@ -313,7 +314,7 @@ impl fmt::Display for Denial {
                 scope.as_str()
             ),
             Self::ProjectArchived { key, project, at, .. } => {
-                write!(f, "{key} belongs to project {project}, which was archived at {}", crate::time::rfc3339(*at))
+                write!(f, "{key} belongs to project {project}, which was archived at {}", rfc3339(*at))
             }
             Self::OrganizationMismatch { key, header } => write!(
                 f,
@@ -346,7 +347,7 @@ impl fmt::Display for Denial {
                     f,
                     "{key} hit the {} limit of {owner}: limit {limit}, used {used}, requested {requested}; it frees up in {}",
                     dimension_name(*dimension),
-                    crate::limits::go_duration(retry_after_ms * 1000)
+                    go_duration(retry_after_ms * 1000)
                 ),
                 Exceeded::TooLarge { dimension, limit, requested, owner } => write!(
                     f,

@@ -17,11 +17,11 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::key::{KeyDigest, PublicId};
-use crate::limits::{Budget, RateLimits};
-use crate::store::{Access, KeyKind, KeyRecord, KeyState, Owner, Project, Revocation, Timestamp};
-
-use super::Permissions;
+use crate::ids::PublicId;
+use crate::key::KeyDigest;
+use crate::policy::{Budget, Permissions, RateLimits};
+use crate::store::{Access, KeyKind, KeyRecord, KeyState, Owner, Project, Revocation};
+use crate::time::Timestamp;
 
 /// What keys with the same settings share: who may use them for what.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]

@@ -2,27 +2,28 @@
 //! [`Authorized`] context or a [`Denial`], without touching the database.
 //!
 //! Owns: credential extraction, the in-memory key index, the one decision
-//! function, scopes and permissions. Leaves to `dialect` how a denial looks on
-//! the wire, and to `admin` how keys are created.
+//! function and the [`Denial`] it gives. Leaves the scope each route needs and
+//! what permissions allow to `policy`, how a denial looks on the wire to
+//! `dialect`, and how keys are created to `admin`.
 
 mod credential;
 mod denial;
 mod index;
-mod scope;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::HeaderMap;
 
+use crate::ids::PublicId;
 use crate::key::{self, KeyDigest, KeyFormatError};
-use crate::proxy::glob_match;
-use crate::store::{Access, KeyKind, KeyState, Project, Timestamp};
+use crate::policy::{glob_match, Scope};
+use crate::store::{Access, KeyKind, KeyState, Project};
+use crate::time::Timestamp;
 
 pub use credential::{key_in_query, presented, Presented};
 pub use denial::{dimension_name, Denial, ForeignKey, KeyRef};
 pub use index::{Change, Found, IndexBuilder, IndexedKey, KeyIndex, KeyPolicy};
-pub use scope::{admin_scope, data_plane_scope, Permissions, PermissionsError, Scope, KNOWN_SCOPES};
 
 /// Which side of the gateway a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +104,7 @@ pub fn authenticate(index: &KeyIndex, headers: &HeaderMap, admission: &Admission
         // A refused key in the index (revoked, suspended, expired...) does
         // the work of one that is not: the format check and the id lookup,
         // so the time to answer does not tell them apart (bench/oracle.sh).
-        std::hint::black_box(key::parse(text).ok().and_then(|p| key::PublicId::parse(p.id)).map(|id| index.by_id(&id)));
+        std::hint::black_box(key::parse(text).ok().and_then(|p| PublicId::parse(p.id)).map(|id| index.by_id(&id)));
         return Err(reason.with_mask(presented.mask()));
     }
     let expires_at = match (found.key.expires_at, found.secret_expires_at) {
@@ -116,7 +117,7 @@ pub fn authenticate(index: &KeyIndex, headers: &HeaderMap, admission: &Admission
 fn unknown(index: &KeyIndex, presented: &Presented, format: Result<String, KeyFormatError>) -> Denial {
     let mask = presented.mask();
     match format {
-        Ok(id) => match key::PublicId::parse(&id).and_then(|id| index.by_id(&id)) {
+        Ok(id) => match PublicId::parse(&id).and_then(|id| index.by_id(&id)) {
             Some(record) => Denial::WrongSecret { mask, key: KeyRef::of(&record) },
             None => Denial::UnknownKey { mask, foreign: None },
         },
@@ -197,5 +198,7 @@ fn decide(
     Ok(())
 }
 
+#[cfg(test)]
+pub(crate) mod test_util;
 #[cfg(test)]
 mod tests;

@@ -1,53 +1,12 @@
 use http::{HeaderMap, HeaderValue, Method};
 
+use super::test_util::{project, record, NOW};
 use super::*;
-use crate::key::{generate, KeyPrefix, PublicId};
+use crate::key::{generate, KeyPrefix};
+use crate::policy::{admin_scope, data_plane_scope, Permissions};
 use crate::store::{KeyRecord, Revocation, SecretVersion};
 
-const NOW: i64 = 1_800_000_000;
 const ORG: &str = "org-test";
-
-fn record(kind: KeyKind) -> (KeyRecord, String) {
-    let generated = generate(&KeyPrefix::parse("sk-prod-").unwrap(), &PublicId::random());
-    let record = KeyRecord {
-        id: generated.id,
-        kind,
-        name: "MyApp-Prod-v2".into(),
-        project_id: (kind == KeyKind::Project).then(|| "proj_1".into()),
-        owner: None,
-        prefix: "sk-prod-".into(),
-        state: KeyState::Active,
-        permissions: Permissions::All,
-        access: Access::default(),
-        limits: Default::default(),
-        budget: None,
-        created_at: NOW - 100,
-        expires_at: None,
-        last_used: None,
-        revocation: None,
-        secrets: vec![SecretVersion {
-            digest: generated.digest,
-            legacy: false,
-            last4: generated.last4.clone(),
-            created_at: NOW - 100,
-            expires_at: None,
-        }],
-    };
-    (record, generated.secret.expose().to_owned())
-}
-
-fn project() -> Project {
-    Project {
-        id: "proj_1".into(),
-        name: "p".into(),
-        created_at: NOW - 1000,
-        archived_at: None,
-        access: Access::default(),
-        max_key_age_seconds: None,
-        rate_limits: Vec::new(),
-        budget: None,
-    }
-}
 
 fn index(records: Vec<KeyRecord>) -> KeyIndex {
     KeyIndex::new(records, vec![project()])
@@ -124,7 +83,7 @@ fn private_reasons_tell_typo_unknown_and_wrong_secret_apart() {
     let (_, other_key) = record(KeyKind::Project);
     assert!(matches!(auth(&index, &bearer(&other_key)), Err(Denial::UnknownKey { .. })));
     // Same public id, different secret: a well-formed key the index does not hold.
-    let forged = crate::key::generate(&KeyPrefix::parse("sk-prod-").unwrap(), &rec.id);
+    let forged = generate(&KeyPrefix::parse("sk-prod-").unwrap(), &rec.id);
     match auth(&index, &bearer(forged.secret.expose())) {
         Err(Denial::WrongSecret { key, .. }) => assert_eq!(key.id, rec.id),
         other => panic!("expected WrongSecret, got {other:?}"),
@@ -276,18 +235,6 @@ fn read_only_keys_read_and_restricted_keys_need_their_scope() {
 }
 
 #[test]
-fn permission_parsing_rejects_nonsense() {
-    assert_eq!(Permissions::parse("everything", &[]), Err(PermissionsError::UnknownLevel("everything".into())));
-    assert_eq!(Permissions::parse("restricted", &[]), Err(PermissionsError::NoScopes));
-    assert_eq!(
-        Permissions::parse("restricted", &["api.nope".into()]),
-        Err(PermissionsError::UnknownScope("api.nope".into()))
-    );
-    assert_eq!(Permissions::parse("all", &["model.request".into()]), Err(PermissionsError::ScopesWithoutRestricted));
-    assert_eq!(Permissions::ReadOnly.scopes(), vec!["api.all.read".to_owned()]);
-}
-
-#[test]
 fn model_allow_lists_of_key_and_project_both_apply() {
     let (mut rec, key) = record(KeyKind::Project);
     rec.access.models = Some(vec!["gpt-4o-mini*".into()]);
@@ -301,15 +248,6 @@ fn model_allow_lists_of_key_and_project_both_apply() {
         ..project()
     });
     assert!(auth(&idx, &bearer(&key)).unwrap().check_model("gpt-4o-mini").is_err());
-}
-
-#[test]
-fn scopes_follow_openai_names() {
-    assert_eq!(data_plane_scope(&Method::GET, "/v1/models").as_str(), "api.model.read");
-    assert_eq!(data_plane_scope(&Method::POST, "/v1/chat/completions").as_str(), "model.request");
-    assert_eq!(data_plane_scope(&Method::POST, "/v1/responses").as_str(), "api.responses.write");
-    assert_eq!(data_plane_scope(&Method::POST, "/v1/files").as_str(), "api.files.write");
-    assert_eq!(data_plane_scope(&Method::GET, "/v1/unknown").as_str(), "api.all.read");
 }
 
 #[test]
@@ -420,20 +358,4 @@ fn a_key_sent_as_a_query_parameter_name_is_refused_too() {
     assert!(key_in_query(Some(&format!("limit=2&{key}"))));
     assert!(key_in_query(Some(&format!("{key}=1"))));
     assert!(key_in_query(Some(&format!("%20{key}%20"))));
-}
-
-#[test]
-fn model_calls_name_what_permissions_let_a_key_call() {
-    let scopes = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    assert_eq!(
-        Permissions::All.model_calls(),
-        ["chat", "completions", "embeddings", "moderations", "audio", "images", "responses"]
-    );
-    assert!(Permissions::ReadOnly.model_calls().is_empty());
-    let reader = Permissions::parse("restricted", &scopes(&["api.model.read", "api.files.write"])).unwrap();
-    assert!(reader.model_calls().is_empty());
-    let embedder = Permissions::parse("restricted", &scopes(&["api.model.embeddings.request"])).unwrap();
-    assert_eq!(embedder.model_calls(), ["embeddings"]);
-    let umbrella = Permissions::parse("restricted", &scopes(&["model.request"])).unwrap();
-    assert_eq!(umbrella.model_calls(), ["chat", "completions", "embeddings", "moderations", "audio", "images"]);
 }

@@ -268,7 +268,8 @@ fn the_example_file_documents_every_setting() {
 
 #[test]
 fn a_keygate_key_is_never_taken_as_the_upstream_credential() {
-    use crate::key::{generate, KeyPrefix, PublicId};
+    use crate::ids::PublicId;
+    use crate::key::{generate, KeyPrefix};
     let key = generate(&KeyPrefix::parse("sk-").unwrap(), &PublicId::random()).secret;
     for var in ["OPENAI_API_KEY", "KEYGATE_UPSTREAM_API_KEY"] {
         let error = Config::from_toml("", &FakeEnv::with(&[(var, &format!("{}\n", key.expose()))])).unwrap_err();

@@ -9,7 +9,7 @@ use http::{header, HeaderValue, StatusCode};
 
 use super::{openai, ApiError};
 use crate::auth::Denial;
-use crate::limits::{Dimension, Exceeded};
+use crate::policy::{Dimension, Exceeded};
 
 /// Exactly 224 bytes, as Azure sends it.
 const INVALID_KEY: &str = r#"{"error":{"code":"401","message":"Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."}}"#;

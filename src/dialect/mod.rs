@@ -79,7 +79,7 @@ pub enum ApiError {
     },
     /// A client over `limits.leak_reports_per_minute` (`POST /v1/keys/leaked`).
     LeakReportsLimited {
-        exceeded: crate::limits::Exceeded,
+        exceeded: crate::policy::Exceeded,
     },
     Internal,
 }

@@ -9,7 +9,8 @@ use serde::Serialize;
 use super::{ApiError, RenderOptions};
 use crate::auth::{dimension_name, Denial, ForeignKey};
 use crate::key::KeyFormatError;
-use crate::limits::{go_duration, Dimension, Exceeded};
+use crate::policy::{Dimension, Exceeded};
+use crate::time::go_duration;
 
 const NO_KEY: &str = "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.";
 const BAD_SCHEME: &str = "Missing bearer or basic authentication in header";
@@ -331,8 +332,9 @@ pub fn render_with(error: &ApiError, options: &RenderOptions) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{data_plane_scope, KeyRef};
-    use crate::key::PublicId;
+    use crate::auth::KeyRef;
+    use crate::ids::PublicId;
+    use crate::policy::data_plane_scope;
 
     async fn body_of(error: ApiError) -> (StatusCode, String) {
         let response = render(&error);

@@ -15,11 +15,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::Secret;
+use crate::ids::{PublicId, BASE62};
 
-const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const MARKER: &str = "kg";
 const VERSION: u8 = b'1';
-const ID_LEN: usize = 12;
+const ID_LEN: usize = PublicId::LEN;
 const SECRET_LEN: usize = 43;
 const CHECK_LEN: usize = 6;
 /// Length of everything after the prefix in a v1 key.
@@ -113,51 +113,6 @@ impl Default for KeyPrefix {
 impl fmt::Display for KeyPrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// The public part of a key: 12 base62 characters. Names a key in logs, usage,
-/// audit and `explain`; never authorizes anything alone. Held inline and
-/// `Copy`: the index, limiter buckets and usage rows name keys by it on every
-/// request, and a heap string there would be an allocation per use.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PublicId([u8; ID_LEN]);
-
-impl PublicId {
-    /// Accepts the bare id or the API form `key_<id>`.
-    pub fn parse(value: &str) -> Option<Self> {
-        let bare = value.strip_prefix("key_").unwrap_or(value);
-        if !bare.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return None;
-        }
-        bare.as_bytes().try_into().ok().map(Self)
-    }
-
-    pub fn random() -> Self {
-        let mut rng = OsRng;
-        Self(std::array::from_fn(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())]))
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Only ASCII alphanumerics get in (`parse`, `random`).
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-
-    /// The id as the Administration API shows it.
-    pub fn api_id(&self) -> String {
-        format!("key_{}", self.as_str())
-    }
-}
-
-impl fmt::Display for PublicId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "key_{}", self.as_str())
-    }
-}
-
-impl fmt::Debug for PublicId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicId({})", self.as_str())
     }
 }
 
@@ -274,7 +229,7 @@ pub fn checksum(signed: &str) -> String {
     let mut n = u64::from(crc32fast::hash(signed.as_bytes()));
     let mut out = [b'0'; CHECK_LEN];
     for slot in out.iter_mut().rev() {
-        *slot = ALPHABET[(n % 62) as usize];
+        *slot = BASE62[(n % 62) as usize];
         n /= 62;
     }
     out.iter().map(|&b| char::from(b)).collect()
@@ -282,7 +237,7 @@ pub fn checksum(signed: &str) -> String {
 
 fn decode_base62(s: &str) -> Option<u64> {
     s.bytes().try_fold(0u64, |acc, b| {
-        // ALPHABET is 0-9, A-Z, a-z.
+        // BASE62 is 0-9, A-Z, a-z.
         let digit = match b {
             b'0'..=b'9' => b - b'0',
             b'A'..=b'Z' => b - b'A' + 10,
@@ -295,7 +250,7 @@ fn decode_base62(s: &str) -> Option<u64> {
 
 fn random_base62(len: usize) -> String {
     let mut rng = OsRng;
-    (0..len).map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())])).collect()
+    (0..len).map(|_| char::from(BASE62[rng.gen_range(0..BASE62.len())])).collect()
 }
 
 /// The display form stored and shown by the API: the key up to the end of the
@@ -343,7 +298,7 @@ pub fn locate_typo(key: &str) -> Vec<TypoSuggestion> {
     let mut found = Vec::new();
     for position in body_start + MARKER.len() + 1..bytes.len() {
         let original = bytes[position];
-        for &candidate in ALPHABET {
+        for &candidate in BASE62 {
             if candidate == original {
                 continue;
             }

@@ -11,7 +11,7 @@ mod secret;
 
 pub use format::{
     checksum, claimed_id, generate, locate_typo, mask_for_error, parse, redact, GeneratedKey, KeyDigest,
-    KeyFormatError, KeyPrefix, ParsedKey, PrefixError, PublicId, TypoSuggestion, BODY_LEN, DEFAULT_PREFIX,
+    KeyFormatError, KeyPrefix, ParsedKey, PrefixError, TypoSuggestion, BODY_LEN, DEFAULT_PREFIX,
 };
 pub use secret::Secret;
 

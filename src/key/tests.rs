@@ -1,4 +1,5 @@
 use super::*;
+use crate::ids::PublicId;
 
 fn prod_key() -> GeneratedKey {
     generate(&KeyPrefix::parse("sk-prod-").unwrap(), &PublicId::random())
@@ -166,14 +167,6 @@ fn typo_search_finds_the_position() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].position, 25);
     assert_eq!(found[0].expected, original as char);
-}
-
-#[test]
-fn public_id_accepts_api_form() {
-    let id = PublicId::random();
-    assert_eq!(PublicId::parse(&id.api_id()), Some(id));
-    assert_eq!(PublicId::parse(id.as_str()), Some(id));
-    assert_eq!(PublicId::parse("key_short"), None);
 }
 
 // === properties ===

@@ -5,32 +5,8 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
-use crate::key::PublicId;
-use crate::store::Timestamp;
-
-/// A spend limit: requests are refused once `monthly_nanos` is spent in the
-/// calendar month (UTC); an alert fires at `alert_percent`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Budget {
-    pub monthly_nanos: i64,
-    pub alert_percent: u8,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum BudgetScope {
-    Key(PublicId),
-    Project(String),
-}
-
-impl BudgetScope {
-    /// The name of its spend counter for the month starting at `month`.
-    pub fn counter(&self, month: Timestamp) -> String {
-        match self {
-            Self::Key(id) => format!("spend:k:{}:{month}", id.as_str()),
-            Self::Project(id) => format!("spend:p:{id}:{month}"),
-        }
-    }
-}
+use crate::policy::BudgetScope;
+use crate::time::Timestamp;
 
 /// Spend this month per scope.
 #[derive(Default)]

@@ -14,7 +14,8 @@ use std::net::IpAddr;
 
 use parking_lot::Mutex;
 
-use crate::key::PublicId;
+use crate::ids::PublicId;
+use crate::policy::Dimension;
 
 /// `limit` units per `period_us`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,22 +70,6 @@ pub enum Owner {
     Client(IpAddr),
     /// A client address sending leaked-key reports (`POST /v1/keys/leaked`).
     Reporter(IpAddr),
-}
-
-/// What a bucket counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dimension {
-    RequestsPerMinute,
-    RequestsPerDay,
-    TokensPerMinute,
-    TokensPerDay,
-    FailedAuthPerMinute,
-}
-
-impl Dimension {
-    pub fn is_tokens(self) -> bool {
-        matches!(self, Self::TokensPerMinute | Self::TokensPerDay)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -210,17 +195,17 @@ impl BucketId {
 
 const SHARDS: usize = 64;
 
-impl Dimension {
-    const COUNT: usize = 5;
+/// Dimensions a bucket owner has: the length of its [`Tats`].
+const DIMENSIONS: usize = 5;
 
-    fn slot(self) -> usize {
-        match self {
-            Self::RequestsPerMinute => 0,
-            Self::RequestsPerDay => 1,
-            Self::TokensPerMinute => 2,
-            Self::TokensPerDay => 3,
-            Self::FailedAuthPerMinute => 4,
-        }
+/// Where a dimension's TAT sits in its owner's [`Tats`].
+fn slot(dimension: Dimension) -> usize {
+    match dimension {
+        Dimension::RequestsPerMinute => 0,
+        Dimension::RequestsPerDay => 1,
+        Dimension::TokensPerMinute => 2,
+        Dimension::TokensPerDay => 3,
+        Dimension::FailedAuthPerMinute => 4,
     }
 }
 
@@ -228,10 +213,10 @@ impl Dimension {
 /// buckets are one lookup (one cache miss with many keys), not two. A TAT at
 /// or before now is an empty bucket, so [`EMPTY`] needs no `Option` beside
 /// it: an entry (owner and TATs) is 80 bytes, not 120.
-type Tats = [i64; Dimension::COUNT];
+type Tats = [i64; DIMENSIONS];
 
 /// A bucket nothing has been taken from.
-const EMPTY: Tats = [i64::MIN; Dimension::COUNT];
+const EMPTY: Tats = [i64::MIN; DIMENSIONS];
 
 /// foldhash: a fraction of SipHash's cost per bucket id, still seeded per
 /// process, so client addresses (the failed-auth buckets) cannot be chosen
@@ -293,7 +278,7 @@ impl LocalBackend {
                 None => guards[map_of(&guards, shard)].1.get(owner).copied().unwrap_or(EMPTY),
             };
             for (index, check) in checks.iter().enumerate().take(end).skip(first) {
-                let slot = check.bucket.dimension.slot();
+                let slot = slot(check.bucket.dimension);
                 match step(tats[slot], now, check.rate, check.cost) {
                     Ok(tat) => {
                         tats[slot] = tat;
@@ -321,7 +306,7 @@ impl LocalBackend {
     pub fn adjust_now(&self, bucket: &BucketId, rate: Rate, delta: i64, now: i64) {
         let mut map = self.shards[self.shard_of(&bucket.owner)].lock();
         let tats = map.entry(bucket.owner.clone()).or_insert(EMPTY);
-        let tat = &mut tats[bucket.dimension.slot()];
+        let tat = &mut tats[slot(bucket.dimension)];
         *tat = (*tat).max(now).saturating_add(rate.drain_us(delta)).max(now);
     }
 

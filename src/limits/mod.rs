@@ -6,7 +6,8 @@
 //! Owns: the admission decision before a request goes upstream, settling
 //! token estimates with real usage afterwards, the `x-ratelimit-*` values.
 //! Bucket state sits behind [`RateBackend`] (local now, Redis for replicas).
-//! Leaves rendering 429s to `dialect` (through `auth::Denial`).
+//! Leaves the limits themselves, as values, to `policy`, and rendering 429s
+//! to `dialect` (through `auth::Denial`).
 
 mod budget;
 mod gcra;
@@ -16,93 +17,14 @@ mod redis;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::auth::Authorized;
 use crate::clock::Clock;
+use crate::policy::{glob_match, Budget, BudgetScope, Dimension, Exceeded, RateLimits};
 
-pub use budget::{month_start, Budget, BudgetScope, Budgets};
-pub use gcra::{
-    BucketId, Check, Degraded, Dimension, LocalBackend, Owner, Rate, RateBackend, SharedLease, TakeError, Taken,
-};
+pub use budget::{month_start, Budgets};
+pub use gcra::{BucketId, Check, Degraded, LocalBackend, Owner, Rate, RateBackend, SharedLease, TakeError, Taken};
 pub use inflight::{Inflight, InflightGuard};
 pub use redis::{FailurePolicy, RedisBackend, LEASE_MS};
-
-/// Limits of a key, or of a project for one model pattern (`*` = all models
-/// together). Field names follow OpenAI's project rate limits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimits {
-    pub max_requests_per_1_minute: Option<u64>,
-    pub max_tokens_per_1_minute: Option<u64>,
-    pub max_requests_per_1_day: Option<u64>,
-    pub max_tokens_per_1_day: Option<u64>,
-    /// Ours: requests in flight at once (a stream counts until it ends).
-    pub max_concurrent_requests: Option<u64>,
-}
-
-impl RateLimits {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-
-    fn has_tokens(&self) -> bool {
-        self.max_tokens_per_1_minute.is_some() || self.max_tokens_per_1_day.is_some()
-    }
-
-    fn checks(&self, owner: &Owner, tokens: u64, out: &mut Vec<Check>) {
-        let dims = [
-            (self.max_requests_per_1_minute, Dimension::RequestsPerMinute, Rate::per_minute as fn(u64) -> Rate, 1),
-            (self.max_requests_per_1_day, Dimension::RequestsPerDay, Rate::per_day, 1),
-            (self.max_tokens_per_1_minute, Dimension::TokensPerMinute, Rate::per_minute, tokens),
-            (self.max_tokens_per_1_day, Dimension::TokensPerDay, Rate::per_day, tokens),
-        ];
-        for (limit, dimension, rate, cost) in dims {
-            if let Some(limit) = limit {
-                out.push(Check { bucket: BucketId { owner: owner.clone(), dimension }, rate: rate(limit), cost });
-            }
-        }
-    }
-}
-
-/// A project's limits for the models matching `model` (`*` for all).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelLimits {
-    pub model: String,
-    pub limits: RateLimits,
-}
-
-/// Why a request was held back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Exceeded {
-    Rate {
-        dimension: Dimension,
-        limit: u64,
-        used: u64,
-        requested: u64,
-        retry_after_ms: i64,
-        owner: String,
-    },
-    /// The request alone needs more than the whole limit: waiting cannot help.
-    TooLarge {
-        dimension: Dimension,
-        limit: u64,
-        requested: u64,
-        owner: String,
-    },
-    Concurrency {
-        limit: u64,
-        owner: String,
-    },
-    Budget {
-        scope: BudgetScope,
-        budget_nanos: i64,
-        spent_nanos: i64,
-    },
-    /// The shared limiter (Redis) could not be reached and the configured
-    /// failure policy is to refuse rather than admit unmetered.
-    Unavailable,
-}
 
 /// The `x-ratelimit-*` values of the tightest requests and tokens buckets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -182,13 +104,13 @@ impl Limiter {
             ticket.budgets.push((scope, budget));
         }
         let mut checks = Vec::new();
-        key.policy.limits.checks(&Owner::Key(key.id), tokens, &mut checks);
+        rate_checks(&key.policy.limits, &Owner::Key(key.id), tokens, &mut checks);
         let mut concurrency = Vec::new();
         if let Some(max) = key.policy.limits.max_concurrent_requests {
             concurrency.push((Owner::Key(key.id), max, format!("key {}", key.id)));
         }
         for (owner, limits) in project_limits(authorized, model) {
-            limits.checks(&owner, tokens, &mut checks);
+            rate_checks(&limits, &owner, tokens, &mut checks);
             if let Some(max) = limits.max_concurrent_requests {
                 concurrency.push((owner.clone(), max, describe(&owner)));
             }
@@ -372,6 +294,22 @@ fn spawn_unless_ready(work: impl std::future::Future<Output = ()> + Send + 'stat
     }
 }
 
+/// The buckets `limits` fill for `owner`: one per limit set, each charged
+/// one request or `tokens`.
+fn rate_checks(limits: &RateLimits, owner: &Owner, tokens: u64, out: &mut Vec<Check>) {
+    let dims = [
+        (limits.max_requests_per_1_minute, Dimension::RequestsPerMinute, Rate::per_minute as fn(u64) -> Rate, 1),
+        (limits.max_requests_per_1_day, Dimension::RequestsPerDay, Rate::per_day, 1),
+        (limits.max_tokens_per_1_minute, Dimension::TokensPerMinute, Rate::per_minute, tokens),
+        (limits.max_tokens_per_1_day, Dimension::TokensPerDay, Rate::per_day, tokens),
+    ];
+    for (limit, dimension, rate, cost) in dims {
+        if let Some(limit) = limit {
+            out.push(Check { bucket: BucketId { owner: owner.clone(), dimension }, rate: rate(limit), cost });
+        }
+    }
+}
+
 fn describe(owner: &Owner) -> String {
     match owner {
         Owner::Key(id) => format!("key {id}"),
@@ -388,7 +326,7 @@ fn project_limits(authorized: &Authorized, model: Option<&str>) -> Vec<(Owner, R
     project
         .rate_limits
         .iter()
-        .filter(|m| m.model == "*" || model.is_some_and(|model| crate::proxy::glob_match(&m.model, model)))
+        .filter(|m| m.model == "*" || model.is_some_and(|model| glob_match(&m.model, model)))
         .map(|m| (Owner::Project(project.id.as_str().into(), Some(m.model.as_str().into())), m.limits))
         .collect()
 }
@@ -404,37 +342,6 @@ fn budget_scopes(authorized: &Authorized) -> Vec<(BudgetScope, Budget)> {
         }
     }
     out
-}
-
-/// Formats microseconds as Go's `time.Duration` prints them (`120ms`, `1.78s`, `6m0s`).
-pub fn go_duration(us: i64) -> String {
-    let us = us.max(0);
-    if us == 0 {
-        return "0s".into();
-    }
-    let trim = |whole: i64, frac: i64, digits: usize, unit: &str| {
-        let frac = format!("{frac:0digits$}");
-        let frac = frac.trim_end_matches('0');
-        if frac.is_empty() {
-            format!("{whole}{unit}")
-        } else {
-            format!("{whole}.{frac}{unit}")
-        }
-    };
-    if us < 1_000 {
-        return format!("{us}µs");
-    }
-    if us < 1_000_000 {
-        return trim(us / 1_000, us % 1_000, 3, "ms");
-    }
-    let (h, rest) = (us / 3_600_000_000, us % 3_600_000_000);
-    let (m, rest) = (rest / 60_000_000, rest % 60_000_000);
-    let seconds = trim(rest / 1_000_000, rest % 1_000_000, 6, "s");
-    match (h, m) {
-        (0, 0) => seconds,
-        (0, m) => format!("{m}m{seconds}"),
-        (h, m) => format!("{h}h{m}m{seconds}"),
-    }
 }
 
 #[cfg(test)]

@@ -186,18 +186,6 @@ fn budgets_reset_each_month() {
     assert_eq!(crate::time::rfc3339(month_start(nov)), "2026-11-01T00:00:00Z");
 }
 
-#[test]
-fn go_durations_look_like_openais() {
-    assert_eq!(go_duration(0), "0s");
-    assert_eq!(go_duration(8_000), "8ms");
-    assert_eq!(go_duration(120_000), "120ms");
-    assert_eq!(go_duration(1_780_000), "1.78s");
-    assert_eq!(go_duration(20_000_000), "20s");
-    assert_eq!(go_duration(360_000_000), "6m0s");
-    assert_eq!(go_duration(3_723_500_000), "1h2m3.5s");
-    assert_eq!(go_duration(1_500), "1.5ms");
-}
-
 // === properties ===
 
 use futures_util::FutureExt as _;

@@ -6,7 +6,6 @@
 //! authentication to `auth` and error rendering to `dialect`.
 
 mod meta;
-mod route;
 
 use std::time::Instant;
 
@@ -18,9 +17,9 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use crate::config::{UpstreamConfig, UpstreamKind, UpstreamTarget};
 use crate::dialect::ApiError;
 use crate::key::Secret;
+use crate::policy::glob_match;
 
 pub use meta::RequestMeta;
-pub use route::glob_match;
 
 /// One configured provider.
 pub struct Upstream {

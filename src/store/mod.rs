@@ -13,14 +13,12 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::auth::Permissions;
-use crate::key::{KeyDigest, PublicId};
-use crate::limits::{Budget, ModelLimits, RateLimits};
+use crate::ids::PublicId;
+use crate::key::KeyDigest;
+use crate::policy::{Budget, ModelLimits, Permissions, RateLimits};
+use crate::time::Timestamp;
 
 pub use sql::{Engine, SqlStore};
-
-/// Unix seconds.
-pub type Timestamp = i64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

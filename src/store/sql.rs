@@ -18,7 +18,7 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use super::migrate::{self, Migration};
 use super::*;
-use crate::limits::{Budget, ModelLimits, RateLimits};
+use crate::policy::{Budget, ModelLimits, RateLimits};
 
 /// Which database a [`SqlStore`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,8 @@ use zeroize::Zeroizing;
 
 use crate::auth::KeyIndex;
 use crate::clock::Clock;
-use crate::store::{Alert, Delivery, DeliveryStatus, Store, StoreResult, Timestamp};
+use crate::store::{Alert, Delivery, DeliveryStatus, Store, StoreResult};
+use crate::time::Timestamp;
 
 /// After the n-th failed attempt the next comes this much later; after the
 /// last one the delivery is given up (about 1 h 43 min after the alert).

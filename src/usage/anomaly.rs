@@ -24,11 +24,10 @@ use super::alerts::{alert_id, Alerts};
 use super::baseline::{judge, History, Reference, SpikeRule};
 use crate::auth::KeyIndex;
 use crate::clock::Clock;
+use crate::ids::PublicId;
 use crate::jobs::Recorder;
-use crate::key::PublicId;
-use crate::store::{
-    Alert, AuditEvent, KeyState, NetworkSighting, Store, StoreResult, Timestamp, UsageGroup, UsageQuery,
-};
+use crate::store::{Alert, AuditEvent, KeyState, NetworkSighting, Store, StoreResult, UsageGroup, UsageQuery};
+use crate::time::Timestamp;
 
 /// The lease and position of the watcher in the store.
 pub const JOB: &str = "usage anomalies";

@@ -12,8 +12,8 @@ use std::collections::{HashMap, VecDeque};
 
 use serde_json::json;
 
-use crate::key::PublicId;
-use crate::store::Timestamp;
+use crate::ids::PublicId;
+use crate::time::Timestamp;
 
 /// Requests per key in each busy window of the baseline period.
 pub struct History {

@@ -24,8 +24,10 @@ use bytes::Bytes;
 
 use crate::auth::Authorized;
 use crate::jobs::Recorder;
-use crate::limits::{Budget, BudgetScope, Limiter, Ticket};
-use crate::store::{Alert, Timestamp, Tokens, UsageKind, UsageRecord};
+use crate::limits::{Limiter, Ticket};
+use crate::policy::{Budget, BudgetScope};
+use crate::store::{Alert, Tokens, UsageKind, UsageRecord};
+use crate::time::Timestamp;
 
 pub use alerts::{alert_id, alert_json, delivery_json, Alerts, WebhookSecret, WebhookTarget};
 pub use anomaly::{network_of, AnomalyPolicy, AnomalyWatcher, JOB, LEASE_SECONDS, SETTLE_SECONDS};

@@ -117,7 +117,7 @@ async fn revoked_key_is_refused_at_once_and_disappears_from_lists() {
     assert_eq!(status, 404);
     let (_, list) = gw.admin(Method::GET, &format!("/v1/organization/projects/{project}/api_keys"), None).await;
     assert!(list["data"].as_array().unwrap().iter().all(|k| k["id"] != id));
-    let record = gw.gateway_state.store.get_key(&keygate::key::PublicId::parse(id).unwrap()).await.unwrap().unwrap();
+    let record = gw.gateway_state.store.get_key(&keygate::ids::PublicId::parse(id).unwrap()).await.unwrap().unwrap();
     let revocation = record.revocation.unwrap();
     assert_eq!(revocation.reason.as_deref(), Some("leaked"));
     assert!(revocation.by.unwrap().contains("admin key"));
@@ -148,7 +148,7 @@ async fn last_used_is_recorded_off_the_request_path_and_flushed_on_stop() {
     let mock = MockUpstream::start().await;
     let gw = TestGateway::start(&mock.url, "").await;
     let (key, secret) = gw.create_key("used").await;
-    let id = keygate::key::PublicId::parse(key["id"].as_str().unwrap()).unwrap();
+    let id = keygate::ids::PublicId::parse(key["id"].as_str().unwrap()).unwrap();
     let ok = http()
         .get(format!("{}/v1/models", gw.url))
         .bearer_auth(&secret)

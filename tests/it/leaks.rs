@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use keygate::key::{generate, KeyPrefix, PublicId};
+use keygate::ids::PublicId;
+use keygate::key::{generate, KeyPrefix};
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -21,6 +21,8 @@ mod errors;
 mod faults;
 /// The fuzz corpus, replayed through the fuzz targets' invariant checks.
 mod fuzz_corpus;
+/// The module floors of `docs/architecture.md`, held against the source.
+mod layers;
 /// Leaked-key reports (`POST /v1/keys/leaked`) and the scanner pattern.
 mod leaks;
 /// Rotation, expiry, suspension, explain, audit.

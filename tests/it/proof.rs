@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keygate::clock::ManualClock;
-use keygate::key::{generate, KeyPrefix, PublicId};
+use keygate::ids::PublicId;
+use keygate::key::{generate, KeyPrefix};
 use reqwest::Method;
 use serde_json::{json, Value};
 

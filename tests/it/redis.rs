@@ -278,7 +278,7 @@ async fn in_flight_leases_renew_release_and_expire_when_their_replica_dies() {
     use keygate::limits::{FailurePolicy, Owner, RateBackend, RedisBackend};
     let prefix = prefix();
     let backend = RedisBackend::connect(SHARED_REDIS, &prefix, FailurePolicy::Closed).await.unwrap();
-    let owner = Owner::Key(keygate::key::PublicId::random());
+    let owner = Owner::Key(keygate::ids::PublicId::random());
     let set = format!("{prefix}inflight:{}", owner.key());
     let client = redis::Client::open(SHARED_REDIS).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();

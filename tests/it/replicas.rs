@@ -356,7 +356,7 @@ async fn migrate_on_postgres_reports_and_refuses_a_newer_schema() {
 }
 
 /// Key `n` of a store test: named `k<n>`, its secret `secret-<n>`.
-fn stored_key(id: keygate::key::PublicId, n: u32, project: &str) -> keygate::store::NewKey {
+fn stored_key(id: keygate::ids::PublicId, n: u32, project: &str) -> keygate::store::NewKey {
     use keygate::store::{Access, KeyKind, NewKey, SecretVersion};
     NewKey {
         id,
@@ -385,7 +385,8 @@ fn stored_key(id: keygate::key::PublicId, n: u32, project: &str) -> keygate::sto
 /// repeated at the page boundaries. Both engines.
 #[tokio::test]
 async fn loading_every_key_pages_through_all_of_them() {
-    use keygate::key::{KeyDigest, PublicId};
+    use keygate::ids::PublicId;
+    use keygate::key::KeyDigest;
     let dir = tempfile::tempdir().unwrap();
     for url in [format!("sqlite://{}", dir.path().join("k.db").display()), postgres_schema().await] {
         let store = keygate::store::open(&url).await.unwrap();
@@ -415,7 +416,8 @@ async fn a_reconcile_takes_in_changes_made_elsewhere_and_keeps_the_rest() {
     use std::sync::Arc;
 
     use keygate::auth::KeyIndex;
-    use keygate::key::{KeyDigest, PublicId};
+    use keygate::ids::PublicId;
+    use keygate::key::KeyDigest;
     use keygate::store::{KeyState, ProjectUpdate, Revocation, SecretVersion};
     let dir = tempfile::tempdir().unwrap();
     for url in [format!("sqlite://{}", dir.path().join("r.db").display()), postgres_schema().await] {
@@ -474,7 +476,7 @@ async fn a_reconcile_takes_in_changes_made_elsewhere_and_keeps_the_rest() {
 /// locked": a transaction that reads, then writes, takes the write lock first.
 #[tokio::test]
 async fn concurrent_writers_on_sqlite_all_succeed() {
-    use keygate::key::PublicId;
+    use keygate::ids::PublicId;
     use keygate::store::Revocation;
     let dir = tempfile::tempdir().unwrap();
     let store = keygate::store::open(&format!("sqlite://{}", dir.path().join("w.db").display())).await.unwrap();

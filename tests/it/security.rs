@@ -103,7 +103,8 @@ async fn restricted_keys_forward_only_paths_with_a_known_scope() {
 /// the format check and look up the key: each failure used to append one
 /// audit row, a flood anyone could send.
 fn forged_like(admin_key: &str) -> String {
-    use keygate::key::{generate, parse, KeyPrefix, PublicId};
+    use keygate::ids::PublicId;
+    use keygate::key::{generate, parse, KeyPrefix};
     let parsed = parse(admin_key).unwrap();
     let id = PublicId::parse(parsed.id).unwrap();
     generate(&KeyPrefix::parse(parsed.prefix).unwrap(), &id).secret.expose().to_owned()

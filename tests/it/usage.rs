@@ -1,7 +1,7 @@
 //! Metering, the Usage and Costs APIs.
 
 use futures_util::StreamExt;
-use keygate::key::PublicId;
+use keygate::ids::PublicId;
 use keygate::store::{Tokens, UsageGroup, UsageKind, UsageQuery, UsageRecord};
 use reqwest::Method;
 use serde_json::{json, Value};

@@ -245,7 +245,7 @@ pub struct TestGateway {
     /// The metrics listener (apart from the public one, as `serve` runs it).
     pub metrics_url: String,
     pub database_url: String,
-    pub gateway_state: keygate::server::AppState,
+    pub gateway_state: keygate::state::AppState,
     pub db: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use hmac::Mac;
 use keygate::clock::{Clock, ManualClock};
-use keygate::key::PublicId;
+use keygate::ids::PublicId;
 use keygate::store::{Tokens, UsageKind, UsageRecord};
 use parking_lot::Mutex;
 use reqwest::Method;

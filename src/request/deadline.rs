@@ -22,7 +22,6 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::AppState;
 use crate::dialect::ApiError;
 
 /// The error a timed-out body yields to whoever reads it.
@@ -32,15 +31,15 @@ struct BodyTimedOut {
     timeout: Duration,
 }
 
-/// Wraps the request body in a deadline. If the deadline fired, the answer is
-/// the 408, whatever the handler made of the failed read (the Administration
-/// API's extractors would otherwise answer a plain-text 400).
-pub(super) async fn request_body_deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Wraps the request body in a deadline, `timeout` (the layer's state). If
+/// the deadline fired, the answer is the 408, whatever the handler made of the
+/// failed read (the Administration API's extractors would otherwise answer a
+/// plain-text 400).
+pub async fn request_body_deadline(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
     // Bodiless requests (most GETs) need no timer.
     if req.body().is_end_stream() {
         return next.run(req).await;
     }
-    let timeout = state.settings.request_body_timeout;
     let fired = Arc::new(AtomicBool::new(false));
     let req = req.map(|body| Body::new(Deadline::new(body, timeout, Arc::clone(&fired))));
     let response = next.run(req).await;

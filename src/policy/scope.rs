@@ -229,3 +229,50 @@ impl Permissions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+
+    use super::*;
+
+    #[test]
+    fn permission_parsing_rejects_nonsense() {
+        assert_eq!(Permissions::parse("everything", &[]), Err(PermissionsError::UnknownLevel("everything".into())));
+        assert_eq!(Permissions::parse("restricted", &[]), Err(PermissionsError::NoScopes));
+        assert_eq!(
+            Permissions::parse("restricted", &["api.nope".into()]),
+            Err(PermissionsError::UnknownScope("api.nope".into()))
+        );
+        assert_eq!(
+            Permissions::parse("all", &["model.request".into()]),
+            Err(PermissionsError::ScopesWithoutRestricted)
+        );
+        assert_eq!(Permissions::ReadOnly.scopes(), vec!["api.all.read".to_owned()]);
+    }
+
+    #[test]
+    fn scopes_follow_openai_names() {
+        assert_eq!(data_plane_scope(&Method::GET, "/v1/models").as_str(), "api.model.read");
+        assert_eq!(data_plane_scope(&Method::POST, "/v1/chat/completions").as_str(), "model.request");
+        assert_eq!(data_plane_scope(&Method::POST, "/v1/responses").as_str(), "api.responses.write");
+        assert_eq!(data_plane_scope(&Method::POST, "/v1/files").as_str(), "api.files.write");
+        assert_eq!(data_plane_scope(&Method::GET, "/v1/unknown").as_str(), "api.all.read");
+    }
+
+    #[test]
+    fn model_calls_name_what_permissions_let_a_key_call() {
+        let scopes = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            Permissions::All.model_calls(),
+            ["chat", "completions", "embeddings", "moderations", "audio", "images", "responses"]
+        );
+        assert!(Permissions::ReadOnly.model_calls().is_empty());
+        let reader = Permissions::parse("restricted", &scopes(&["api.model.read", "api.files.write"])).unwrap();
+        assert!(reader.model_calls().is_empty());
+        let embedder = Permissions::parse("restricted", &scopes(&["api.model.embeddings.request"])).unwrap();
+        assert_eq!(embedder.model_calls(), ["embeddings"]);
+        let umbrella = Permissions::parse("restricted", &scopes(&["model.request"])).unwrap();
+        assert_eq!(umbrella.model_calls(), ["chat", "completions", "embeddings", "moderations", "audio", "images"]);
+    }
+}
