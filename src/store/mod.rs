@@ -1,5 +1,8 @@
 //! Persistence: the `Store` trait, the records it holds, and its one SQL
 //! implementation over two engines (embedded SQLite; PostgreSQL for replicas).
+//! `Store` is the sum of one trait per aggregate (`KeyStore`, `OwnerStore`,
+//! `UsageStore`, `DenialStore`, `AuditStore`, `AlertStore`, `JobStore`), each
+//! implemented next to its SQL in `sql/`; everyone holds an `Arc<dyn Store>`.
 //!
 //! The store is never on the authentication hot path: `auth::KeyIndex` is loaded
 //! from it at start and after each change. Writes that follow requests
@@ -484,14 +487,20 @@ pub struct Bootstrap {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    OwnerStore + KeyStore + AuditStore + DenialStore + UsageStore + AlertStore + JobStore + Send + Sync + 'static
+{
     async fn ping(&self) -> StoreResult<()>;
 
     /// Creates the organization id, the default project (with its default
     /// service account) and the organization's service account on an empty
     /// database.
     async fn bootstrap(&self, now: Timestamp) -> StoreResult<Bootstrap>;
+}
 
+/// Projects and the owners of keys: users and service accounts.
+#[async_trait]
+pub trait OwnerStore: Send + Sync {
     async fn list_projects(&self, page: &PageQuery, include_archived: bool) -> StoreResult<Page<Project>>;
     async fn all_projects(&self) -> StoreResult<Vec<Project>>;
     async fn get_project(&self, id: &str) -> StoreResult<Option<Project>>;
@@ -521,7 +530,11 @@ pub trait Store: Send + Sync + 'static {
     async fn organization_service_account(&self) -> StoreResult<Option<ServiceAccount>>;
     /// Deletes the service account and revokes its keys; returns those keys.
     async fn delete_service_account(&self, id: &str, revocation: &Revocation) -> StoreResult<Option<Vec<KeyRecord>>>;
+}
 
+/// API keys and their secret versions (digests only), last uses, revocations.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
     async fn insert_key(&self, key: &NewKey) -> StoreResult<KeyRecord>;
     async fn get_key(&self, id: &PublicId) -> StoreResult<Option<KeyRecord>>;
     async fn find_key_by_digest(&self, digest: &KeyDigest) -> StoreResult<Option<KeyRecord>>;
@@ -543,16 +556,31 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<KeyRecord>>;
     /// Records last uses; later times win.
     async fn touch_keys(&self, batch: &[(PublicId, Touch)]) -> StoreResult<()>;
+}
 
+/// The audit log: append-only for writers, bounded by the retention policy.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
     async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()>;
     async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Page<AuditRecord>>;
+    /// Deletes audit events older than `before`, then the oldest beyond
+    /// `max_rows`: the log is append-only for writers, bounded by policy.
+    async fn prune_audit(&self, before: Timestamp, max_rows: u64) -> StoreResult<u64>;
+}
 
+/// Refused requests, kept for `keygate explain`.
+#[async_trait]
+pub trait DenialStore: Send + Sync {
     async fn insert_denials(&self, batch: &[DenialRecord]) -> StoreResult<()>;
     async fn get_denial(&self, request_id: &str) -> StoreResult<Option<DenialRecord>>;
     /// Deletes denial records older than `before`, then the oldest beyond
     /// `max_rows`; returns how many were deleted.
     async fn prune_denials(&self, before: Timestamp, max_rows: u64) -> StoreResult<u64>;
+}
 
+/// Usage records, their per-minute rollups, and the client networks seen per key.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
     /// Stores usage records and adds them to the per-minute rollups, in one
     /// transaction; a record already stored (same request id) is skipped.
     async fn insert_usage(&self, batch: &[UsageRecord]) -> StoreResult<()>;
@@ -573,7 +601,11 @@ pub trait Store: Send + Sync + 'static {
     async fn usage_clients(&self, start: Timestamp, end: Timestamp) -> StoreResult<Vec<(String, String, i64)>>;
     /// The start of the last minute before `before` in which the key was used.
     async fn last_usage_before(&self, key_id: &PublicId, before: Timestamp) -> StoreResult<Option<Timestamp>>;
+}
 
+/// Alerts and the state of their webhook deliveries.
+#[async_trait]
+pub trait AlertStore: Send + Sync {
     /// Stores the alert; false when one with its id is already stored (the
     /// same event raised twice: by two replicas, or a window examined again).
     async fn insert_alert(&self, alert: &Alert) -> StoreResult<bool>;
@@ -596,10 +628,11 @@ pub trait Store: Send + Sync + 'static {
         error: Option<&str>,
     ) -> StoreResult<()>;
     async fn prune_alerts(&self, before: Timestamp) -> StoreResult<u64>;
-    /// Deletes audit events older than `before`, then the oldest beyond
-    /// `max_rows`: the log is append-only for writers, bounded by policy.
-    async fn prune_audit(&self, before: Timestamp, max_rows: u64) -> StoreResult<u64>;
+}
 
+/// Leases and positions of the cluster-wide periodic jobs (the usage watcher).
+#[async_trait]
+pub trait JobStore: Send + Sync {
     /// Takes or renews the lease on the periodic job `job` for `holder` until
     /// `now + ttl_seconds`; true while `holder` has it. Replicas run a
     /// cluster-wide job only while they hold its lease.

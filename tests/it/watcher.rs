@@ -230,7 +230,7 @@ async fn after_a_crash_the_lease_is_taken_over_and_the_missed_windows_examined()
     // held by a process that will never renew it nor give it up.
     clock.advance(t0() + 7 * W + SETTLE - clock.now());
     let store = keygate::store::SqlStore::open(&database_url(db.path()).await).await.unwrap();
-    use keygate::store::Store as _;
+    use keygate::store::JobStore as _;
     let died = clock.now();
     assert!(store
         .hold_lease(keygate::usage::JOB, "killed-replica", died, keygate::usage::LEASE_SECONDS)
