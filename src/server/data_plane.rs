@@ -38,6 +38,8 @@ use crate::store::UsageKind;
 use crate::time::{go_duration, Timestamp};
 use crate::usage::{self, Metered};
 
+/// Phases 3 to 7, for a request the route and authentication layers let
+/// through. A forward that gets no answer is metered too, as its 502 or 504.
 pub(super) async fn data_plane(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let settings = &*state.settings;
     let request = PlaneRequest::read(req, settings.max_body_bytes).await?;
