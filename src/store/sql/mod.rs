@@ -34,8 +34,6 @@ mod keys;
 mod owners;
 mod usage;
 
-use owners::{budget_from_row, limits_json};
-
 /// Which database a [`SqlStore`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -367,6 +365,19 @@ impl SqlStore {
             .await?;
         Ok(())
     }
+}
+
+fn budget_from_row(row: &AnyRow) -> StoreResult<Option<Budget>> {
+    let nanos: Option<i64> = row.try_get("budget_nanos")?;
+    let percent: Option<i64> = row.try_get("budget_alert_percent")?;
+    Ok(nanos.map(|monthly_nanos| Budget {
+        monthly_nanos,
+        alert_percent: percent.and_then(|p| u8::try_from(p).ok()).unwrap_or(80),
+    }))
+}
+
+fn limits_json(limits: &RateLimits) -> Option<String> {
+    (!limits.is_empty()).then(|| serde_json::to_string(limits).unwrap_or_default())
 }
 
 fn json_list(list: Option<&Vec<String>>) -> Option<String> {

@@ -21,15 +21,6 @@ pub(super) fn project_from_row(row: &AnyRow) -> StoreResult<Project> {
     })
 }
 
-pub(super) fn budget_from_row(row: &AnyRow) -> StoreResult<Option<Budget>> {
-    let nanos: Option<i64> = row.try_get("budget_nanos")?;
-    let percent: Option<i64> = row.try_get("budget_alert_percent")?;
-    Ok(nanos.map(|monthly_nanos| Budget {
-        monthly_nanos,
-        alert_percent: percent.and_then(|p| u8::try_from(p).ok()).unwrap_or(80),
-    }))
-}
-
 pub(super) fn project_rate_limits(json: Option<String>) -> StoreResult<Vec<ModelLimits>> {
     #[derive(serde::Deserialize)]
     struct Entry {
@@ -43,10 +34,6 @@ pub(super) fn project_rate_limits(json: Option<String>) -> StoreResult<Vec<Model
         None => Vec::new(),
     };
     Ok(entries.into_iter().map(|e| ModelLimits { model: e.model, limits: e.limits }).collect())
-}
-
-pub(super) fn limits_json(limits: &RateLimits) -> Option<String> {
-    (!limits.is_empty()).then(|| serde_json::to_string(limits).unwrap_or_default())
 }
 
 pub(super) fn service_account_from_row(row: &AnyRow) -> StoreResult<ServiceAccount> {
