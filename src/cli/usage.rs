@@ -181,7 +181,19 @@ pub struct AlertsArgs {
     client: ClientArgs,
 }
 
-/// Lists usage alerts, newest first.
+/// Where an alert's webhook delivery stands, in a word or three.
+fn webhook(delivery: &Value) -> String {
+    let attempts = delivery["attempts"].as_i64().unwrap_or(0);
+    match delivery["status"].as_str() {
+        None => "-".into(),
+        Some("delivered") => "delivered".into(),
+        Some("failed") => format!("failed: {}", output::text(&delivery["last_error"])),
+        Some(_) if attempts == 0 => "pending".into(),
+        Some(_) => format!("retrying ({attempts} tried: {})", output::text(&delivery["last_error"])),
+    }
+}
+
+/// Lists alerts, newest first.
 pub async fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
     let api = AdminClient::from_env(&args.client.url)?;
     let since = keygate::clock::unix_now() - i64::try_from(args.since).unwrap_or(i64::MAX);
@@ -198,10 +210,11 @@ pub async fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
                     output::text(&a["kind"]),
                     format!("{} ({})", output::text(&a["api_key_name"]), output::text(&a["api_key_id"])),
                     output::text(&a["message"]),
+                    webhook(&a["delivery"]),
                 ]
             })
             .collect();
-        output::table(&["WHEN", "SEVERITY", "KIND", "KEY", "WHAT"], &rows);
+        output::table(&["WHEN", "SEVERITY", "KIND", "KEY", "WHAT", "WEBHOOK"], &rows);
     }
     Ok(ExitCode::SUCCESS)
 }
