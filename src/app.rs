@@ -227,7 +227,7 @@ impl Gateway {
             Arc::clone(&index),
             Arc::clone(&clock),
             config.alert_webhook.clone(),
-        ));
+        )?);
         if config.alert_webhook.is_some() {
             tasks.spawn("alert webhook", Arc::clone(&alerts).sender());
         }

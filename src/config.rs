@@ -678,6 +678,10 @@ fn prices(raw: std::collections::BTreeMap<String, RawPrice>) -> Result<crate::us
     Ok(crate::usage::PriceTable::with(overrides))
 }
 
+/// At most this many windows in a baseline period (a week of 1-minute
+/// windows, five weeks of the default 5-minute ones).
+const MAX_BASELINE_WINDOWS: u64 = 10_080;
+
 fn anomaly(raw: RawAnomaly, rollups_kept: Duration) -> Result<Option<crate::usage::AnomalyPolicy>, ConfigError> {
     if raw.enabled == Some(false) {
         return Ok(None);
@@ -713,6 +717,16 @@ fn anomaly(raw: RawAnomaly, rollups_kept: Duration) -> Result<Option<crate::usag
             "anomaly.baseline_days",
             format!(
                 "must be between 1 and 90, and within retention.usage_rollups_days ({kept_days}), got {baseline_days}"
+            ),
+        ));
+    }
+    // The watcher holds each key's busy windows of the period in memory.
+    if baseline_days * 86_400 / window > MAX_BASELINE_WINDOWS {
+        return Err(invalid(
+            "anomaly.baseline_days",
+            format!(
+                "{baseline_days} days of {window}-second windows is more than {MAX_BASELINE_WINDOWS} windows: \
+                 shorten baseline_days or lengthen window_seconds"
             ),
         ));
     }

@@ -395,6 +395,7 @@ fn every_anomaly_setting_is_checked() {
         ("cooldown_seconds = 99999999", "anomaly.cooldown_seconds"),
         ("baseline_days = 0", "anomaly.baseline_days"),
         ("baseline_days = 91", "anomaly.baseline_days"),
+        ("window_seconds = 60\nbaseline_days = 8", "anomaly.baseline_days"),
         ("webhook_url = \"https://hooks.example.com/k\"", "anomaly.webhook_secret"),
         ("webhook_secret = \"whsec_ZXhhbXBsZS1vbmx5LWRvLW5vdC11c2UtdGhpcy1zZWNyZXQ=\"", "anomaly.webhook_url"),
         ("webhook_url = \"https://h/k\"\nwebhook_secret = \"not-a-whsec\"", "anomaly.webhook_secret"),

@@ -616,13 +616,15 @@ pub trait AlertStore: Send + Sync {
     async fn due_deliveries(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<Alert>>;
     /// Takes a due delivery for one attempt: counts the attempt and holds the
     /// delivery until `hold_until`, so no other replica sends it meanwhile.
-    /// False when another replica took it first.
-    async fn claim_delivery(&self, alert_id: &str, now: Timestamp, hold_until: Timestamp) -> StoreResult<bool>;
-    /// Records an attempt's outcome: delivered, retry at `next_attempt_at`,
-    /// or failed for good.
+    /// Returns this attempt's number; `None` when another replica took it first.
+    async fn claim_delivery(&self, alert_id: &str, now: Timestamp, hold_until: Timestamp) -> StoreResult<Option<i64>>;
+    /// Records the outcome of the attempt claimed at `claimed_at`: delivered,
+    /// retry at `next_attempt_at`, or failed for good. An attempt whose claim
+    /// lapsed and was taken over records nothing.
     async fn finish_delivery(
         &self,
         alert_id: &str,
+        claimed_at: Timestamp,
         status: DeliveryStatus,
         next_attempt_at: Option<Timestamp>,
         error: Option<&str>,

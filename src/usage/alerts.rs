@@ -82,10 +82,21 @@ impl std::fmt::Debug for WebhookSecret {
 }
 
 /// Where alerts are POSTed (`anomaly.webhook_url`) and how they are signed.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebhookTarget {
     pub url: String,
     pub secret: WebhookSecret,
+}
+
+/// Scheme and host only: a webhook's path or query often is its own secret
+/// (a Slack-style token), and its user info certainly is.
+impl std::fmt::Debug for WebhookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = reqwest::Url::parse(&self.url)
+            .map(|u| format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or_default()))
+            .unwrap_or_else(|_| "…".into());
+        f.debug_struct("WebhookTarget").field("url", &shown).field("secret", &self.secret).finish()
+    }
 }
 
 pub struct Alerts {
@@ -102,16 +113,15 @@ impl Alerts {
         index: Arc<KeyIndex>,
         clock: Arc<dyn Clock>,
         webhook: Option<WebhookTarget>,
-    ) -> Self {
+    ) -> Result<Self, reqwest::Error> {
         // No redirects: a webhook answers where it was configured, and a
         // redirect must not carry a signed alert somewhere else.
         let http = reqwest::Client::builder()
             .timeout(ATTEMPT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("keygate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        Self { store, index, clock, webhook: webhook.map(|target| (target, http)), wake: Notify::new() }
+            .build()?;
+        Ok(Self { store, index, clock, webhook: webhook.map(|target| (target, http)), wake: Notify::new() })
     }
 
     /// Stores the alert (with a pending delivery when a webhook is set), then
@@ -154,13 +164,15 @@ impl Alerts {
     /// many were delivered.
     pub async fn deliver_due(&self) -> StoreResult<usize> {
         let Some((target, http)) = &self.webhook else { return Ok(0) };
-        let now = self.clock.now();
         let mut delivered = 0;
-        for alert in self.store.due_deliveries(now, BATCH).await? {
+        for alert in self.store.due_deliveries(self.clock.now(), BATCH).await? {
             let Some(delivery) = &alert.delivery else { continue };
-            if !self.store.claim_delivery(&alert.id, now, now + CLAIM_SECONDS).await? {
+            // Each attempt on its own clock reading: a batch of slow receivers
+            // takes minutes, and a claim must not be born lapsed.
+            let now = self.clock.now();
+            let Some(attempt) = self.store.claim_delivery(&alert.id, now, now + CLAIM_SECONDS).await? else {
                 continue; // another replica has it
-            }
+            };
             let name = self.index.by_id(&alert.key_id).map(|k| k.name.to_string());
             let body = json!({
                 "id": delivery.id,
@@ -187,7 +199,6 @@ impl Alerts {
                 Err(error) if error.is_connect() => Some("could not connect".to_owned()),
                 Err(error) => Some(error.without_url().to_string()),
             };
-            let attempt = delivery.attempts + 1;
             let (status, next) = match &error {
                 None => (DeliveryStatus::Delivered, None),
                 Some(_) => match usize::try_from(attempt - 1).ok().and_then(|n| RETRY_AFTER_SECONDS.get(n)) {
@@ -204,7 +215,7 @@ impl Alerts {
             if let Some(error) = &error {
                 tracing::warn!(alert = %alert.id, attempt, %error, outcome, "alert webhook delivery failed");
             }
-            self.store.finish_delivery(&alert.id, status, next, error.as_deref()).await?;
+            self.store.finish_delivery(&alert.id, now, status, next, error.as_deref()).await?;
             delivered += usize::from(error.is_none());
         }
         Ok(delivered)

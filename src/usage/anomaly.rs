@@ -282,11 +282,15 @@ impl AnomalyWatcher {
         let mut keys: Vec<(PublicId, i64)> = counts.iter().map(|(k, n)| (*k, *n)).collect();
         keys.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         let mut raised = Vec::new();
+        let mut peers: HashMap<Option<String>, Reference> = HashMap::new();
         for (id, requests) in keys {
             let own = history.baseline(&id);
             let reference = match own {
                 Some(baseline) => Reference::Key(baseline),
-                None => self.peers(history, &id),
+                None => {
+                    let project = self.index.by_id(&id).and_then(|k| k.project_id().map(str::to_owned));
+                    *peers.entry(project).or_insert_with_key(|project| self.peers(history, project.as_deref()))
+                }
             };
             if let Some(spike) = judge(requests, w.end - w.start, reference, self.policy.rule()) {
                 let mut details = spike.details;
@@ -306,11 +310,12 @@ impl AnomalyWatcher {
         Ok(raised)
     }
 
-    /// The typical key of the key's project, else of the organization.
-    fn peers(&self, history: &History, id: &PublicId) -> Reference {
+    /// The typical key of `project`, else of the organization (worked out
+    /// once per window and project: it reads every key's history).
+    fn peers(&self, history: &History, project: Option<&str>) -> Reference {
         let project_of = |k: &PublicId| self.index.by_id(k).and_then(|k| k.project_id().map(str::to_owned));
-        if let Some(project) = project_of(id) {
-            if let Some(typical) = history.typical(|k| project_of(k).as_deref() == Some(&project)) {
+        if let Some(project) = project {
+            if let Some(typical) = history.typical(|k| project_of(k).as_deref() == Some(project)) {
                 return Reference::Peers { typical: Some(typical), from_project: true };
             }
         }
@@ -386,14 +391,17 @@ impl AnomalyWatcher {
         w: Window,
         event: &str,
     ) -> StoreResult<Option<Alert>> {
+        let event_id = alert_id(event);
         if let Some(last) = self.store.last_alert(id, kind).await? {
-            if w.now - last.at < secs(self.policy.cooldown) {
+            // The same event again (a window examined twice) goes on: its
+            // suspension may be what the first examination never reached.
+            if last.id != event_id && w.now - last.at < secs(self.policy.cooldown) {
                 return Ok(None);
             }
         }
         let key = self.index.by_id(id);
         let alert = Alert {
-            id: alert_id(event),
+            id: event_id,
             at: w.now,
             key_id: *id,
             project_id: key.as_ref().and_then(|k| k.project_id().map(str::to_owned)),
@@ -403,11 +411,13 @@ impl AnomalyWatcher {
             details,
             delivery: None,
         };
-        let Some(alert) = self.alerts.raise(alert).await? else { return Ok(None) };
+        let raised = self.alerts.raise(alert.clone()).await?;
         if self.policy.auto_suspend && severity == "critical" {
-            self.suspend(&alert).await?;
+            // Also when the alert was stored already: a watcher that died
+            // between the alert and the suspension left the key active.
+            self.suspend(raised.as_ref().unwrap_or(&alert)).await?;
         }
-        Ok(Some(alert))
+        Ok(raised)
     }
 
     /// Suspends the key a critical alert is about, on every replica, and

@@ -461,3 +461,31 @@ async fn auto_suspend_is_audited_under_the_alert_and_explain_names_it() {
     assert_eq!(suspension["api_key.updated"]["changes_requested"]["state"], "suspended", "{suspension}");
     assert_eq!(suspension["api_key.updated"]["alert"]["id"], spike["id"], "{suspension}");
 }
+
+#[tokio::test]
+async fn a_watcher_that_died_between_alert_and_suspension_leaves_the_suspension_to_the_next() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let (gw, _mock) = gateway(&clock, "[anomaly]\nauto_suspend = true\n").await;
+    let (key, secret) = gw.create_key("half-handled").await;
+    let id = PublicId::parse(key["id"].as_str().unwrap()).unwrap();
+    history(&gw, &clock, &id, 4, 5).await;
+    traffic(&gw, &id, "192.0.2.30", t0() + 4 * W, 500).await;
+    // What the dead watcher got to: the alert, stored under the event's id.
+    let end = t0() + 5 * W;
+    let stored = keygate::store::Alert {
+        id: keygate::usage::alert_id(&format!("spike/{id}/{end}")),
+        at: end + SETTLE,
+        key_id: id,
+        project_id: None,
+        kind: "spike".into(),
+        severity: "critical".into(),
+        message: "500 requests".into(),
+        details: json!({}),
+        delivery: None,
+    };
+    assert!(gw.gateway_state.store.insert_alert(&stored).await.unwrap());
+    examine_through(&gw, &clock, t0() + 4 * W).await;
+    let refused = http().get(format!("{}/v1/models", gw.url)).bearer_auth(&secret).send().await.unwrap();
+    assert_eq!(refused.status(), 401, "the key was suspended by the watcher that came next");
+    assert_eq!(of_kind(&alerts(&gw).await, "spike", &id).len(), 1, "and the alert was not raised twice");
+}

@@ -104,37 +104,36 @@ impl AlertStore for SqlStore {
         rows.iter().map(alert_from_row).collect()
     }
 
-    async fn claim_delivery(&self, alert_id: &str, now: Timestamp, hold_until: Timestamp) -> StoreResult<bool> {
-        let claimed = sqlx::query(&self.engine.sql(
+    async fn claim_delivery(&self, alert_id: &str, now: Timestamp, hold_until: Timestamp) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar(&self.engine.sql(
             "UPDATE alerts SET delivery_attempts = delivery_attempts + 1, delivery_last_at = ?, delivery_next_at = ? \
-             WHERE id = ? AND delivery_status = 'pending' AND delivery_next_at <= ?",
+             WHERE id = ? AND delivery_status = 'pending' AND delivery_next_at <= ? RETURNING delivery_attempts",
         ))
         .bind(now)
         .bind(hold_until)
         .bind(alert_id)
         .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(claimed == 1)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn finish_delivery(
         &self,
         alert_id: &str,
+        claimed_at: Timestamp,
         status: DeliveryStatus,
         next_attempt_at: Option<Timestamp>,
         error: Option<&str>,
     ) -> StoreResult<()> {
-        sqlx::query(
-            &self.engine.sql(
-                "UPDATE alerts SET delivery_status = ?, delivery_next_at = ?, delivery_last_error = ? WHERE id = ?",
-            ),
-        )
+        sqlx::query(&self.engine.sql(
+            "UPDATE alerts SET delivery_status = ?, delivery_next_at = ?, delivery_last_error = ? \
+             WHERE id = ? AND delivery_status = 'pending' AND delivery_last_at = ?",
+        ))
         .bind(status.as_str())
         .bind(next_attempt_at)
         .bind(error)
         .bind(alert_id)
+        .bind(claimed_at)
         .execute(&self.pool)
         .await?;
         Ok(())
