@@ -38,6 +38,8 @@ pub const LEASE_SECONDS: i64 = 45;
 /// A window is examined this long after it ends, once requests still being
 /// answered and other replicas' recorders have written their records.
 pub const SETTLE_SECONDS: i64 = 60;
+/// (key, network) pairs counted per write transaction.
+const NETWORKS_PER_WRITE: usize = 250;
 /// After downtime longer than this the older windows are skipped (logged):
 /// catching up on days of traffic would hold the watcher for too long.
 const MAX_CATCH_UP_SECONDS: i64 = 86_400;
@@ -359,8 +361,14 @@ impl AnomalyWatcher {
             .map(|((key_id, network), requests)| NetworkSighting { key_id, network, window_end: w.end, requests })
             .collect();
         batch.sort_by(|a, b| (a.key_id.as_str(), &a.network).cmp(&(b.key_id.as_str(), &b.network)));
+        let mut known = Vec::with_capacity(batch.len());
+        // A few hundred pairs a transaction: a key seen from thousands of
+        // networks must not hold SQLite's write lock from the recorder.
+        for chunk in batch.chunks(NETWORKS_PER_WRITE) {
+            known.extend(self.store.count_networks(chunk).await?);
+        }
         let mut raised = Vec::new();
-        for n in self.store.count_networks(&batch).await? {
+        for n in known {
             let new = n.key_had_others && n.alerted_at.is_none() && n.first_seen > w.end - history.span();
             if !new || n.requests < self.policy.new_network_min_requests {
                 continue;
