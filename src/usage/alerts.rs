@@ -148,7 +148,7 @@ impl Alerts {
     fn with_delivery(&self, mut alert: Alert) -> Alert {
         if self.webhook.is_some() && alert.delivery.is_none() {
             alert.delivery = Some(Delivery {
-                id: format!("msg_{}", &alert.id["alert_".len()..]),
+                id: format!("msg_{}", alert.id.strip_prefix("alert_").unwrap_or(&alert.id)),
                 status: DeliveryStatus::Pending,
                 attempts: 0,
                 next_attempt_at: Some(alert.at),

@@ -283,6 +283,17 @@ class Gateway:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, **kw)
 
 
+CLI_TIMEOUT_S = 30.0
+
+
+def cli(gw: "Gateway", *args: str, admin_key: str = ADMIN_KEY) -> subprocess.CompletedProcess:
+    """`keygate ARGS` as a client of `gw` (KEYGATE_URL, KEYGATE_ADMIN_KEY), no colour, no stray env."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGATE_", "OPENAI_"))}
+    env.update(KEYGATE_URL=gw.url, KEYGATE_ADMIN_KEY=admin_key, NO_COLOR="1")
+    return subprocess.run([KEYGATE_BIN, *args], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+                          stdin=subprocess.DEVNULL)
+
+
 # --- fixtures -----------------------------------------------------------------
 
 

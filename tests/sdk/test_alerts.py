@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 
-from conftest import ADMIN_KEY, KEYGATE_BIN, raw_request
+from conftest import KEYGATE_BIN, cli, raw_request
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
@@ -85,9 +85,7 @@ def test_a_delivery_verifies_with_the_official_sdk(delivered):
     assert listed["delivery"]["id"] == headers["webhook-id"]
     assert listed["delivery"]["attempts"] == 1
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGATE_", "OPENAI_"))}
-    env.update(KEYGATE_URL=gw.url, KEYGATE_ADMIN_KEY=ADMIN_KEY, NO_COLOR="1")
-    shown = subprocess.run([KEYGATE_BIN, "alerts"], env=env, capture_output=True, text=True, timeout=30)
+    shown = cli(gw, "alerts")
     assert shown.returncode == 0, shown.stderr
     assert "WEBHOOK" in shown.stdout and "leaked_key" in shown.stdout and "delivered" in shown.stdout, shown.stdout
 

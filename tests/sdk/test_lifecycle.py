@@ -22,7 +22,7 @@ import openai
 import pytest
 
 import mock_upstream as m
-from conftest import ADMIN_KEY, KEYGATE_BIN, UPSTREAM_SECRET, Gateway, RawResponse, basic_auth
+from conftest import cli, ADMIN_KEY, KEYGATE_BIN, UPSTREAM_SECRET, Gateway, RawResponse, basic_auth
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 EXPIRES_HEADER = "x-keygate-key-expires-at"
@@ -32,7 +32,6 @@ BOOTSTRAP_ADMIN_NAME = "bootstrap (KEYGATE_ADMIN_KEY)"
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 ID_LEN, SECRET_LEN, CHECK_LEN = 12, 43, 6
 HINT_CHECKSUM = " (keygate hint: the key's checksum does not match: it was mistyped or altered.)"
-CLI_TIMEOUT_S = 30
 # An OpenAI-looking project key (the `T3BlbkFJ` marker is base64 of "OpenAI").
 OPENAI_LOOKING_KEY = "sk-proj-" + "a1B2c3D4e5" * 4 + "T3BlbkFJ" + "f6G7h8J9k0" * 4
 
@@ -173,13 +172,6 @@ def denial_record(gw: Gateway, rid: str, timeout: float = 5.0) -> dict:
         assert r.status == 404, (r.status, r.body)
         return None
     return wait_for(get, timeout, f"the denial record of {rid}")
-
-
-def cli(gw: Gateway, *args: str, admin_key: str = ADMIN_KEY) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGATE_", "OPENAI_"))}
-    env.update(KEYGATE_URL=gw.url, KEYGATE_ADMIN_KEY=admin_key, NO_COLOR="1")
-    return subprocess.run([KEYGATE_BIN, *args], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
-                          stdin=subprocess.DEVNULL)
 
 
 _ANY = object()

@@ -22,11 +22,10 @@ import openai
 import pytest
 
 import mock_upstream as m
-from conftest import ADMIN_KEY, KEYGATE_BIN, Gateway
+from conftest import cli, ADMIN_KEY, KEYGATE_BIN, Gateway
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 POLL_TIMEOUT_S = 6.0
-CLI_TIMEOUT_S = 15.0
 
 # Default prices in nano-dollars per 1M tokens: (input, cached input, output).
 PRICES = {
@@ -261,13 +260,6 @@ class Traffic:
 @pytest.fixture
 def traffic(gateway, mock_upstream) -> Traffic:
     return Traffic(gateway, mock_upstream)
-
-
-def cli(gw: Gateway, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGATE_", "OPENAI_"))}
-    env.update(KEYGATE_URL=gw.url, KEYGATE_ADMIN_KEY=ADMIN_KEY, NO_COLOR="1")
-    return subprocess.run([KEYGATE_BIN, *args], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
-                          stdin=subprocess.DEVNULL)
 
 
 # --- 1. each route's tokens reach the Usage API exactly ------------------------
