@@ -173,6 +173,7 @@ impl Gateway {
             alerts: config.alert_retention,
             audit: config.audit_retention,
             audit_rows: config.audit_max_rows,
+            session_idle: config.dashboard.session_idle,
         };
         jobs::enforce_retention(&*store, &*clock, &retention).await;
         tasks.spawn(
@@ -252,6 +253,16 @@ impl Gateway {
             Some(id) => id.clone(),
             None => boot.organization_id.clone(),
         };
+        let sso = match &config.dashboard.sso {
+            Some(sso) => Some(crate::session::oidc::Sso::new(sso.clone()).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let sessions = Arc::new(crate::session::Sessions {
+            idle_seconds: config.dashboard.session_idle.as_secs() as i64,
+            max_seconds: config.dashboard.session_max.as_secs() as i64,
+            secure: config.tls.is_some() || sso.as_ref().is_some_and(|s| s.config().redirect_url.starts_with("https:")),
+            sso,
+        });
         let state = AppState::new(Shared {
             store,
             index,
@@ -277,6 +288,8 @@ impl Gateway {
                 azure_region: config.azure.region.clone(),
             }),
             metrics,
+            sessions,
+            dashboard: config.dashboard.enabled,
         });
         let connection_limits = ConnectionLimits {
             header_read_timeout: config.header_read_timeout,

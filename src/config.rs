@@ -106,6 +106,27 @@ struct RawConfig {
     usage: RawUsage,
     #[serde(default)]
     redis: RawRedis,
+    #[serde(default)]
+    dashboard: RawDashboard,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDashboard {
+    enabled: Option<bool>,
+    session_idle_minutes: Option<u64>,
+    session_max_hours: Option<u64>,
+    oidc: Option<RawOidc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_env: Option<String>,
+    redirect_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -292,6 +313,30 @@ pub struct Config {
     pub metering: bool,
     /// Shared rate-limit state for many replicas; `None` limits per process.
     pub redis: Option<RedisConfig>,
+    pub dashboard: DashboardConfig,
+}
+
+/// `[dashboard]`: the web dashboard at `/ui`.
+#[derive(Debug, Clone)]
+pub struct DashboardConfig {
+    pub enabled: bool,
+    /// A session unused this long ends.
+    pub session_idle: Duration,
+    /// A session ends this long after sign-in, used or not.
+    pub session_max: Duration,
+    /// `None`: sign-in with an admin key only.
+    pub sso: Option<crate::session::oidc::SsoConfig>,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            session_idle: Duration::from_secs(30 * 60),
+            session_max: Duration::from_secs(12 * 3600),
+            sso: None,
+        }
+    }
 }
 
 /// Where `GET /metrics` is served: never on the public listener, since
@@ -583,6 +628,7 @@ impl Config {
         let prices = prices(raw.prices)?;
         let alert_webhook = alert_webhook(&raw.anomaly)?;
         let anomaly = anomaly(raw.anomaly, usage_rollup_retention)?;
+        let dashboard = dashboard(raw.dashboard, env)?;
 
         Ok(Self {
             listen,
@@ -621,6 +667,7 @@ impl Config {
             default_max_tokens: raw.limits.default_max_tokens.unwrap_or(1024),
             metering: raw.usage.enabled.unwrap_or(true),
             redis,
+            dashboard,
             azure: AzureFrontDoor {
                 deployments: raw.azure.deployments.unwrap_or_default(),
                 api_versions: raw
@@ -745,6 +792,75 @@ fn anomaly(raw: RawAnomaly, rollups_kept: Duration) -> Result<Option<crate::usag
         baseline_period: Duration::from_secs(baseline_days * 86_400),
         new_key_max_rpm: count(raw.new_key_max_rpm, d.new_key_max_rpm, "new_key_max_rpm")?,
     }))
+}
+
+fn dashboard(raw: RawDashboard, env: &dyn Env) -> Result<DashboardConfig, ConfigError> {
+    let idle = raw.session_idle_minutes.unwrap_or(30);
+    if !(1..=24 * 60).contains(&idle) {
+        return Err(invalid("dashboard.session_idle_minutes", format!("must be between 1 and 1440, got {idle}")));
+    }
+    let max = raw.session_max_hours.unwrap_or(12);
+    if !(1..=24 * 30).contains(&max) {
+        return Err(invalid("dashboard.session_max_hours", format!("must be between 1 and 720, got {max}")));
+    }
+    let sso = match raw.oidc {
+        None => None,
+        Some(oidc) => Some(sso(oidc, env)?),
+    };
+    Ok(DashboardConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        session_idle: Duration::from_secs(idle * 60),
+        session_max: Duration::from_secs(max * 3600),
+        sso,
+    })
+}
+
+/// `[dashboard.oidc]`: every field is needed; the secret from the file or,
+/// better, from the variable `client_secret_env` names (default
+/// `KEYGATE_OIDC_CLIENT_SECRET`).
+fn sso(raw: RawOidc, env: &dyn Env) -> Result<crate::session::oidc::SsoConfig, ConfigError> {
+    let required = |value: Option<String>, field: &str, what: &str| {
+        value
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| invalid(format!("dashboard.oidc.{field}"), format!("is needed: {what}")))
+    };
+    let url = |value: String, field: &str| -> Result<String, ConfigError> {
+        match reqwest::Url::parse(&value) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.query().is_none() => Ok(value),
+            _ => Err(invalid(
+                format!("dashboard.oidc.{field}"),
+                format!("must be an http(s) URL without a query, got `{}`", shown_url(&value)),
+            )),
+        }
+    };
+    let issuer = url(required(raw.issuer, "issuer", "the provider's issuer URL, as its ID tokens name it")?, "issuer")?;
+    let client_id = required(raw.client_id, "client_id", "the client id this gateway is registered with")?;
+    let redirect_url = url(
+        required(
+            raw.redirect_url,
+            "redirect_url",
+            "this gateway's https://HOST/ui/sso/callback, as registered with the provider",
+        )?,
+        "redirect_url",
+    )?;
+    if !redirect_url.ends_with("/ui/sso/callback") {
+        return Err(invalid(
+            "dashboard.oidc.redirect_url",
+            "must end with /ui/sso/callback, where keygate takes the provider's answer",
+        ));
+    }
+    let variable = raw.client_secret_env.as_deref().unwrap_or("KEYGATE_OIDC_CLIENT_SECRET");
+    let client_secret = match (raw.client_secret, env.var(variable)) {
+        (Some(secret), _) if !secret.is_empty() => secret,
+        (_, Some(secret)) if !secret.is_empty() => secret,
+        _ => {
+            return Err(invalid(
+                "dashboard.oidc.client_secret",
+                format!("is needed: put the client secret in {variable} (or in client_secret)"),
+            ))
+        }
+    };
+    Ok(crate::session::oidc::SsoConfig { issuer, client_id, client_secret, redirect_url })
 }
 
 /// The alert webhook: an http(s) URL and the `whsec_` secret that signs

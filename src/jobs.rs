@@ -232,6 +232,8 @@ fn login_failed(
         effective_at: first_at,
         project_id: None,
         actor_key_id: Some(key_id),
+        actor_user_id: None,
+        actor_ip: None,
         details: serde_json::json!({
             "error_code": reason,
             "error_message": "authentication failed",
@@ -507,6 +509,8 @@ pub struct Retention {
     pub audit: Duration,
     /// At most this many audit events (the oldest go first).
     pub audit_rows: u64,
+    /// Dashboard sessions unused this long are over.
+    pub session_idle: Duration,
 }
 
 /// Deletes what is past its lifetime. Runs at start and every hour.
@@ -518,6 +522,10 @@ pub async fn enforce_retention(store: &dyn Store, clock: &dyn Clock, r: &Retenti
         ("usage", store.prune_usage(before(r.usage_records), before(r.usage_rollups)).await),
         ("alerts", store.prune_alerts(before(r.alerts)).await),
         ("audit log", store.prune_audit(before(r.audit), r.audit_rows).await),
+        (
+            "dashboard sessions",
+            store.prune_sessions(now, before(r.session_idle), now - crate::session::oidc::LOGIN_TTL_SECONDS).await,
+        ),
     ];
     for (what, result) in results {
         match result {

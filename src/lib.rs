@@ -16,6 +16,7 @@ pub mod app;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod diagnose;
 pub mod dialect;
 /// Invariant checks shared by the fuzz targets (`fuzz/`) and the corpus
@@ -34,6 +35,7 @@ pub mod replicas;
 pub mod request;
 pub mod route;
 pub mod server;
+pub mod session;
 pub mod state;
 pub mod store;
 pub mod time;

@@ -78,4 +78,8 @@ pub struct Shared {
     pub limiter: Arc<Limiter>,
     pub settings: Arc<Settings>,
     pub metrics: PrometheusHandle,
+    /// Dashboard sessions and single sign-on.
+    pub sessions: Arc<crate::session::Sessions>,
+    /// `dashboard.enabled`: whether `/ui` is served.
+    pub dashboard: bool,
 }

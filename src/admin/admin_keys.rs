@@ -9,10 +9,10 @@ use serde_json::json;
 use super::keys::{find_key, issue, revoke, KeySpec};
 use super::objects::{AdminApiKeyObject, Deleted, List, WithValue};
 use super::{bad, json_body, name, objects, query, ListParams};
-use crate::auth::Authorized;
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::key::KeyPrefix;
 use crate::policy::Permissions;
+use crate::session::Principal;
 use crate::state::AppState;
 use crate::store::{Access, KeyFilter, KeyKind, OwnerRef};
 
@@ -46,7 +46,7 @@ struct CreateAdminKey {
 #[utoipa::path(post, path = "/v1/organization/admin_api_keys", operation_id = "admin-api-keys-create", summary = "Create an admin API key", tag = "admin keys", request_body = CreateAdminKey, responses((status = 200, body = WithValue<AdminApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     body: Bytes,
 ) -> Result<Json<WithValue<AdminApiKeyObject>>, ApiError> {
     let req: CreateAdminKey = json_body(&body)?;
@@ -92,11 +92,11 @@ pub async fn create(
 #[utoipa::path(delete, path = "/v1/organization/admin_api_keys/{key_id}", operation_id = "admin-api-keys-delete", summary = "Delete an admin API key", tag = "admin keys", params(("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     Path(key_id): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     let key = find_key(&state, &key_id, |k| k.kind == KeyKind::Admin).await?;
-    if key.id == actor.key.id {
+    if actor.key_id() == Some(key.id) {
         return Err(ApiError::BadRequest {
             message: "An admin key cannot delete itself; use another admin key.".into(),
             param: None,

@@ -40,6 +40,14 @@ fn parse_filter(raw: Option<&str>) -> Result<AuditFilter, ApiError> {
 }
 
 fn actor(record: &AuditRecord) -> Value {
+    if let Some(user) = &record.actor_user {
+        // A person in the dashboard: OpenAI's session actor.
+        let user = match user {
+            Ok(u) => json!({"id": u.id, "email": u.email}),
+            Err(id) => json!({"id": id, "email": null}),
+        };
+        return json!({"type": "session", "session": {"user": user, "ip_address": record.actor_ip}});
+    }
     let Some(key) = &record.actor_key else { return Value::Null };
     let (kind, who) = match &key.owner {
         Some(Owner::User(u)) => ("user", json!({"user": {"id": u.id, "email": u.email}})),

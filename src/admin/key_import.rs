@@ -13,11 +13,11 @@ use serde_json::json;
 use super::keys::parse_prefix;
 use super::projects::find_active;
 use super::{audit, bad, budget, cidrs, json_body, models, name, rate_limits};
-use crate::auth::Authorized;
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::ids::PublicId;
 use crate::key::KeyDigest;
 use crate::policy::{Permissions, RateLimits};
+use crate::session::Principal;
 use crate::state::AppState;
 use crate::store::{Access, KeyKind, KeyRecord, NewKey, OwnerRef, Project, SecretVersion, ServiceAccount};
 use crate::time::Timestamp;
@@ -93,7 +93,7 @@ pub struct ImportResults {
 #[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/import", operation_id = "import-project-api-keys", summary = "Import project API keys", tag = "api keys", description = "Ours: keys from another keygate deployment, by digest.", params(("project_id" = String, Path)), request_body = ImportKeys, responses((status = 200, body = ImportResults), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn import(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     Path(project_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<ImportResults>, ApiError> {
@@ -131,7 +131,7 @@ pub async fn import(
 #[allow(clippy::too_many_arguments, reason = "the request's context, passed down from one caller")]
 async fn import_one(
     state: &AppState,
-    actor: &Authorized,
+    actor: &Principal,
     project: &Project,
     owner: &ServiceAccount,
     mut key: NewKey,

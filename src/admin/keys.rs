@@ -10,16 +10,16 @@ use serde_json::json;
 
 use super::objects::{Deleted, List, ProjectApiKeyObject, WithValue};
 use super::projects::find_active;
-use super::{actor_name, audit, bad, budget, cidrs, json_body, models, name, objects, query, rate_limits, ListParams};
-use crate::auth::Authorized;
+use super::{audit, bad, budget, cidrs, json_body, models, name, objects, query, rate_limits, ListParams};
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::ids::PublicId;
 use crate::key::{generate, KeyPrefix, Secret};
 use crate::policy::{Budget, Permissions, RateLimits};
+use crate::session::Principal;
 use crate::state::AppState;
 use crate::store::{
-    Access, KeyFilter, KeyKind, KeyRecord, KeyState, KeyUpdate, NewKey, OwnerRef, Page, PageQuery, Revocation,
-    SecretVersion,
+    Access, KeyFilter, KeyKind, KeyRecord, KeySearch, KeyState, KeyStatus, KeyUpdate, NewKey, OwnerRef, Page,
+    PageQuery, Revocation, SecretVersion,
 };
 use crate::time::Timestamp;
 
@@ -97,6 +97,45 @@ struct KeyListParams {
     /// Only keys due for rotation under the project's `max_key_age_seconds`.
     #[serde(default)]
     due: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SearchParams {
+    q: Option<String>,
+    prefix: Option<String>,
+    project_id: Option<String>,
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/organization/api_keys` (ours): project keys across projects, for
+/// the dashboard's search; a member finds only their projects' keys.
+#[utoipa::path(get, path = "/v1/organization/api_keys", operation_id = "search-api-keys", summary = "Search project API keys", tag = "api keys", description = "Ours: project keys across projects, oldest first. `q` matches part of a name, or a key id whole; `status` is `active`, `suspended`, `expired` or `revoked` (default: every key but revoked ones).", params(("q" = Option<String>, Query), ("prefix" = Option<String>, Query), ("project_id" = Option<String>, Query), ("status" = Option<String>, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20")), responses((status = 200, body = List<ProjectApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
+pub async fn search(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<List<ProjectApiKeyObject>>, ApiError> {
+    let params: SearchParams = query(raw.as_deref())?;
+    let page = ListParams { after: params.after, limit: params.limit, include_archived: false }.page()?;
+    let status = match params.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(KeyStatus::parse(text).ok_or_else(|| {
+            bad(format!("Invalid 'status': `{text}`. Expected active, suspended, expired or revoked."), "status")
+        })?),
+    };
+    let asked: Vec<String> = params.project_id.into_iter().filter(|p| !p.is_empty()).collect();
+    let search = KeySearch {
+        text: params.q.filter(|q| q.chars().count() <= 256),
+        prefix: params.prefix.filter(|p| !p.is_empty()),
+        project_ids: super::visible_projects(&actor, &asked)?,
+        status,
+        now: state.clock.now(),
+    };
+    let page = state.store.list_keys(&KeyFilter::Search(search), &page).await?;
+    Ok(Json(List::new(page, |k| k.id.api_id(), objects::project_api_key)))
 }
 
 #[utoipa::path(get, path = "/v1/organization/projects/{project_id}/api_keys", operation_id = "list-project-api-keys", summary = "List a project's API keys", tag = "api keys", params(("project_id" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("include_revoked" = Option<bool>, Query), ("due" = Option<bool>, Query, description = "Ours: only keys due for rotation")), responses((status = 200, body = List<ProjectApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
@@ -185,7 +224,7 @@ struct CreateKey {
 #[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys", operation_id = "create-project-api-key", summary = "Create a project API key", description = "Ours: OpenAI creates project keys only in its dashboard. Answers the key object plus `value`, the only time the secret is shown.", tag = "api keys", params(("project_id" = String, Path)), request_body = CreateKey, responses((status = 200, body = WithValue<ProjectApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     Path(project_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<WithValue<ProjectApiKeyObject>>, ApiError> {
@@ -283,7 +322,7 @@ struct UpdateKey {
 #[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}", operation_id = "modify-project-api-key", summary = "Modify a project API key", description = "Ours: name, permissions, models, IPs, limits, budget; a field left out is kept. Takes effect on the next request.", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), request_body = UpdateKey, responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn update(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     Path((project_id, key_id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<ProjectApiKeyObject>, ApiError> {
@@ -328,7 +367,7 @@ struct DeleteParams {
 #[utoipa::path(delete, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}", operation_id = "delete-project-api-key", summary = "Revoke a project API key", description = "Revokes the key at once: the index is updated before the answer is sent.", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`"), ("reason" = Option<String>, Query, description = "Ours: recorded with the revocation")), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     Path((project_id, key_id)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Deleted>, ApiError> {
@@ -341,11 +380,11 @@ pub async fn delete(
 /// Revokes one key, updates the index and records the audit event.
 pub async fn revoke(
     state: &AppState,
-    actor: &Authorized,
+    actor: &Principal,
     key: &KeyRecord,
     reason: Option<String>,
 ) -> Result<(), ApiError> {
-    let revocation = Revocation { at: state.clock.now(), by: Some(actor_name(actor)), reason };
+    let revocation = Revocation { at: state.clock.now(), by: Some(actor.name()), reason };
     let revoked = state.store.revoke_key(&key.id, &revocation).await?.ok_or(ApiError::Internal)?;
     state.index.upsert([revoked]);
     audit(state, actor, "api_key.deleted", key.project_id.as_deref(), json!({"id": key.id.api_id()})).await;
@@ -367,7 +406,7 @@ pub const DEFAULT_GRACE_SECONDS: i64 = 24 * 3600;
 #[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}/rotate", operation_id = "rotate-project-api-key", summary = "Rotate a project API key", description = "Ours: a new secret under the same id; the old one works until the grace period ends. Answers the key object plus `value`, shown once.", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), request_body(content = Option<RotateKey>), responses((status = 200, body = WithValue<ProjectApiKeyObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn rotate(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     Path((project_id, key_id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<WithValue<ProjectApiKeyObject>>, ApiError> {
@@ -407,7 +446,7 @@ pub async fn rotate(
 #[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}/suspend", operation_id = "suspend-project-api-key", summary = "Suspend a project API key", description = "Ours: refused like a revoked key, but reversible.", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn suspend(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     Path((project_id, key_id)): Path<(String, String)>,
 ) -> Result<Json<ProjectApiKeyObject>, ApiError> {
     set_active(&state, &actor, &project_id, &key_id, false).await
@@ -417,7 +456,7 @@ pub async fn suspend(
 #[utoipa::path(post, path = "/v1/organization/projects/{project_id}/api_keys/{key_id}/resume", operation_id = "resume-project-api-key", summary = "Resume a suspended project API key", description = "Ours.", tag = "api keys", params(("project_id" = String, Path), ("key_id" = String, Path, description = "`key_...`")), responses((status = 200, body = ProjectApiKeyObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn resume(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     Path((project_id, key_id)): Path<(String, String)>,
 ) -> Result<Json<ProjectApiKeyObject>, ApiError> {
     set_active(&state, &actor, &project_id, &key_id, true).await
@@ -425,7 +464,7 @@ pub async fn resume(
 
 async fn set_active(
     state: &AppState,
-    actor: &Authorized,
+    actor: &Principal,
     project_id: &str,
     key_id: &str,
     active: bool,

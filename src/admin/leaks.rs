@@ -231,6 +231,8 @@ async fn revoke_leaked(
         effective_at: now,
         project_id: key.project_id().map(str::to_owned),
         actor_key_id: None,
+        actor_user_id: None,
+        actor_ip: None,
         details: json!({"id": key.id.api_id(), "data": data}),
     };
     if let Err(error) = state.store.append_audit(&event).await {
@@ -252,6 +254,7 @@ async fn revoke_leaked(
         },
         details: data,
         delivery: None,
+        acknowledged: None,
     };
     // Stored, counted and handed to the webhook sender, which delivers off
     // this request: a slow receiver must not hold the reporter's answer.

@@ -15,6 +15,8 @@ mod key_import;
 mod keys;
 mod leaks;
 mod objects;
+mod overview;
+mod project_users;
 mod projects;
 mod requests;
 mod service_accounts;
@@ -28,13 +30,14 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::auth::Authorized;
 use crate::dialect::ApiError;
+use crate::session::Principal;
 use crate::state::AppState;
 use crate::store::{AuditEvent, PageQuery};
 
 pub use bootstrap::bootstrap_admin_key;
 pub use leaks::LeakApi;
+pub use projects::not_found as project_not_found;
 
 /// The Administration API's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
@@ -63,6 +66,13 @@ pub use leaks::LeakApi;
     users::get,
     users::update,
     users::delete,
+    project_users::list,
+    project_users::create,
+    project_users::get,
+    project_users::update,
+    project_users::delete,
+    keys::search,
+    overview::get,
     key_import::import,
     admin_keys::list,
     admin_keys::create,
@@ -74,6 +84,7 @@ pub use leaks::LeakApi;
     usage::embeddings,
     usage::costs,
     usage::alerts,
+    usage::acknowledge,
 ))]
 pub struct AdminApi;
 
@@ -102,6 +113,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/organization/usage/embeddings", get(usage::embeddings))
         .route("/v1/organization/costs", get(usage::costs))
         .route("/v1/organization/alerts", get(usage::alerts))
+        .route("/v1/organization/alerts/{alert_id}/acknowledge", post(usage::acknowledge))
         .route(
             "/v1/organization/projects/{project_id}/service_accounts",
             get(service_accounts::list).post(service_accounts::create),
@@ -110,6 +122,13 @@ pub fn routes() -> Router<AppState> {
             "/v1/organization/projects/{project_id}/service_accounts/{sa_id}",
             get(service_accounts::get).delete(service_accounts::delete),
         )
+        .route("/v1/organization/projects/{project_id}/users", get(project_users::list).post(project_users::create))
+        .route(
+            "/v1/organization/projects/{project_id}/users/{user_id}",
+            get(project_users::get).post(project_users::update).delete(project_users::delete),
+        )
+        .route("/v1/organization/api_keys", get(keys::search))
+        .route("/v1/organization/overview", get(overview::get))
         .route("/v1/organization/users", get(users::list).post(users::create))
         .route("/v1/organization/users/{user_id}", get(users::get).post(users::update).delete(users::delete))
         .route("/v1/organization/admin_api_keys", get(admin_keys::list).post(admin_keys::create))
@@ -312,11 +331,26 @@ impl ListParams {
     }
 }
 
+/// The projects a listing covers: those asked for (`None`: every one when
+/// none is named), narrowed to a member's own. A member who names another
+/// project finds nothing, as if it did not exist.
+fn visible_projects(actor: &Principal, asked: &[String]) -> Result<Option<Vec<String>>, ApiError> {
+    match actor.project_filter() {
+        None => Ok((!asked.is_empty()).then(|| asked.to_vec())),
+        Some(mine) => {
+            if let Some(other) = asked.iter().find(|p| !mine.contains(p)) {
+                return Err(projects::not_found(other));
+            }
+            Ok(Some(if asked.is_empty() { mine.to_vec() } else { asked.to_vec() }))
+        }
+    }
+}
+
 /// Records an admin action; the action already happened, so a failure to
 /// record is logged loudly rather than undoing it.
-async fn audit(
+pub async fn audit(
     state: &AppState,
-    actor: &Authorized,
+    actor: &Principal,
     kind: &'static str,
     project_id: Option<&str>,
     details: serde_json::Value,
@@ -326,18 +360,19 @@ async fn audit(
         kind,
         effective_at: state.clock.now(),
         project_id: project_id.map(str::to_owned),
-        actor_key_id: Some(actor.key.id),
+        actor_key_id: actor.key_id(),
+        actor_user_id: actor.user_id().map(str::to_owned),
+        actor_ip: actor.client_ip.clone(),
         details,
     };
-    // Written before the answer so the log is current when the client reads
-    // it; a failed write is handed to the background writer, which retries.
-    if let Err(error) = state.store.append_audit(&event).await {
-        tracing::warn!(%error, kind, "could not write an audit event; queued for retry");
-        state.recorder.audit(event);
-    }
+    record_audit(state, event).await;
 }
 
-/// Who did it, for revocation records: the admin key's name and id.
-fn actor_name(actor: &Authorized) -> String {
-    format!("admin key `{}` ({})", actor.key.name, actor.key.id)
+/// Writes an audit event before the answer, so the log is current when the
+/// client reads it; a failed write is handed to the background writer, which retries.
+pub async fn record_audit(state: &AppState, event: AuditEvent) {
+    if let Err(error) = state.store.append_audit(&event).await {
+        tracing::warn!(%error, kind = event.kind, "could not write an audit event; queued for retry");
+        state.recorder.audit(event);
+    }
 }

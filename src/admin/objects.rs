@@ -127,9 +127,22 @@ pub struct UserObject {
     id: String,
     name: String,
     email: String,
-    /// `owner` or `reader`.
+    /// `owner` or `reader` (OpenAI's), or `member` (ours: sees only the
+    /// projects the user is added to); in a project, `owner` or `member`.
     role: String,
     added_at: i64,
+}
+
+/// `organization.project.user`: a user's membership of one project.
+pub fn project_user(m: &crate::store::ProjectUser) -> UserObject {
+    UserObject {
+        object: "organization.project.user",
+        id: m.user.id.clone(),
+        name: m.user.name.clone(),
+        email: m.user.email.clone(),
+        role: m.role.clone(),
+        added_at: m.added_at,
+    }
 }
 
 pub fn user(u: &User) -> UserObject {
@@ -244,6 +257,8 @@ pub struct ProjectApiKeyObject {
     last_used_at: Option<i64>,
     /// `key_` + the key's public id; stable across rotations.
     id: String,
+    /// Ours: the key's project (keys listed across projects need it).
+    project_id: Option<String>,
     owner_project_access: &'static str,
     owner: Option<ProjectKeyOwner>,
     /// Ours: the key's prefix, e.g. `sk-prod-`.
@@ -286,6 +301,7 @@ pub fn project_api_key(k: &KeyRecord) -> ProjectApiKeyObject {
         created_at: k.created_at,
         last_used_at: k.last_used.as_ref().map(|t| t.at),
         id: k.id.api_id(),
+        project_id: k.project_id.clone(),
         owner_project_access: "active",
         owner: project_key_owner(&k.owner),
         prefix: k.prefix.clone(),

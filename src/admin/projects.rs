@@ -6,18 +6,34 @@ use serde_json::json;
 
 use super::objects::{List, ProjectObject, ProjectRateLimitObject};
 use super::{audit, cidrs, json_body, models, name, objects, query, ListParams};
-use crate::auth::Authorized;
 use crate::dialect::{ApiError, ErrorResponse};
+use crate::session::Principal;
 use crate::state::AppState;
 use crate::store::{Access, Project, ProjectUpdate};
 
 #[utoipa::path(get, path = "/v1/organization/projects", operation_id = "list-projects", summary = "List projects", tag = "projects", params(("after" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("include_archived" = Option<bool>, Query)), responses((status = 200, body = List<ProjectObject>), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn list(
     State(state): State<AppState>,
+    Extension(actor): Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<List<ProjectObject>>, ApiError> {
     let params: ListParams = query(raw.as_deref())?;
-    let page = state.store.list_projects(&params.page()?, params.include_archived).await?;
+    let page = params.page()?;
+    let page = match actor.project_filter() {
+        None => state.store.list_projects(&page, params.include_archived).await?,
+        // A member's projects are few: listed whole, in one page.
+        Some(mine) => {
+            let mut items = Vec::with_capacity(mine.len());
+            for id in mine {
+                if let Some(project) = state.store.get_project(id).await? {
+                    if params.include_archived || project.archived_at.is_none() {
+                        items.push(project);
+                    }
+                }
+            }
+            crate::store::Page { items, has_more: false }
+        }
+    };
     Ok(Json(List::new(page, |p| p.id.clone(), objects::project)))
 }
 
@@ -51,7 +67,7 @@ struct ProjectBody {
 #[utoipa::path(post, path = "/v1/organization/projects", operation_id = "create-project", summary = "Create a project", tag = "projects", request_body = ProjectBody, responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     body: Bytes,
 ) -> Result<Json<ProjectObject>, ApiError> {
     let req: ProjectBody = json_body(&body)?;
@@ -89,7 +105,7 @@ pub async fn create(
 #[utoipa::path(post, path = "/v1/organization/projects/{project_id}", operation_id = "modify-project", summary = "Modify a project", tag = "projects", params(("project_id" = String, Path)), request_body = ProjectBody, responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn update(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     Path(project_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<ProjectObject>, ApiError> {
@@ -127,7 +143,7 @@ pub async fn update(
 #[utoipa::path(post, path = "/v1/organization/projects/{project_id}/archive", operation_id = "archive-project", summary = "Archive a project", description = "Its keys are refused from the next request on.", tag = "projects", params(("project_id" = String, Path)), responses((status = 200, body = ProjectObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn archive(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     Path(project_id): Path<String>,
 ) -> Result<Json<ProjectObject>, ApiError> {
     find(&state, &project_id).await?;
@@ -175,7 +191,7 @@ pub async fn rate_limits(
 #[utoipa::path(post, path = "/v1/organization/projects/{project_id}/rate_limits/{rate_limit_id}", operation_id = "update-project-rate-limits", summary = "Update a project rate limit", description = "Sets a project's limits for `rl-<model pattern>` (`rl-*`: all models together): only the fields given change, `null` removes one (as OpenAI's update does). Ours: an entry that does not exist yet is created; one left with no limit at all is removed.", tag = "projects", params(("project_id" = String, Path), ("rate_limit_id" = String, Path, description = "`rl-` + model pattern")), request_body = super::RateLimitsPatch, responses((status = 200, body = ProjectRateLimitObject), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn update_rate_limit(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     Path((project_id, rate_limit_id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<ProjectRateLimitObject>, ApiError> {

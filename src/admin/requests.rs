@@ -2,13 +2,14 @@
 //! reason a request was refused, for `keygate explain`.
 
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::ids::PublicId;
 use crate::ids::RequestId;
+use crate::session::Principal;
 use crate::state::AppState;
 use crate::store::{AuditFilter, StoreResult};
 use crate::time::Timestamp;
@@ -53,6 +54,7 @@ pub struct RequestExplanation {
 )]
 pub async fn get(
     State(state): State<AppState>,
+    Extension(actor): Extension<Principal>,
     Path(request_id): Path<String>,
 ) -> Result<Json<RequestExplanation>, ApiError> {
     let not_found = || {
@@ -72,6 +74,10 @@ pub async fn get(
             state.store.get_denial(id.as_str()).await?.ok_or_else(not_found)?
         }
     };
+    // A member reads the refusals of their projects' keys only.
+    if actor.project_filter().is_some() && !record.project_id.as_deref().is_some_and(|p| actor.sees_project(p)) {
+        return Err(not_found());
+    }
     let key = match &record.key_id {
         Some(id) => {
             state.store.get_key(id).await?.map(|k| KeyMention { id: k.id.api_id(), name: k.name, prefix: k.prefix })
@@ -127,9 +133,10 @@ async fn suspension(state: &AppState, id: &PublicId, at: Timestamp) -> StoreResu
             id.api_id(),
             event.project.as_ref().map(|(project, _)| format!(" --project {project}")).unwrap_or_default()
         ),
-        None => match event.actor_key {
-            Some(actor) => format!("(since {when}, by admin key {} `{}`).", actor.id.api_id(), actor.name),
-            None => format!("(since {when})."),
+        None => match (event.actor_key, event.actor_user) {
+            (Some(actor), _) => format!("(since {when}, by admin key {} `{}`).", actor.id.api_id(), actor.name),
+            (None, Some(Ok(user))) => format!("(since {when}, by {} <{}>).", user.name, user.email),
+            _ => format!("(since {when})."),
         },
     }))
 }

@@ -9,10 +9,10 @@ use serde_json::json;
 use super::keys::{issue, parse_prefix, KeySpec};
 use super::objects::{CreatedServiceAccount, Deleted, List, ServiceAccountKey, ServiceAccountObject};
 use super::projects::{find as find_project, find_active};
-use super::{actor_name, audit, json_body, name, objects, query, ListParams};
-use crate::auth::Authorized;
+use super::{audit, json_body, name, objects, query, ListParams};
 use crate::dialect::{ApiError, ErrorResponse};
 use crate::policy::Permissions;
+use crate::session::Principal;
 use crate::state::AppState;
 use crate::store::{Access, KeyKind, OwnerRef, Revocation, ServiceAccount};
 
@@ -50,7 +50,7 @@ struct CreateServiceAccount {
 #[utoipa::path(post, path = "/v1/organization/projects/{project_id}/service_accounts", operation_id = "create-project-service-account", summary = "Create a project service account", tag = "service accounts", params(("project_id" = String, Path)), request_body = CreateServiceAccount, responses((status = 200, body = CreatedServiceAccount), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     Path(project_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<CreatedServiceAccount>, ApiError> {
@@ -108,7 +108,7 @@ pub async fn create(
 #[utoipa::path(delete, path = "/v1/organization/projects/{project_id}/service_accounts/{sa_id}", operation_id = "delete-project-service-account", summary = "Delete a project service account", description = "Deletes the service account and revokes every key it owns.", tag = "service accounts", params(("project_id" = String, Path), ("sa_id" = String, Path)), responses((status = 200, body = Deleted), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Extension(actor): Extension<Authorized>,
+    Extension(actor): Extension<Principal>,
     Path((project_id, sa_id)): Path<(String, String)>,
 ) -> Result<Json<Deleted>, ApiError> {
     let sa = find(&state, &project_id, &sa_id).await?;
@@ -122,7 +122,7 @@ pub async fn delete(
     }
     let revocation = Revocation {
         at: state.clock.now(),
-        by: Some(actor_name(&actor)),
+        by: Some(actor.name()),
         reason: Some(format!("service account {} deleted", sa.id)),
     };
     let revoked = state.store.delete_service_account(&sa.id, &revocation).await?.ok_or(ApiError::Internal)?;

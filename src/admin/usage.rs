@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{RawQuery, State};
-use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::{Extension, Json};
 use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -13,8 +13,9 @@ use utoipa::ToSchema;
 use super::objects::List;
 use super::{bad, ListParams};
 use crate::dialect::{ApiError, ErrorResponse};
+use crate::session::Principal;
 use crate::state::AppState;
-use crate::store::{Tokens, UsageGroup, UsageKind, UsageQuery, UsageRow};
+use crate::store::{Acknowledgement, Alert, Tokens, UsageGroup, UsageKind, UsageQuery, UsageRow};
 use crate::time::Timestamp;
 use crate::usage::{alert_json, delivery_json};
 
@@ -139,6 +140,7 @@ fn parse(raw: Option<&str>, costs: bool) -> Result<Params, ApiError> {
 /// Buckets `[from, from + width)` up to `limit` of them, before `end`.
 async fn buckets(
     state: &AppState,
+    actor: &Principal,
     p: &Params,
     kind: Option<UsageKind>,
     result: impl Fn(&UsageRow) -> Value,
@@ -148,20 +150,26 @@ async fn buckets(
     let from = p.page.unwrap_or(p.start).max(p.start);
     let count = ((end - from + p.width - 1) / p.width).clamp(0, p.limit);
     let until = (from + count * p.width).min(end);
-    let rows = state
-        .store
-        .query_usage(&UsageQuery {
-            kind,
-            start: from,
-            end: until,
-            bucket_seconds: p.width,
-            group_by: p.group_by.clone(),
-            project_ids: p.project_ids.clone(),
-            key_ids: p.key_ids.clone(),
-            models: p.models.clone(),
-            prefixes: p.prefixes.clone(),
-        })
-        .await?;
+    let rows = match super::visible_projects(actor, &p.project_ids)? {
+        // A member of no project has no usage to see.
+        Some(projects) if projects.is_empty() => Vec::new(),
+        projects => {
+            state
+                .store
+                .query_usage(&UsageQuery {
+                    kind,
+                    start: from,
+                    end: until,
+                    bucket_seconds: p.width,
+                    group_by: p.group_by.clone(),
+                    project_ids: projects.unwrap_or_default(),
+                    key_ids: p.key_ids.clone(),
+                    models: p.models.clone(),
+                    prefixes: p.prefixes.clone(),
+                })
+                .await?
+        }
+    };
     let mut by_bucket: HashMap<Timestamp, Vec<Value>> = HashMap::new();
     // A group whose every call failed served no model request: OpenAI lists
     // no result for it.
@@ -213,9 +221,13 @@ fn model(row: &UsageRow) -> Option<String> {
     ),
     responses((status = 200, body = UsagePage), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse))
 )]
-pub async fn completions(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<UsagePage>, ApiError> {
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<UsagePage>, ApiError> {
     let p = parse(raw.as_deref(), false)?;
-    let page = buckets(&state, &p, Some(UsageKind::Completions), |r| {
+    let page = buckets(&state, &actor, &p, Some(UsageKind::Completions), |r| {
         json!({
             "object": "organization.usage.completions.result",
             "input_tokens": r.tokens.input,
@@ -252,9 +264,13 @@ pub async fn completions(State(state): State<AppState>, RawQuery(raw): RawQuery)
     ),
     responses((status = 200, body = UsagePage), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse))
 )]
-pub async fn embeddings(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<UsagePage>, ApiError> {
+pub async fn embeddings(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<UsagePage>, ApiError> {
     let p = parse(raw.as_deref(), false)?;
-    let page = buckets(&state, &p, Some(UsageKind::Embeddings), |r| {
+    let page = buckets(&state, &actor, &p, Some(UsageKind::Embeddings), |r| {
         json!({
             "object": "organization.usage.embeddings.result",
             "input_tokens": r.tokens.input,
@@ -284,9 +300,13 @@ pub async fn embeddings(State(state): State<AppState>, RawQuery(raw): RawQuery) 
     ),
     responses((status = 200, body = UsagePage), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse))
 )]
-pub async fn costs(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Json<UsagePage>, ApiError> {
+pub async fn costs(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<UsagePage>, ApiError> {
     let p = parse(raw.as_deref(), true)?;
-    let page = buckets(&state, &p, None, |r| {
+    let page = buckets(&state, &actor, &p, None, |r| {
         json!({
             "object": "organization.costs.result",
             // Display only: the sums are kept in integer nano-dollars.
@@ -320,6 +340,7 @@ pub struct AlertObject(Value);
 )]
 pub async fn alerts(
     State(state): State<AppState>,
+    Extension(actor): Extension<Principal>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<List<AlertObject>>, ApiError> {
     #[derive(serde::Deserialize)]
@@ -330,15 +351,42 @@ pub async fn alerts(
     }
     let params: AlertParams = super::query(raw.as_deref())?;
     let page = ListParams { after: params.after, limit: params.limit, include_archived: false }.page()?;
-    let alerts = state.store.list_alerts(params.since.unwrap_or(0), &page).await?;
-    Ok(Json(List::new(
-        alerts,
-        |a| a.id.clone(),
-        |a| {
-            let name = state.index.by_id(&a.key_id).map(|k| k.name.to_string());
-            let mut object = alert_json(a, name.as_deref());
-            object["delivery"] = a.delivery.as_ref().map_or(Value::Null, delivery_json);
-            AlertObject(object)
-        },
-    )))
+    let alerts = state.store.list_alerts(params.since.unwrap_or(0), actor.project_filter(), &page).await?;
+    Ok(Json(List::new(alerts, |a| a.id.clone(), |a| alert_object(&state, a))))
+}
+
+fn alert_object(state: &AppState, alert: &Alert) -> AlertObject {
+    let name = state.index.by_id(&alert.key_id).map(|k| k.name.to_string());
+    let mut object = alert_json(alert, name.as_deref());
+    object["delivery"] = alert.delivery.as_ref().map_or(Value::Null, delivery_json);
+    object["acknowledged_at"] = json!(alert.acknowledged.as_ref().map(|a| a.at));
+    object["acknowledged_by"] = json!(alert.acknowledged.as_ref().map(|a| &a.by));
+    AlertObject(object)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/organization/alerts/{alert_id}/acknowledge",
+    operation_id = "acknowledge-alert",
+    summary = "Acknowledge a usage alert",
+    tag = "usage",
+    description = "Ours: marks the alert as seen, by whom and when (the first acknowledgement stays). The key is left as it is: suspend it with its own route.",
+    params(("alert_id" = String, Path)),
+    responses((status = 200, body = AlertObject), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse))
+)]
+pub async fn acknowledge(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    Path(alert_id): Path<String>,
+) -> Result<Json<AlertObject>, ApiError> {
+    let not_found = || ApiError::NotFound { message: format!("No such alert: {alert_id}.") };
+    let alert = state.store.get_alert(&alert_id).await?.ok_or_else(not_found)?;
+    // A member acknowledges only their projects' alerts.
+    if actor.project_filter().is_some() && !alert.project_id.as_deref().is_some_and(|p| actor.sees_project(p)) {
+        return Err(not_found());
+    }
+    let by = Acknowledgement { at: state.clock.now(), by: actor.name() };
+    let alert = state.store.acknowledge_alert(&alert_id, &by).await?.ok_or_else(not_found)?;
+    super::audit(&state, &actor, "alert.acknowledged", alert.project_id.as_deref(), json!({"id": alert.id})).await;
+    Ok(Json(alert_object(&state, &alert)))
 }

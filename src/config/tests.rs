@@ -255,6 +255,13 @@ fn the_example_file_documents_every_setting() {
             "azure" => (keys_of(value), fields_of::<RawAzure>()),
             "usage" => (keys_of(value), fields_of::<RawUsage>()),
             "redis" => (keys_of(value), fields_of::<RawRedis>()),
+            "dashboard" => {
+                let oidc = value.get("oidc").map(keys_of).unwrap_or_default();
+                for field in fields_of::<RawOidc>() {
+                    assert!(oidc.iter().any(|p| p == field), "`dashboard.oidc.{field}` is not in keygate.example.toml");
+                }
+                (keys_of(value), fields_of::<RawDashboard>())
+            }
             other => panic!("a new section `{other}`: add it here, with its Raw struct"),
         };
         assert!(!accepted.is_empty(), "no fields recorded for [{section}]");

@@ -129,6 +129,8 @@ pub fn render(error: &ApiError, path: &str, api_version: &str) -> Response {
         | ApiError::RequestTimeout { .. }
         | ApiError::BadRequest { .. }
         | ApiError::NotFound { .. }
+        | ApiError::Forbidden { .. }
+        | ApiError::SessionEnded
         | ApiError::UpstreamUnreachable { .. }
         | ApiError::UpstreamTimeout { .. }
         | ApiError::LeakReportsLimited { .. }

@@ -67,6 +67,14 @@ pub enum ApiError {
     NotFound {
         message: String,
     },
+    /// A dashboard session that ended (signed out, expired, idle too long).
+    SessionEnded,
+    /// A request the caller's role or session does not allow (`code` says
+    /// which rule: `insufficient_role`, `csrf_token_invalid`).
+    Forbidden {
+        message: String,
+        code: &'static str,
+    },
     /// Azure's routing-level 404 (missing or unknown api-version, unknown path).
     ResourceNotFound,
     /// Azure's 400 for a dated api-version on the `/openai/v1` surface.

@@ -146,6 +146,15 @@ fn parts(error: &ApiError) -> (StatusCode, String, &'static str, Option<&'static
         ),
         ApiError::BadRequest { message, param } => (StatusCode::BAD_REQUEST, message.clone(), IRE, *param, None),
         ApiError::NotFound { message } => (StatusCode::NOT_FOUND, message.clone(), IRE, None, None),
+        ApiError::SessionEnded => (
+            StatusCode::UNAUTHORIZED,
+            "Your dashboard session has ended (signed out, expired or idle too long). Sign in again at /ui/sign-in."
+                .into(),
+            IRE,
+            None,
+            Some("session_expired"),
+        ),
+        ApiError::Forbidden { message, code } => (StatusCode::FORBIDDEN, message.clone(), IRE, None, Some(*code)),
         ApiError::UpstreamUnreachable { upstream } => (
             StatusCode::BAD_GATEWAY,
             format!("The gateway could not reach the upstream `{upstream}`. Please retry your request."),

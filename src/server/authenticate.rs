@@ -15,6 +15,7 @@ use crate::dialect::{ApiError, Dialect};
 use crate::policy::{admin_scope, data_plane_scope, Scope};
 use crate::request::ClientIp;
 use crate::route::{self, Route};
+use crate::session::{self, Principal, Refusal, SessionToken};
 use crate::state::AppState;
 use crate::store::Touch;
 
@@ -38,9 +39,73 @@ pub(super) async fn require_extension_key(State(state): State<AppState>, req: Re
     require(state, Plane::Data, scope, req, next).await
 }
 
-pub(super) async fn require_admin_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The Administration API: an admin key, or else a dashboard session (its
+/// cookie, and on every change the session's CSRF token). Either way the
+/// handler gets a `Principal` and the access rule of its role has passed.
+pub(super) async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presents_key = req.headers().contains_key(http::header::AUTHORIZATION) || req.headers().contains_key("api-key");
+    if !presents_key {
+        if let Some(token) = session::cookie_value(req.headers(), session::COOKIE) {
+            return with_session(state, SessionToken::from_cookie(token), req, next).await;
+        }
+    }
     let scope = admin_scope(req.method(), req.uri().path());
     require(state, Plane::Admin, scope, req, next).await
+}
+
+async fn with_session(state: AppState, token: Option<SessionToken>, mut req: Request, next: Next) -> Response {
+    let now = state.clock.now();
+    let resolved = match token {
+        None => None,
+        Some(token) => match state.sessions.resolve(&*state.store, &state.index, &token, now).await {
+            Ok(resolved) => resolved.map(|r| (token, r)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read a dashboard session");
+                return ApiError::Internal.into_response();
+            }
+        },
+    };
+    let Some((token, resolved)) = resolved else { return ApiError::SessionEnded.into_response() };
+    let changes = !matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+    if changes {
+        let presented = req.headers().get(session::CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !token.csrf_matches(presented) {
+            return ApiError::Forbidden {
+                message: "This request changes something and carries no valid CSRF token: send the session's \
+                          token in the x-csrf-token header (the dashboard does), or use an admin key."
+                    .into(),
+                code: "csrf_token_invalid",
+            }
+            .into_response();
+        }
+    }
+    let mut principal = resolved.principal;
+    if let Err(refusal) = principal.may(req.method(), req.uri().path()) {
+        return refused(&principal, refusal).into_response();
+    }
+    principal.client_ip = req.extensions().get::<ClientIp>().map(|c| c.0.to_string());
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// A role's refusal, in words that say what to do.
+fn refused(principal: &Principal, refusal: Refusal) -> ApiError {
+    let role = principal.role.as_str();
+    match refusal {
+        Refusal::ReadOnly => ApiError::Forbidden {
+            message: format!(
+                "Your role in this organization is `{role}`: it can see everything and change nothing. Ask an owner to make this change."
+            ),
+            code: "insufficient_role",
+        },
+        Refusal::NotForMembers => ApiError::Forbidden {
+            message: format!(
+                "Your role in this organization is `{role}`: it reaches the keys and usage of your own projects only. Ask an owner for this."
+            ),
+            code: "insufficient_role",
+        },
+        Refusal::NoSuchProject(project) => crate::admin::project_not_found(&project),
+    }
 }
 
 /// Phase 2: authenticates the request's key for `plane` and `scope` from the
@@ -67,7 +132,15 @@ async fn require(state: AppState, plane: Plane, scope: Scope, mut req: Request, 
             };
             state.recorder.touch(&authorized.key.id, touch);
             let expires_at = authorized.expires_at;
-            req.extensions_mut().insert(authorized);
+            // The Administration API's handlers take who acts; the data plane's, the key.
+            match plane {
+                Plane::Admin => {
+                    req.extensions_mut().insert(Principal::admin_key(authorized));
+                }
+                Plane::Data => {
+                    req.extensions_mut().insert(authorized);
+                }
+            }
             let mut response = next.run(req).await;
             // A key in its rotation grace period (or close to expiry) says so on every answer.
             if let Some(at) = expires_at {

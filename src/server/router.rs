@@ -25,12 +25,13 @@ pub fn router(state: AppState) -> Router {
     let openai = Router::new()
         .route("/v1/{*rest}", any(data_plane::data_plane))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate::require_project_key));
-    let admin = crate::admin::routes()
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate::require_admin_key));
+    let admin =
+        crate::admin::routes().route_layer(middleware::from_fn_with_state(state.clone(), authenticate::require_admin));
     let azure = Router::new()
         .route("/openai/{*rest}", any(data_plane::data_plane))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate::require_project_key))
         .route_layer(middleware::from_fn_with_state(state.clone(), crate::route::azure_front_door));
+    let dashboard = if state.dashboard { crate::dashboard::routes() } else { Router::new() };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         // Public and keygate's own, though `/v1/keys/*` is otherwise forwarded.
         .merge(crate::admin::leak_report_routes())
         .merge(admin)
+        .merge(dashboard)
         .merge(openai)
         .merge(azure)
         .fallback(unknown_url)

@@ -30,6 +30,7 @@ const TABLES: &[&str] = &[
     "projects",
     "project_rate_limits",
     "users",
+    "project_users",
     "service_accounts",
     "api_keys",
     "api_key_secrets",
@@ -156,9 +157,10 @@ fn value_of(row: &AnyRow, index: usize) -> StoreResult<Value> {
     })
 }
 
-/// Tables whose rows only matter to the running replicas (job leases): left
-/// out of exports on purpose.
-const TRANSIENT: &[&str] = &["job_leases"];
+/// Tables whose rows only matter to the running replicas (job leases,
+/// dashboard sessions and sign-ins in progress): left out of exports on
+/// purpose; people sign in again on the new database.
+const TRANSIENT: &[&str] = &["job_leases", "dashboard_sessions", "sso_logins"];
 
 /// Refuses to run when the schema has a table [`TABLES`] does not name: an
 /// export would silently leave it out.

@@ -11,12 +11,14 @@ pub const SQLITE: &[Migration] = &[
     Migration { version: 1, name: "init", sql: include_str!("../../migrations/sqlite/0001_init.sql") },
     Migration { version: 2, name: "job_leases", sql: include_str!("../../migrations/sqlite/0002_job_leases.sql") },
     Migration { version: 3, name: "watcher", sql: include_str!("../../migrations/sqlite/0003_watcher.sql") },
+    Migration { version: 4, name: "dashboard", sql: include_str!("../../migrations/sqlite/0004_dashboard.sql") },
 ];
 
 pub const POSTGRES: &[Migration] = &[
     Migration { version: 1, name: "init", sql: include_str!("../../migrations/postgres/0001_init.sql") },
     Migration { version: 2, name: "job_leases", sql: include_str!("../../migrations/postgres/0002_job_leases.sql") },
     Migration { version: 3, name: "watcher", sql: include_str!("../../migrations/postgres/0003_watcher.sql") },
+    Migration { version: 4, name: "dashboard", sql: include_str!("../../migrations/postgres/0004_dashboard.sql") },
 ];
 
 pub fn latest(migrations: &[Migration]) -> i64 {

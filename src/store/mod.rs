@@ -117,6 +117,15 @@ pub struct User {
     pub added_at: Timestamp,
 }
 
+/// A user's membership of a project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectUser {
+    pub user: User,
+    pub project_id: String,
+    pub role: String,
+    pub added_at: Timestamp,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceAccount {
     pub id: String,
@@ -246,8 +255,47 @@ pub struct Page<T> {
 
 #[derive(Debug, Clone)]
 pub enum KeyFilter {
-    Project { project_id: String, include_revoked: bool },
+    Project {
+        project_id: String,
+        include_revoked: bool,
+    },
     Admin,
+    /// Project keys across projects, as the dashboard searches them.
+    Search(KeySearch),
+}
+
+/// A search of project keys: every field given must match.
+#[derive(Debug, Clone, Default)]
+pub struct KeySearch {
+    /// Part of the name, or the key's id.
+    pub text: Option<String>,
+    pub prefix: Option<String>,
+    /// `None`: every project.
+    pub project_ids: Option<Vec<String>>,
+    /// `None`: every key but revoked ones.
+    pub status: Option<KeyStatus>,
+    /// For `expired`: the time it is.
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Suspended,
+    Expired,
+    Revoked,
+}
+
+impl KeyStatus {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "active" => Self::Active,
+            "suspended" => Self::Suspended,
+            "expired" => Self::Expired,
+            "revoked" => Self::Revoked,
+            _ => return None,
+        })
+    }
 }
 
 /// An admin action, in OpenAI's audit-log terms.
@@ -258,6 +306,10 @@ pub struct AuditEvent {
     pub effective_at: Timestamp,
     pub project_id: Option<String>,
     pub actor_key_id: Option<PublicId>,
+    /// A person acting in the dashboard (signed in through single sign-on).
+    pub actor_user_id: Option<String>,
+    /// Where the person acted from.
+    pub actor_ip: Option<String>,
     pub details: serde_json::Value,
 }
 
@@ -269,6 +321,9 @@ pub struct AuditRecord {
     pub effective_at: Timestamp,
     pub project: Option<(String, Option<String>)>,
     pub actor_key: Option<KeyRecord>,
+    /// The person who acted in the dashboard; `Err(id)` once they are removed.
+    pub actor_user: Option<Result<User, String>>,
+    pub actor_ip: Option<String>,
     pub details: serde_json::Value,
 }
 
@@ -412,6 +467,14 @@ pub struct Alert {
     pub details: serde_json::Value,
     /// Its webhook delivery; `None` when no webhook was configured.
     pub delivery: Option<Delivery>,
+    /// Who acknowledged it, and when.
+    pub acknowledged: Option<Acknowledgement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledgement {
+    pub at: Timestamp,
+    pub by: String,
 }
 
 /// Where an alert's webhook delivery stands.
@@ -488,7 +551,17 @@ pub struct Bootstrap {
 
 #[async_trait]
 pub trait Store:
-    OwnerStore + KeyStore + AuditStore + DenialStore + UsageStore + AlertStore + JobStore + Send + Sync + 'static
+    OwnerStore
+    + KeyStore
+    + AuditStore
+    + DenialStore
+    + UsageStore
+    + AlertStore
+    + JobStore
+    + SessionStore
+    + Send
+    + Sync
+    + 'static
 {
     async fn ping(&self) -> StoreResult<()>;
 
@@ -521,6 +594,17 @@ pub trait OwnerStore: Send + Sync {
     async fn update_user_role(&self, id: &str, role: &str) -> StoreResult<Option<User>>;
     /// Removes the user and revokes every key it owns; returns those keys.
     async fn delete_user(&self, id: &str, revocation: &Revocation) -> StoreResult<Option<Vec<KeyRecord>>>;
+
+    /// The user with this email (compared without case), if any.
+    async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    /// Adds the user to the project, or changes their role in it.
+    async fn put_project_user(&self, project_id: &str, user_id: &str, role: &str, now: Timestamp) -> StoreResult<()>;
+    async fn list_project_users(&self, project_id: &str, page: &PageQuery) -> StoreResult<Page<ProjectUser>>;
+    async fn get_project_user(&self, project_id: &str, user_id: &str) -> StoreResult<Option<ProjectUser>>;
+    /// False when the user was not in the project.
+    async fn remove_project_user(&self, project_id: &str, user_id: &str) -> StoreResult<bool>;
+    /// The projects a user belongs to.
+    async fn user_projects(&self, user_id: &str) -> StoreResult<Vec<String>>;
 
     async fn create_service_account(&self, project_id: &str, name: &str, now: Timestamp)
         -> StoreResult<ServiceAccount>;
@@ -573,6 +657,22 @@ pub trait AuditStore: Send + Sync {
 pub trait DenialStore: Send + Sync {
     async fn insert_denials(&self, batch: &[DenialRecord]) -> StoreResult<()>;
     async fn get_denial(&self, request_id: &str) -> StoreResult<Option<DenialRecord>>;
+    /// Refusals from `start` to `end` by reason, most first; `project_ids`:
+    /// only refusals of keys in those projects.
+    async fn denial_counts(
+        &self,
+        start: Timestamp,
+        end: Timestamp,
+        project_ids: Option<&[String]>,
+    ) -> StoreResult<Vec<(String, i64)>>;
+    /// Refusals per bucket of `bucket_seconds` from `start` to `end`.
+    async fn denial_series(
+        &self,
+        start: Timestamp,
+        end: Timestamp,
+        bucket_seconds: i64,
+        project_ids: Option<&[String]>,
+    ) -> StoreResult<Vec<(Timestamp, i64)>>;
     /// Deletes denial records older than `before`, then the oldest beyond
     /// `max_rows`; returns how many were deleted.
     async fn prune_denials(&self, before: Timestamp, max_rows: u64) -> StoreResult<u64>;
@@ -609,7 +709,16 @@ pub trait AlertStore: Send + Sync {
     /// Stores the alert; false when one with its id is already stored (the
     /// same event raised twice: by two replicas, or a window examined again).
     async fn insert_alert(&self, alert: &Alert) -> StoreResult<bool>;
-    async fn list_alerts(&self, since: Timestamp, page: &PageQuery) -> StoreResult<Page<Alert>>;
+    /// Newest first; `project_ids`: only alerts of those projects.
+    async fn list_alerts(
+        &self,
+        since: Timestamp,
+        project_ids: Option<&[String]>,
+        page: &PageQuery,
+    ) -> StoreResult<Page<Alert>>;
+    async fn get_alert(&self, id: &str) -> StoreResult<Option<Alert>>;
+    /// Marks the alert acknowledged (the first acknowledgement stays).
+    async fn acknowledge_alert(&self, id: &str, by: &Acknowledgement) -> StoreResult<Option<Alert>>;
     /// The newest alert of `kind` for a key, to avoid raising it twice.
     async fn last_alert(&self, key_id: &PublicId, kind: &str) -> StoreResult<Option<Alert>>;
     /// Alerts whose webhook delivery is pending and due at `now`, oldest first.
@@ -630,6 +739,60 @@ pub trait AlertStore: Send + Sync {
         error: Option<&str>,
     ) -> StoreResult<()>;
     async fn prune_alerts(&self, before: Timestamp) -> StoreResult<u64>;
+}
+
+/// Who holds a dashboard session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionHolder {
+    /// A person, signed in through single sign-on.
+    User(String),
+    /// Whoever signed in with this admin key.
+    AdminKey(PublicId),
+}
+
+/// A dashboard session as stored: the SHA-256 of its cookie's token, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub token_hash: String,
+    pub holder: SessionHolder,
+    pub created_at: Timestamp,
+    pub last_seen_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A single sign-on in progress, between the redirect to the provider and its callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsoLogin {
+    pub login_hash: String,
+    pub state: String,
+    pub verifier: String,
+    pub nonce: String,
+    pub next_path: String,
+    pub created_at: Timestamp,
+}
+
+/// Dashboard sessions and sign-ins in progress.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    async fn get_session(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>>;
+    async fn touch_session(&self, token_hash: &str, at: Timestamp) -> StoreResult<()>;
+    async fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
+    /// Ends every session of a person or an admin key (removed, revoked).
+    async fn delete_sessions_of(&self, holder: &SessionHolder) -> StoreResult<u64>;
+    async fn insert_sso_login(&self, login: &SsoLogin) -> StoreResult<()>;
+    /// Takes a sign-in in progress: each is used once.
+    async fn take_sso_login(&self, login_hash: &str) -> StoreResult<Option<SsoLogin>>;
+    /// Deletes sessions past their absolute expiry or idle since
+    /// `idle_before`, and sign-ins started before `logins_before`.
+    async fn prune_sessions(
+        &self,
+        now: Timestamp,
+        idle_before: Timestamp,
+        logins_before: Timestamp,
+    ) -> StoreResult<u64>;
 }
 
 /// Leases and positions of the cluster-wide periodic jobs (the usage watcher).

@@ -418,6 +418,7 @@ impl AnomalyWatcher {
             message,
             details,
             delivery: None,
+            acknowledged: None,
         };
         let raised = self.alerts.raise(alert.clone()).await?;
         if self.policy.auto_suspend && severity == "critical" {
@@ -444,6 +445,8 @@ impl AnomalyWatcher {
             effective_at: alert.at,
             project_id: alert.project_id.clone(),
             actor_key_id: None,
+            actor_user_id: None,
+            actor_ip: None,
             details: json!({
                 "id": alert.key_id.api_id(),
                 "changes_requested": {"state": "suspended"},

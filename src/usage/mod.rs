@@ -165,6 +165,7 @@ fn budget_alert(m: &Metered, scope: &BudgetScope, budget: Budget, spent: i64) ->
         ),
         details: serde_json::json!({"spent_nanos": spent, "budget_nanos": budget.monthly_nanos, "scope": whose}),
         delivery: None,
+        acknowledged: None,
     }
 }
 

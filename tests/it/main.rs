@@ -13,6 +13,8 @@ mod binary;
 mod cli;
 /// Slow, idle and surplus client connections.
 mod connections;
+/// The dashboard's sign-in, sessions and roles.
+mod dashboard;
 /// `keygate doctor` against real misconfigurations.
 mod doctor;
 /// OpenAI-shaped errors keygate produces itself.

@@ -331,8 +331,8 @@ async fn migrate_on_postgres_reports_and_refuses_a_newer_schema() {
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let report: Value = serde_json::from_slice(&first.stdout).unwrap();
     assert_eq!(report["from_version"], 0);
-    assert_eq!(report["to_version"], 3);
-    assert_eq!(report["applied"].as_array().unwrap().len(), 3);
+    assert_eq!(report["to_version"], 4);
+    assert_eq!(report["applied"].as_array().unwrap().len(), 4);
     let again: Value = serde_json::from_slice(&keygate(&["migrate", "--database", &url, "--json"]).stdout).unwrap();
     assert_eq!(again["applied"], json!([]), "nothing left to apply");
     let backup = keygate(&["backup", "/tmp/never-written.db", "--database", &url]);

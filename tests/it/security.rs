@@ -301,6 +301,7 @@ async fn the_audit_log_is_bounded_by_its_retention_policy() {
         alerts: day,
         audit: 2 * day,
         audit_rows: 4,
+        session_idle: day,
     };
     enforce_retention(&*state.store, &*state.clock, &policy).await;
     let (_, logs) = gw.admin(Method::GET, "/v1/organization/audit_logs?limit=100", None).await;

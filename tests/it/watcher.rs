@@ -482,6 +482,7 @@ async fn a_watcher_that_died_between_alert_and_suspension_leaves_the_suspension_
         message: "500 requests".into(),
         details: json!({}),
         delivery: None,
+        acknowledged: None,
     };
     assert!(gw.gateway_state.store.insert_alert(&stored).await.unwrap());
     examine_through(&gw, &clock, t0() + 4 * W).await;

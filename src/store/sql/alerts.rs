@@ -7,7 +7,7 @@ use super::*;
 /// The columns [`alert_from_row`] reads.
 pub(super) const ALERT_COLUMNS: &str =
     "id, at, key_id, project_id, kind, severity, message, details, delivery_id, delivery_status, \
-     delivery_attempts, delivery_next_at, delivery_last_at, delivery_last_error";
+     delivery_attempts, delivery_next_at, delivery_last_at, delivery_last_error, acknowledged_at, acknowledged_by";
 
 pub(super) fn alert_from_row(row: &AnyRow) -> StoreResult<Alert> {
     let key_id: String = row.try_get("key_id")?;
@@ -35,6 +35,10 @@ pub(super) fn alert_from_row(row: &AnyRow) -> StoreResult<Alert> {
         message: row.try_get("message")?,
         details: serde_json::from_str(&details).map_err(|e| StoreError::Corrupt(format!("alert details: {e}")))?,
         delivery,
+        acknowledged: match (row.try_get::<Option<i64>, _>("acknowledged_at")?, row.try_get("acknowledged_by")?) {
+            (Some(at), Some(by)) => Some(Acknowledgement { at, by }),
+            _ => None,
+        },
     })
 }
 
@@ -67,18 +71,43 @@ impl AlertStore for SqlStore {
         Ok(inserted == 1)
     }
 
-    async fn list_alerts(&self, since: Timestamp, q: &PageQuery) -> StoreResult<Page<Alert>> {
-        let rows = sqlx::query(&self.engine.sql(format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE at >= ? \
+    async fn list_alerts(
+        &self,
+        since: Timestamp,
+        project_ids: Option<&[String]>,
+        q: &PageQuery,
+    ) -> StoreResult<Page<Alert>> {
+        let projects = match project_ids {
+            None => String::new(),
+            Some([]) => return Ok(Page { items: Vec::new(), has_more: false }),
+            Some(ids) => format!(" AND project_id IN {}", values_list(ids.len(), 1)),
+        };
+        let sql = self.engine.sql(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE at >= ?{projects} \
              AND (? IS NULL OR rowid < (SELECT rowid FROM alerts WHERE id = ?)) ORDER BY rowid DESC LIMIT ?"
-        )))
-        .bind(since)
-        .bind(&q.after)
-        .bind(&q.after)
-        .bind(i64::from(q.limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
+        ));
+        let mut query = sqlx::query(&sql).bind(since);
+        for id in project_ids.unwrap_or_default() {
+            query = query.bind(id);
+        }
+        let rows = query.bind(&q.after).bind(&q.after).bind(i64::from(q.limit) + 1).fetch_all(&self.pool).await?;
         Ok(page(rows.iter().map(alert_from_row).collect::<StoreResult<Vec<_>>>()?, q.limit))
+    }
+
+    async fn get_alert(&self, id: &str) -> StoreResult<Option<Alert>> {
+        self.one(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?"), id, alert_from_row).await
+    }
+
+    async fn acknowledge_alert(&self, id: &str, by: &Acknowledgement) -> StoreResult<Option<Alert>> {
+        sqlx::query(&self.engine.sql(
+            "UPDATE alerts SET acknowledged_at = ?, acknowledged_by = ? WHERE id = ? AND acknowledged_at IS NULL",
+        ))
+        .bind(by.at)
+        .bind(&by.by)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        self.get_alert(id).await
     }
 
     async fn last_alert(&self, key_id: &PublicId, kind: &str) -> StoreResult<Option<Alert>> {

@@ -8,13 +8,16 @@ use super::*;
 impl AuditStore for SqlStore {
     async fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
         sqlx::query(
-            &self.engine.sql("INSERT INTO audit_log (id, type, effective_at, project_id, actor_key_id, details) VALUES (?, ?, ?, ?, ?, ?)"),
+            &self.engine.sql("INSERT INTO audit_log (id, type, effective_at, project_id, actor_key_id, actor_user_id, actor_ip, details) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
         )
         .bind(&event.id)
         .bind(event.kind)
         .bind(event.effective_at)
         .bind(&event.project_id)
         .bind(event.actor_key_id.as_ref().map(PublicId::as_str))
+        .bind(&event.actor_user_id)
+        .bind(&event.actor_ip)
         .bind(event.details.to_string())
         .execute(&self.pool)
         .await?;
@@ -23,7 +26,7 @@ impl AuditStore for SqlStore {
 
     async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Page<AuditRecord>> {
         let mut sql = String::from(
-            "SELECT a.id, a.type, a.effective_at, a.project_id, p.name AS project_name, a.actor_key_id, a.details \
+            "SELECT a.id, a.type, a.effective_at, a.project_id, p.name AS project_name, a.actor_key_id, a.actor_user_id, a.actor_ip, a.details \
              FROM audit_log a LEFT JOIN projects p ON p.id = a.project_id WHERE 1 = 1",
         );
         let mut binds: Vec<String> = Vec::new();
@@ -36,7 +39,12 @@ impl AuditStore for SqlStore {
         any_of(&mut sql, "a.type", &f.event_types);
         any_of(&mut sql, "a.project_id", &f.project_ids);
         any_of(&mut sql, &self.engine.json_field("a.details", "id"), &f.resource_ids);
-        any_of(&mut sql, "('key_' || a.actor_key_id)", &f.actor_ids);
+        if !f.actor_ids.is_empty() {
+            let list = values_list(f.actor_ids.len(), 1);
+            sql.push_str(&format!(" AND (('key_' || a.actor_key_id) IN {list} OR a.actor_user_id IN {list})"));
+            binds.extend(f.actor_ids.iter().cloned());
+            binds.extend(f.actor_ids.iter().cloned());
+        }
         if let Some(gte) = f.effective_at_gte {
             sql.push_str(&format!(" AND a.effective_at >= {gte}"));
         }
@@ -69,6 +77,10 @@ impl AuditStore for SqlStore {
                 Some(id) => self.get_key(&id).await?,
                 None => None,
             };
+            let actor_user = match row.try_get::<Option<String>, _>("actor_user_id")? {
+                Some(id) => Some(self.get_user(&id).await?.ok_or(id)),
+                None => None,
+            };
             let details: String = row.try_get("details")?;
             items.push(AuditRecord {
                 id: row.try_get("id")?,
@@ -79,6 +91,8 @@ impl AuditStore for SqlStore {
                     None => None,
                 },
                 actor_key,
+                actor_user,
+                actor_ip: row.try_get("actor_ip")?,
                 details: serde_json::from_str(&details)
                     .map_err(|e| StoreError::Corrupt(format!("audit details: {e}")))?,
             });

@@ -48,6 +48,45 @@ impl DenialStore for SqlStore {
         Ok(())
     }
 
+    async fn denial_counts(
+        &self,
+        start: Timestamp,
+        end: Timestamp,
+        project_ids: Option<&[String]>,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        let (projects, ids) = project_clause(project_ids);
+        let sql = self.engine.sql(format!(
+            "SELECT reason, COUNT(*) AS n FROM denials WHERE at >= ? AND at < ?{projects} GROUP BY reason ORDER BY n DESC, reason"
+        ));
+        let mut query = sqlx::query(&sql).bind(start).bind(end);
+        for id in ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get("reason")?, r.try_get("n")?))).collect()
+    }
+
+    async fn denial_series(
+        &self,
+        start: Timestamp,
+        end: Timestamp,
+        bucket_seconds: i64,
+        project_ids: Option<&[String]>,
+    ) -> StoreResult<Vec<(Timestamp, i64)>> {
+        let (projects, ids) = project_clause(project_ids);
+        let bucket = bucket_seconds.max(1);
+        let sql = self.engine.sql(format!(
+            "SELECT (at - ((at - {start}) % {bucket})) AS bucket, COUNT(*) AS n FROM denials \
+             WHERE at >= ? AND at < ?{projects} GROUP BY bucket ORDER BY bucket"
+        ));
+        let mut query = sqlx::query(&sql).bind(start).bind(end);
+        for id in ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get("bucket")?, r.try_get("n")?))).collect()
+    }
+
     async fn get_denial(&self, request_id: &str) -> StoreResult<Option<DenialRecord>> {
         let row = sqlx::query(
             &self.engine.sql("SELECT request_id, at, reason, explanation, key_id, project_id, status, method, path, client_ip FROM denials WHERE request_id = ?"),
@@ -94,5 +133,14 @@ impl DenialStore for SqlStore {
             0
         };
         Ok(old + capped)
+    }
+}
+
+/// ` AND project_id IN (...)` and its values; a member with no project matches nothing.
+fn project_clause(project_ids: Option<&[String]>) -> (String, &[String]) {
+    match project_ids {
+        None => (String::new(), &[]),
+        Some([]) => (" AND 1 = 0".to_owned(), &[]),
+        Some(ids) => (format!(" AND project_id IN {}", values_list(ids.len(), 1)), ids),
     }
 }

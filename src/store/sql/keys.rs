@@ -172,6 +172,13 @@ impl KeyStore for SqlStore {
                 let clause = format!("k.kind = 'admin' AND k.state != 'revoked' AND {CURSOR}");
                 self.keys_where(&clause, &[after, after], limit).await?
             }
+            KeyFilter::Search(search) => {
+                let (clause, binds) = search_clause(search);
+                let clause = format!("{clause} AND {CURSOR}");
+                let mut binds: Vec<&str> = binds.iter().map(String::as_str).collect();
+                binds.extend([after, after]);
+                self.keys_where(&clause, &binds, limit).await?
+            }
         };
         Ok(page(items, q.limit))
     }
@@ -408,4 +415,40 @@ impl SqlStore {
         }
         Ok(out)
     }
+}
+
+/// The `WHERE` clause of a key search and its values, in order.
+fn search_clause(search: &KeySearch) -> (String, Vec<String>) {
+    let mut clause = String::from("k.kind = 'project'");
+    let mut binds = Vec::new();
+    if let Some(text) = search.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        // A key's id matches whole; a name matches on any part, without case.
+        let escaped = text.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        clause.push_str(" AND (k.id = ? OR LOWER(k.name) LIKE ? ESCAPE '\\')");
+        binds.push(text.strip_prefix("key_").unwrap_or(text).to_owned());
+        binds.push(format!("%{escaped}%"));
+    }
+    if let Some(prefix) = &search.prefix {
+        clause.push_str(" AND k.prefix = ?");
+        binds.push(prefix.clone());
+    }
+    if let Some(projects) = &search.project_ids {
+        if projects.is_empty() {
+            clause.push_str(" AND 1 = 0");
+        } else {
+            clause.push_str(&format!(" AND k.project_id IN {}", values_list(projects.len(), 1)));
+            binds.extend(projects.iter().cloned());
+        }
+    }
+    let now = search.now;
+    clause.push_str(&match search.status {
+        None => " AND k.state != 'revoked'".to_owned(),
+        Some(KeyStatus::Active) => {
+            format!(" AND k.state = 'active' AND (k.expires_at IS NULL OR k.expires_at > {now})")
+        }
+        Some(KeyStatus::Suspended) => " AND k.state = 'suspended'".to_owned(),
+        Some(KeyStatus::Revoked) => " AND k.state = 'revoked'".to_owned(),
+        Some(KeyStatus::Expired) => format!(" AND k.state != 'revoked' AND k.expires_at <= {now}"),
+    });
+    (clause, binds)
 }

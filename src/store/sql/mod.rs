@@ -32,6 +32,7 @@ mod denials;
 mod jobs;
 mod keys;
 mod owners;
+mod sessions;
 mod usage;
 
 /// Which database a [`SqlStore`] talks to.

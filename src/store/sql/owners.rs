@@ -8,6 +8,24 @@ pub(super) const SA_SELECT: &str = "SELECT id, project_id, name, role, created_a
 
 pub(super) const USER_SELECT: &str = "SELECT id, name, email, role, added_at FROM users";
 
+const PROJECT_USER_SELECT: &str = "SELECT u.id, u.name, u.email, u.role AS org_role, pu.project_id, pu.role, \
+     pu.added_at FROM project_users pu JOIN users u ON u.id = pu.user_id";
+
+fn project_user_from_row(row: &AnyRow) -> StoreResult<ProjectUser> {
+    Ok(ProjectUser {
+        user: User {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            email: row.try_get("email")?,
+            role: row.try_get("org_role")?,
+            added_at: row.try_get("added_at")?,
+        },
+        project_id: row.try_get("project_id")?,
+        role: row.try_get("role")?,
+        added_at: row.try_get("added_at")?,
+    })
+}
+
 pub(super) fn project_from_row(row: &AnyRow) -> StoreResult<Project> {
     Ok(Project {
         id: row.try_get("id")?,
@@ -220,7 +238,93 @@ impl OwnerStore for SqlStore {
     }
 
     async fn delete_user(&self, id: &str, revocation: &Revocation) -> StoreResult<Option<Vec<KeyRecord>>> {
-        self.delete_owner("users", "user", id, revocation).await
+        let revoked = self.delete_owner("users", "user", id, revocation).await?;
+        if revoked.is_some() {
+            // A removed person keeps no project and no dashboard session.
+            for table in ["project_users", "dashboard_sessions"] {
+                sqlx::query(&self.engine.sql(format!("DELETE FROM {table} WHERE user_id = ?")))
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(revoked)
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let sql = format!("{USER_SELECT} WHERE LOWER(email) = LOWER(?) AND deleted_at IS NULL");
+        self.one(&sql, email, user_from_row).await
+    }
+
+    async fn put_project_user(&self, project_id: &str, user_id: &str, role: &str, now: Timestamp) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let updated =
+            sqlx::query(&self.engine.sql("UPDATE project_users SET role = ? WHERE project_id = ? AND user_id = ?"))
+                .bind(role)
+                .bind(project_id)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if updated == 0 {
+            sqlx::query(
+                &self.engine.sql("INSERT INTO project_users (project_id, user_id, role, added_at) VALUES (?, ?, ?, ?)"),
+            )
+            .bind(project_id)
+            .bind(user_id)
+            .bind(role)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_project_users(&self, project_id: &str, q: &PageQuery) -> StoreResult<Page<ProjectUser>> {
+        let rows = sqlx::query(&self.engine.sql(format!(
+            "{PROJECT_USER_SELECT} WHERE pu.project_id = ? AND u.deleted_at IS NULL \
+             AND (? IS NULL OR u.rowid > (SELECT rowid FROM users WHERE id = ?)) ORDER BY u.rowid LIMIT ?"
+        )))
+        .bind(project_id)
+        .bind(&q.after)
+        .bind(&q.after)
+        .bind(i64::from(q.limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(page(rows.iter().map(project_user_from_row).collect::<StoreResult<Vec<_>>>()?, q.limit))
+    }
+
+    async fn get_project_user(&self, project_id: &str, user_id: &str) -> StoreResult<Option<ProjectUser>> {
+        let row =
+            sqlx::query(&self.engine.sql(format!(
+                "{PROJECT_USER_SELECT} WHERE pu.project_id = ? AND pu.user_id = ? AND u.deleted_at IS NULL"
+            )))
+            .bind(project_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(project_user_from_row).transpose()
+    }
+
+    async fn remove_project_user(&self, project_id: &str, user_id: &str) -> StoreResult<bool> {
+        let removed = sqlx::query(&self.engine.sql("DELETE FROM project_users WHERE project_id = ? AND user_id = ?"))
+            .bind(project_id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(removed > 0)
+    }
+
+    async fn user_projects(&self, user_id: &str) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(&self.engine.sql(
+            "SELECT pu.project_id FROM project_users pu JOIN projects p ON p.id = pu.project_id \
+             WHERE pu.user_id = ? AND p.archived_at IS NULL ORDER BY pu.project_id",
+        ))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn create_service_account(
