@@ -124,7 +124,7 @@ async fn session_document(State(state): State<AppState>, req: Request) -> Respon
 async fn sign_out(State(state): State<AppState>, req: Request) -> Response {
     let (token, resolved) = match current(&state, req.headers()).await {
         Ok(Some(found)) => found,
-        Ok(None) => return signed_out(&state),
+        Ok(None) => return signed_out(&state, req.headers()),
         Err(error) => return error.into_response(),
     };
     let presented = req.headers().get(session::CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
@@ -141,13 +141,20 @@ async fn sign_out(State(state): State<AppState>, req: Request) -> Response {
     let mut principal = resolved.principal;
     principal.client_ip = req.extensions().get::<ClientIp>().map(|c| c.0.to_string());
     crate::admin::audit(&state, &principal, "logout.succeeded", None, json!({})).await;
-    signed_out(&state)
+    signed_out(&state, req.headers())
 }
 
-fn signed_out(state: &AppState) -> Response {
+fn signed_out(state: &AppState, headers: &http::HeaderMap) -> Response {
     let mut response = see_other("/ui/sign-in");
-    set_cookie(&mut response, &session::cookie(session::COOKIE, "", "/", "Strict", state.sessions.secure, 0));
+    set_cookie(&mut response, &session::cookie(session::COOKIE, "", "/", "Strict", secure(state, headers), 0));
     response
+}
+
+/// Whether cookies get `Secure`: the gateway serves TLS, single sign-on
+/// returns over https, or a proxy in front says the browser used https.
+fn secure(state: &AppState, headers: &http::HeaderMap) -> bool {
+    state.sessions.secure
+        || headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|p| p.eq_ignore_ascii_case("https"))
 }
 
 fn see_other(location: &str) -> Response {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use super::{current, escape, next_path, see_other, set_cookie};
+use super::{current, escape, next_path, secure, see_other, set_cookie};
 use crate::auth::{self, Plane};
 use crate::request::ClientIp;
 use crate::session::oidc::{login_hash, LOGIN_TTL_SECONDS};
@@ -131,7 +131,7 @@ pub async fn with_key(State(state): State<AppState>, req: Request) -> Response {
     principal.client_ip = client.map(|ip| ip.to_string());
     crate::admin::audit(&state, &principal, "login.succeeded", None, json!({"method": "admin_key"})).await;
     let mut response = see_other(&next);
-    set_cookie(&mut response, &token.cookie(state.sessions.secure, state.sessions.max_seconds));
+    set_cookie(&mut response, &token.cookie(secure(&state, &headers), state.sessions.max_seconds));
     response
 }
 
@@ -169,7 +169,7 @@ async fn failed(
 }
 
 /// `GET /ui/sso/start`: to the identity provider, with PKCE, a state and a nonce.
-pub async fn sso_start(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn sso_start(State(state): State<AppState>, headers: http::HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let query: PageQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
     let next = next_path(query.next.as_deref());
     let Some(sso) = &state.sessions.sso else {
@@ -186,7 +186,7 @@ pub async fn sso_start(State(state): State<AppState>, RawQuery(raw): RawQuery) -
     }
     let mut response = see_other(&started.authorize_url);
     let cookie =
-        session::cookie(SSO_COOKIE, &started.login_id, "/ui/sso", "Lax", state.sessions.secure, LOGIN_TTL_SECONDS);
+        session::cookie(SSO_COOKIE, &started.login_id, "/ui/sso", "Lax", secure(&state, &headers), LOGIN_TTL_SECONDS);
     set_cookie(&mut response, &cookie);
     response
 }
@@ -283,8 +283,9 @@ pub async fn sso_callback(State(state): State<AppState>, RawQuery(raw): RawQuery
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={target}"><title>Signed in · keygate</title><link rel="stylesheet" href="/ui/assets/app.css"></head><body class="sign-in"><main id="main" class="sign-in-card"><p>Signed in. <a href="{target}">Continue</a></p></main></body></html>"#
     );
     let mut response = Html(html).into_response();
-    set_cookie(&mut response, &token.cookie(state.sessions.secure, state.sessions.max_seconds));
-    set_cookie(&mut response, &session::cookie(SSO_COOKIE, "", "/ui/sso", "Lax", state.sessions.secure, 0));
+    let secure = secure(&state, req.headers());
+    set_cookie(&mut response, &token.cookie(secure, state.sessions.max_seconds));
+    set_cookie(&mut response, &session::cookie(SSO_COOKIE, "", "/ui/sso", "Lax", secure, 0));
     response
 }
 
