@@ -834,6 +834,14 @@ fn sso(raw: RawOidc, env: &dyn Env) -> Result<crate::session::oidc::SsoConfig, C
         }
     };
     let issuer = url(required(raw.issuer, "issuer", "the provider's issuer URL, as its ID tokens name it")?, "issuer")?;
+    // The client secret and the ID token cross this connection: in clear only on loopback.
+    let loopback = reqwest::Url::parse(&issuer)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| matches!(h, "localhost" | "127.0.0.1" | "[::1]")))
+        .unwrap_or(false);
+    if issuer.starts_with("http:") && !loopback {
+        return Err(invalid("dashboard.oidc.issuer", "must be an https URL (plain http only on loopback)"));
+    }
     let client_id = required(raw.client_id, "client_id", "the client id this gateway is registered with")?;
     let redirect_url = url(
         required(

@@ -1019,8 +1019,8 @@ async function allBuckets(path, query) {
 function csv(rows) {
   const cell = (v) => {
     let text = v == null ? '' : String(v);
-    // A leading = + - @ would run as a formula in a spreadsheet.
-    if (typeof v === 'string' && /^[=+\-@]/.test(text)) text = `'${text}`;
+    // A leading = + - @ (or a tab or carriage return before one) would run as a formula in a spreadsheet.
+    if (typeof v === 'string' && /^[=+\-@\t\r]/.test(text)) text = `'${text}`;
     return /[",\r\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
   };
   return `${rows.map((row) => row.map(cell).join(',')).join('\r\n')}\r\n`;

@@ -245,8 +245,13 @@ pub async fn create(
     let owner = match (req.user_id, req.service_account_id) {
         (Some(_), Some(_)) => return Err(bad("Give `user_id` or `service_account_id`, not both.", "user_id")),
         (Some(user_id), None) => {
-            let user = state.store.get_user(&user_id).await?;
-            OwnerRef::User(user.ok_or_else(|| bad(format!("No such user: {user_id}."), "user_id"))?.id)
+            // A member names only people of the project (others they cannot see);
+            // owners give a key to anyone in the organization.
+            let user = match actor.project_filter() {
+                Some(_) => state.store.get_project_user(&project.id, &user_id).await?.map(|m| m.user),
+                None => state.store.get_user(&user_id).await?,
+            };
+            OwnerRef::User(user.ok_or_else(|| bad(format!("No such user in this project: {user_id}."), "user_id"))?.id)
         }
         (None, Some(sa_id)) => {
             let sa = state

@@ -85,7 +85,7 @@ pub async fn get(
         None => None,
     };
     let explanation = match (record.reason.as_str(), &record.key_id) {
-        ("suspended", Some(id)) => match suspension(&state, id, record.at).await? {
+        ("suspended", Some(id)) => match suspension(&state, id, record.at, actor.project_filter().is_none()).await? {
             Some(why) => format!("{} {why}", record.explanation.trim_end_matches('.')),
             None => record.explanation,
         },
@@ -107,8 +107,9 @@ pub async fn get(
 }
 
 /// Who suspended the key before `at`, from the audit log: an alert (the
-/// usage watcher's auto-suspend) or an admin.
-async fn suspension(state: &AppState, id: &PublicId, at: Timestamp) -> StoreResult<Option<String>> {
+/// usage watcher's auto-suspend) or an admin (named only to those who see
+/// the whole organization).
+async fn suspension(state: &AppState, id: &PublicId, at: Timestamp, name_who: bool) -> StoreResult<Option<String>> {
     let events = state
         .store
         .list_audit(&AuditFilter {
@@ -134,6 +135,7 @@ async fn suspension(state: &AppState, id: &PublicId, at: Timestamp) -> StoreResu
             event.project.as_ref().map(|(project, _)| format!(" --project {project}")).unwrap_or_default()
         ),
         None => match (event.actor_key, event.actor_user) {
+            _ if !name_who => format!("(since {when}, by an owner)."),
             (Some(actor), _) => format!("(since {when}, by admin key {} `{}`).", actor.id.api_id(), actor.name),
             (None, Some(Ok(user))) => format!("(since {when}, by {} <{}>).", user.name, user.email),
             _ => format!("(since {when})."),

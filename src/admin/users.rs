@@ -58,6 +58,10 @@ pub async fn create(
         return Err(bad(format!("Invalid email `{email}`."), "email"));
     }
     let role = role(req.role.as_deref())?;
+    // Single sign-on matches people by email without case: no two may differ only in case.
+    if !state.store.users_by_email(email).await?.is_empty() {
+        return Err(bad(format!("A user with email `{email}` already exists."), "email"));
+    }
     let user = match state.store.create_user(&user_name, email, &role, state.clock.now()).await {
         Err(StoreError::Duplicate(_)) => {
             return Err(bad(format!("A user with email `{email}` already exists."), "email"))

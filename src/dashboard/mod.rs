@@ -61,7 +61,7 @@ async fn page_headers(req: Request, next: axum::middleware::Next) -> Response {
 
 /// The session a request's cookie names, if it is still open.
 async fn current(state: &AppState, headers: &http::HeaderMap) -> Result<Option<(SessionToken, Resolved)>, ApiError> {
-    let Some(token) = session::cookie_value(headers, session::COOKIE).and_then(SessionToken::from_cookie) else {
+    let Some(token) = state.sessions.cookie(headers).and_then(SessionToken::from_cookie) else {
         return Ok(None);
     };
     let resolved = state.sessions.resolve(&*state.store, &state.index, &token, state.clock.now()).await?;
@@ -146,15 +146,8 @@ async fn sign_out(State(state): State<AppState>, req: Request) -> Response {
 
 fn signed_out(state: &AppState, headers: &http::HeaderMap) -> Response {
     let mut response = see_other("/ui/sign-in");
-    set_cookie(&mut response, &session::cookie(session::COOKIE, "", "/", "Strict", secure(state, headers), 0));
+    set_cookie(&mut response, &state.sessions.clear_cookie(headers));
     response
-}
-
-/// Whether cookies get `Secure`: the gateway serves TLS, single sign-on
-/// returns over https, or a proxy in front says the browser used https.
-fn secure(state: &AppState, headers: &http::HeaderMap) -> bool {
-    state.sessions.secure
-        || headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|p| p.eq_ignore_ascii_case("https"))
 }
 
 fn see_other(location: &str) -> Response {
@@ -174,16 +167,19 @@ fn set_cookie(response: &mut Response, cookie: &str) {
 /// A path inside the dashboard to return to after sign-in; anything else
 /// (another site, `//host`, a backslash trick) returns to `/ui`.
 fn next_path(next: Option<&str>) -> String {
+    let inside = |p: &str| {
+        let path = p.split('?').next().unwrap_or_default();
+        (path == "/ui" || path.starts_with("/ui/"))
+            && !path.starts_with("/ui/sign-")
+            // No way back out of /ui: dot segments, escapes of them, backslashes.
+            && !path.contains('%')
+            && !path.split('/').any(|segment| segment == "." || segment == "..")
+            && !p.contains('\\')
+            && !p.contains("//")
+            && !p.chars().any(char::is_control)
+    };
     match next {
-        Some(p)
-            if (p == "/ui" || p.starts_with("/ui/") || p.starts_with("/ui?"))
-                && !p.starts_with("/ui/sign-")
-                && !p.contains('\\')
-                && !p.contains("//")
-                && !p.chars().any(char::is_control) =>
-        {
-            p.to_owned()
-        }
+        Some(p) if inside(p) => p.to_owned(),
         _ => "/ui".to_owned(),
     }
 }
@@ -211,6 +207,7 @@ mod tests {
     #[test]
     fn sign_in_returns_only_to_the_dashboard() {
         assert_eq!(next_path(Some("/ui/keys?q=a")), "/ui/keys?q=a");
+        assert_eq!(next_path(Some("/ui/keys?q=a%20b")), "/ui/keys?q=a%20b");
         assert_eq!(next_path(Some("/ui")), "/ui");
         for evil in [
             "https://evil.example/ui",

@@ -8,13 +8,15 @@ use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use super::{current, escape, next_path, secure, see_other, set_cookie};
+use super::{current, escape, next_path, see_other, set_cookie};
 use crate::auth::{self, Plane};
 use crate::request::ClientIp;
 use crate::session::oidc::{login_hash, LOGIN_TTL_SECONDS};
 use crate::session::{self, Principal, Role};
 use crate::state::AppState;
 use crate::store::{AuditEvent, SessionHolder};
+
+const TOO_MANY: &str = "Too many sign-in attempts from your address. Wait a minute and try again.";
 
 /// The cookie that ties a single sign-on in progress to the browser that
 /// began it. `Lax`: it must come back on the provider's redirect.
@@ -131,7 +133,7 @@ pub async fn with_key(State(state): State<AppState>, req: Request) -> Response {
     principal.client_ip = client.map(|ip| ip.to_string());
     crate::admin::audit(&state, &principal, "login.succeeded", None, json!({"method": "admin_key"})).await;
     let mut response = see_other(&next);
-    set_cookie(&mut response, &token.cookie(secure(&state, &headers), state.sessions.max_seconds));
+    set_cookie(&mut response, &state.sessions.set_cookie(&headers, &token));
     response
 }
 
@@ -158,23 +160,26 @@ async fn failed(
         }
     }
     if throttled {
-        return render(
-            state,
-            StatusCode::TOO_MANY_REQUESTS,
-            next,
-            Some("Too many failed sign-ins from your address. Wait a minute and try again."),
-        );
+        return render(state, StatusCode::TOO_MANY_REQUESTS, next, Some(TOO_MANY));
     }
     render(state, StatusCode::UNAUTHORIZED, next, Some("That is not a valid admin key for this gateway."))
 }
 
 /// `GET /ui/sso/start`: to the identity provider, with PKCE, a state and a nonce.
-pub async fn sso_start(State(state): State<AppState>, headers: http::HeaderMap, RawQuery(raw): RawQuery) -> Response {
+pub async fn sso_start(State(state): State<AppState>, RawQuery(raw): RawQuery, req: Request) -> Response {
+    let headers = req.headers();
     let query: PageQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
     let next = next_path(query.next.as_deref());
     let Some(sso) = &state.sessions.sso else {
         return render(&state, StatusCode::NOT_FOUND, &next, Some("Single sign-on is not configured on this gateway."));
     };
+    // Each start stores a sign-in in progress: starts count against the
+    // address's sign-in throttle, so a loop of them cannot fill the database.
+    if let Some(ip) = req.extensions().get::<ClientIp>() {
+        if state.limiter.failed_auth(ip.0).await.is_some() {
+            return render(&state, StatusCode::TOO_MANY_REQUESTS, &next, Some(TOO_MANY));
+        }
+    }
     let started = match sso.start(&next, state.clock.now()).await {
         Ok(started) => started,
         Err(error) => {
@@ -185,8 +190,14 @@ pub async fn sso_start(State(state): State<AppState>, headers: http::HeaderMap, 
         return crate::dialect::ApiError::from(error).into_response();
     }
     let mut response = see_other(&started.authorize_url);
-    let cookie =
-        session::cookie(SSO_COOKIE, &started.login_id, "/ui/sso", "Lax", secure(&state, &headers), LOGIN_TTL_SECONDS);
+    let cookie = session::cookie(
+        SSO_COOKIE,
+        &started.login_id,
+        "/ui/sso",
+        "Lax",
+        state.sessions.is_secure(headers),
+        LOGIN_TTL_SECONDS,
+    );
     set_cookie(&mut response, &cookie);
     response
 }
@@ -241,9 +252,25 @@ pub async fn sso_callback(State(state): State<AppState>, RawQuery(raw): RawQuery
         Ok(identity) => identity,
         Err(error) => return sso_failed(&state, client, &next, &format!("Cannot sign in: {error}.")).await,
     };
-    let user = match state.store.find_user_by_email(&identity.email).await {
-        Ok(Some(user)) if Role::parse(&user.role).is_some() => user,
-        Ok(_) => {
+    let users = match state.store.users_by_email(&identity.email).await {
+        Ok(users) => users,
+        Err(error) => return crate::dialect::ApiError::from(error).into_response(),
+    };
+    let user = match users.as_slice() {
+        [user] if Role::parse(&user.role).is_some() => user.clone(),
+        [_, _, ..] => {
+            return sso_failed(
+                &state,
+                client,
+                &next,
+                &format!(
+                    "Two users of this gateway have the email {} in different case; an owner must remove one.",
+                    identity.email
+                ),
+            )
+            .await
+        }
+        _ => {
             audit_failed(&state, client, json!({"method": "sso", "email": identity.email, "reason": "no_user"})).await;
             return sso_failed(
                 &state,
@@ -256,7 +283,6 @@ pub async fn sso_callback(State(state): State<AppState>, RawQuery(raw): RawQuery
             )
             .await;
         }
-        Err(error) => return crate::dialect::ApiError::from(error).into_response(),
     };
     let holder = SessionHolder::User(user.id.clone());
     let token = match state
@@ -283,8 +309,8 @@ pub async fn sso_callback(State(state): State<AppState>, RawQuery(raw): RawQuery
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={target}"><title>Signed in · keygate</title><link rel="stylesheet" href="/ui/assets/app.css"></head><body class="sign-in"><main id="main" class="sign-in-card"><p>Signed in. <a href="{target}">Continue</a></p></main></body></html>"#
     );
     let mut response = Html(html).into_response();
-    let secure = secure(&state, req.headers());
-    set_cookie(&mut response, &token.cookie(secure, state.sessions.max_seconds));
+    set_cookie(&mut response, &state.sessions.set_cookie(req.headers(), &token));
+    let secure = state.sessions.is_secure(req.headers());
     set_cookie(&mut response, &session::cookie(SSO_COOKIE, "", "/ui/sso", "Lax", secure, 0));
     response
 }
@@ -295,12 +321,7 @@ async fn sso_failed(state: &AppState, client: Option<std::net::IpAddr>, next: &s
         None => false,
     };
     if throttled {
-        return render(
-            state,
-            StatusCode::TOO_MANY_REQUESTS,
-            next,
-            Some("Too many failed sign-ins from your address. Wait a minute and try again."),
-        );
+        return render(state, StatusCode::TOO_MANY_REQUESTS, next, Some(TOO_MANY));
     }
     render(state, StatusCode::FORBIDDEN, next, Some(message))
 }
@@ -323,11 +344,19 @@ fn user_agent(headers: &http::HeaderMap) -> Option<String> {
     headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|ua| ua.chars().take(256).collect())
 }
 
-/// A form post from a page of this gateway: browsers send `Origin` with
-/// every POST; when it is there, its host must be the one the form was sent to.
+/// A form post from a page of this gateway (no login CSRF): a browser sends
+/// `Origin` with every POST, whose host must be the one the form was sent to,
+/// and `Sec-Fetch-Site`, which must not say another site. A client that is not
+/// a browser sends neither, and has no victim's cookies to misuse.
 fn same_origin(headers: &http::HeaderMap) -> bool {
-    let Some(origin) = headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
-    let host = headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let text = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+    if let Some(site) = text(http::header::HeaderName::from_static("sec-fetch-site")) {
+        if site != "same-origin" && site != "none" {
+            return false;
+        }
+    }
+    let Some(origin) = text(http::header::ORIGIN) else { return true };
+    let host = text(http::header::HOST).unwrap_or_default();
     let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
     !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
 }

@@ -44,8 +44,9 @@ pub(super) async fn require_extension_key(State(state): State<AppState>, req: Re
 /// handler gets a `Principal` and the access rule of its role has passed.
 pub(super) async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let presents_key = req.headers().contains_key(http::header::AUTHORIZATION) || req.headers().contains_key("api-key");
-    if !presents_key {
-        if let Some(token) = session::cookie_value(req.headers(), session::COOKIE) {
+    // With the dashboard off, its sessions open nothing (no page could sign them out).
+    if !presents_key && state.dashboard {
+        if let Some(token) = state.sessions.cookie(req.headers()) {
             return with_session(state, SessionToken::from_cookie(token), req, next).await;
         }
     }

@@ -23,8 +23,11 @@ use crate::ids::PublicId;
 use crate::store::{SessionHolder, SessionRecord, Store, StoreResult, User};
 use crate::time::Timestamp;
 
-/// The session cookie's name.
+/// The session cookie's name over plain http.
 pub const COOKIE: &str = "keygate_session";
+/// Its name over https: the `__Host-` prefix makes the browser refuse one set
+/// by another host (a sibling subdomain) or for a narrower path.
+pub const SECURE_COOKIE: &str = "__Host-keygate_session";
 /// The header that carries the CSRF token on every state-changing request.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -158,6 +161,8 @@ impl Principal {
                 }
                 match tail {
                     [] | ["rate_limits"] | ["service_accounts", ..] | ["users", ..] if reads => Ok(()),
+                    // Importing takes any secret and says which keys exist: the owners'.
+                    ["api_keys", "import"] => Err(Refusal::NotForMembers),
                     ["api_keys", ..] => Ok(()),
                     _ => Err(Refusal::NotForMembers),
                 }
@@ -253,6 +258,43 @@ impl Sessions {
         Ok(Some(Resolved { record, principal }))
     }
 
+    /// Whether this request's cookies get `Secure` (and the `__Host-` name):
+    /// the gateway serves TLS, single sign-on returns over https, or a proxy
+    /// in front says the browser used https.
+    pub fn is_secure(&self, headers: &http::HeaderMap) -> bool {
+        self.secure
+            || headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|p| p.eq_ignore_ascii_case("https"))
+    }
+
+    /// The session cookie's name for this request.
+    pub fn cookie_name(&self, headers: &http::HeaderMap) -> &'static str {
+        if self.is_secure(headers) {
+            SECURE_COOKIE
+        } else {
+            COOKIE
+        }
+    }
+
+    /// The session cookie the request carries, under this request's name only
+    /// (over https a plain `keygate_session` could have been planted).
+    pub fn cookie<'h>(&self, headers: &'h http::HeaderMap) -> Option<&'h str> {
+        cookie_value(headers, self.cookie_name(headers))
+    }
+
+    /// The `Set-Cookie` value that hands `token` to the browser.
+    pub fn set_cookie(&self, headers: &http::HeaderMap, token: &SessionToken) -> String {
+        let name = self.cookie_name(headers);
+        cookie(name, &token.0, "/", "Strict", self.is_secure(headers), self.max_seconds)
+    }
+
+    /// The `Set-Cookie` value that clears the session cookie.
+    pub fn clear_cookie(&self, headers: &http::HeaderMap) -> String {
+        cookie(self.cookie_name(headers), "", "/", "Strict", self.is_secure(headers), 0)
+    }
+
     /// When a session ends if unused from now on: the sooner of its idle and absolute expiry.
     pub fn idle_expiry(&self, record: &SessionRecord, now: Timestamp) -> Timestamp {
         (now + self.idle_seconds).min(record.expires_at)
@@ -301,11 +343,6 @@ impl SessionToken {
     /// Whether `presented` is this session's CSRF token (in constant time).
     pub fn csrf_matches(&self, presented: &str) -> bool {
         self.csrf().as_bytes().ct_eq(presented.as_bytes()).into()
-    }
-
-    /// The `Set-Cookie` value that hands the token to the browser.
-    pub fn cookie(&self, secure: bool, max_age_seconds: i64) -> String {
-        cookie(COOKIE, &self.0, "/", "Strict", secure, max_age_seconds)
     }
 
     /// The cookie's value; for tests that act as the browser.

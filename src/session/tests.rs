@@ -48,6 +48,10 @@ fn a_member_manages_their_projects_keys_and_nothing_of_another_project() {
     assert_eq!(member.may(&Method::POST, "/v1/organization/projects/proj_a"), Err(Refusal::NotForMembers));
     assert_eq!(member.may(&Method::POST, "/v1/organization/projects/proj_a/archive"), Err(Refusal::NotForMembers));
     assert_eq!(member.may(&Method::POST, "/v1/organization/projects/proj_a/users"), Err(Refusal::NotForMembers));
+    assert_eq!(
+        member.may(&Method::POST, "/v1/organization/projects/proj_a/api_keys/import"),
+        Err(Refusal::NotForMembers)
+    );
     assert_eq!(member.may(&Method::GET, "/v1/organization/users"), Err(Refusal::NotForMembers));
     assert_eq!(member.may(&Method::GET, "/v1/organization/admin_api_keys"), Err(Refusal::NotForMembers));
     assert_eq!(member.may(&Method::GET, "/v1/organization/audit_logs"), Err(Refusal::NotForMembers));
@@ -76,11 +80,20 @@ fn the_csrf_token_belongs_to_its_session_alone() {
 
 #[test]
 fn cookies_are_read_among_others_and_written_strict_and_http_only() {
+    let sessions = Sessions { idle_seconds: 60, max_seconds: 3600, secure: false, sso: None };
+    let token = SessionToken::generate();
     let mut headers = http::HeaderMap::new();
-    headers.append(http::header::COOKIE, "a=1; keygate_session=abc".parse().unwrap());
-    assert_eq!(cookie_value(&headers, COOKIE), Some("abc"));
+    headers.append(http::header::COOKIE, format!("a=1; keygate_session={}", token.expose()).parse().unwrap());
+    assert_eq!(sessions.cookie(&headers), Some(token.expose()));
     assert_eq!(cookie_value(&headers, "b"), None);
-    let set = SessionToken::generate().cookie(true, 60);
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Secure"));
-    assert!(!SessionToken::generate().cookie(false, 60).contains("Secure"));
+    let set = sessions.set_cookie(&headers, &token);
+    assert!(set.starts_with("keygate_session=") && set.contains("HttpOnly") && set.contains("SameSite=Strict"));
+    assert!(!set.contains("Secure"));
+
+    // Over https the cookie is `__Host-` and Secure, and a plain one is not read.
+    headers.insert("x-forwarded-proto", "https".parse().unwrap());
+    assert_eq!(sessions.cookie(&headers), None);
+    let set = sessions.set_cookie(&headers, &token);
+    assert!(set.starts_with("__Host-keygate_session=") && set.contains("; Secure") && set.contains("Path=/;"), "{set}");
+    assert!(sessions.clear_cookie(&headers).contains("Max-Age=0"));
 }

@@ -595,8 +595,9 @@ pub trait OwnerStore: Send + Sync {
     /// Removes the user and revokes every key it owns; returns those keys.
     async fn delete_user(&self, id: &str, revocation: &Revocation) -> StoreResult<Option<Vec<KeyRecord>>>;
 
-    /// The user with this email (compared without case), if any.
-    async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    /// The users with this email, compared without case (more than one only
+    /// where they were added before keygate refused such twins).
+    async fn users_by_email(&self, email: &str) -> StoreResult<Vec<User>>;
     /// Adds the user to the project, or changes their role in it.
     async fn put_project_user(&self, project_id: &str, user_id: &str, role: &str, now: Timestamp) -> StoreResult<()>;
     async fn list_project_users(&self, project_id: &str, page: &PageQuery) -> StoreResult<Page<ProjectUser>>;

@@ -224,6 +224,28 @@ async fn a_member_reaches_their_projects_keys_and_no_other_projects() {
     let (status, _) = member.get("/v1/organization/usage/completions?start_time=0").await;
     assert_eq!(status, 200);
 
+    // Importing (any secret, and an answer that says which keys exist) is for owners.
+    let (status, _) =
+        member.post(&format!("/v1/organization/projects/{mine}/api_keys/import"), json!({"keys": []})).await;
+    assert_eq!(status, 403);
+    // A key of theirs belongs to someone of the project, not to anyone they name.
+    let (status, owner) = gw
+        .admin(
+            Method::POST,
+            "/v1/organization/users",
+            Some(json!({"name": "o", "email": "o@example.com", "role": "owner"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, error) = member
+        .post(&format!("/v1/organization/projects/{mine}/api_keys"), json!({"name": "x", "user_id": owner["id"]}))
+        .await;
+    assert_eq!(status, 400, "{error}");
+    let (status, _) = member
+        .post(&format!("/v1/organization/projects/{mine}/api_keys"), json!({"name": "x", "user_id": user_id}))
+        .await;
+    assert_eq!(status, 200);
+
     // The organization's people, admin keys and audit log are not theirs.
     for path in ["/v1/organization/users", "/v1/organization/admin_api_keys", "/v1/organization/audit_logs"] {
         let (status, error) = member.get(path).await;
@@ -313,5 +335,72 @@ async fn the_overview_counts_requests_and_refusals_by_cause() {
     assert_eq!(overview["top_keys"][0]["name"], "overview");
     let series = overview["series"].as_array().unwrap();
     assert_eq!(series.iter().map(|p| p["requests"].as_i64().unwrap()).sum::<i64>(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn over_https_the_cookie_is_host_only_and_a_plain_one_is_not_read() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let response = browser()
+        .post(format!("{}/ui/sign-in", gw.url))
+        .header("x-forwarded-proto", "https")
+        .form(&[("key", ADMIN_KEY)])
+        .send()
+        .await
+        .unwrap();
+    let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(set_cookie.starts_with("__Host-keygate_session=") && set_cookie.contains("; Secure"), "{set_cookie}");
+    let token = set_cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
+    let projects = |cookie: String, https: bool| {
+        let mut req = browser().get(format!("{}/v1/organization/projects", gw.url)).header(COOKIE, cookie);
+        if https {
+            req = req.header("x-forwarded-proto", "https");
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(projects(format!("__Host-keygate_session={token}"), true).await, 200);
+    // Planted under the plain name (a sibling subdomain can), it opens nothing over https.
+    assert_eq!(projects(format!("keygate_session={token}"), true).await, 401);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_dashboard_off_its_sessions_open_nothing() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "[dashboard]\nenabled = false\n").await;
+    let state = &gw.gateway_state;
+    let token = state
+        .sessions
+        .open(
+            &*state.store,
+            SessionHolder::AdminKey(keygate::ids::PublicId::parse("AAAAAAAAAAAA").unwrap()),
+            0,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let response = browser()
+        .get(format!("{}/v1/organization/projects", gw.url))
+        .header(COOKIE, format!("keygate_session={}", token.expose()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(browser().get(format!("{}/ui/sign-in", gw.url)).send().await.unwrap().status(), 404);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn two_users_may_not_share_an_email_in_different_case() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let add = |email: &'static str| {
+        gw.admin(Method::POST, "/v1/organization/users", Some(json!({"name": "n", "email": email})))
+    };
+    assert_eq!(add("Bob@example.com").await.0, 200);
+    let (status, error) = add("bob@EXAMPLE.com").await;
+    assert_eq!(status, 400, "{error}");
     gw.stop().await;
 }

@@ -251,9 +251,10 @@ impl OwnerStore for SqlStore {
         Ok(revoked)
     }
 
-    async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-        let sql = format!("{USER_SELECT} WHERE LOWER(email) = LOWER(?) AND deleted_at IS NULL");
-        self.one(&sql, email, user_from_row).await
+    async fn users_by_email(&self, email: &str) -> StoreResult<Vec<User>> {
+        let sql = self.engine.sql(format!("{USER_SELECT} WHERE LOWER(email) = LOWER(?) AND deleted_at IS NULL"));
+        let rows = sqlx::query(&sql).bind(email).fetch_all(&self.pool).await?;
+        rows.iter().map(user_from_row).collect()
     }
 
     async fn put_project_user(&self, project_id: &str, user_id: &str, role: &str, now: Timestamp) -> StoreResult<()> {

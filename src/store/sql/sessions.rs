@@ -105,22 +105,22 @@ impl SessionStore for SqlStore {
     }
 
     async fn take_sso_login(&self, login_hash: &str) -> StoreResult<Option<SsoLogin>> {
-        let mut tx = self.begin_write().await?;
+        // Read first, outside any write: a callback with a made-up login
+        // costs no write lock.
         let row = sqlx::query(&self.engine.sql(
             "SELECT login_hash, state, verifier, nonce, next_path, created_at FROM sso_logins WHERE login_hash = ?",
         ))
         .bind(login_hash)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        // Deleted in the same transaction: a second callback with the same
-        // login finds nothing, on any replica.
+        // Whoever deletes it takes it: a second callback with the same login
+        // finds nothing, on any replica.
         let deleted = sqlx::query(&self.engine.sql("DELETE FROM sso_logins WHERE login_hash = ?"))
             .bind(login_hash)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?
             .rows_affected();
-        tx.commit().await?;
         if deleted == 0 {
             return Ok(None);
         }
