@@ -122,22 +122,23 @@ impl Gateway {
         tracing::info!(keys = index.len(), "key index loaded");
 
         let mut tasks = Tasks::default();
-        let mock_base = if config.upstreams.iter().any(|u| matches!(u.target, UpstreamTarget::Mock)) {
+        let members = || config.upstreams.iter().flat_map(|u| u.members.iter().map(move |m| (u, m)));
+        let mock_base = if members().any(|(_, m)| matches!(m.target, UpstreamTarget::Mock)) {
             Some(start_mock(&mut tasks).await?)
         } else {
             None
         };
-        for u in &config.upstreams {
-            match (&u.target, u.defaulted_to_mock) {
+        for (u, m) in members() {
+            match (&m.target, u.defaulted_to_mock) {
                 (UpstreamTarget::Mock, true) => tracing::warn!(
                     "NO UPSTREAM CONFIGURED: answering from the built-in MOCK upstream (synthetic answers). \
                      Set KEYGATE_UPSTREAM_URL and KEYGATE_UPSTREAM_API_KEY (or OPENAI_API_KEY) to reach a real provider."
                 ),
                 (UpstreamTarget::Mock, false) => {
-                    tracing::warn!(upstream = %u.name, "upstream `{}` is the built-in MOCK: answers are synthetic", u.name)
+                    tracing::warn!(upstream = %u.name, member = %m.name, "upstream `{}` is the built-in MOCK: answers are synthetic", m.name)
                 }
                 (UpstreamTarget::Url(url), _) => {
-                    tracing::info!(upstream = %u.name, %url, authenticated = u.credential.is_some(), "upstream configured")
+                    tracing::info!(upstream = %u.name, member = %m.name, %url, weight = m.weight, authenticated = m.credential.is_some(), "upstream configured")
                 }
             }
         }

@@ -239,6 +239,23 @@ struct RawUpstream {
     api_version: Option<String>,
     /// Azure: model → deployment name (a model not listed is its own deployment name).
     deployments: Option<std::collections::BTreeMap<String, String>>,
+    /// A file holding the credential (a mounted secret), instead of `api_key_env`.
+    api_key_file: Option<PathBuf>,
+    /// A member's share of the pool's load (default 1).
+    weight: Option<u32>,
+    /// A member's own limits, below its provider's.
+    max_requests_per_1_minute: Option<u64>,
+    max_tokens_per_1_minute: Option<u64>,
+    /// A pool: its members, each an endpoint with these same fields.
+    members: Option<Vec<RawUpstream>>,
+    /// A pool: extra members tried when one cannot serve (default: up to 2).
+    retries: Option<u64>,
+    /// A pool: no new try starts this long after the first (default 60000).
+    retry_deadline_ms: Option<u64>,
+    /// A pool: consecutive failures that take a member out (default 3) ...
+    failure_threshold: Option<u32>,
+    /// ... for this long, before one request tries it again (default 30).
+    cooldown_seconds: Option<u64>,
 }
 
 /// The Azure front door: deployments clients may name, accepted api-versions.
@@ -384,18 +401,39 @@ pub enum UpstreamTarget {
     Url(String),
 }
 
+/// A route: the members behind a model pattern (a plain upstream is a pool
+/// of one).
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
-    pub target: UpstreamTarget,
-    pub credential: Option<Secret>,
     /// Glob patterns (`*` wildcard) of the models routed here.
     pub models: Vec<String>,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
+    pub members: Vec<MemberConfig>,
+    /// Extra members tried when one cannot serve a request.
+    pub retries: usize,
+    /// No new try starts this long after the first.
+    pub retry_deadline: Duration,
+    /// Consecutive failures that take a member out, and for how long.
+    pub failure_threshold: u32,
+    pub cooldown: Duration,
     /// True when no upstream was configured at all and keygate fell back to the mock.
     pub defaulted_to_mock: bool,
+}
+
+/// One provider endpoint of a pool.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    pub name: String,
+    pub target: UpstreamTarget,
+    pub credential: Option<Secret>,
     pub kind: UpstreamKind,
+    /// The models this member serves (empty: every model of its pool).
+    pub models: Vec<String>,
+    pub weight: u32,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub max_requests_per_1_minute: Option<u64>,
+    pub max_tokens_per_1_minute: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -957,15 +995,27 @@ fn shown_url(url: &str) -> String {
     shown
 }
 
-fn credential_from(env_var: Option<&str>, env: &dyn Env, field: &str) -> Result<Option<Secret>, ConfigError> {
-    match env_var {
-        Some(name) => {
+/// An endpoint's credential: from the variable `api_key_env` names, or the
+/// file `api_key_file` names (a mounted secret; surrounding whitespace dropped).
+fn credential_from(raw: &RawUpstream, env: &dyn Env, field: &str) -> Result<Option<Secret>, ConfigError> {
+    match (&raw.api_key_env, &raw.api_key_file) {
+        (Some(_), Some(_)) => {
+            Err(invalid(format!("{field}.api_key_file"), "give api_key_env or api_key_file, not both"))
+        }
+        (Some(name), None) => {
             let value = env
                 .var(name)
                 .ok_or_else(|| invalid(format!("{field}.api_key_env"), format!("names `{name}`, which is not set")))?;
             provider_credential(value, name, &format!("{field}.api_key_env")).map(Some)
         }
-        None => Ok(None),
+        (None, Some(path)) => {
+            let value = std::fs::read_to_string(path).map_err(|e| {
+                invalid(format!("{field}.api_key_file"), format!("cannot read `{}`: {}", path.display(), e.kind()))
+            })?;
+            let shown = path.display().to_string();
+            provider_credential(value.trim().to_owned(), &shown, &format!("{field}.api_key_file")).map(Some)
+        }
+        (None, None) => Ok(None),
     }
 }
 
@@ -986,33 +1036,28 @@ fn provider_credential(value: String, var: &str, field: &str) -> Result<Secret, 
 }
 
 fn default_upstream(raw: RawUpstream, o: &Overrides, env: &dyn Env) -> Result<UpstreamConfig, ConfigError> {
-    let kind = upstream_kind(&raw, "upstream")?;
-    let (connect_timeout, read_timeout) = timeouts(&raw, "upstream")?;
-    let credential = match credential_from(raw.api_key_env.as_deref(), env, "upstream")? {
-        Some(c) => Some(c),
-        None => ["KEYGATE_UPSTREAM_API_KEY", "OPENAI_API_KEY"]
+    let name = raw.name.clone().unwrap_or_else(|| "default".into());
+    if raw.members.is_some() {
+        return pool(raw, name, "upstream", env);
+    }
+    let mut member = member(&raw, name.clone(), "upstream", false, env)?;
+    if member.credential.is_none() {
+        member.credential = ["KEYGATE_UPSTREAM_API_KEY", "OPENAI_API_KEY"]
             .into_iter()
             .find_map(|var| env.var(var).map(|value| (var, value)))
             .map(|(var, value)| provider_credential(value, var, "upstream"))
-            .transpose()?,
-    };
-    let url = o.upstream_url.clone().or(raw.url).or_else(|| env.var("KEYGATE_UPSTREAM_URL"));
-    let defaulted_to_mock = url.is_none() && credential.is_none();
-    let target = match url {
+            .transpose()?;
+    }
+    let url = o.upstream_url.clone().or(raw.url.clone()).or_else(|| env.var("KEYGATE_UPSTREAM_URL"));
+    let defaulted_to_mock = url.is_none() && member.credential.is_none();
+    member.target = match url {
         Some(url) => target(&url, "upstream")?,
         None if defaulted_to_mock => UpstreamTarget::Mock,
         None => UpstreamTarget::Url(DEFAULT_UPSTREAM_URL.into()),
     };
-    Ok(UpstreamConfig {
-        name: raw.name.unwrap_or_else(|| "default".into()),
-        target,
-        credential,
-        models: raw.models.unwrap_or_default(),
-        connect_timeout,
-        read_timeout,
-        defaulted_to_mock,
-        kind,
-    })
+    let mut pool = single(raw, name, member)?;
+    pool.defaulted_to_mock = defaulted_to_mock;
+    Ok(pool)
 }
 
 fn upstream_kind(raw: &RawUpstream, field: &str) -> Result<UpstreamKind, ConfigError> {
@@ -1030,23 +1075,129 @@ fn upstream_kind(raw: &RawUpstream, field: &str) -> Result<UpstreamKind, ConfigE
 
 fn routed_upstream(raw: RawUpstream, i: usize, env: &dyn Env) -> Result<UpstreamConfig, ConfigError> {
     let field = format!("upstreams[{i}]");
-    let (connect_timeout, read_timeout) = timeouts(&raw, &field)?;
     let name = raw.name.clone().ok_or_else(|| invalid(format!("{field}.name"), "is required"))?;
-    let url = raw.url.as_deref().ok_or_else(|| invalid(format!("{field}.url"), "is required"))?;
-    let models = raw.models.clone().unwrap_or_default();
-    if models.is_empty() {
+    if raw.models.as_ref().is_none_or(Vec::is_empty) {
         return Err(invalid(format!("{field}.models"), "must list at least one model pattern, e.g. [\"gpt-4o*\"]"));
     }
-    let kind = upstream_kind(&raw, &field)?;
+    if raw.members.is_some() {
+        return pool(raw, name, &field, env);
+    }
+    let member = member(&raw, name.clone(), &field, true, env)?;
+    single(raw, name, member)
+}
+
+/// A plain upstream: a pool whose one member is the upstream itself (and
+/// serves every model routed to it).
+fn single(raw: RawUpstream, name: String, mut member: MemberConfig) -> Result<UpstreamConfig, ConfigError> {
+    member.models.clear();
     Ok(UpstreamConfig {
         name,
-        target: target(url, &field)?,
-        credential: credential_from(raw.api_key_env.as_deref(), env, &field)?,
-        models,
+        models: raw.models.unwrap_or_default(),
+        members: vec![member],
+        retries: 0,
+        retry_deadline: Duration::from_secs(60),
+        failure_threshold: raw.failure_threshold.unwrap_or(3).max(1),
+        cooldown: Duration::from_secs(raw.cooldown_seconds.unwrap_or(30)),
+        defaulted_to_mock: false,
+    })
+}
+
+/// `members = [...]`: a pool. The pool's own entry names the route (name,
+/// models) and the failover policy; each member is an endpoint.
+fn pool(raw: RawUpstream, name: String, field: &str, env: &dyn Env) -> Result<UpstreamConfig, ConfigError> {
+    for (set, what) in [
+        (raw.url.is_some(), "url"),
+        (raw.api_key_env.is_some(), "api_key_env"),
+        (raw.api_key_file.is_some(), "api_key_file"),
+        (raw.kind.is_some(), "kind"),
+        (raw.weight.is_some(), "weight"),
+    ] {
+        if set {
+            return Err(invalid(format!("{field}.{what}"), "belongs to each of the pool's members, not to the pool"));
+        }
+    }
+    let raw_members = raw.members.unwrap_or_default();
+    if raw_members.is_empty() {
+        return Err(invalid(format!("{field}.members"), "must list at least one member"));
+    }
+    let mut members: Vec<MemberConfig> = Vec::with_capacity(raw_members.len());
+    for (i, m) in raw_members.iter().enumerate() {
+        let mfield = format!("{field}.members[{i}]");
+        if m.members.is_some() || m.retries.is_some() || m.retry_deadline_ms.is_some() {
+            return Err(invalid(
+                mfield,
+                "a member is one endpoint: members, retries and retry_deadline_ms belong to its pool",
+            ));
+        }
+        let mname = m.name.clone().ok_or_else(|| invalid(format!("{mfield}.name"), "is required"))?;
+        if members.iter().any(|other| other.name == mname) {
+            return Err(invalid(format!("{mfield}.name"), format!("`{mname}` names two members of the pool")));
+        }
+        if m.url.is_none() {
+            return Err(invalid(format!("{mfield}.url"), "is required"));
+        }
+        members.push(member(m, mname, &mfield, true, env)?);
+    }
+    let retries = match raw.retries {
+        Some(r) if r > 16 => return Err(invalid(format!("{field}.retries"), format!("must be at most 16, got {r}"))),
+        Some(r) => r as usize,
+        None => (members.len() - 1).min(2),
+    };
+    let deadline = raw.retry_deadline_ms.unwrap_or(60_000);
+    if deadline == 0 {
+        return Err(invalid(format!("{field}.retry_deadline_ms"), "must be greater than 0"));
+    }
+    Ok(UpstreamConfig {
+        name,
+        models: raw.models.unwrap_or_default(),
+        members,
+        retries,
+        retry_deadline: Duration::from_millis(deadline),
+        failure_threshold: raw.failure_threshold.unwrap_or(3).max(1),
+        cooldown: Duration::from_secs(raw.cooldown_seconds.unwrap_or(30).max(1)),
+        defaulted_to_mock: false,
+    })
+}
+
+/// One endpoint: where, with what credential, for which models, with what
+/// share. Without a URL it is the built-in mock (the default upstream's
+/// caller works out its own).
+fn member(
+    raw: &RawUpstream,
+    name: String,
+    field: &str,
+    url_required: bool,
+    env: &dyn Env,
+) -> Result<MemberConfig, ConfigError> {
+    let (connect_timeout, read_timeout) = timeouts(raw, field)?;
+    let target = match raw.url.as_deref() {
+        Some(url) => target(url, field)?,
+        None if url_required => return Err(invalid(format!("{field}.url"), "is required")),
+        None => UpstreamTarget::Mock,
+    };
+    let weight = raw.weight.unwrap_or(1);
+    if !(1..=1000).contains(&weight) {
+        return Err(invalid(format!("{field}.weight"), format!("must be between 1 and 1000, got {weight}")));
+    }
+    for (value, what) in [
+        (raw.max_requests_per_1_minute, "max_requests_per_1_minute"),
+        (raw.max_tokens_per_1_minute, "max_tokens_per_1_minute"),
+    ] {
+        if value == Some(0) {
+            return Err(invalid(format!("{field}.{what}"), "must be greater than 0 (leave it out for no limit)"));
+        }
+    }
+    Ok(MemberConfig {
+        name,
+        target,
+        credential: credential_from(raw, env, field)?,
+        kind: upstream_kind(raw, field)?,
+        models: raw.models.clone().unwrap_or_default(),
+        weight,
         connect_timeout,
         read_timeout,
-        defaulted_to_mock: false,
-        kind,
+        max_requests_per_1_minute: raw.max_requests_per_1_minute,
+        max_tokens_per_1_minute: raw.max_tokens_per_1_minute,
     })
 }
 

@@ -20,6 +20,7 @@ mod project_users;
 mod projects;
 mod requests;
 mod service_accounts;
+mod upstreams;
 mod usage;
 mod users;
 
@@ -73,6 +74,7 @@ pub use projects::not_found as project_not_found;
     project_users::delete,
     keys::search,
     overview::get,
+    upstreams::list,
     key_import::import,
     admin_keys::list,
     admin_keys::create,
@@ -129,6 +131,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/v1/organization/api_keys", get(keys::search))
         .route("/v1/organization/overview", get(overview::get))
+        .route("/v1/keygate/upstreams", get(upstreams::list))
         .route("/v1/organization/users", get(users::list).post(users::create))
         .route("/v1/organization/users/{user_id}", get(users::get).post(users::update).delete(users::delete))
         .route("/v1/organization/admin_api_keys", get(admin_keys::list).post(admin_keys::create))

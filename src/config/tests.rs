@@ -29,29 +29,29 @@ fn defaults_start_on_the_mock_when_nothing_is_configured() {
     let c = Config::from_toml("", &FakeEnv::default()).unwrap();
     assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
     assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
-    assert!(matches!(c.upstreams[0].target, UpstreamTarget::Mock));
+    assert!(matches!(c.upstreams[0].members[0].target, UpstreamTarget::Mock));
     assert!(c.upstreams[0].defaulted_to_mock);
 }
 
 #[test]
 fn a_credential_alone_selects_openai() {
     let c = Config::from_toml("", &FakeEnv::with(&[("OPENAI_API_KEY", "sk-upstream")])).unwrap();
-    assert!(matches!(&c.upstreams[0].target, UpstreamTarget::Url(u) if u == DEFAULT_UPSTREAM_URL));
-    assert_eq!(c.upstreams[0].credential.as_ref().unwrap().expose(), "sk-upstream");
+    assert!(matches!(&c.upstreams[0].members[0].target, UpstreamTarget::Url(u) if u == DEFAULT_UPSTREAM_URL));
+    assert_eq!(c.upstreams[0].members[0].credential.as_ref().unwrap().expose(), "sk-upstream");
 }
 
 #[test]
 fn keygate_upstream_key_wins_over_openai_api_key() {
     let env = FakeEnv::with(&[("OPENAI_API_KEY", "a"), ("KEYGATE_UPSTREAM_API_KEY", "b")]);
     let c = Config::from_toml("", &env).unwrap();
-    assert_eq!(c.upstreams[0].credential.as_ref().unwrap().expose(), "b");
+    assert_eq!(c.upstreams[0].members[0].credential.as_ref().unwrap().expose(), "b");
 }
 
 #[test]
 fn an_url_without_credential_is_proxied_without_auth() {
     let c = Config::from_toml("[upstream]\nurl = \"http://127.0.0.1:8000/v1/\"", &FakeEnv::default()).unwrap();
-    assert!(matches!(&c.upstreams[0].target, UpstreamTarget::Url(u) if u == "http://127.0.0.1:8000/v1"));
-    assert!(c.upstreams[0].credential.is_none());
+    assert!(matches!(&c.upstreams[0].members[0].target, UpstreamTarget::Url(u) if u == "http://127.0.0.1:8000/v1"));
+    assert!(c.upstreams[0].members[0].credential.is_none());
     assert!(!c.upstreams[0].defaulted_to_mock);
 }
 
@@ -146,7 +146,11 @@ fn copying_the_example_file_changes_nothing() {
     let example = Config::from_toml(EXAMPLE, &FakeEnv::default()).unwrap();
     let none = Config::from_toml("", &FakeEnv::default()).unwrap();
     assert_eq!(example.upstreams.len(), 1, "the example must not add an active [[upstreams]] entry");
-    assert!(matches!(example.upstreams[0].target, UpstreamTarget::Mock), "{:?}", example.upstreams[0].target);
+    assert!(
+        matches!(example.upstreams[0].members[0].target, UpstreamTarget::Mock),
+        "{:?}",
+        example.upstreams[0].members[0].target
+    );
     assert!(example.upstreams[0].defaulted_to_mock);
     assert_eq!(example.listen.to_string(), DEFAULT_LISTEN);
     assert_eq!(example.metrics_listen, none.metrics_listen);
@@ -158,7 +162,7 @@ fn copying_the_example_file_changes_nothing() {
     // With a credential: OpenAI, as with no file at all.
     let env = FakeEnv::with(&[("OPENAI_API_KEY", "sk-upstream")]);
     let example = Config::from_toml(EXAMPLE, &env).unwrap();
-    assert!(matches!(&example.upstreams[0].target, UpstreamTarget::Url(u) if u == DEFAULT_UPSTREAM_URL));
+    assert!(matches!(&example.upstreams[0].members[0].target, UpstreamTarget::Url(u) if u == DEFAULT_UPSTREAM_URL));
     assert_eq!(format!("{example:?}"), format!("{:?}", Config::from_toml("", &env).unwrap()));
 }
 
@@ -218,11 +222,18 @@ fn fields_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
 /// with all of them uncommented must pass the same parser and validation.
 #[test]
 fn the_example_file_documents_every_setting() {
-    let full = uncommented(EXAMPLE);
+    // The pool example's member reads its key from a file: give it one.
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "sk-from-a-file\n").unwrap();
+    let full = uncommented(EXAMPLE).replace("/run/secrets/openai-org-b", &secret.path().display().to_string());
     let env = FakeEnv::with(&[("MY_OPENAI_KEY", "a"), ("VLLM_API_KEY", "b"), ("AZURE_OPENAI_API_KEY", "c")]);
     let config = Config::from_toml(&full, &env).unwrap_or_else(|e| panic!("{e}\n{full}"));
     assert!(config.redis.is_some() && config.tls.is_some() && config.organization_id.is_some());
-    assert_eq!(config.upstreams.len(), 3, "both [[upstreams]] examples");
+    assert_eq!(config.upstreams.len(), 4, "the three [[upstreams]] examples");
+    let pool = &config.upstreams[3];
+    assert_eq!(pool.members.len(), 2);
+    assert_eq!(pool.members[1].credential.as_ref().unwrap().expose(), "sk-from-a-file");
+    assert_eq!(pool.members[1].models, vec!["gpt-4.1-mini".to_owned()]);
 
     let table: toml::Table = full.parse().unwrap();
     let keys_of = |value: &toml::Value| -> Vec<String> {
@@ -236,11 +247,17 @@ fn the_example_file_documents_every_setting() {
             "server" => (keys_of(value), fields_of::<RawServer>()),
             "database" => (keys_of(value), fields_of::<RawDatabase>()),
             "organization" => (keys_of(value), fields_of::<RawOrganization>()),
-            "upstream" => (keys_of(value), fields_of::<RawUpstream>()),
-            // Each field in at least one of the examples.
-            "upstreams" => {
-                let entries = value.as_array().map(Vec::as_slice).unwrap_or_default();
-                (entries.iter().flat_map(keys_of).collect(), fields_of::<RawUpstream>())
+            // [[upstreams]] has [upstream]'s fields: each in [upstream], or in
+            // at least one of the [[upstreams]] examples or their members.
+            "upstream" | "upstreams" => {
+                let routed = table.get("upstreams").and_then(|v| v.as_array()).map(Vec::as_slice).unwrap_or_default();
+                let members = routed.iter().filter_map(|u| u.get("members")?.as_array()).flatten();
+                let keys = keys_of(&table["upstream"])
+                    .into_iter()
+                    .chain(routed.iter().flat_map(keys_of))
+                    .chain(members.flat_map(keys_of))
+                    .collect();
+                (keys, fields_of::<RawUpstream>())
             }
             "log" => (keys_of(value), fields_of::<RawLog>()),
             "errors" => (keys_of(value), fields_of::<RawErrors>()),

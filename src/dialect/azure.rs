@@ -133,6 +133,7 @@ pub fn render(error: &ApiError, path: &str, api_version: &str) -> Response {
         | ApiError::SessionEnded
         | ApiError::UpstreamUnreachable { .. }
         | ApiError::UpstreamTimeout { .. }
+        | ApiError::UpstreamUnavailable { .. }
         | ApiError::LeakReportsLimited { .. }
         | ApiError::Internal => openai::render(error),
     }

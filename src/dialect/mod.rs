@@ -85,11 +85,25 @@ pub enum ApiError {
     UpstreamTimeout {
         upstream: String,
     },
+    /// No member of an upstream pool served the request (each failed, or was
+    /// out of rotation); the attempts are in the request's record.
+    UpstreamUnavailable {
+        upstream: String,
+    },
     /// A client over `limits.leak_reports_per_minute` (`POST /v1/keys/leaked`).
     LeakReportsLimited {
         exceeded: crate::policy::Exceeded,
     },
     Internal,
+}
+
+impl ApiError {
+    /// The status and code it is answered with (what metering and `keygate
+    /// explain` record of it).
+    pub fn status_and_code(&self) -> (u16, Option<&'static str>) {
+        let (status, _, _, _, code) = openai::parts(self);
+        (status.as_u16(), code)
+    }
 }
 
 impl From<Denial> for ApiError {

@@ -56,7 +56,9 @@ fn missing_scope(scope: &str) -> String {
 
 /// Status, `message`, `type`, `param` and `code` for each error. Exhaustive on
 /// purpose: a new variant must choose all of them.
-fn parts(error: &ApiError) -> (StatusCode, String, &'static str, Option<&'static str>, Option<&'static str>) {
+pub(super) fn parts(
+    error: &ApiError,
+) -> (StatusCode, String, &'static str, Option<&'static str>, Option<&'static str>) {
     const IRE: &str = "invalid_request_error";
     match error {
         ApiError::Denied(denial) => match denial {
@@ -161,6 +163,15 @@ fn parts(error: &ApiError) -> (StatusCode, String, &'static str, Option<&'static
             "server_error",
             None,
             Some("upstream_unreachable"),
+        ),
+        ApiError::UpstreamUnavailable { upstream } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "The gateway's upstream `{upstream}` could not serve this request: its members failed or are out of rotation. Please retry your request."
+            ),
+            "server_error",
+            None,
+            Some("upstream_unavailable"),
         ),
         ApiError::UpstreamTimeout { upstream } => (
             StatusCode::GATEWAY_TIMEOUT,

@@ -1,11 +1,14 @@
-//! Forwarding to upstream providers, in pingora's phase order: pick the upstream
-//! (by model), rewrite the request (swap the credential, drop the client's
-//! identity headers), send it, and stream the answer back untouched.
+//! Forwarding to upstream providers, in pingora's phase order: pick the pool
+//! (by model) and a member of it, rewrite the request (swap the credential,
+//! drop the client's identity headers), send it, fail over to another member
+//! when one cannot serve, and stream the answer back untouched.
 //!
-//! Owns: upstream clients, routing, header hygiene, streaming. Leaves
-//! authentication to `auth` and error rendering to `dialect`.
+//! Owns: upstream clients, routing, pools and their members' health, header
+//! hygiene, streaming. Leaves authentication to `auth` and error rendering to
+//! `dialect`.
 
 mod meta;
+mod pool;
 
 use std::time::Instant;
 
@@ -14,14 +17,15 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 
-use crate::config::{UpstreamConfig, UpstreamKind, UpstreamTarget};
+use crate::config::{MemberConfig, UpstreamConfig, UpstreamKind, UpstreamTarget};
 use crate::dialect::ApiError;
 use crate::key::Secret;
 use crate::policy::glob_match;
 
 pub use meta::RequestMeta;
+pub use pool::{Attempt, Breaker, Forwarded, Member, MemberLimits, MemberStatus, Outcome, Pool, RetryPolicy};
 
-/// One configured provider.
+/// One provider endpoint: where, and with which credential.
 pub struct Upstream {
     pub name: String,
     /// Parsed once: parsing a URL (host, IDNA) per request was ~4% of the
@@ -30,7 +34,6 @@ pub struct Upstream {
     /// The header that carries the upstream credential, built once at start
     /// (marked sensitive, so it is never printed).
     credential: Option<(HeaderName, HeaderValue)>,
-    models: Vec<String>,
     client: reqwest::Client,
     pub kind: UpstreamKind,
 }
@@ -70,49 +73,63 @@ impl Upstream {
     }
 }
 
-/// All upstreams; the first is the default route.
-pub struct Upstreams(Vec<Upstream>);
+impl Upstream {
+    /// The endpoint a member config describes; `mock_base` is where the
+    /// built-in mock listens, when a config selects it.
+    fn build(c: &MemberConfig, mock_base: Option<&str>) -> anyhow::Result<Self> {
+        let base = match &c.target {
+            UpstreamTarget::Url(url) => url.clone(),
+            UpstreamTarget::Mock => mock_base
+                .ok_or_else(|| anyhow::anyhow!("upstream `{}` is the mock, but the mock is not running", c.name))?
+                .to_owned(),
+        };
+        let base = reqwest::Url::parse(&base)
+            .map_err(|e| anyhow::anyhow!("upstream `{}` has an invalid URL `{base}`: {e}", c.name))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(c.connect_timeout)
+            .read_timeout(c.read_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let credential =
+            c.credential.as_ref().map(|secret| credential_header(&c.kind, secret)).transpose().map_err(|_| {
+                anyhow::anyhow!("the credential of upstream `{}` is not a valid HTTP header value", c.name)
+            })?;
+        Ok(Upstream { name: c.name.clone(), base, credential, client, kind: c.kind.clone() })
+    }
+}
+
+/// Every pool; the first is the default route.
+pub struct Upstreams(Vec<Pool>);
 
 impl Upstreams {
     /// `mock_base` is where the built-in mock listens, when a config selects it.
     pub fn build(configs: &[UpstreamConfig], mock_base: Option<&str>) -> anyhow::Result<Self> {
-        let mut list = Vec::with_capacity(configs.len());
+        let mut pools = Vec::with_capacity(configs.len());
         for c in configs {
-            let base = match &c.target {
-                UpstreamTarget::Url(url) => url.clone(),
-                UpstreamTarget::Mock => mock_base
-                    .ok_or_else(|| anyhow::anyhow!("upstream `{}` is the mock, but the mock is not running", c.name))?
-                    .to_owned(),
-            };
-            let base = reqwest::Url::parse(&base)
-                .map_err(|e| anyhow::anyhow!("upstream `{}` has an invalid URL `{base}`: {e}", c.name))?;
-            let client = reqwest::Client::builder()
-                .connect_timeout(c.connect_timeout)
-                .read_timeout(c.read_timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?;
-            let credential =
-                c.credential.as_ref().map(|secret| credential_header(&c.kind, secret)).transpose().map_err(|_| {
-                    anyhow::anyhow!("the credential of upstream `{}` is not a valid HTTP header value", c.name)
-                })?;
-            list.push(Upstream {
-                name: c.name.clone(),
-                base,
-                credential,
-                models: c.models.clone(),
-                client,
-                kind: c.kind.clone(),
-            });
+            let mut members = Vec::with_capacity(c.members.len());
+            for m in &c.members {
+                let limits = MemberLimits {
+                    requests_per_minute: m.max_requests_per_1_minute,
+                    tokens_per_minute: m.max_tokens_per_1_minute,
+                };
+                members.push(Member::new(Upstream::build(m, mock_base)?, m.weight, m.models.clone(), limits));
+            }
+            anyhow::ensure!(!members.is_empty(), "upstream `{}` has no member", c.name);
+            let breaker = Breaker { failures: c.failure_threshold, cooldown: c.cooldown, ..Breaker::default() };
+            pools.push(Pool::new(c.name.clone(), c.models.clone(), members, breaker, c.retries, c.retry_deadline));
         }
-        anyhow::ensure!(!list.is_empty(), "no upstream configured");
-        Ok(Self(list))
+        anyhow::ensure!(!pools.is_empty(), "no upstream configured");
+        Ok(Self(pools))
     }
 
-    /// The upstream for `model`: the first routed upstream whose patterns match,
-    /// else the default.
-    pub fn route(&self, model: Option<&str>) -> &Upstream {
-        let routed = model.and_then(|m| self.0[1..].iter().find(|u| u.models.iter().any(|p| glob_match(p, m))));
+    /// The pool for `model`: the first routed pool whose patterns match, else the default.
+    pub fn route(&self, model: Option<&str>) -> &Pool {
+        let routed = model.and_then(|m| self.0[1..].iter().find(|p| p.models.iter().any(|g| glob_match(g, m))));
         routed.unwrap_or(&self.0[0])
+    }
+
+    pub fn pools(&self) -> &[Pool] {
+        &self.0
     }
 }
 
@@ -152,17 +169,18 @@ const DROP_REQUEST: &[&str] = &[
 const DROP_RESPONSE: &[&str] =
     &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "set-cookie"];
 
-/// Sends the request to `upstream` and streams its answer back. `path_and_query`
-/// is relative to the `/v1` root (`/chat/completions?x=1`); `model` picks an
-/// Azure upstream's deployment.
-pub async fn forward(
+/// One try of one member: the request with the member's credential in place
+/// of the client's, classified by how it ended. `path_and_query` is relative
+/// to the `/v1` root (`/chat/completions?x=1`); `model` picks an Azure
+/// member's deployment.
+pub async fn send(
     upstream: &Upstream,
     method: Method,
     path_and_query: &str,
     headers: &HeaderMap,
     body: Bytes,
     model: Option<&str>,
-) -> Result<Response, ApiError> {
+) -> Outcome {
     let url = upstream.url(path_and_query, model);
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
@@ -177,17 +195,16 @@ pub async fn forward(
     let result = upstream.client.request(method, url).headers(out).body(body).send().await;
     metrics::histogram!("keygate_upstream_latency_seconds", "upstream" => upstream.name.clone())
         .record(started.elapsed().as_secs_f64());
-    let response = result.map_err(|error| {
-        let name = upstream.name.clone();
-        if error.is_timeout() {
-            tracing::warn!(upstream = %name, %error, "upstream timed out");
-            ApiError::UpstreamTimeout { upstream: name }
-        } else {
-            tracing::warn!(upstream = %name, %error, "upstream unreachable");
-            ApiError::UpstreamUnreachable { upstream: name }
+    match result {
+        Ok(response) if pool::is_refusal(response.status()) => Outcome::Refused(response),
+        Ok(response) => Outcome::Answer(response),
+        Err(error) => {
+            // `is_connect`: nothing reached the member, so any request may go elsewhere.
+            let sent = !error.is_connect();
+            tracing::warn!(upstream = %upstream.name, %error, sent, "upstream failed");
+            Outcome::Failed { timed_out: error.is_timeout(), sent }
         }
-    })?;
-    Ok(stream_back(response))
+    }
 }
 
 /// The methods keygate forwards; anything else (TRACE, CONNECT, ...) is
@@ -220,7 +237,9 @@ pub async fn filter_model_list(response: Response, allowed: impl Fn(&str) -> boo
     Response::from_parts(parts, Body::from(body))
 }
 
-fn stream_back(upstream: reqwest::Response) -> Response {
+/// The member's answer as the client's: streamed as it arrives, its hop and
+/// cookie headers dropped, its request id kept apart.
+pub fn stream_back(upstream: reqwest::Response) -> Response {
     let status = upstream.status();
     let mut headers = HeaderMap::with_capacity(upstream.headers().len() + 1);
     for (name, value) in upstream.headers() {
@@ -250,7 +269,6 @@ mod tests {
             name: "u".into(),
             base: reqwest::Url::parse(base).unwrap(),
             credential: None,
-            models: Vec::new(),
             client: reqwest::Client::new(),
             kind,
         }

@@ -6,7 +6,8 @@
 //! 3. authorise the model: [`authorise_model`]
 //! 4. admit: [`admit`], against the limits and budgets
 //! 5. rewrite: [`rewrite`], the body the upstream gets
-//! 6. forward: [`forward`], to the upstream the model routes to
+//! 6. forward: [`forward`], to a member of the pool the model routes to,
+//!    failing over to another when one cannot serve
 //! 7. tap and meter: [`make_ours`], then the usage tap as the answer streams
 //!
 //! The first two are route layers, shared with keygate's own routes and the
@@ -30,11 +31,11 @@ use crate::auth::{Authorized, Denial, KeyRef};
 use crate::dialect::{ApiError, Dialect};
 use crate::ids::RequestId;
 use crate::limits::{Limiter, RateHeaders, Ticket};
-use crate::proxy::{self, RequestMeta, Upstream};
+use crate::proxy::{self, Attempt, Forwarded, Member, Pool, RequestMeta};
 use crate::request::{read_body, ClientIp};
 use crate::route::Route;
 use crate::state::{AppState, Settings};
-use crate::store::UsageKind;
+use crate::store::{DenialRecord, UsageKind};
 use crate::time::{go_duration, Timestamp};
 use crate::usage::{self, Metered};
 
@@ -46,18 +47,33 @@ pub(super) async fn data_plane(State(state): State<AppState>, req: Request) -> R
     let model = authorise_model(&request, &settings.azure_deployments)?;
     let ticket = admit(&state.limiter, &request, &model, settings).await?;
     let rate_headers = ticket.headers.clone();
-    let upstream = state.upstreams.route(model.name());
+    let pool = state.upstreams.route(model.name());
     let outgoing = rewrite(&request, &model, settings.metering);
-    let metered = usage_record(&request, &model, upstream, &outgoing, ticket, state.clock.now());
-    let answer = match forward(upstream, &request, outgoing.body, model.name()).await {
-        Ok(answer) => answer,
-        Err(error) => {
-            let status = if matches!(error, ApiError::UpstreamTimeout { .. }) { 504 } else { 502 };
-            state.meter.failed(metered, status);
+    let at = state.clock.now();
+    let tokens =
+        if pool.counts_tokens() { token_estimate(&request, model.name(), settings.default_max_tokens) } else { 0 };
+    let forwarded = forward(pool, &request, &outgoing, model.name(), tokens).await;
+    let (member, response, attempts) = match forwarded {
+        Forwarded::Served { member, response, attempts } => (member, response, attempts),
+        Forwarded::Exhausted { last: Some((member, response)), attempts, .. } => {
+            // The last member's own refusal (its 429 or 5xx) is the answer.
+            (member, response, attempts)
+        }
+        Forwarded::Exhausted { last: None, attempts, timed_out } => {
+            let error = unserved(pool, &attempts, timed_out);
+            let failed_member = attempts.last().map_or(pool.name.as_str(), |a| a.member.as_str());
+            let metered = usage_record(&request, &model, failed_member, false, &outgoing, ticket, at);
+            report_failures(&state, &request, pool, &attempts, &error);
+            state.meter.failed(metered, error.status_and_code().0);
             return Err(error);
         }
     };
-    let answer = make_ours(settings, &request, &rate_headers, answer).await;
+    if response.status().is_client_error() || response.status().is_server_error() || !attempts.is_empty() {
+        report_failures_of(&state, &request, pool, &attempts, member, response.status());
+    }
+    let azure_member = member.upstream.is_azure();
+    let metered = usage_record(&request, &model, member.name(), azure_member, &outgoing, ticket, at);
+    let answer = make_ours(settings, &request, &rate_headers, proxy::stream_back(response)).await;
     Ok(if settings.metering { state.meter.tap(answer, metered) } else { answer })
 }
 
@@ -150,7 +166,11 @@ async fn admit(
     settings: &Settings,
 ) -> Result<Ticket, Denial> {
     let model = model.name();
-    let tokens = token_estimate(limiter, request, model, settings.default_max_tokens);
+    let tokens = if limiter.wants_tokens(&request.authorized, model) {
+        token_estimate(request, model, settings.default_max_tokens)
+    } else {
+        0
+    };
     limiter.admit(&request.authorized, model, tokens).await.map_err(|exceeded| Denial::Limited {
         key: KeyRef::of(&request.authorized.key),
         model: model.map(str::to_owned),
@@ -159,14 +179,14 @@ async fn admit(
     })
 }
 
-/// Only model calls use tokens, and only when a token limit applies:
-/// completions get the completion allowance, embeddings their prompt,
-/// everything else (lists, files) none.
-fn token_estimate(limiter: &Limiter, request: &PlaneRequest, model: Option<&str>, default_max_tokens: u64) -> u64 {
-    match (limiter.wants_tokens(&request.authorized, model), UsageKind::of_path(request.path())) {
-        (false, _) | (true, UsageKind::Other) => 0,
-        (true, UsageKind::Embeddings) => usage::estimate_request_tokens(model, &request.body, 0),
-        (true, UsageKind::Completions) => {
+/// The tokens a request is expected to use, for token limits (a key's, a
+/// project's, a pool member's): completions get the completion allowance,
+/// embeddings their prompt, everything else (lists, files) none.
+fn token_estimate(request: &PlaneRequest, model: Option<&str>, default_max_tokens: u64) -> u64 {
+    match UsageKind::of_path(request.path()) {
+        UsageKind::Other => 0,
+        UsageKind::Embeddings => usage::estimate_request_tokens(model, &request.body, 0),
+        UsageKind::Completions => {
             usage::estimate_request_tokens(model, &request.body, request.meta.max_tokens.unwrap_or(default_max_tokens))
         }
     }
@@ -200,12 +220,14 @@ fn rewrite(request: &PlaneRequest, model: &Model<'_>, metering: bool) -> Outgoin
     Outgoing { body, strip_injected_usage }
 }
 
-/// What metering knows before the answer: the request, where it went, and
-/// the admission to settle once the real usage is known.
+/// What metering knows before the answer: the request, the member that
+/// served it (or failed last), and the admission to settle once the real
+/// usage is known.
 fn usage_record(
     request: &PlaneRequest,
     model: &Model<'_>,
-    upstream: &Upstream,
+    member: &str,
+    azure_member: bool,
     outgoing: &Outgoing,
     ticket: Ticket,
     at: Timestamp,
@@ -216,27 +238,115 @@ fn usage_record(
         at,
         model: model.name().map(str::to_owned),
         route: request.path().to_owned(),
-        upstream: upstream.name.clone(),
+        upstream: member.to_owned(),
         client_ip: extensions.get::<ClientIp>().map(|c| c.0),
         started: Instant::now(),
         request_body: outgoing.body.clone(),
         strip_injected_usage: outgoing.strip_injected_usage,
-        strip_azure_fields: upstream.is_azure() && !request.is_azure(),
+        strip_azure_fields: azure_member && !request.is_azure(),
         authorized: request.authorized.clone(),
         ticket: Some(ticket),
     }
 }
 
-/// Phase 6: the request, with the provider's credential in place of the
-/// client's key, to `upstream`; its answer streams back untouched.
-async fn forward(
-    upstream: &Upstream,
+/// Phase 6: the request, with a member's credential in place of the client's
+/// key, to the members of `pool` in turn until one serves it; the answer is
+/// not read here, so a stream is never tried twice once it has begun.
+async fn forward<'p>(
+    pool: &'p Pool,
     request: &PlaneRequest,
-    body: Bytes,
+    outgoing: &Outgoing,
     model: Option<&str>,
-) -> Result<Response, ApiError> {
+    tokens: u64,
+) -> Forwarded<'p> {
     let relative = request.route.relative();
-    proxy::forward(upstream, request.parts.method.clone(), &relative, &request.parts.headers, body, model).await
+    let method = &request.parts.method;
+    let policy = pool.retry_policy(method, &relative);
+    pool.forward(model, tokens, policy, |member| {
+        proxy::send(&member.upstream, method.clone(), &relative, &request.parts.headers, outgoing.body.clone(), model)
+    })
+    .await
+}
+
+/// The error for a request no member served: the member's own words when
+/// the pool has one (it is unreachable, or did not answer in time), else
+/// that the pool could not serve.
+fn unserved(pool: &Pool, attempts: &[Attempt], timed_out: bool) -> ApiError {
+    let last = attempts.last().map_or_else(|| pool.name.clone(), |a| a.member.clone());
+    let rejected = attempts.iter().any(|a| a.outcome.starts_with("HTTP 401") || a.outcome.starts_with("HTTP 403"));
+    match (pool.members().len(), timed_out, rejected) {
+        (1, true, false) => ApiError::UpstreamTimeout { upstream: last },
+        (1, false, false) if !attempts.is_empty() => ApiError::UpstreamUnreachable { upstream: last },
+        _ => ApiError::UpstreamUnavailable { upstream: pool.name.clone() },
+    }
+}
+
+/// A member whose provider key was refused raises an alert (once per
+/// take-out), and a request that met failures leaves their record for
+/// `keygate explain`: which members it went to and what each answered.
+fn report_failures(state: &AppState, request: &PlaneRequest, pool: &Pool, attempts: &[Attempt], error: &ApiError) {
+    let (status, code) = error.status_and_code();
+    let answer = format!("keygate answered {status} ({}).", code.unwrap_or("error"));
+    record_attempts(state, request, pool, attempts, status, "upstream_unavailable", &answer);
+}
+
+fn report_failures_of(
+    state: &AppState,
+    request: &PlaneRequest,
+    pool: &Pool,
+    attempts: &[Attempt],
+    member: &Member,
+    status: http::StatusCode,
+) {
+    let answer = format!("`{}` answered HTTP {}, which was passed on.", member.name(), status.as_u16());
+    let reason = if status.is_success() || status.is_redirection() { "upstream_failover" } else { "upstream_error" };
+    record_attempts(state, request, pool, attempts, status.as_u16(), reason, &answer);
+}
+
+fn record_attempts(
+    state: &AppState,
+    request: &PlaneRequest,
+    pool: &Pool,
+    attempts: &[Attempt],
+    status: u16,
+    reason: &str,
+    answer: &str,
+) {
+    let key = &request.authorized.key;
+    for attempt in attempts.iter().filter(|a| a.credential_rejected) {
+        state.recorder.alert(state.alerts.queued(usage::upstream_credential_alert(
+            &pool.name,
+            &attempt.member,
+            &attempt.outcome,
+            key,
+            state.clock.now(),
+        )));
+    }
+    // A client's own refusal (400, 404...) at the first member is its own
+    // business; what the members did is recorded when any of them failed.
+    if attempts.is_empty() && status < 500 && status != 429 {
+        return;
+    }
+    let tried: Vec<String> = attempts.iter().map(|a| format!("`{}`: {}", a.member, a.outcome)).collect();
+    let explanation = format!(
+        "The request went to upstream pool `{}`. {}{}",
+        pool.name,
+        if tried.is_empty() { String::new() } else { format!("Members tried: {}. ", tried.join("; ")) },
+        answer
+    );
+    let extensions = &request.parts.extensions;
+    state.recorder.denial(DenialRecord {
+        request_id: extensions.get::<RequestId>().map(|id| id.as_str().to_owned()).unwrap_or_default(),
+        at: state.clock.now(),
+        reason: reason.to_owned(),
+        explanation,
+        key_id: Some(key.id),
+        project_id: key.project_id().map(str::to_owned),
+        status,
+        method: request.parts.method.to_string(),
+        path: request.path().to_owned(),
+        client_ip: extensions.get::<ClientIp>().map(|c| c.0.to_string()),
+    });
 }
 
 /// Phase 7, before the usage tap: the upstream's answer made the client's. A
@@ -306,7 +416,7 @@ mod tests {
     use crate::auth::test_util::{project, record, NOW};
     use crate::auth::KeyIndex;
     use crate::clock::ManualClock;
-    use crate::config::{UpstreamConfig, UpstreamKind, UpstreamTarget};
+    use crate::config::{MemberConfig, UpstreamConfig, UpstreamKind, UpstreamTarget};
     use crate::limits::{Budgets, LocalBackend, Taken};
     use crate::policy::RateLimits;
     use crate::proxy::Upstreams;
@@ -439,20 +549,21 @@ mod tests {
     }
 
     #[test]
-    fn only_model_calls_under_a_token_limit_are_estimated() {
+    fn only_model_calls_are_estimated_and_only_under_a_token_limit() {
         let limiter = limiter();
         let tpm = || authorized(None, RateLimits { max_tokens_per_1_minute: Some(10_000), ..RateLimits::default() });
         let messages = r#""messages":[{"role":"user","content":"hi"}]"#;
         let asked =
             request(Method::POST, "/v1/chat/completions", &format!(r#"{{{messages},"max_tokens":100}}"#), tpm());
         let defaulted = request(Method::POST, "/v1/chat/completions", &format!("{{{messages}}}"), tpm());
-        let asked = token_estimate(&limiter, &asked, Some("gpt-4o"), 16);
-        let defaulted = token_estimate(&limiter, &defaulted, Some("gpt-4o"), 16);
+        let asked = token_estimate(&asked, Some("gpt-4o"), 16);
+        let defaulted = token_estimate(&defaulted, Some("gpt-4o"), 16);
         assert!(defaulted > 16 && asked == defaulted - 16 + 100, "{defaulted} {asked}");
         let files = request(Method::GET, "/v1/files", "", tpm());
-        assert_eq!(token_estimate(&limiter, &files, None, 16), 0);
-        let unlimited = request(Method::POST, "/v1/chat/completions", &format!("{{{messages}}}"), any_model());
-        assert_eq!(token_estimate(&limiter, &unlimited, Some("gpt-4o"), 16), 0);
+        assert_eq!(token_estimate(&files, None, 16), 0);
+        // Admission estimates only for a key or project with a token limit.
+        assert!(limiter.wants_tokens(&tpm(), Some("gpt-4o")));
+        assert!(!limiter.wants_tokens(&any_model(), Some("gpt-4o")));
     }
 
     #[test]
@@ -475,22 +586,56 @@ mod tests {
 
     #[tokio::test]
     async fn an_upstream_that_cannot_be_reached_is_named_in_the_error() {
-        let down = UpstreamConfig {
+        let member = MemberConfig {
             name: "down".into(),
             // Port 1 on loopback: refused at once, nothing leaves the machine.
             target: UpstreamTarget::Url("http://127.0.0.1:1/v1".into()),
             credential: None,
+            kind: UpstreamKind::OpenAi,
             models: Vec::new(),
+            weight: 1,
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(2),
-            defaulted_to_mock: false,
-            kind: UpstreamKind::OpenAi,
+            max_requests_per_1_minute: None,
+            max_tokens_per_1_minute: None,
         };
-        let upstreams = Upstreams::build(&[down], None).unwrap();
+        let single = UpstreamConfig {
+            name: "down".into(),
+            models: Vec::new(),
+            members: vec![member.clone()],
+            retries: 0,
+            retry_deadline: Duration::from_secs(5),
+            failure_threshold: 3,
+            cooldown: Duration::from_secs(30),
+            defaulted_to_mock: false,
+        };
         let models = request(Method::GET, "/v1/models", "", any_model());
-        match forward(upstreams.route(None), &models, Bytes::new(), None).await {
-            Err(ApiError::UpstreamUnreachable { upstream }) => assert_eq!(upstream, "down"),
-            other => panic!("{:?}", other.map(|answer| answer.status())),
+        let outgoing = Outgoing { body: Bytes::new(), strip_injected_usage: false };
+        let upstreams = Upstreams::build(std::slice::from_ref(&single), None).unwrap();
+        let pool = upstreams.route(None);
+        match forward(pool, &models, &outgoing, None, 0).await {
+            Forwarded::Exhausted { last: None, attempts, timed_out: false } => {
+                assert_eq!(attempts.len(), 1);
+                assert!(
+                    matches!(unserved(pool, &attempts, false), ApiError::UpstreamUnreachable { upstream } if upstream == "down")
+                );
+            }
+            _ => panic!("served by a closed port"),
+        }
+        // A pool of two: both tried (nothing was sent, so any request may go on), then 503.
+        let second = MemberConfig { name: "down-too".into(), ..member };
+        let pool_of_two = UpstreamConfig { members: vec![single.members[0].clone(), second], retries: 1, ..single };
+        let upstreams = Upstreams::build(&[pool_of_two], None).unwrap();
+        let pool = upstreams.route(None);
+        let chat = request(Method::POST, "/v1/files", "{}", any_model());
+        match forward(pool, &chat, &outgoing, None, 0).await {
+            Forwarded::Exhausted { last: None, attempts, .. } => {
+                let members: Vec<&str> = attempts.iter().map(|a| a.member.as_str()).collect();
+                assert_eq!(members.len(), 2, "{attempts:?}");
+                assert!(members.contains(&"down") && members.contains(&"down-too"));
+                assert!(matches!(unserved(pool, &attempts, false), ApiError::UpstreamUnavailable { .. }));
+            }
+            _ => panic!("served by a closed port"),
         }
     }
 

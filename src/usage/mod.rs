@@ -169,6 +169,33 @@ fn budget_alert(m: &Metered, scope: &BudgetScope, budget: Budget, spent: i64) ->
     }
 }
 
+/// A pool member's provider key was refused (401/403): the member is out of
+/// rotation and its key must be replaced. Raised once per take-out, while
+/// serving `key` (whose own key is fine: its client got a 503, not a 401).
+pub fn upstream_credential_alert(
+    pool: &str,
+    member: &str,
+    outcome: &str,
+    key: &crate::auth::IndexedKey,
+    at: crate::time::Timestamp,
+) -> Alert {
+    Alert {
+        id: alert_id(&format!("upstream_credential/{pool}/{member}/{at}")),
+        at,
+        key_id: key.id,
+        project_id: key.project_id().map(str::to_owned),
+        kind: "upstream_credential_rejected".into(),
+        severity: "critical".into(),
+        message: format!(
+            "upstream `{pool}` member `{member}`: the provider refused keygate's key for it ({outcome}); \
+             replace that member's provider key (clients' keygate keys are fine)"
+        ),
+        details: serde_json::json!({"pool": pool, "member": member, "outcome": outcome}),
+        delivery: None,
+        acknowledged: None,
+    }
+}
+
 /// Tokens a request is expected to use, for token limits: its prompt (by the
 /// model's tokenizer) plus its completion allowance.
 pub fn estimate_request_tokens(model: Option<&str>, body: &[u8], max_tokens: u64) -> u64 {

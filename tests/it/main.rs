@@ -31,6 +31,8 @@ mod leaks;
 mod lifecycle;
 /// Rate limits, budgets, concurrency, failed-auth throttle.
 mod limits;
+/// Upstream pools: failover, member health, the record of who served.
+mod pools;
 /// Issue #18 proved from outside: no key oracle, no secret at rest, durable writes.
 mod proof;
 /// Forwarding: credentials, headers, routing, streaming, cancellation.

@@ -59,18 +59,19 @@ async fn upstream_without_credential_gets_no_authorization() {
     let mock = MockUpstream::start().await;
     let toml = format!("[upstream]\nurl = \"{}\"", mock.url);
     let config = keygate::config::Config::from_toml(&toml, &Bare).unwrap();
-    assert!(config.upstreams[0].credential.is_none());
+    assert!(config.upstreams[0].members[0].credential.is_none());
     let upstreams = keygate::proxy::Upstreams::build(&config.upstreams, None).unwrap();
-    let response = keygate::proxy::forward(
-        upstreams.route(None),
+    let member = &upstreams.route(None).members()[0];
+    let outcome = keygate::proxy::send(
+        &member.upstream,
         http::Method::GET,
         "/models",
         &http::HeaderMap::new(),
         bytes::Bytes::new(),
         None,
     )
-    .await
-    .unwrap();
+    .await;
+    let keygate::proxy::Outcome::Answer(response) = outcome else { panic!("the mock answers") };
     assert_eq!(response.status(), 200);
     assert_eq!(mock.requests()[0].header("authorization"), None);
 }

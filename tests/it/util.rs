@@ -55,6 +55,21 @@ pub struct MockState {
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     /// Set when an endless stream's body is dropped (the client went away).
     pub stream_dropped: Arc<AtomicBool>,
+    /// How the mock answers every request (recorded first).
+    pub behaviour: Arc<Mutex<Behaviour>>,
+}
+
+/// What a mock upstream does with each request, for pool and failover tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Behaviour {
+    #[default]
+    Serve,
+    /// Answers this status with an OpenAI error body (401: a bad provider key).
+    Status(u16),
+    /// Serves, this many milliseconds late.
+    Slow(u64),
+    /// Starts a 200 event stream, sends one event, then breaks the connection.
+    CutStream,
 }
 
 pub struct MockUpstream {
@@ -85,6 +100,10 @@ impl MockUpstream {
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().clone()
     }
+
+    pub fn behave(&self, behaviour: Behaviour) {
+        *self.state.behaviour.lock() = behaviour;
+    }
 }
 
 async fn record(State(state): State<MockState>, req: Request, next: Next) -> Response {
@@ -96,7 +115,42 @@ async fn record(State(state): State<MockState>, req: Request, next: Next) -> Res
         headers: parts.headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect(),
         body: body.clone(),
     });
-    let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    let behaviour = *state.behaviour.lock();
+    let mut response = match behaviour {
+        Behaviour::Serve => next.run(Request::from_parts(parts, Body::from(body))).await,
+        Behaviour::Slow(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            next.run(Request::from_parts(parts, Body::from(body))).await
+        }
+        Behaviour::Status(status) => {
+            let (code, message) = match status {
+                401 => ("invalid_api_key", "Incorrect API key provided: sk-upstr**********here."),
+                429 => ("rate_limit_exceeded", "Rate limit reached for gpt-4o-mini."),
+                _ => ("server_error", "The server had an error while processing your request."),
+            };
+            let body =
+                json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}});
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap()
+        }
+        Behaviour::CutStream => {
+            // The break comes after the first event has surely left.
+            let events = futures_util::stream::unfold(0u8, |n| async move {
+                match n {
+                    0 => Some((Ok(Bytes::from_static(b"data: {\"n\":0}\n\n")), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Some((Err(std::io::Error::other("the member went away mid-stream")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(events)).unwrap()
+        }
+    };
     let headers = response.headers_mut();
     headers.insert("x-request-id", "upstream-req-1".parse().unwrap());
     // OpenAI's limits for the upstream account's key, as it sends them on
