@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the per-request path: key parse and checksum, index
 //! lookup at 1k/100k/1M keys, the whole authentication decision, the limiter,
 //! auth + limit at 1M keys (cold and just-written request headers), error
-//! rendering. `cargo bench --bench hot_path`.
+//! rendering, picking a pool member. `cargo bench --bench hot_path`.
 #![allow(clippy::unwrap_used)] // benchmark setup: a panic is a broken benchmark
 
 use std::hint::black_box;
@@ -220,8 +220,41 @@ fn rendering(c: &mut Criterion) {
     c.bench_function("render OpenAI 401", |b| b.iter(|| render_openai(black_box(&error))));
 }
 
+/// Picking a pool member (route by model, then weighted least load among
+/// members in rotation): what a pool adds to a request before it is sent.
+fn pool_pick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pool pick");
+    for members in [1usize, 3, 10] {
+        let mut toml = String::from("[[upstreams]]\nname = \"pool\"\nmodels = [\"gpt-4o*\"]\n");
+        for i in 0..members {
+            toml.push_str(&format!(
+                "[[upstreams.members]]\nname = \"m{i}\"\nurl = \"http://127.0.0.1:9/v1\"\nweight = {}\n",
+                i + 1
+            ));
+        }
+        let config = keygate::config::Config::from_toml(&toml, &NoEnv).unwrap();
+        let upstreams = keygate::proxy::Upstreams::build(&config.upstreams, Some("http://127.0.0.1:9/v1")).unwrap();
+        group.bench_with_input(BenchmarkId::from_parameter(members), &upstreams, |b, upstreams| {
+            b.iter(|| upstreams.route(black_box(Some("gpt-4o-mini"))).pick(Some("gpt-4o-mini"), 0, &[]))
+        });
+    }
+    group.finish();
+}
+
+struct NoEnv;
+
+impl keygate::config::Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
 criterion_group!(
     benches,
+    pool_pick,
     key_format,
     index,
     decision,

@@ -143,6 +143,16 @@ impl Gateway {
             }
         }
         let upstreams = Arc::new(Upstreams::build(&config.upstreams, mock_base.as_deref())?);
+        if let Some(every) = upstreams.probe_interval() {
+            let probing = Arc::clone(&upstreams);
+            tasks.spawn(
+                "upstream probes",
+                jobs::periodic(every, move || {
+                    let upstreams = Arc::clone(&probing);
+                    async move { upstreams.probe().await }
+                }),
+            );
+        }
 
         // The exporter keeps every histogram sample until something drains
         // it; without this, a gateway nobody scrapes grows by each request.

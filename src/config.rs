@@ -256,6 +256,8 @@ struct RawUpstream {
     failure_threshold: Option<u32>,
     /// ... for this long, before one request tries it again (default 30).
     cooldown_seconds: Option<u64>,
+    /// A pool: ask each member `GET /models` this often (default 0: never).
+    probe_interval_seconds: Option<u64>,
 }
 
 /// The Azure front door: deployments clients may name, accepted api-versions.
@@ -416,6 +418,8 @@ pub struct UpstreamConfig {
     /// Consecutive failures that take a member out, and for how long.
     pub failure_threshold: u32,
     pub cooldown: Duration,
+    /// Active health checks (`GET /models` on each member); `None`: passive only.
+    pub probe_interval: Option<Duration>,
     /// True when no upstream was configured at all and keygate fell back to the mock.
     pub defaulted_to_mock: bool,
 }
@@ -1098,8 +1102,14 @@ fn single(raw: RawUpstream, name: String, mut member: MemberConfig) -> Result<Up
         retry_deadline: Duration::from_secs(60),
         failure_threshold: raw.failure_threshold.unwrap_or(3).max(1),
         cooldown: Duration::from_secs(raw.cooldown_seconds.unwrap_or(30)),
+        probe_interval: probe_interval(raw.probe_interval_seconds),
         defaulted_to_mock: false,
     })
+}
+
+/// Probes at most once a second; 0 (the default) turns them off.
+fn probe_interval(seconds: Option<u64>) -> Option<Duration> {
+    seconds.filter(|s| *s > 0).map(|s| Duration::from_secs(s.max(1)))
 }
 
 /// `members = [...]`: a pool. The pool's own entry names the route (name,
@@ -1155,6 +1165,7 @@ fn pool(raw: RawUpstream, name: String, field: &str, env: &dyn Env) -> Result<Up
         retry_deadline: Duration::from_millis(deadline),
         failure_threshold: raw.failure_threshold.unwrap_or(3).max(1),
         cooldown: Duration::from_secs(raw.cooldown_seconds.unwrap_or(30).max(1)),
+        probe_interval: probe_interval(raw.probe_interval_seconds),
         defaulted_to_mock: false,
     })
 }

@@ -116,7 +116,8 @@ impl Upstreams {
             }
             anyhow::ensure!(!members.is_empty(), "upstream `{}` has no member", c.name);
             let breaker = Breaker { failures: c.failure_threshold, cooldown: c.cooldown, ..Breaker::default() };
-            pools.push(Pool::new(c.name.clone(), c.models.clone(), members, breaker, c.retries, c.retry_deadline));
+            let pool = Pool::new(c.name.clone(), c.models.clone(), members, breaker, c.retries, c.retry_deadline);
+            pools.push(pool.with_probes(c.probe_interval));
         }
         anyhow::ensure!(!pools.is_empty(), "no upstream configured");
         Ok(Self(pools))
@@ -130,6 +131,24 @@ impl Upstreams {
 
     pub fn pools(&self) -> &[Pool] {
         &self.0
+    }
+
+    /// The shortest probe interval of any pool (`None`: no pool probes).
+    pub fn probe_interval(&self) -> Option<std::time::Duration> {
+        self.0.iter().filter_map(Pool::probe_interval).min()
+    }
+
+    /// Active health checks: `GET /models` on every member of each pool
+    /// whose probe is due, with the member's credential. An answer puts a
+    /// member back in rotation; a failure counts as one.
+    pub async fn probe(&self) {
+        for pool in self.0.iter().filter(|p| p.probe_due()) {
+            for member in pool.members() {
+                let outcome =
+                    send(&member.upstream, Method::GET, "/models", &HeaderMap::new(), Bytes::new(), None).await;
+                pool.probed(member, outcome);
+            }
+        }
     }
 }
 

@@ -150,6 +150,9 @@ pub struct Pool {
     epoch: Instant,
     /// Rotates the start of the search, so ties spread.
     turn: AtomicUsize,
+    /// Active health checks: how often, and when the last ran (pool clock, ms).
+    probe_every: Option<Duration>,
+    probed_at: AtomicI64,
 }
 
 impl Member {
@@ -194,6 +197,46 @@ impl Pool {
             retry_deadline,
             epoch: Instant::now(),
             turn: AtomicUsize::new(0),
+            probe_every: None,
+            probed_at: AtomicI64::new(i64::MIN / 2),
+        }
+    }
+
+    /// Checks each member with `GET /models` this often (`None`: passive health only).
+    pub fn with_probes(mut self, every: Option<Duration>) -> Self {
+        self.probe_every = every;
+        self
+    }
+
+    pub fn probe_interval(&self) -> Option<Duration> {
+        self.probe_every
+    }
+
+    /// Whether this pool's probe is due now (and, if so, marks it run).
+    pub fn probe_due(&self) -> bool {
+        let Some(every) = self.probe_every else { return false };
+        let now = self.now_ms();
+        let last = self.probed_at.load(Ordering::Acquire);
+        // A tick comes a little early now and then: a probe is due within 10% of its interval.
+        let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+        let due = now - last >= every - every / 10;
+        due && self.probed_at.compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// A probe's outcome: an answer (any but a refusal) puts the member back
+    /// in rotation, a refusal or no answer counts as a failure.
+    pub fn probed(&self, member: &Member, outcome: Outcome) {
+        match outcome {
+            Outcome::Answer(_) => self.succeeded(member, Duration::ZERO),
+            Outcome::Refused(response) => {
+                let status = response.status();
+                let rejected = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+                self.failed(member, &format!("probe: {}", refusal_words(status)), rejected, None);
+            }
+            Outcome::Failed { timed_out, .. } => {
+                let words = if timed_out { "probe: no answer in time" } else { "probe: not reachable" };
+                self.failed(member, words, false, None);
+            }
         }
     }
 
@@ -372,6 +415,9 @@ impl Pool {
         }
         health.trial.store(false, Ordering::Release);
         health.credential_rejected.store(false, Ordering::Release);
+        if latency.is_zero() {
+            return; // a probe: in rotation again, its latency unmeasured
+        }
         let sample = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
         let old = health.latency_us.load(Ordering::Relaxed);
         // An exponential average (1/4 weight to the newest) follows a member

@@ -607,6 +607,7 @@ mod tests {
             retry_deadline: Duration::from_secs(5),
             failure_threshold: 3,
             cooldown: Duration::from_secs(30),
+            probe_interval: None,
             defaulted_to_mock: false,
         };
         let models = request(Method::GET, "/v1/models", "", any_model());

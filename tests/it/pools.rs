@@ -171,3 +171,31 @@ async fn a_members_429_is_passed_on_when_no_other_member_can_serve() {
     assert_eq!(a.requests().len() + b.requests().len(), 2, "each member tried once");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_probe_puts_a_member_whose_key_was_fixed_back_in_rotation() {
+    let default = MockUpstream::start().await;
+    let (flaky, steady) = (MockUpstream::start().await, MockUpstream::start().await);
+    flaky.behave(Behaviour::Status(401));
+    let toml = pool_toml(&[("flaky", &flaky.url), ("steady", &steady.url)], "probe_interval_seconds = 1\n");
+    let gw = TestGateway::start(&default.url, &toml).await;
+    let (_, key) = gw.create_key("probed").await;
+    let state_of = |name: &'static str| {
+        let gw = &gw;
+        async move {
+            let (_, upstreams) = gw.admin(Method::GET, "/v1/keygate/upstreams", None).await;
+            let pool = upstreams["data"].as_array().unwrap().iter().find(|p| p["name"] == "mini-pool").unwrap().clone();
+            pool["members"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()["state"].clone()
+        }
+    };
+    // Until the probe finds it out, requests may meet it; they are all served.
+    for _ in 0..4 {
+        assert_eq!(call(&gw, &key, &chat()).await.status(), 200);
+    }
+    assert!(eventually(std::time::Duration::from_secs(5), || async { state_of("flaky").await == "open" }).await);
+    // The provider key is fixed: the next probe brings the member back, long
+    // before its five minutes out.
+    flaky.behave(Behaviour::Serve);
+    assert!(eventually(std::time::Duration::from_secs(5), || async { state_of("flaky").await == "healthy" }).await);
+    gw.stop().await;
+}
