@@ -279,8 +279,28 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- routing --------------------------------------------------------
 
+    def _admitted(self, rec: RecordedRequest) -> bool:
+        """As a provider checks its own key: with `expected_key` set, any other
+        credential gets OpenAI's 401; `delay_seconds` slows every answer."""
+        owner = self.server.owner
+        if owner.delay_seconds:
+            time.sleep(owner.delay_seconds)
+        if owner.expected_key is None or rec.headers.get("authorization") == f"Bearer {owner.expected_key}":
+            return True
+        self._send_json(
+            rec,
+            401,
+            _error(
+                "Incorrect API key provided: sk-wrong. You can find your API key at https://platform.openai.com/account/api-keys.",
+                code="invalid_api_key",
+            ),
+        )
+        return False
+
     def do_GET(self) -> None:  # noqa: N802
         rec = self._record()
+        if not self._admitted(rec):
+            return
         path = urlsplit(self.path).path
         if path == "/v1/models":
             data = [{"id": m, "object": "model", "created": CREATED, "owned_by": "openai"} for m in MODELS]
@@ -304,6 +324,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         rec = self._record()
+        if not self._admitted(rec):
+            return
         path = urlsplit(self.path).path
         azure = _AZURE_ROUTE.fullmatch(path)
         if azure is not None:
@@ -602,6 +624,9 @@ class MockUpstream:
     _counter: int = 0
     release: threading.Event = field(default_factory=threading.Event)
     gate_results: list[bool] = field(default_factory=list)
+    # A provider's own key check (None: any credential), and a slow provider.
+    expected_key: str | None = None
+    delay_seconds: float = 0.0
 
     def start(self) -> "MockUpstream":
         self._server = _Server((self.host, self.port), _Handler)
