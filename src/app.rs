@@ -43,6 +43,10 @@ pub fn metrics_handle() -> PrometheusHandle {
 /// labels start at 0, so a scrape shows them (and an alert on `increase()`
 /// works) before the first event; labelled ones appear with their first label.
 fn describe_metrics() {
+    metrics::describe_gauge!(
+        "keygate_upstream_member_up",
+        "1 while an upstream pool member is in rotation, 0 while it cools down (failures, or its provider key was refused)."
+    );
     const COUNTERS: &[(&str, bool, &str)] = &[
         ("keygate_requests_total", true, "Requests answered, by matched route template, method and status."),
         (
@@ -67,6 +71,11 @@ fn describe_metrics() {
             "Connections closed at once because server.max_connections were open.",
         ),
         ("keygate_leak_reports_total", false, "Leaked-key reports received."),
+        (
+            "keygate_upstream_member_failures_total",
+            true,
+            "Failed tries of an upstream pool member (unreachable, timed out, 429, 401, 5xx), by pool and member.",
+        ),
         ("keygate_leaked_keys_revoked_total", false, "Live keys revoked because they were reported leaked."),
     ];
     for &(name, labelled, help) in COUNTERS {
@@ -157,6 +166,9 @@ impl Gateway {
         // The exporter keeps every histogram sample until something drains
         // it; without this, a gateway nobody scrapes grows by each request.
         let metrics = metrics_handle();
+        for pool in upstreams.pools() {
+            pool.announce_all();
+        }
         let upkeep = metrics.clone();
         tasks.spawn(
             "metrics upkeep",

@@ -630,7 +630,19 @@ impl Config {
 
         let mut upstreams = vec![default_upstream(raw.upstream, o, env)?];
         for (i, u) in raw.upstreams.into_iter().enumerate() {
-            upstreams.push(routed_upstream(u, i, env)?);
+            let routed = routed_upstream(u, i, env)?;
+            // Usage rows, explain and metrics name the member: one name, one endpoint.
+            let taken = |name: &str| upstreams.iter().flat_map(|u: &UpstreamConfig| &u.members).any(|m| m.name == name);
+            if let Some(twin) = routed.members.iter().find(|m| taken(&m.name)) {
+                return Err(invalid(
+                    format!("upstreams[{i}].name"),
+                    format!(
+                        "`{}` already names another upstream or member: names must be unique across every pool",
+                        twin.name
+                    ),
+                ));
+            }
+            upstreams.push(routed);
         }
 
         let log = LogConfig {
@@ -1028,6 +1040,9 @@ fn credential_from(raw: &RawUpstream, env: &dyn Env, field: &str) -> Result<Opti
 /// refused there, and would leave the gateway), which happens when the key an
 /// app should use is left in the gateway's `OPENAI_API_KEY`.
 fn provider_credential(value: String, var: &str, field: &str) -> Result<Secret, ConfigError> {
+    if value.trim().is_empty() {
+        return Err(invalid(field, format!("reads `{var}`, which is empty: it must hold the provider's key")));
+    }
     if crate::key::parse(value.trim()).is_ok() {
         return Err(invalid_with_help(
             field,
@@ -1042,6 +1057,17 @@ fn provider_credential(value: String, var: &str, field: &str) -> Result<Secret, 
 fn default_upstream(raw: RawUpstream, o: &Overrides, env: &dyn Env) -> Result<UpstreamConfig, ConfigError> {
     let name = raw.name.clone().unwrap_or_else(|| "default".into());
     if raw.members.is_some() {
+        // The shortcuts name one endpoint: with members, say so rather than
+        // let them be ignored.
+        let shortcut = o.upstream_url.as_ref().map(|_| "--upstream").or_else(|| {
+            ["KEYGATE_UPSTREAM_URL", "KEYGATE_UPSTREAM_API_KEY"].into_iter().find(|var| env.var(var).is_some())
+        });
+        if let Some(shortcut) = shortcut {
+            return Err(invalid(
+                "upstream.members",
+                format!("{shortcut} names one upstream endpoint, but [upstream] is a pool: set each member's url and credential in the file"),
+            ));
+        }
         return pool(raw, name, "upstream", env);
     }
     let mut member = member(&raw, name.clone(), "upstream", false, env)?;
@@ -1059,7 +1085,7 @@ fn default_upstream(raw: RawUpstream, o: &Overrides, env: &dyn Env) -> Result<Up
         None if defaulted_to_mock => UpstreamTarget::Mock,
         None => UpstreamTarget::Url(DEFAULT_UPSTREAM_URL.into()),
     };
-    let mut pool = single(raw, name, member)?;
+    let mut pool = single(raw, name, member, "upstream")?;
     pool.defaulted_to_mock = defaulted_to_mock;
     Ok(pool)
 }
@@ -1087,12 +1113,38 @@ fn routed_upstream(raw: RawUpstream, i: usize, env: &dyn Env) -> Result<Upstream
         return pool(raw, name, &field, env);
     }
     let member = member(&raw, name.clone(), &field, true, env)?;
-    single(raw, name, member)
+    single(raw, name, member, &field)
+}
+
+/// The settings of a pool that `raw` has, if any: the first one's name.
+fn pool_only(raw: &RawUpstream) -> Option<&'static str> {
+    [
+        (raw.members.is_some(), "members"),
+        (raw.retries.is_some(), "retries"),
+        (raw.retry_deadline_ms.is_some(), "retry_deadline_ms"),
+        (raw.failure_threshold.is_some(), "failure_threshold"),
+        (raw.cooldown_seconds.is_some(), "cooldown_seconds"),
+        (raw.probe_interval_seconds.is_some(), "probe_interval_seconds"),
+    ]
+    .into_iter()
+    .find_map(|(set, what)| set.then_some(what))
 }
 
 /// A plain upstream: a pool whose one member is the upstream itself (and
-/// serves every model routed to it).
-fn single(raw: RawUpstream, name: String, mut member: MemberConfig) -> Result<UpstreamConfig, ConfigError> {
+/// serves every model routed to it). Failover settings mean nothing for it.
+fn single(
+    raw: RawUpstream,
+    name: String,
+    mut member: MemberConfig,
+    field: &str,
+) -> Result<UpstreamConfig, ConfigError> {
+    let weight = raw.weight.is_some().then_some("weight");
+    if let Some(what) = pool_only(&raw).filter(|w| *w != "members").or(weight) {
+        return Err(invalid(
+            format!("{field}.{what}"),
+            "is a pool's setting: give this upstream members = [...] (each with its url and credential) to make it a pool",
+        ));
+    }
     member.models.clear();
     Ok(UpstreamConfig {
         name,
@@ -1120,7 +1172,13 @@ fn pool(raw: RawUpstream, name: String, field: &str, env: &dyn Env) -> Result<Up
         (raw.api_key_env.is_some(), "api_key_env"),
         (raw.api_key_file.is_some(), "api_key_file"),
         (raw.kind.is_some(), "kind"),
+        (raw.api_version.is_some(), "api_version"),
+        (raw.deployments.is_some(), "deployments"),
         (raw.weight.is_some(), "weight"),
+        (raw.connect_timeout_ms.is_some(), "connect_timeout_ms"),
+        (raw.read_timeout_ms.is_some(), "read_timeout_ms"),
+        (raw.max_requests_per_1_minute.is_some(), "max_requests_per_1_minute"),
+        (raw.max_tokens_per_1_minute.is_some(), "max_tokens_per_1_minute"),
     ] {
         if set {
             return Err(invalid(format!("{field}.{what}"), "belongs to each of the pool's members, not to the pool"));
@@ -1133,11 +1191,8 @@ fn pool(raw: RawUpstream, name: String, field: &str, env: &dyn Env) -> Result<Up
     let mut members: Vec<MemberConfig> = Vec::with_capacity(raw_members.len());
     for (i, m) in raw_members.iter().enumerate() {
         let mfield = format!("{field}.members[{i}]");
-        if m.members.is_some() || m.retries.is_some() || m.retry_deadline_ms.is_some() {
-            return Err(invalid(
-                mfield,
-                "a member is one endpoint: members, retries and retry_deadline_ms belong to its pool",
-            ));
+        if let Some(what) = pool_only(m) {
+            return Err(invalid(format!("{mfield}.{what}"), "belongs to the pool, not to one of its members"));
         }
         let mname = m.name.clone().ok_or_else(|| invalid(format!("{mfield}.name"), "is required"))?;
         if members.iter().any(|other| other.name == mname) {

@@ -441,3 +441,39 @@ fn every_anomaly_setting_is_checked() {
     assert!(config.anomaly.is_none() && config.alert_webhook.is_some(), "alerts are delivered with the watcher off");
     assert!(!format!("{config:?}").contains("ZXhhbXBsZS1vbmx5"), "the secret is not in Debug output");
 }
+
+#[test]
+fn a_pool_takes_endpoint_settings_on_its_members_only_and_names_are_unique() {
+    let env = FakeEnv::with(&[("K", "sk-provider")]);
+    let member = |name: &str| {
+        format!("[[upstreams.members]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:9/v1\"\napi_key_env = \"K\"\n")
+    };
+    let pool =
+        |extra: &str, members: &str| format!("[[upstreams]]\nname = \"p\"\nmodels = [\"gpt-*\"]\n{extra}{members}");
+    let good = pool("", &format!("{}{}", member("a"), member("b")));
+    let config = Config::from_toml(&good, &env).unwrap();
+    assert_eq!(config.upstreams[1].members.len(), 2);
+    assert_eq!(config.upstreams[1].retries, 1);
+
+    let error = |toml: &str| Config::from_toml(toml, &env).unwrap_err().to_string();
+    assert!(error(&pool("url = \"http://x/v1\"\n", &member("a"))).contains("upstreams[0].url"));
+    assert!(error(&pool("read_timeout_ms = 5\n", &member("a"))).contains("belongs to each of the pool's members"));
+    assert!(error(&pool("", &format!("{}retries = 2\n", member("a")))).contains("members[0].retries"));
+    assert!(error(&pool("", &format!("{}{}", member("a"), member("a")))).contains("names two members"));
+    assert!(error(&pool("", &member("default"))).contains("unique across every pool"));
+    let plain = "[[upstreams]]\nname = \"x\"\nurl = \"http://127.0.0.1:9/v1\"\nmodels = [\"m\"]\nweight = 2\n";
+    assert!(error(plain).contains("is a pool's setting"));
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let from_file = pool(
+        "",
+        &format!(
+            "[[upstreams.members]]\nname = \"f\"\nurl = \"http://127.0.0.1:9/v1\"\napi_key_file = \"{}\"\n",
+            empty.path().display()
+        ),
+    );
+    assert!(error(&from_file).contains("empty"));
+    let default_pool = format!("[upstream]\n{}", member("a").replace("[[upstreams.members]]", "[[upstream.members]]"));
+    assert!(Config::from_toml(&default_pool, &env).is_ok());
+    let shortcut = FakeEnv::with(&[("K", "sk-provider"), ("KEYGATE_UPSTREAM_URL", "http://127.0.0.1:9/v1")]);
+    assert!(Config::from_toml(&default_pool, &shortcut).unwrap_err().to_string().contains("KEYGATE_UPSTREAM_URL"));
+}

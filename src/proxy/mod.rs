@@ -142,13 +142,19 @@ impl Upstreams {
     /// whose probe is due, with the member's credential. An answer puts a
     /// member back in rotation; a failure counts as one.
     pub async fn probe(&self) {
-        for pool in self.0.iter().filter(|p| p.probe_due()) {
-            for member in pool.members() {
-                let outcome =
-                    send(&member.upstream, Method::GET, "/models", &HeaderMap::new(), Bytes::new(), None).await;
+        /// A member that does not list its models in this long is not well.
+        const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+        let probes = self.0.iter().filter(|p| p.probe_due()).flat_map(|pool| {
+            pool.members().iter().map(move |member| async move {
+                let headers = HeaderMap::new();
+                let request = send(&member.upstream, Method::GET, "/models", &headers, Bytes::new(), None);
+                let outcome = tokio::time::timeout(PROBE_TIMEOUT, request)
+                    .await
+                    .unwrap_or(Outcome::Failed { timed_out: true, sent: true });
                 pool.probed(member, outcome);
-            }
-        }
+            })
+        });
+        futures_util::future::join_all(probes).await;
     }
 }
 

@@ -75,6 +75,8 @@ struct Health {
     trial: AtomicBool,
     /// Why the circuit is open: a rejected provider key, not ordinary failures.
     credential_rejected: AtomicBool,
+    /// The rejection was reported (an alert), once per take-out.
+    reported: AtomicBool,
     /// Smoothed latency to the answer's head, microseconds (0: never measured).
     latency_us: AtomicU64,
     requests: AtomicU64,
@@ -135,6 +137,36 @@ pub enum Forwarded<'p> {
     /// Every try failed. `last` is the last member's own refusal (a 429 or a
     /// 5xx), when there was one, which is passed on as it is.
     Exhausted { last: Option<(&'p Member, reqwest::Response)>, attempts: Vec<Attempt>, timed_out: bool },
+}
+
+/// One try in flight on a member: counted as load until it ends, even when
+/// the request is dropped mid-try (the client hung up).
+struct Try<'m> {
+    member: &'m Member,
+    done: bool,
+}
+
+impl<'m> Try<'m> {
+    fn start(member: &'m Member) -> Self {
+        member.health.inflight.fetch_add(1, Ordering::AcqRel);
+        member.health.requests.fetch_add(1, Ordering::Relaxed);
+        Self { member, done: false }
+    }
+
+    fn finish(mut self) {
+        self.done = true;
+        self.member.health.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Try<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Abandoned: neither a success nor a failure of the member.
+            self.member.health.inflight.fetch_sub(1, Ordering::AcqRel);
+            self.member.health.trial.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// A route: the members behind one model pattern.
@@ -202,6 +234,14 @@ impl Pool {
         }
     }
 
+    /// Puts every member on `/metrics` as in rotation.
+    pub fn announce_all(&self) {
+        for member in &self.members {
+            metrics::gauge!("keygate_upstream_member_up", "pool" => self.name.clone(), "member" => member.name().to_owned())
+                .set(1.0);
+        }
+    }
+
     /// Checks each member with `GET /models` this often (`None`: passive health only).
     pub fn with_probes(mut self, every: Option<Duration>) -> Self {
         self.probe_every = every;
@@ -230,8 +270,12 @@ impl Pool {
             Outcome::Answer(_) => self.succeeded(member, Duration::ZERO),
             Outcome::Refused(response) => {
                 let status = response.status();
-                let rejected = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
-                self.failed(member, &format!("probe: {}", refusal_words(status)), rejected, None);
+                let rejected = status == StatusCode::UNAUTHORIZED;
+                // Reported by the next request that meets it (an alert
+                // belongs to the request that found the key bad).
+                if self.failed(member, &format!("probe: {}", refusal_words(status)), rejected, None) {
+                    member.health.reported.store(false, Ordering::Release);
+                }
             }
             Outcome::Failed { timed_out, .. } => {
                 let words = if timed_out { "probe: no answer in time" } else { "probe: not reachable" };
@@ -281,7 +325,11 @@ impl Pool {
             if open_until > now || (half_open && member.health.trial.load(Ordering::Acquire)) {
                 continue;
             }
-            let score = member.score();
+            // A request without a model (files, batches, stored responses,
+            // fine-tunes) is about objects that live with one provider
+            // account: it goes to the first member in rotation, by
+            // configured order, so they are found again.
+            let score = if model.is_none() { i as u128 } else { member.score() };
             if best.is_none_or(|(s, _, _)| score < s) {
                 best = Some((score, i, half_open));
             }
@@ -308,30 +356,15 @@ impl Pool {
     /// Charges the member's own limits (GCRA over a minute); false, charging
     /// nothing, when the request would exceed one.
     fn within_limits(&self, member: &Member, tokens: u64, now: i64) -> bool {
-        let take = |tat: &AtomicI64, per_minute: Option<u64>, cost: u64| -> Option<i64> {
-            let Some(per_minute) = per_minute.filter(|p| *p > 0) else { return Some(i64::MIN) };
-            let interval = 60_000.0 / per_minute as f64;
-            let previous = tat.load(Ordering::Acquire);
-            let next = previous.max(now) + (interval * cost.max(1) as f64).ceil() as i64;
-            (next - now <= 60_000).then_some(next)
-        };
         let health = &member.health;
-        let (requests_prev, tokens_prev) =
-            (health.requests_tat.load(Ordering::Acquire), health.tokens_tat.load(Ordering::Acquire));
-        let Some(requests_next) = take(&health.requests_tat, member.limits.requests_per_minute, 1) else {
+        let Some(requests) = charge(&health.requests_tat, member.limits.requests_per_minute, 1, now) else {
             return false;
         };
-        let Some(tokens_next) = take(&health.tokens_tat, member.limits.tokens_per_minute, tokens) else {
+        if charge(&health.tokens_tat, member.limits.tokens_per_minute, tokens, now).is_none() {
+            if let Some(cost) = requests {
+                health.requests_tat.fetch_sub(cost, Ordering::AcqRel);
+            }
             return false;
-        };
-        // A lost race only lets one request more through this minute: the
-        // limits of a member are a guard for the provider's, not an exact count.
-        if requests_next != i64::MIN {
-            let _ =
-                health.requests_tat.compare_exchange(requests_prev, requests_next, Ordering::AcqRel, Ordering::Acquire);
-        }
-        if tokens_next != i64::MIN {
-            let _ = health.tokens_tat.compare_exchange(tokens_prev, tokens_next, Ordering::AcqRel, Ordering::Acquire);
         }
         true
     }
@@ -358,10 +391,11 @@ impl Pool {
             tried.push(i);
             let member = &self.members[i];
             let started = Instant::now();
-            member.health.inflight.fetch_add(1, Ordering::AcqRel);
-            member.health.requests.fetch_add(1, Ordering::Relaxed);
+            // Undone on drop: a client that hangs up mid-try leaves no load
+            // behind and no half-open trial held.
+            let try_guard = Try::start(member);
             let outcome = send(member).await;
-            member.health.inflight.fetch_sub(1, Ordering::AcqRel);
+            try_guard.finish();
             let again = match outcome {
                 Outcome::Answer(response) => {
                     self.succeeded(member, started.elapsed());
@@ -369,18 +403,30 @@ impl Pool {
                 }
                 Outcome::Refused(response) => {
                     let status = response.status();
-                    let rejected = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
-                    let newly_out =
-                        self.failed(member, &format!("HTTP {}", status.as_u16()), rejected, retry_after(&response));
+                    // 401 is the provider refusing this member's key; a 403
+                    // (a model this account lacks, a missing scope) is about
+                    // the request: another member may serve it, and it says
+                    // nothing of this member's health.
+                    let rejected = status == StatusCode::UNAUTHORIZED;
+                    let report = if status == StatusCode::FORBIDDEN {
+                        self.passed_over(member);
+                        false
+                    } else {
+                        self.failed(member, &format!("HTTP {}", status.as_u16()), rejected, retry_after(&response))
+                    };
                     attempts.push(Attempt {
                         member: member.name().to_owned(),
                         outcome: refusal_words(status),
-                        credential_rejected: newly_out && rejected,
+                        credential_rejected: report,
                     });
-                    // A member's own 429 or 5xx may reach the client if nobody
-                    // else serves; a rejected provider key never does.
-                    let repeatable = status == StatusCode::TOO_MANY_REQUESTS || rejected || policy.repeatable;
-                    last = (!rejected).then_some((member, response));
+                    let repeatable = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::FORBIDDEN)
+                        || rejected
+                        || policy.repeatable;
+                    // A member's own 429, 403 or 5xx may reach the client if
+                    // nobody else serves; a rejected provider key never does.
+                    if !rejected {
+                        last = Some((member, response));
+                    }
                     repeatable
                 }
                 Outcome::Failed { timed_out: t, sent } => {
@@ -395,7 +441,6 @@ impl Pool {
                         outcome: words.to_owned(),
                         credential_rejected: false,
                     });
-                    last = None;
                     timed_out = t;
                     !sent || policy.repeatable
                 }
@@ -407,6 +452,12 @@ impl Pool {
         Forwarded::Exhausted { last, attempts, timed_out }
     }
 
+    /// A try that did not judge the member (a 403 about the request): its
+    /// half-open trial, if it held one, is free again.
+    fn passed_over(&self, member: &Member) {
+        member.health.trial.store(false, Ordering::Release);
+    }
+
     fn succeeded(&self, member: &Member, latency: Duration) {
         let health = &member.health;
         health.consecutive_failures.store(0, Ordering::Release);
@@ -415,6 +466,7 @@ impl Pool {
         }
         health.trial.store(false, Ordering::Release);
         health.credential_rejected.store(false, Ordering::Release);
+        health.reported.store(false, Ordering::Release);
         if latency.is_zero() {
             return; // a probe: in rotation again, its latency unmeasured
         }
@@ -428,28 +480,35 @@ impl Pool {
 
     /// Counts a failure; opens the circuit at the threshold (at once for a
     /// rejected key, or for `pause` when the member asked for one). True when
-    /// this failure took the member out.
+    /// this is a rejected key not yet reported (an alert is due). A pool of
+    /// one never takes its member out: there is nobody to fail over to, and
+    /// the member's own answer is better than a 503.
     fn failed(&self, member: &Member, words: &str, rejected: bool, pause: Option<Duration>) -> bool {
         let health = &member.health;
         health.failures.fetch_add(1, Ordering::Relaxed);
         *health.last_error.lock() = Some(words.to_owned());
         let failures = health.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
         let was_half_open = health.trial.swap(false, Ordering::AcqRel);
-        let cooldown = if rejected {
+        metrics::counter!("keygate_upstream_member_failures_total", "pool" => self.name.clone(), "member" => member.name().to_owned())
+            .increment(1);
+        if rejected {
+            health.credential_rejected.store(true, Ordering::Release);
+        }
+        let cooldown = if self.members.len() == 1 {
+            None
+        } else if rejected {
             Some(self.breaker.credential_cooldown)
         } else if failures >= self.breaker.failures || was_half_open {
             Some(self.breaker.cooldown)
         } else {
             pause
         };
-        metrics::counter!("keygate_upstream_member_failures_total", "pool" => self.name.clone(), "member" => member.name().to_owned())
-            .increment(1);
-        let Some(cooldown) = cooldown else { return false };
-        let until = self.now_ms() + i64::try_from(cooldown.as_millis()).unwrap_or(i64::MAX / 2);
-        health.open_until.store(until, Ordering::Release);
-        self.announce(member, 0.0);
-        // Reported once per take-out, not by every request that finds it out.
-        rejected && !health.credential_rejected.swap(true, Ordering::AcqRel)
+        if let Some(cooldown) = cooldown {
+            let until = self.now_ms() + i64::try_from(cooldown.as_millis()).unwrap_or(i64::MAX / 2);
+            health.open_until.store(until, Ordering::Release);
+            self.announce(member, 0.0);
+        }
+        rejected && !health.reported.swap(true, Ordering::AcqRel)
     }
 
     /// `keygate_upstream_member_up`: 1 in rotation, 0 cooling down (set on
@@ -496,6 +555,25 @@ impl Pool {
     }
 }
 
+/// Takes `cost` from a GCRA over a minute at `per_minute` (none: no limit,
+/// `Some(None)`); `None` when it would exceed it. On success with a limit,
+/// `Some(Some(ms))`: what was added to the arrival time, for a rollback.
+fn charge(tat: &AtomicI64, per_minute: Option<u64>, cost: u64, now: i64) -> Option<Option<i64>> {
+    let Some(per_minute) = per_minute.filter(|p| *p > 0) else { return Some(None) };
+    let added = (60_000.0 / per_minute as f64 * cost.max(1) as f64).ceil() as i64;
+    let mut previous = tat.load(Ordering::Acquire);
+    loop {
+        let next = previous.max(now) + added;
+        if next - now > 60_000 {
+            return None;
+        }
+        match tat.compare_exchange_weak(previous, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(Some(next - previous)),
+            Err(actual) => previous = actual,
+        }
+    }
+}
+
 /// One member as `GET /v1/keygate/upstreams` shows it: never its credential.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MemberStatus {
@@ -518,9 +596,10 @@ pub struct MemberStatus {
 
 fn refusal_words(status: StatusCode) -> String {
     match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            format!("HTTP {} (the provider refused this member's key; it is out of rotation)", status.as_u16())
+        StatusCode::UNAUTHORIZED => {
+            "HTTP 401 (the provider refused this member's key; it is out of rotation)".to_owned()
         }
+        StatusCode::FORBIDDEN => "HTTP 403 (this member's account may not serve this request)".to_owned(),
         StatusCode::TOO_MANY_REQUESTS => "HTTP 429 (the provider's rate limit or quota)".to_owned(),
         status => format!("HTTP {}", status.as_u16()),
     }

@@ -52,6 +52,7 @@ pub(super) async fn data_plane(State(state): State<AppState>, req: Request) -> R
     let at = state.clock.now();
     let tokens =
         if pool.counts_tokens() { token_estimate(&request, model.name(), settings.default_max_tokens) } else { 0 };
+    let started = Instant::now();
     let forwarded = forward(pool, &request, &outgoing, model.name(), tokens).await;
     let (member, response, attempts) = match forwarded {
         Forwarded::Served { member, response, attempts } => (member, response, attempts),
@@ -62,7 +63,7 @@ pub(super) async fn data_plane(State(state): State<AppState>, req: Request) -> R
         Forwarded::Exhausted { last: None, attempts, timed_out } => {
             let error = unserved(pool, &attempts, timed_out);
             let failed_member = attempts.last().map_or(pool.name.as_str(), |a| a.member.as_str());
-            let metered = usage_record(&request, &model, failed_member, false, &outgoing, ticket, at);
+            let metered = usage_record(&request, &model, (failed_member, false), &outgoing, (ticket, at, started));
             report_failures(&state, &request, pool, &attempts, &error);
             state.meter.failed(metered, error.status_and_code().0);
             return Err(error);
@@ -72,7 +73,7 @@ pub(super) async fn data_plane(State(state): State<AppState>, req: Request) -> R
         report_failures_of(&state, &request, pool, &attempts, member, response.status());
     }
     let azure_member = member.upstream.is_azure();
-    let metered = usage_record(&request, &model, member.name(), azure_member, &outgoing, ticket, at);
+    let metered = usage_record(&request, &model, (member.name(), azure_member), &outgoing, (ticket, at, started));
     let answer = make_ours(settings, &request, &rate_headers, proxy::stream_back(response)).await;
     Ok(if settings.metering { state.meter.tap(answer, metered) } else { answer })
 }
@@ -226,11 +227,9 @@ fn rewrite(request: &PlaneRequest, model: &Model<'_>, metering: bool) -> Outgoin
 fn usage_record(
     request: &PlaneRequest,
     model: &Model<'_>,
-    member: &str,
-    azure_member: bool,
+    (member, azure_member): (&str, bool),
     outgoing: &Outgoing,
-    ticket: Ticket,
-    at: Timestamp,
+    (ticket, at, started): (Ticket, Timestamp, Instant),
 ) -> Metered {
     let extensions = &request.parts.extensions;
     Metered {
@@ -240,7 +239,7 @@ fn usage_record(
         route: request.path().to_owned(),
         upstream: member.to_owned(),
         client_ip: extensions.get::<ClientIp>().map(|c| c.0),
-        started: Instant::now(),
+        started,
         request_body: outgoing.body.clone(),
         strip_injected_usage: outgoing.strip_injected_usage,
         strip_azure_fields: azure_member && !request.is_azure(),
@@ -328,12 +327,24 @@ fn record_attempts(
         return;
     }
     let tried: Vec<String> = attempts.iter().map(|a| format!("`{}`: {}", a.member, a.outcome)).collect();
-    let explanation = format!(
-        "The request went to upstream pool `{}`. {}{}",
-        pool.name,
-        if tried.is_empty() { String::new() } else { format!("Members tried: {}. ", tried.join("; ")) },
-        answer
-    );
+    let tried = if tried.is_empty() {
+        // Nobody was tried: say why each member was passed over.
+        let states: Vec<String> = pool
+            .status()
+            .iter()
+            .map(|m| match &m.last_error {
+                Some(error) => format!("`{}`: {} (last: {error})", m.name, m.state),
+                None => format!("`{}`: {}", m.name, m.state),
+            })
+            .collect();
+        format!(
+            "No member was tried: every one was out of rotation, over its own limits, or serves other models ({}). ",
+            states.join("; ")
+        )
+    } else {
+        format!("Members tried: {}. ", tried.join("; "))
+    };
+    let explanation = format!("The request went to upstream pool `{}`. {tried}{answer}", pool.name);
     let extensions = &request.parts.extensions;
     state.recorder.denial(DenialRecord {
         request_id: extensions.get::<RequestId>().map(|id| id.as_str().to_owned()).unwrap_or_default(),

@@ -169,9 +169,11 @@ fn budget_alert(m: &Metered, scope: &BudgetScope, budget: Budget, spent: i64) ->
     }
 }
 
-/// A pool member's provider key was refused (401/403): the member is out of
-/// rotation and its key must be replaced. Raised once per take-out, while
-/// serving `key` (whose own key is fine: its client got a 503, not a 401).
+/// A pool member's provider key was refused (401): the member is out of
+/// rotation and its key must be replaced. Raised once per take-out by the
+/// request that found it, which names `key` (whose own key is fine: its
+/// client got a 503, not a 401); the alert is the organization's, in no
+/// project, so no project member can acknowledge it away.
 pub fn upstream_credential_alert(
     pool: &str,
     member: &str,
@@ -183,7 +185,7 @@ pub fn upstream_credential_alert(
         id: alert_id(&format!("upstream_credential/{pool}/{member}/{at}")),
         at,
         key_id: key.id,
-        project_id: key.project_id().map(str::to_owned),
+        project_id: None,
         kind: "upstream_credential_rejected".into(),
         severity: "critical".into(),
         message: format!(

@@ -35,18 +35,18 @@ fn the_least_loaded_member_for_its_weight_is_picked() {
     // Equal latency: two in flight on b (weight 3) weigh less than one on a.
     p.members[0].health.inflight.store(1, Ordering::Relaxed);
     p.members[1].health.inflight.store(2, Ordering::Relaxed);
-    assert_eq!(p.pick(None, 0, &[]), Some(1));
+    assert_eq!(p.pick(Some("m"), 0, &[]), Some(1));
     p.members[1].health.inflight.store(6, Ordering::Relaxed);
-    assert_eq!(p.pick(None, 0, &[]), Some(0));
+    assert_eq!(p.pick(Some("m"), 0, &[]), Some(0));
     // A slow member is passed over while a fast one is free.
     p.members[0].health.inflight.store(0, Ordering::Relaxed);
     p.members[1].health.inflight.store(0, Ordering::Relaxed);
     p.members[0].health.latency_us.store(500_000, Ordering::Relaxed);
     p.members[1].health.latency_us.store(2_000, Ordering::Relaxed);
     for _ in 0..10 {
-        assert_eq!(p.pick(None, 0, &[]), Some(1));
+        assert_eq!(p.pick(Some("m"), 0, &[]), Some(1));
     }
-    assert_eq!(p.pick(None, 0, &[1]), Some(0), "tried members are skipped");
+    assert_eq!(p.pick(Some("m"), 0, &[1]), Some(0), "tried members are skipped");
 }
 
 #[test]
@@ -71,27 +71,24 @@ fn a_member_serves_only_its_models_and_within_its_own_limits() {
 #[tokio::test]
 async fn failures_open_the_circuit_and_one_request_tries_it_after_the_cooldown() {
     let breaker = Breaker { failures: 2, cooldown: Duration::from_millis(50), ..Breaker::default() };
-    let p = Pool::new(
-        "p".into(),
-        Vec::new(),
-        vec![member("a", 1, &[], MemberLimits::default())],
-        breaker,
-        0,
-        Duration::from_secs(60),
-    );
+    // `a` alone serves "m" (a pool of one would never take it out).
+    let members =
+        vec![member("a", 1, &["m"], MemberLimits::default()), member("b", 1, &["other"], MemberLimits::default())];
+    let p = Pool::new("p".into(), Vec::new(), members, breaker, 0, Duration::from_secs(60));
+    let m = Some("m");
     let fail = |_: &Member| async { Outcome::Failed { timed_out: false, sent: false } };
     for _ in 0..2 {
-        assert!(matches!(p.forward(None, 0, policy(0, true), fail).await, Forwarded::Exhausted { .. }));
+        assert!(matches!(p.forward(m, 0, policy(0, true), fail).await, Forwarded::Exhausted { .. }));
     }
     assert_eq!(p.status()[0].state, "open");
-    assert_eq!(p.pick(None, 0, &[]), None, "open: skipped");
+    assert_eq!(p.pick(m, 0, &[]), None, "open: skipped");
     tokio::time::sleep(Duration::from_millis(60)).await;
     assert_eq!(p.status()[0].state, "half_open");
-    assert_eq!(p.pick(None, 0, &[]), Some(0), "half-open: one trial");
-    assert_eq!(p.pick(None, 0, &[]), None, "and only one");
+    assert_eq!(p.pick(m, 0, &[]), Some(0), "half-open: one trial");
+    assert_eq!(p.pick(m, 0, &[]), None, "and only one");
     p.members[0].health.trial.store(false, Ordering::Release);
     let ok = |_: &Member| async { Outcome::Answer(answer(StatusCode::OK)) };
-    assert!(matches!(p.forward(None, 0, policy(0, true), ok).await, Forwarded::Served { .. }));
+    assert!(matches!(p.forward(m, 0, policy(0, true), ok).await, Forwarded::Served { .. }));
     assert_eq!(p.status()[0].state, "healthy");
     assert_eq!(p.status()[0].consecutive_failures, 0);
 }
@@ -163,6 +160,8 @@ async fn a_request_that_may_have_started_is_not_sent_twice_unless_it_is_repeatab
         calls.fetch_add(1, Ordering::Relaxed);
         async { Outcome::Refused(answer(StatusCode::TOO_MANY_REQUESTS)) }
     };
+    // Fresh members: the failures above took these out.
+    let p = pool(vec![member("a", 1, &[], MemberLimits::default()), member("b", 1, &[], MemberLimits::default())]);
     assert!(matches!(
         p.forward(None, 0, policy(1, false), throttled).await,
         Forwarded::Exhausted { last: Some(_), .. }
@@ -183,4 +182,66 @@ fn only_requests_without_side_effects_are_repeatable() {
     ] {
         assert_eq!(RetryPolicy::repeatable(&method, path), repeatable, "{method} {path}");
     }
+}
+
+#[tokio::test]
+async fn a_try_abandoned_mid_way_leaves_no_load_and_no_trial_behind() {
+    let breaker = Breaker { failures: 1, cooldown: Duration::from_millis(10), ..Breaker::default() };
+    let members = vec![member("a", 1, &[], MemberLimits::default()), member("b", 1, &[], MemberLimits::default())];
+    let p = Pool::new("p".into(), Vec::new(), members, breaker, 0, Duration::from_secs(60));
+    let fail = |_: &Member| async { Outcome::Failed { timed_out: false, sent: false } };
+    let _ = p.forward(Some("m"), 0, policy(1, true), fail).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Both half-open; the client hangs up while a trial is in flight.
+    let hang = |_: &Member| std::future::pending::<Outcome>();
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(20), p.forward(Some("m"), 0, policy(0, true), hang)).await;
+    assert!(cancelled.is_err());
+    for status in p.status() {
+        assert_eq!(status.inflight, 0, "{status:?}");
+    }
+    assert!(p.members.iter().all(|m| !m.health.trial.load(Ordering::Acquire)), "the trial is free again");
+    assert!(p.pick(Some("m"), 0, &[]).is_some());
+}
+
+#[tokio::test]
+async fn a_403_is_about_the_request_it_fails_over_and_leaves_the_member_in_rotation() {
+    let p = pool(vec![member("a", 1000, &[], MemberLimits::default()), member("b", 1, &[], MemberLimits::default())]);
+    let forbidden = |_: &Member| async { Outcome::Refused(answer(StatusCode::FORBIDDEN)) };
+    match p.forward(Some("m"), 0, policy(1, false), forbidden).await {
+        // Nobody serves: the last member's own 403 is the answer.
+        Forwarded::Exhausted { last: Some((_, response)), attempts, .. } => {
+            assert_eq!(response.status(), StatusCode::FORBIDDEN);
+            assert_eq!(attempts.len(), 2);
+            assert!(attempts.iter().all(|a| !a.credential_rejected));
+        }
+        _ => panic!("a 403 is not served"),
+    }
+    assert!(p.status().iter().all(|m| m.state == "healthy" && !m.credential_rejected));
+}
+
+#[tokio::test]
+async fn a_pool_of_one_never_takes_its_member_out() {
+    let p = pool(vec![member("only", 1, &[], MemberLimits::default())]);
+    let down = |_: &Member| async { Outcome::Failed { timed_out: false, sent: false } };
+    for _ in 0..5 {
+        let _ = p.forward(Some("m"), 0, policy(0, true), down).await;
+    }
+    let throttled = |_: &Member| async { Outcome::Refused(answer(StatusCode::TOO_MANY_REQUESTS)) };
+    let _ = p.forward(Some("m"), 0, policy(0, true), throttled).await;
+    assert_eq!(p.status()[0].state, "healthy");
+    assert_eq!(p.status()[0].consecutive_failures, 6);
+    assert_eq!(p.pick(Some("m"), 0, &[]), Some(0), "always tried: its own answer beats a 503");
+}
+
+#[test]
+fn a_request_without_a_model_goes_to_the_first_member_in_rotation() {
+    let p = pool(vec![
+        member("files-home", 1, &[], MemberLimits::default()),
+        member("b", 1000, &[], MemberLimits::default()),
+    ]);
+    for _ in 0..5 {
+        assert_eq!(p.pick(None, 0, &[]), Some(0), "the objects a request names live with one account");
+    }
+    assert_eq!(p.pick(Some("gpt-4o"), 0, &[]), Some(1));
 }
