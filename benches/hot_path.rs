@@ -216,7 +216,11 @@ fn redis_limiter(c: &mut Criterion) {
 }
 
 fn rendering(c: &mut Criterion) {
-    let error = ApiError::Denied(keygate::auth::Denial::UnknownKey { mask: "sk-prod-****abcd".into(), foreign: None });
+    let error = ApiError::Denied(keygate::auth::Denial::UnknownKey {
+        mask: "sk-prod-****abcd".into(),
+        foreign: None,
+        legacy: false,
+    });
     c.bench_function("render OpenAI 401", |b| b.iter(|| render_openai(black_box(&error))));
 }
 

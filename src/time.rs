@@ -13,6 +13,53 @@ pub fn rfc3339(ts: Timestamp) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
+/// Reads an ISO 8601 / RFC 3339 date-time (`2025-01-31T12:00:00`, with `T`
+/// or a space, optional fractions, `Z` or `+hh:mm`; no zone means UTC), or a
+/// bare date, as other gateways' exports write them.
+pub fn parse_datetime(text: &str) -> Option<Timestamp> {
+    let text = text.trim();
+    let num = |s: &str| -> Option<i64> { s.bytes().all(|b| b.is_ascii_digit()).then(|| s.parse().ok()).flatten() };
+    let (date, rest) = text.split_at(text.find(['T', 't', ' ']).unwrap_or(text.len()));
+    let mut parts = date.split('-');
+    let (y, m, d) = (num(parts.next()?)?, num(parts.next()?)?, num(parts.next()?)?);
+    if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let rest = rest.get(1..).unwrap_or("");
+    let (clock, offset) = match rest.find(['Z', 'z', '+', '-']) {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, ""),
+    };
+    let mut hms = clock.split('.').next().unwrap_or("").split(':');
+    let (h, mi, s) = match (hms.next().filter(|h| !h.is_empty()), hms.next(), hms.next()) {
+        (None, _, _) => (0, 0, 0),
+        (Some(h), Some(mi), s) => (num(h)?, num(mi)?, s.map_or(Some(0), num)?),
+        _ => return None,
+    };
+    if h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let offset = match offset {
+        "" | "Z" | "z" => 0,
+        o => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = o[1..].split_once(':').unwrap_or((&o[1..], "0"));
+            sign * (num(oh)? * 3600 + num(om)? * 60)
+        }
+    };
+    Some(days_from_civil(y, m, d) * 86_400 + h * 3600 + mi * 60 + s - offset)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Formats microseconds as Go's `time.Duration` prints them (`120ms`, `1.78s`, `6m0s`).
 pub fn go_duration(us: i64) -> String {
     let us = us.max(0);

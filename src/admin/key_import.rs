@@ -1,8 +1,11 @@
 //! `POST /v1/organization/projects/{id}/api_keys/import` (ours): brings keys
-//! from another keygate deployment (`keygate keys import --from keygate`)
-//! into a project here. Only digests travel: every imported key keeps its id
-//! and its secrets, so its users change nothing. Idempotent: a key already
-//! here is reported, not duplicated.
+//! into a project here, from another keygate deployment (`keygate keys
+//! import --from keygate`: each keeps its id and its secrets) or from
+//! elsewhere (`--from plaintext|sha256`: keys without keygate's id and
+//! checksum, which get an id here and are marked legacy). Only digests
+//! travel: the key's users change nothing. Idempotent: a key already here
+//! (by id, or for a foreign key by its digest) is reported, not duplicated;
+//! `dry_run` reports what would happen and writes nothing.
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
@@ -29,13 +32,17 @@ const MAX_KEYS: usize = 500;
 #[serde(deny_unknown_fields)]
 pub struct ImportKeys {
     keys: Vec<ImportedKey>,
+    /// Check every key and report what would happen; write nothing.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ImportedKey {
-    /// `key_...`, kept: keygate keys carry their id.
-    id: String,
+    /// `key_...`, kept: keygate keys carry their id. Absent for a key from
+    /// elsewhere, which gets one here.
+    id: Option<String>,
     name: String,
     prefix: Option<String>,
     permissions: Option<String>,
@@ -79,8 +86,9 @@ struct ImportedSecret {
 pub struct ImportResult {
     id: String,
     name: String,
-    /// `imported`, `exists` (a key with this id is here already), `conflict`
-    /// (one of its secrets belongs to another key here) or `expired`.
+    /// `imported` (`new` in a dry run), `exists` (a key with this id, or a
+    /// foreign key with this secret, is here already), `conflict` (one of its
+    /// secrets belongs to another key here) or `expired`.
     result: &'static str,
 }
 
@@ -109,8 +117,12 @@ pub async fn import(
     let mut data = Vec::with_capacity(keys.len());
     let mut imported = Vec::new();
     let mut outcome = Ok(());
-    for (key, secrets, active) in keys {
-        match import_one(&state, &actor, &project, &owner, key, secrets, active, now).await {
+    for key in keys {
+        if req.dry_run {
+            data.push(plan(&state, &key.key, &key.secrets, key.foreign, now).await?.0);
+            continue;
+        }
+        match import_one(&state, &actor, &project, &owner, key, now).await {
             Ok((result, record)) => {
                 data.push(result);
                 imported.extend(record);
@@ -128,31 +140,20 @@ pub async fn import(
 }
 
 /// Imports one validated key: its result, and the stored record when it went in.
-#[allow(clippy::too_many_arguments, reason = "the request's context, passed down from one caller")]
 async fn import_one(
     state: &AppState,
     actor: &Principal,
     project: &Project,
     owner: &ServiceAccount,
-    mut key: NewKey,
-    mut secrets: Vec<SecretVersion>,
-    active: bool,
+    Validated { mut key, mut secrets, active, foreign }: Validated,
     now: Timestamp,
 ) -> Result<(ImportResult, Option<KeyRecord>), ApiError> {
-    let result = |result| ImportResult { id: key.id.api_id(), name: key.name.clone(), result };
     secrets.retain(|s| s.expires_at.is_none_or(|at| at > now));
-    if state.store.get_key(&key.id).await?.is_some() {
-        return Ok((result("exists"), None));
+    let (planned, go) = plan(state, &key, &secrets, foreign, now).await?;
+    if !go {
+        return Ok((planned, None));
     }
-    for secret in &secrets {
-        if state.store.find_key_by_digest(&secret.digest).await?.is_some() {
-            return Ok((result("conflict"), None));
-        }
-    }
-    if secrets.is_empty() || key.expires_at.is_some_and(|at| at <= now) {
-        return Ok((result("expired"), None));
-    }
-    let done = result("imported");
+    let done = ImportResult { result: "imported", ..planned };
     // The oldest secret goes in with the key; each newer one as the
     // rotation that made it, so the older ones keep their grace.
     secrets.sort_by_key(|s| s.created_at);
@@ -182,26 +183,69 @@ async fn import_one(
     Ok((done, Some(record)))
 }
 
-/// A key to insert (project and owner set by the caller), its secrets, and
-/// whether it is active.
-fn validate(k: ImportedKey) -> Result<(NewKey, Vec<SecretVersion>, bool), ApiError> {
-    let id = PublicId::parse(&k.id).ok_or_else(|| bad(format!("Invalid key id `{}`.", k.id), "id"))?;
+/// What importing `key` would do, and whether it goes in. A foreign key
+/// (minted an id here) is the same key as one here with its secret.
+async fn plan(
+    state: &AppState,
+    key: &NewKey,
+    secrets: &[SecretVersion],
+    foreign: bool,
+    now: Timestamp,
+) -> Result<(ImportResult, bool), ApiError> {
+    let result = |result| ImportResult { id: key.id.api_id(), name: key.name.clone(), result };
+    let live: Vec<&SecretVersion> = secrets.iter().filter(|s| s.expires_at.is_none_or(|at| at > now)).collect();
+    if !foreign && state.store.get_key(&key.id).await?.is_some() {
+        return Ok((result("exists"), false));
+    }
+    for secret in &live {
+        if let Some(here) = state.store.find_key_by_digest(&secret.digest).await? {
+            // Imported before: the same key, under the id it got then.
+            if foreign {
+                return Ok((ImportResult { id: here.id.api_id(), ..result("exists") }, false));
+            }
+            return Ok((result("conflict"), false));
+        }
+    }
+    if live.is_empty() || key.expires_at.is_some_and(|at| at <= now) {
+        return Ok((result("expired"), false));
+    }
+    Ok((result("new"), true))
+}
+
+/// A key to insert (project and owner set by the caller), its secrets,
+/// whether it is active, and whether it comes from elsewhere (its id minted here).
+struct Validated {
+    key: NewKey,
+    secrets: Vec<SecretVersion>,
+    active: bool,
+    foreign: bool,
+}
+
+/// Checks one key of the request.
+fn validate(k: ImportedKey) -> Result<Validated, ApiError> {
+    let id = match &k.id {
+        Some(id) => PublicId::parse(id).ok_or_else(|| bad(format!("Invalid key id `{id}`."), "id"))?,
+        // A key from elsewhere: its secrets must say so (no checksum to check).
+        None if k.secrets.iter().all(|s| s.legacy) => PublicId::random(),
+        None => return Err(bad("A key without `id` must have only legacy secrets.", "id")),
+    };
+    let shown = id.api_id();
     let permissions = match k.permissions.as_deref() {
         None => Permissions::default(),
         Some(level) => Permissions::parse(level, &k.scopes.unwrap_or_default())
-            .map_err(|e| bad(format!("Invalid permissions of {}: {e}.", k.id), "permissions"))?,
+            .map_err(|e| bad(format!("Invalid permissions of {shown}: {e}."), "permissions"))?,
     };
     if k.secrets.is_empty() {
-        return Err(bad(format!("Key {} has no secrets.", k.id), "secrets"));
+        return Err(bad(format!("Key {shown} has no secrets."), "secrets"));
     }
     let secrets = k
         .secrets
         .into_iter()
         .map(|s| {
             let digest = hex::decode(&s.sha256).ok().and_then(|bytes| KeyDigest::from_slice(&bytes));
-            let digest = digest.ok_or_else(|| bad(format!("A secret of {} is not a hex SHA-256.", k.id), "sha256"))?;
+            let digest = digest.ok_or_else(|| bad(format!("A secret of {shown} is not a hex SHA-256."), "sha256"))?;
             if s.last4.chars().count() > 4 {
-                return Err(bad(format!("`last4` of {} is longer than 4 characters.", k.id), "last4"));
+                return Err(bad(format!("`last4` of {shown} is longer than 4 characters."), "last4"));
             }
             Ok(SecretVersion {
                 digest,
@@ -235,5 +279,5 @@ fn validate(k: ImportedKey) -> Result<(NewKey, Vec<SecretVersion>, bool), ApiErr
         expires_at: k.expires_at,
         secret: first,
     };
-    Ok((key, secrets, k.active))
+    Ok(Validated { key, secrets, active: k.active, foreign: k.id.is_none() })
 }

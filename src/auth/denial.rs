@@ -80,10 +80,12 @@ pub enum Denial {
         near: Option<KeyRef>,
     },
     /// `foreign`: what the presented string looks like when it is another
-    /// provider's key.
+    /// provider's key; `legacy`: it has no keygate checksum (as keys imported
+    /// from elsewhere have none), so a mistype cannot be told from an unknown key.
     UnknownKey {
         mask: String,
         foreign: Option<ForeignKey>,
+        legacy: bool,
     },
     WrongSecret {
         mask: String,
@@ -269,7 +271,10 @@ impl fmt::Display for Denial {
                 "the client sent {}, not a key issued by this gateway (it still uses its provider key; give it a keygate key)",
                 kind.describe()
             ),
-            Self::UnknownKey { foreign: None, .. } => f.write_str(
+            Self::UnknownKey { foreign: None, legacy: true, .. } => f.write_str(
+                "unknown key (legacy key: no checksum): no key with this value exists on this gateway, and without keygate's checksum a mistyped copy of a legacy key (imported from elsewhere) cannot be told from an unknown key; compare it with the one the key's owner holds, and rotate legacy keys into checksummed ones (`keygate keys rotate`)",
+            ),
+            Self::UnknownKey { foreign: None, legacy: false, .. } => f.write_str(
                 "no key with this value exists on this gateway (from another gateway or environment, deleted, or not a keygate key)",
             ),
             Self::WrongSecret { key, .. } => write!(

@@ -119,10 +119,11 @@ fn unknown(index: &KeyIndex, presented: &Presented, format: Result<String, KeyFo
     match format {
         Ok(id) => match PublicId::parse(&id).and_then(|id| index.by_id(&id)) {
             Some(record) => Denial::WrongSecret { mask, key: KeyRef::of(&record) },
-            None => Denial::UnknownKey { mask, foreign: None },
+            None => Denial::UnknownKey { mask, foreign: None, legacy: false },
         },
         Err(KeyFormatError::NotKeygate) => {
-            Denial::UnknownKey { mask, foreign: ForeignKey::classify(presented.expose()) }
+            let foreign = ForeignKey::classify(presented.expose());
+            Denial::UnknownKey { mask, legacy: foreign.is_none(), foreign }
         }
         Err(reason) => {
             // A mistyped key usually still names the key it was copied from.

@@ -1,8 +1,12 @@
-//! `keygate keys import --from keygate FILE`: the project keys of a
-//! `keygate export` file, sent to a running gateway's import endpoint in
-//! batches. The file holds digests, never secrets, and so does every request.
+//! `keygate keys import --from keygate|plaintext|sha256 FILE|-`: keys sent
+//! to a running gateway's import endpoint in batches. A `keygate export` file
+//! holds digests; plaintext keys are hashed here (`key_formats`); only
+//! digests are ever sent. Every row is checked, here and then by the gateway
+//! (a dry run of every batch), before any is written: a bad row, named by its
+//! line, leaves the gateway as it was.
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -11,6 +15,7 @@ use keygate::store::dump::Reader;
 use serde_json::{json, Value};
 
 use super::client::AdminClient;
+use super::key_formats::{self, Parsed};
 use super::output::{self, Help};
 use super::ClientArgs;
 
@@ -18,43 +23,191 @@ const BATCH: usize = 200;
 
 type Row = BTreeMap<String, Value>;
 
+/// Where the keys come from.
+pub enum Source<'a> {
+    Keygate { source_project: Option<&'a str> },
+    Plaintext,
+    Sha256,
+}
+
 pub async fn run(
-    file: &Path,
+    source: Source<'_>,
+    file: &str,
     project: Option<String>,
-    source_project: Option<&str>,
+    dry_run: bool,
     client: &ClientArgs,
 ) -> anyhow::Result<ExitCode> {
-    let (keys, skipped) = read(file, source_project)?;
     let api = AdminClient::from_env(&client.url)?;
-    let project = api.project_id(project).await?;
-    let mut bar = output::progress_bar("import");
-    let total = keys.len() as u64;
-    let mut results = Vec::with_capacity(keys.len());
-    for batch in keys.chunks(BATCH) {
-        let answer = api
-            .post(&format!("/v1/organization/projects/{project}/api_keys/import"), json!({"keys": batch}))
-            .await
-            .with_context(|| format!("{} keys were imported before this batch failed", imported(&results)))?;
-        results.extend(answer["data"].as_array().cloned().unwrap_or_default());
-        bar(results.len() as u64, total);
+    let default_project = api.project_id(project).await?;
+    let (plan, parsed, skipped) = match source {
+        Source::Keygate { source_project } => {
+            let (keys, skipped) = read(&input(file)?, source_project)?;
+            let plan = keys.into_iter().enumerate().map(|(i, k)| (i + 1, default_project.clone(), k)).collect();
+            (plan, Parsed::default(), Some(skipped))
+        }
+        Source::Plaintext | Source::Sha256 => {
+            let text = String::from_utf8(input(file)?).context("the file is not UTF-8 text")?;
+            let parsed = match source {
+                Source::Plaintext => key_formats::plaintext(&text),
+                _ => key_formats::sha256(&text),
+            };
+            let parsed = parsed.map_err(|errors| {
+                for error in &errors {
+                    output::line(error);
+                }
+                anyhow::Error::new(Help("fix these rows and run the import again; nothing was imported".into()))
+                    .context(format!("{} bad rows in `{file}`", errors.len()))
+            })?;
+            let projects = projects(&api).await?;
+            let mut plan = Vec::with_capacity(parsed.rows.len());
+            let mut unknown = Vec::new();
+            for row in &parsed.rows {
+                match &row.project {
+                    None => plan.push((row.line, default_project.clone(), row.request.clone())),
+                    Some(p) => match projects.get(p) {
+                        Some(id) => plan.push((row.line, id.clone(), row.request.clone())),
+                        None => unknown.push(format!("line {}: no project `{p}` (by id or name)", row.line)),
+                    },
+                }
+            }
+            if !unknown.is_empty() {
+                for error in &unknown {
+                    output::line(error);
+                }
+                return Err(anyhow::Error::new(Help(
+                    "create the projects first (keygate projects create --name NAME), or fix the rows".into(),
+                ))
+                .context(format!("{} rows name unknown projects; nothing was imported", unknown.len())));
+            }
+            (plan, parsed, None)
+        }
+    };
+    // The gateway checks every batch before any is written.
+    let checked = send(&api, &plan, true, None).await?;
+    let results = if dry_run {
+        checked
+    } else {
+        let mut bar = output::progress_bar("import");
+        send(&api, &plan, false, Some(&mut bar)).await?
+    };
+    report(&results, &parsed, skipped, dry_run, client.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The file's bytes; `-` is standard input.
+fn input(file: &str) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    if file == "-" {
+        std::io::stdin().read_to_end(&mut bytes).context("cannot read standard input")?;
+    } else {
+        bytes = std::fs::read(Path::new(file)).with_context(|| format!("cannot read `{file}`"))?;
     }
-    if client.json {
-        output::json(&Value::from(results));
-        return Ok(ExitCode::SUCCESS);
+    Ok(bytes)
+}
+
+/// Every project by id and by name.
+async fn projects(api: &AdminClient) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut by = BTreeMap::new();
+    for p in api.list_all("/v1/organization/projects").await? {
+        let id = output::text(&p["id"]);
+        by.insert(output::text(&p["name"]), id.clone());
+        by.insert(id.clone(), id);
+    }
+    Ok(by)
+}
+
+/// Sends the plan in batches per project; each answer's results carry the row's line.
+async fn send(
+    api: &AdminClient,
+    plan: &[(usize, String, Value)],
+    dry_run: bool,
+    mut bar: Option<&mut dyn FnMut(u64, u64)>,
+) -> anyhow::Result<Vec<Value>> {
+    let mut results = Vec::with_capacity(plan.len());
+    let mut start = 0;
+    while start < plan.len() {
+        let project = &plan[start].1;
+        let end =
+            (start..plan.len()).take(BATCH).take_while(|&i| &plan[i].1 == project).last().map_or(start + 1, |i| i + 1);
+        let batch = &plan[start..end];
+        let keys: Vec<&Value> = batch.iter().map(|(_, _, key)| key).collect();
+        let lines = || format!("lines {} to {}", batch[0].0, batch[batch.len() - 1].0);
+        let answer = api
+            .post(
+                &format!("/v1/organization/projects/{project}/api_keys/import"),
+                json!({"keys": keys, "dry_run": dry_run}),
+            )
+            .await
+            .with_context(|| match dry_run {
+                true => format!("the gateway refused a row among {}; nothing was imported", lines()),
+                false => format!("{} keys were imported before the batch of {} failed", imported(&results), lines()),
+            })?;
+        for ((line, project, _), mut result) in batch.iter().zip(answer["data"].as_array().cloned().unwrap_or_default())
+        {
+            result["line"] = json!(line);
+            result["project"] = json!(project);
+            results.push(result);
+        }
+        start = end;
+        if let Some(bar) = bar.as_mut() {
+            bar(results.len() as u64, plan.len() as u64);
+        }
+    }
+    Ok(results)
+}
+
+/// The summary: every key and what became of it, then what was not mapped.
+fn report(results: &[Value], parsed: &Parsed, skipped: Option<Skipped>, dry_run: bool, json: bool) {
+    if json {
+        output::json(&json!({
+            "dry_run": dry_run,
+            "data": results,
+            "unmapped": parsed.unmapped,
+            "notes": parsed.notes,
+        }));
+        return;
     }
     let rows: Vec<Vec<String>> = results
         .iter()
-        .map(|r| vec![output::text(&r["id"]), output::text(&r["name"]), output::text(&r["result"])])
+        .map(|r| {
+            let result = match output::text(&r["result"]).as_str() {
+                "new" if !dry_run => "imported".to_owned(),
+                "new" => "would import".to_owned(),
+                other => other.to_owned(),
+            };
+            vec![
+                output::text(&r["line"]),
+                output::text(&r["id"]),
+                output::text(&r["name"]),
+                output::text(&r["project"]),
+                result,
+            ]
+        })
         .collect();
-    output::table(&["ID", "NAME", "RESULT"], &rows);
+    output::table(&["LINE", "ID", "NAME", "PROJECT", "RESULT"], &rows);
+    let count = |what: &str| results.iter().filter(|r| r["result"] == what).count();
+    let (new, done) = (count("new"), count("imported"));
+    let summary = if dry_run {
+        format!("Dry run: {new} of {} keys would be imported; nothing was written.", results.len())
+    } else {
+        format!("Imported {done} of {} keys.", results.len())
+    };
     output::line(&format!(
-        "Imported {} of {} keys into {project}; left behind: {} revoked, {} admin keys.",
-        imported(&results),
-        results.len(),
-        skipped.revoked,
-        skipped.admin
+        "{summary} Already here: {}; conflicting: {}; expired: {}.",
+        count("exists"),
+        count("conflict"),
+        count("expired")
     ));
-    Ok(ExitCode::SUCCESS)
+    if let Some(skipped) = skipped {
+        output::line(&format!("Left behind: {} revoked, {} admin keys.", skipped.revoked, skipped.admin));
+    }
+    if !parsed.unmapped.is_empty() {
+        let names: Vec<&str> = parsed.unmapped.iter().map(String::as_str).collect();
+        output::line(&format!("Not mapped (keygate has no such setting): {}.", names.join(", ")));
+    }
+    for note in &parsed.notes {
+        output::line(&format!("Note: {note}."));
+    }
 }
 
 fn imported(results: &[Value]) -> usize {
@@ -68,12 +221,11 @@ struct Skipped {
 }
 
 /// The import requests' keys, in the file's order, and what stays behind.
-fn read(file: &Path, source_project: Option<&str>) -> anyhow::Result<(Vec<Value>, Skipped)> {
-    let opened = std::fs::File::open(file).with_context(|| format!("cannot read `{}`", file.display()))?;
-    let mut input = std::io::BufReader::new(opened);
+fn read(bytes: &[u8], source_project: Option<&str>) -> anyhow::Result<(Vec<Value>, Skipped)> {
+    let mut input = std::io::BufReader::new(bytes);
     let reader = Reader::open(&mut input).map_err(|e| {
         anyhow::Error::new(Help("pass a file written by `keygate export`".into()))
-            .context(format!("`{}` is not a keygate export: {e}", file.display()))
+            .context(format!("this is not a keygate export: {e}"))
     })?;
     let mut keys: Vec<Row> = Vec::new();
     let mut secrets: BTreeMap<String, Vec<Value>> = BTreeMap::new();

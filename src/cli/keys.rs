@@ -86,15 +86,22 @@ pub enum KeysCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Import keys from another keygate deployment: `--from keygate FILE`
-    /// reads a `keygate export` file. Each key keeps its id and secrets, so
-    /// its users change nothing; revoked and admin keys stay behind.
+    /// Import existing keys, so their users change nothing. `--from keygate`:
+    /// a `keygate export` file (each key keeps its id and secrets; revoked and
+    /// admin keys stay behind). `--from plaintext`: CSV with a header row or
+    /// JSONL, columns key (required), name, project, models (`;`-separated),
+    /// rpm, tpm; each key is hashed here and marked legacy (no checksum).
+    /// `--from sha256`: JSONL of hashed keys, LiteLLM's field names as they are.
+    /// Every row is checked before any is written; re-running changes nothing.
     Import {
-        /// Where the keys come from (`keygate`: a `keygate export` file).
-        #[arg(long, value_parser = ["keygate"])]
+        /// Where the keys come from.
+        #[arg(long, value_parser = ["keygate", "plaintext", "sha256"])]
         from: String,
-        /// The file to read.
-        file: std::path::PathBuf,
+        /// The file to read (`-`: standard input).
+        file: String,
+        /// Show what would be imported and write nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Project to import into (default: the default project).
         #[arg(long)]
         project: Option<String>,
@@ -104,6 +111,9 @@ pub enum KeysCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print the SHA-256 of a key read from standard input: what a declared
+    /// key or a `--from sha256` import names, so no secret is written down.
+    Hash,
     /// Revoke a key at once.
     Revoke {
         /// The key id (`key_...`).
@@ -185,8 +195,24 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 ));
             }
         }
-        KeysCommand::Import { from: _, file, project, source_project, client } => {
-            return super::key_import::run(&file, project, source_project.as_deref(), &client).await;
+        KeysCommand::Import { from, file, dry_run, project, source_project, client } => {
+            let source = match from.as_str() {
+                "plaintext" => super::key_import::Source::Plaintext,
+                "sha256" => super::key_import::Source::Sha256,
+                _ => super::key_import::Source::Keygate { source_project: source_project.as_deref() },
+            };
+            return super::key_import::run(source, &file, project, dry_run, &client).await;
+        }
+        KeysCommand::Hash => {
+            let mut key = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut key)
+                .map_err(|e| anyhow::anyhow!("cannot read the key from standard input: {e}"))?;
+            let key = key.trim();
+            anyhow::ensure!(
+                !key.is_empty(),
+                "no key on standard input: pipe it in, e.g. `printenv MY_KEY | keygate keys hash`"
+            );
+            output::line(&hex::encode(keygate::key::KeyDigest::of(key).0));
         }
         KeysCommand::Suspend { key_id, project, client } => set_state("suspend", &key_id, project, &client).await?,
         KeysCommand::Resume { key_id, project, client } => set_state("resume", &key_id, project, &client).await?,

@@ -7,6 +7,7 @@ mod client;
 mod database;
 mod doctor;
 mod explain;
+mod key_formats;
 mod key_import;
 mod keys;
 mod limits;

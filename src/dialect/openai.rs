@@ -370,7 +370,7 @@ mod tests {
     #[tokio::test]
     async fn invalid_key_is_byte_exact() {
         let mask = crate::key::mask_for_error(&format!("sk-4sJHr{}w8ZP", "x".repeat(39)));
-        let (status, body) = body_of(ApiError::Denied(Denial::UnknownKey { mask, foreign: None })).await;
+        let (status, body) = body_of(ApiError::Denied(Denial::UnknownKey { mask, foreign: None, legacy: false })).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(
             body,
@@ -382,8 +382,9 @@ mod tests {
     async fn unknown_revoked_and_mistyped_keys_look_the_same() {
         let mask = "sk-prod-****abcd".to_owned();
         let variants = [
-            Denial::UnknownKey { mask: mask.clone(), foreign: None },
-            Denial::UnknownKey { mask: mask.clone(), foreign: Some(ForeignKey::OpenAi) },
+            Denial::UnknownKey { mask: mask.clone(), foreign: None, legacy: false },
+            Denial::UnknownKey { mask: mask.clone(), foreign: None, legacy: true },
+            Denial::UnknownKey { mask: mask.clone(), foreign: Some(ForeignKey::OpenAi), legacy: false },
             Denial::MalformedKey { mask: mask.clone(), reason: KeyFormatError::ChecksumMismatch, near: None },
             Denial::WrongSecret { mask: mask.clone(), key: key_ref() },
             Denial::Revoked { mask: mask.clone(), key: key_ref(), revocation: None },

@@ -308,7 +308,7 @@ async fn keys_import_from_keygate_brings_every_live_key_with_its_secrets() {
     let results: Value =
         serde_json::from_str(&stdout(&keygate(&target, Some(ADMIN_KEY), &[&import[..], &["--json"]].concat())))
             .unwrap();
-    let outcome: Vec<(&str, &str)> = results
+    let outcome: Vec<(&str, &str)> = results["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -354,6 +354,120 @@ async fn keys_import_from_keygate_brings_every_live_key_with_its_secrets() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+}
+
+/// Adopting keys from elsewhere: a plaintext CSV and a LiteLLM export come in
+/// as legacy keys that work with their limits and models, re-running changes
+/// nothing, and a bad row leaves the gateway as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_elsewhere_are_adopted_as_they_are() {
+    use reqwest::Method;
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let (status, team) =
+        gw.admin(Method::POST, "/v1/organization/projects", Some(serde_json::json!({"name": "Team A"}))).await;
+    assert_eq!(status, 200, "{team}");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("keys.csv");
+    std::fs::write(
+        &csv,
+        "key,name,project,models,rpm,team\nsk-old-app-one-0123456789abcdef,App One,Team A,gpt-4o-mini,1,blue\nsk-old-app-two-fedcba9876543210,,,,,\n",
+    )
+    .unwrap();
+    let litellm_secret = "sk-litellm-virtual-key-aaaa1111";
+    let token = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(litellm_secret.as_bytes()));
+    let litellm = dir.path().join("litellm.jsonl");
+    std::fs::write(
+        &litellm,
+        format!("{{\"token\": \"{token}\", \"key_alias\": \"from-litellm\", \"key_name\": \"sk-...1111\", \"models\": [\"gpt-4o\"], \"rpm_limit\": 100, \"max_budget\": 5.0, \"expires\": null, \"spend\": 1.2}}\n"),
+    )
+    .unwrap();
+    let import = |from: &'static str, file: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["keys", "import", "--from", from, file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        keygate(&gw, Some(ADMIN_KEY), &args)
+    };
+
+    // A dry run writes nothing.
+    let planned = stdout(&import("plaintext", &csv, &["--dry-run"]));
+    assert!(planned.contains("Dry run: 2 of 2 keys would be imported"), "{planned}");
+    assert!(planned.contains("Not mapped (keygate has no such setting): team"), "{planned}");
+    let call = |key: &'static str, model: &'static str| {
+        let url = format!("{}/v1/chat/completions", gw.url);
+        async move {
+            http()
+                .post(url)
+                .bearer_auth(key)
+                .json(&serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(call("sk-old-app-two-fedcba9876543210", "gpt-4o").await, 401, "nothing imported by a dry run");
+
+    let done = stdout(&import("plaintext", &csv, &[]));
+    assert!(done.contains("Imported 2 of 2 keys"), "{done}");
+    let done = stdout(&import("sha256", &litellm, &[]));
+    assert!(done.contains("Imported 1 of 1 keys") && done.contains("monthly budget"), "{done}");
+
+    // They work as they are, with their models and limits.
+    assert_eq!(call("sk-old-app-two-fedcba9876543210", "gpt-4o").await, 200);
+    assert_eq!(call("sk-old-app-one-0123456789abcdef", "gpt-4o").await, 404, "only gpt-4o-mini");
+    assert_eq!(call("sk-old-app-one-0123456789abcdef", "gpt-4o-mini").await, 200);
+    assert_eq!(call("sk-old-app-one-0123456789abcdef", "gpt-4o-mini").await, 429, "1 request a minute");
+    assert_eq!(call(litellm_secret, "gpt-4o").await, 200);
+    assert_eq!(call(litellm_secret, "gpt-4o-mini").await, 404);
+    // A typo of a legacy key: the generic 401, and explain says why typos are not caught.
+    let typo = http()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth("sk-old-app-two-fedcba987654321O")
+        .json(&serde_json::json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(typo.status(), 401);
+    let id = typo.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = typo.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    let (_, explained) = gw.admin(Method::GET, &format!("/v1/organization/requests/{id}"), None).await;
+    assert!(
+        explained["explanation"].as_str().unwrap().starts_with("unknown key (legacy key: no checksum)"),
+        "{explained}"
+    );
+
+    // Re-running changes nothing.
+    let again = stdout(&import("plaintext", &csv, &[]));
+    assert!(again.contains("Imported 0 of 2 keys") && again.contains("Already here: 2"), "{again}");
+    let again = stdout(&import("sha256", &litellm, &[]));
+    assert!(again.contains("Imported 0 of 1 keys"), "{again}");
+
+    // A bad row: named by its line, and nothing of that file is written.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "key,rpm\nsk-new-good-key-11112222,5\nsk-new-bad-key-33334444,lots\n").unwrap();
+    let refused = failure(&import("plaintext", &bad, &[]));
+    assert!(refused.contains("1 bad rows"), "{refused}");
+    let out = String::from_utf8_lossy(&import("plaintext", &bad, &[]).stdout).to_string();
+    assert!(out.contains("line 3:"), "{out}");
+    assert_eq!(call("sk-new-good-key-11112222", "gpt-4o").await, 401, "the good row was not written either");
+
+    // No plaintext secret in the database.
+    let db = std::fs::read(gw.db.path().join("keygate.db")).unwrap_or_default();
+    let db = String::from_utf8_lossy(&db);
+    assert!(!db.contains("sk-old-app-one-0123456789abcdef") && !db.contains(litellm_secret));
+
+    // The hash a declaration or a sha256 import names.
+    let mut hash = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["keys", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut hash.stdin.take().unwrap(), format!("{litellm_secret}\n").as_bytes()).unwrap();
+    let hashed = hash.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8(hashed.stdout).unwrap().trim(), token);
 }
 
 /// `keygate serve` with `args`, expected to refuse to start.
