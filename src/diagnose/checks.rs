@@ -258,7 +258,9 @@ fn keygate_checksum(key: &Secret) -> Finding {
             "keygate_checksum",
             Status::Skip,
             title,
-            "Not a keygate key: its checksum cannot be checked offline.",
+            "Not a keygate key: no checksum, so a typo cannot be caught offline. A legacy key imported from \
+             elsewhere works as it is, but only the live check can tell a mistyped one from an unknown one; \
+             rotating it issues a checksummed key.",
         ),
         Err(KeyFormatError::ChecksumMismatch) => {
             let typos = key::locate_typo(text);
