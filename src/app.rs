@@ -309,11 +309,21 @@ impl Gateway {
                 azure_deployments: config.azure.deployments.clone(),
                 azure_api_versions: config.azure.api_versions.clone(),
                 azure_region: config.azure.region.clone(),
+                config_source: config.source.clone(),
             }),
             metrics,
             sessions,
             dashboard: config.dashboard.enabled,
         });
+        // Keys declared in the file ([[keys]]) are in the database before the first request.
+        for applied in crate::admin::apply_declared(&state, &config.keys)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot apply the declared keys: {e:?}"))?
+        {
+            if applied.result == "refused" {
+                tracing::warn!(name = %applied.name, why = ?applied.drift, "a declared key was not applied");
+            }
+        }
         let connection_limits = ConnectionLimits {
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,

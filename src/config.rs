@@ -108,6 +108,23 @@ struct RawConfig {
     redis: RawRedis,
     #[serde(default)]
     dashboard: RawDashboard,
+    #[serde(default)]
+    keys: Vec<RawDeclaredKey>,
+}
+
+/// `[[keys]]`: a key declared as code, by its hash (never its secret).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeclaredKey {
+    name: Option<String>,
+    project: Option<String>,
+    sha256: Option<String>,
+    permissions: Option<String>,
+    scopes: Option<Vec<String>>,
+    models: Option<Vec<String>>,
+    max_requests_per_1_minute: Option<u64>,
+    max_tokens_per_1_minute: Option<u64>,
+    monthly_budget_usd: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -333,6 +350,32 @@ pub struct Config {
     /// Shared rate-limit state for many replicas; `None` limits per process.
     pub redis: Option<RedisConfig>,
     pub dashboard: DashboardConfig,
+    /// `[[keys]]`: keys declared as code, applied at start and on reload.
+    pub keys: Vec<DeclaredKey>,
+    /// Where this config came from, to read it again on reload.
+    pub source: ConfigSource,
+}
+
+/// The file and flags a config was loaded from.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub path: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+/// A key declared in the config file: the database is made to match it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredKey {
+    pub name: String,
+    /// A project's id or name (`None`: the default project).
+    pub project: Option<String>,
+    /// SHA-256 of the whole key.
+    pub digest: crate::key::KeyDigest,
+    pub permissions: crate::policy::Permissions,
+    /// `None`: every model.
+    pub models: Option<Vec<String>>,
+    pub limits: crate::policy::RateLimits,
+    pub monthly_budget_usd: Option<f64>,
 }
 
 /// `[dashboard]`: the web dashboard at `/ui`.
@@ -548,7 +591,9 @@ impl Config {
             path: file.map(Path::to_owned).unwrap_or_else(|| "<env>".into()),
             message: e.to_string(),
         })?;
-        Self::validate(raw, overrides, env)
+        let mut config = Self::validate(raw, overrides, env)?;
+        config.source = ConfigSource { path: file.map(Path::to_owned), overrides: overrides.clone() };
+        Ok(config)
     }
 
     /// Parses a TOML snippet without env or flags (for tests and `keygate.example.toml`).
@@ -683,6 +728,7 @@ impl Config {
         let alert_webhook = alert_webhook(&raw.anomaly)?;
         let anomaly = anomaly(raw.anomaly, usage_rollup_retention)?;
         let dashboard = dashboard(raw.dashboard, env)?;
+        let keys = declared_keys(raw.keys)?;
 
         Ok(Self {
             listen,
@@ -722,6 +768,8 @@ impl Config {
             metering: raw.usage.enabled.unwrap_or(true),
             redis,
             dashboard,
+            keys,
+            source: ConfigSource::default(),
             azure: AzureFrontDoor {
                 deployments: raw.azure.deployments.unwrap_or_default(),
                 api_versions: raw
@@ -846,6 +894,63 @@ fn anomaly(raw: RawAnomaly, rollups_kept: Duration) -> Result<Option<crate::usag
         baseline_period: Duration::from_secs(baseline_days * 86_400),
         new_key_max_rpm: count(raw.new_key_max_rpm, d.new_key_max_rpm, "new_key_max_rpm")?,
     }))
+}
+
+/// `[[keys]]`, each checked: a name, a SHA-256 in hex (64 characters), valid
+/// permissions, positive limits; no hash declared twice.
+fn declared_keys(raw: Vec<RawDeclaredKey>) -> Result<Vec<DeclaredKey>, ConfigError> {
+    let mut keys: Vec<DeclaredKey> = Vec::with_capacity(raw.len());
+    for (i, k) in raw.into_iter().enumerate() {
+        let field = |f: &str| format!("keys[{i}].{f}");
+        let name = k
+            .name
+            .filter(|n| !n.trim().is_empty() && n.chars().count() <= 256)
+            .ok_or_else(|| invalid(field("name"), "is required: 1 to 256 characters"))?;
+        let hex = k.sha256.ok_or_else(|| {
+            invalid(
+                field("sha256"),
+                "is required: the key's SHA-256 in hex, from `printenv MY_KEY | keygate keys hash`",
+            )
+        })?;
+        let digest = (hex.len() == 64)
+            .then(|| hex::decode(hex.to_ascii_lowercase()).ok())
+            .flatten()
+            .and_then(|b| crate::key::KeyDigest::from_slice(&b))
+            .ok_or_else(|| {
+                invalid(field("sha256"), "must be a SHA-256 in hex (64 characters), never the key itself")
+            })?;
+        if keys.iter().any(|other| other.digest == digest) {
+            return Err(invalid(field("sha256"), "declares the same key as an earlier [[keys]] entry"));
+        }
+        let permissions =
+            crate::policy::Permissions::parse(k.permissions.as_deref().unwrap_or("all"), &k.scopes.unwrap_or_default())
+                .map_err(|e| invalid(field("permissions"), e.to_string()))?;
+        for (value, what) in [
+            (k.max_requests_per_1_minute, "max_requests_per_1_minute"),
+            (k.max_tokens_per_1_minute, "max_tokens_per_1_minute"),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(field(what), "must be greater than 0 (leave it out for no limit)"));
+            }
+        }
+        if let Some(usd) = k.monthly_budget_usd.filter(|u| !u.is_finite() || *u < 0.0) {
+            return Err(invalid(field("monthly_budget_usd"), format!("must be 0 or more, got {usd}")));
+        }
+        keys.push(DeclaredKey {
+            name: name.trim().to_owned(),
+            project: k.project.filter(|p| !p.is_empty()),
+            digest,
+            permissions,
+            models: k.models,
+            limits: crate::policy::RateLimits {
+                max_requests_per_1_minute: k.max_requests_per_1_minute,
+                max_tokens_per_1_minute: k.max_tokens_per_1_minute,
+                ..Default::default()
+            },
+            monthly_budget_usd: k.monthly_budget_usd,
+        });
+    }
+    Ok(keys)
 }
 
 fn dashboard(raw: RawDashboard, env: &dyn Env) -> Result<DashboardConfig, ConfigError> {

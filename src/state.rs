@@ -43,6 +43,8 @@ pub struct Settings {
     pub azure_deployments: std::collections::BTreeMap<String, String>,
     pub azure_api_versions: Vec<String>,
     pub azure_region: String,
+    /// The config file and flags, read again to apply declared keys on reload.
+    pub config_source: crate::config::ConfigSource,
 }
 
 /// What every handler shares; cloned per request and per middleware layer,

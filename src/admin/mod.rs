@@ -11,6 +11,7 @@
 mod admin_keys;
 mod audit_logs;
 mod bootstrap;
+mod declared;
 mod key_import;
 mod keys;
 mod leaks;
@@ -37,6 +38,7 @@ use crate::state::AppState;
 use crate::store::{AuditEvent, PageQuery};
 
 pub use bootstrap::bootstrap_admin_key;
+pub use declared::{apply_declared, reload, Applied};
 pub use leaks::LeakApi;
 pub use projects::not_found as project_not_found;
 
@@ -75,6 +77,7 @@ pub use projects::not_found as project_not_found;
     keys::search,
     overview::get,
     upstreams::list,
+    declared::reload_route,
     key_import::import,
     admin_keys::list,
     admin_keys::create,
@@ -132,6 +135,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/organization/api_keys", get(keys::search))
         .route("/v1/organization/overview", get(overview::get))
         .route("/v1/keygate/upstreams", get(upstreams::list))
+        .route("/v1/keygate/reload", post(declared::reload_route))
         .route("/v1/organization/users", get(users::list).post(users::create))
         .route("/v1/organization/users/{user_id}", get(users::get).post(users::update).delete(users::delete))
         .route("/v1/organization/admin_api_keys", get(admin_keys::list).post(admin_keys::create))

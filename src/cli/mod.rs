@@ -66,6 +66,9 @@ enum Command {
     /// Create, list and delete admin keys.
     #[command(subcommand, name = "admin-keys")]
     AdminKeys(admin_keys::AdminKeysCommand),
+    /// Make a running gateway read its config file again and apply the
+    /// declared keys (`[[keys]]`), as SIGHUP does; shows any drift found.
+    Reload(ClientArgs),
 }
 
 /// Flags every client command shares.
@@ -104,8 +107,31 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Projects(cmd) => projects::run(cmd).await,
             Command::ServiceAccounts(cmd) => service_accounts::run(cmd).await,
             Command::AdminKeys(cmd) => admin_keys::run(cmd).await,
+            Command::Reload(client) => reload(&client).await,
         }
     })
+}
+
+async fn reload(client: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let api = client::AdminClient::from_env(&client.url)?;
+    let answer = api.post("/v1/keygate/reload", serde_json::json!({})).await?;
+    if client.json {
+        output::json(&answer);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = answer["data"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            let drift: Vec<String> =
+                a["drift"].as_array().map(Vec::as_slice).unwrap_or_default().iter().map(output::text).collect();
+            vec![output::text(&a["name"]), output::text(&a["id"]), output::text(&a["result"]), drift.join("; ")]
+        })
+        .collect();
+    output::table(&["NAME", "ID", "RESULT", "DRIFT"], &rows);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `name=value`, URL-encoded.

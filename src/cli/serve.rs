@@ -102,7 +102,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let Gateway { state, tasks, connection_limits, .. } = gateway;
+    let Gateway { state, mut tasks, connection_limits, .. } = gateway;
+    reload_on_sighup(&mut tasks, state.clone())?;
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = metrics_listener.map(|listener| {
         let app = keygate::server::metrics_router(state.metrics.clone());
@@ -129,6 +130,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tasks.shutdown().await;
     tracing::info!("keygate stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `SIGHUP` reads the config file again and applies its declared keys
+/// (`[[keys]]`), as `keygate reload` does.
+#[cfg(unix)]
+fn reload_on_sighup(tasks: &mut keygate::jobs::Tasks, state: keygate::state::AppState) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    tasks.spawn("reload on SIGHUP", move |mut shutdown: tokio::sync::watch::Receiver<bool>| {
+        Box::pin(async move {
+            loop {
+                tokio::select! {
+                    _ = hangup.recv() => match keygate::admin::reload(&state).await {
+                        Ok(applied) => tracing::info!(declared = applied.len(), "SIGHUP: declared keys applied"),
+                        Err(error) => tracing::warn!(?error, "SIGHUP: declared keys not applied"),
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }) as keygate::jobs::BoxFuture
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_: &mut keygate::jobs::Tasks, _: keygate::state::AppState) -> anyhow::Result<()> {
+    Ok(())
 }
 
 /// The metrics listener: a configured address must be free; the default one

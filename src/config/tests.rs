@@ -272,6 +272,10 @@ fn the_example_file_documents_every_setting() {
             "azure" => (keys_of(value), fields_of::<RawAzure>()),
             "usage" => (keys_of(value), fields_of::<RawUsage>()),
             "redis" => (keys_of(value), fields_of::<RawRedis>()),
+            "keys" => {
+                let entries = value.as_array().map(Vec::as_slice).unwrap_or_default();
+                (entries.iter().flat_map(keys_of).collect(), fields_of::<RawDeclaredKey>())
+            }
             "dashboard" => {
                 let oidc = value.get("oidc").map(keys_of).unwrap_or_default();
                 for field in fields_of::<RawOidc>() {

@@ -479,6 +479,7 @@ mod tests {
             azure_deployments: deployments(),
             azure_api_versions: vec!["2024-10-21".into()],
             azure_region: "swedencentral".into(),
+            config_source: Default::default(),
         }
     }
 

@@ -457,3 +457,105 @@ async fn export_then_import_moves_every_key_and_usage_row_to_a_new_database() {
         assert!(stderr.contains(error), "{row}: {stderr}");
     }
 }
+
+/// Keys declared in the config file: applied at start, a changed declaration
+/// applies on SIGHUP and on `keygate reload`, drift made through the API is
+/// reported and undone, and no secret is in the file, the database or the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_keys_apply_at_start_and_on_reload_and_drift_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "sk-declared-ci-bot-secret-0123456789";
+    let hashed = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes()));
+    let config = dir.path().join("keygate.toml");
+    let declare = |models: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[upstream]\nurl = \"mock\"\n[[keys]]\nname = \"ci-bot\"\nsha256 = \"{hashed}\"\nmodels = [{models}]\n"
+            ),
+        )
+        .unwrap();
+    };
+    declare("\"gpt-4o-mini\"");
+    let admin = "sk-admin-declared-test-0123456789abcdefghij";
+    let log = dir.path().join("keygate.log");
+    let server = Server::launch(
+        &format!("sqlite://{}", dir.path().join("k.db").display()),
+        &[("KEYGATE_ADMIN_KEY", admin)],
+        &["--config", config.to_str().unwrap()],
+        Some(&log),
+    );
+    let chat = |model: &'static str| {
+        let url = format!("{}/v1/chat/completions", server.url);
+        async move {
+            crate::util::http()
+                .post(url)
+                .bearer_auth(secret)
+                .json(&serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(chat("gpt-4o-mini").await, 200, "declared at start");
+    assert_eq!(chat("gpt-4o").await, 404);
+
+    // A changed declaration applies on SIGHUP.
+    declare("\"gpt-4o\"");
+    let pid = server.child.id().to_string();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while chat("gpt-4o").await != 200 {
+        assert!(Instant::now() < deadline, "SIGHUP did not apply the declaration");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(chat("gpt-4o-mini").await, 404);
+
+    // Drift made through the API is reported by `keygate reload` and undone.
+    let keys: serde_json::Value = crate::util::http()
+        .get(format!("{}/v1/organization/api_keys?q=ci-bot", server.url))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = &keys["data"][0];
+    let (id, project) = (key["id"].as_str().unwrap(), key["project_id"].as_str().unwrap());
+    let changed = crate::util::http()
+        .post(format!("{}/v1/organization/projects/{project}/api_keys/{id}", server.url))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"models": ["o3-mini"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    let reload = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["reload", "--json"])
+        .env("KEYGATE_URL", &server.url)
+        .env("KEYGATE_ADMIN_KEY", admin)
+        .output()
+        .unwrap();
+    assert!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stderr));
+    let applied: serde_json::Value = serde_json::from_slice(&reload.stdout).unwrap();
+    assert_eq!(applied["data"][0]["result"], "updated", "{applied}");
+    assert!(applied["data"][0]["drift"][0].as_str().unwrap().contains("models"), "{applied}");
+    assert_eq!(chat("gpt-4o").await, 200, "the declaration wins");
+    let again = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["reload", "--json"])
+        .env("KEYGATE_URL", &server.url)
+        .env("KEYGATE_ADMIN_KEY", admin)
+        .output()
+        .unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["data"][0]["result"], "unchanged");
+
+    server.kill();
+    for file in ["k.db", "keygate.log", "keygate.toml"] {
+        let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&bytes).contains(secret), "the secret is in {file}");
+    }
+}
