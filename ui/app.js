@@ -680,6 +680,8 @@ async function pageKey(view, id) {
       details([
         ['Id', el('code', {}, key.id)],
         ['Key', el('code', {}, key.redacted_value)],
+        key.legacy && ['Format', el('span', { id: 'legacy-key' },
+          'Legacy key (imported, no checksum): a mistyped copy cannot be caught offline. Rotate it to issue a checksummed key.')],
         ['Status', badge(keyStatus(key))],
         ['Project', projectLink(projectId)],
         ['Owner', ownerText(key.owner)],

@@ -259,6 +259,9 @@ pub struct ProjectApiKeyObject {
     id: String,
     /// Ours: the key's project (keys listed across projects need it).
     project_id: Option<String>,
+    /// Ours: its current secret has no keygate checksum (imported from
+    /// elsewhere, or declared by hash); rotating it issues a checksummed one.
+    legacy: bool,
     owner_project_access: &'static str,
     owner: Option<ProjectKeyOwner>,
     /// Ours: the key's prefix, e.g. `sk-prod-`.
@@ -302,6 +305,7 @@ pub fn project_api_key(k: &KeyRecord) -> ProjectApiKeyObject {
         last_used_at: k.last_used.as_ref().map(|t| t.at),
         id: k.id.api_id(),
         project_id: k.project_id.clone(),
+        legacy: k.secrets.first().is_some_and(|s| s.legacy),
         owner_project_access: "active",
         owner: project_key_owner(&k.owner),
         prefix: k.prefix.clone(),
