@@ -438,6 +438,23 @@ async fn keys_from_elsewhere_are_adopted_as_they_are() {
         "{explained}"
     );
 
+    // A legacy key is a key like any other: listed as legacy, and rotating it
+    // issues a checksummed one while the old secret keeps its grace.
+    let (_, found) = gw.admin(Method::GET, "/v1/organization/api_keys?q=from-litellm", None).await;
+    let imported = &found["data"][0];
+    assert_eq!(imported["legacy"], true, "{found}");
+    let rotate = format!(
+        "/v1/organization/projects/{}/api_keys/{}/rotate",
+        imported["project_id"].as_str().unwrap(),
+        imported["id"].as_str().unwrap()
+    );
+    let (status, rotated) =
+        gw.admin(Method::POST, &rotate, Some(serde_json::json!({"grace_period_seconds": 600}))).await;
+    assert_eq!(status, 200, "{rotated}");
+    assert!(keygate::key::parse(rotated["value"].as_str().unwrap()).is_ok(), "checksummed: {rotated}");
+    assert_eq!(rotated["legacy"], false);
+    assert_eq!(call(litellm_secret, "gpt-4o").await, 200, "the old secret keeps its grace");
+
     // Re-running changes nothing.
     let again = stdout(&import("plaintext", &csv, &[]));
     assert!(again.contains("Imported 0 of 2 keys") && again.contains("Already here: 2"), "{again}");
