@@ -316,14 +316,9 @@ impl Gateway {
             dashboard: config.dashboard.enabled,
         });
         // Keys declared in the file ([[keys]]) are in the database before the first request.
-        for applied in crate::admin::apply_declared(&state, &config.keys)
+        crate::admin::apply_declared(&state, &config.keys, None)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot apply the declared keys: {e:?}"))?
-        {
-            if applied.result == "refused" {
-                tracing::warn!(name = %applied.name, why = ?applied.drift, "a declared key was not applied");
-            }
-        }
+            .map_err(|e| anyhow::anyhow!("cannot apply the declared keys: {e:?}"))?;
         let connection_limits = ConnectionLimits {
             header_read_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,

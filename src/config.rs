@@ -357,10 +357,17 @@ pub struct Config {
 }
 
 /// The file and flags a config was loaded from.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ConfigSource {
     pub path: Option<PathBuf>,
     pub overrides: Overrides,
+}
+
+/// The path only: the flags may hold database and Redis URLs with passwords.
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigSource").field("path", &self.path).finish_non_exhaustive()
+    }
 }
 
 /// A key declared in the config file: the database is made to match it.
@@ -933,8 +940,29 @@ fn declared_keys(raw: Vec<RawDeclaredKey>) -> Result<Vec<DeclaredKey>, ConfigErr
                 return Err(invalid(field(what), "must be greater than 0 (leave it out for no limit)"));
             }
         }
-        if let Some(usd) = k.monthly_budget_usd.filter(|u| !u.is_finite() || *u < 0.0) {
-            return Err(invalid(field("monthly_budget_usd"), format!("must be 0 or more, got {usd}")));
+        for (value, what) in [
+            (k.max_requests_per_1_minute, "max_requests_per_1_minute"),
+            (k.max_tokens_per_1_minute, "max_tokens_per_1_minute"),
+        ] {
+            if value.is_some_and(|v| v > 1_000_000_000_000) {
+                return Err(invalid(field(what), "must be at most 1000000000000"));
+            }
+        }
+        if let Some(usd) = k.monthly_budget_usd.filter(|u| !u.is_finite() || !(0.0..=1e9).contains(u)) {
+            return Err(invalid(field("monthly_budget_usd"), format!("must be between 0 and 1000000000, got {usd}")));
+        }
+        if let Some(models) = &k.models {
+            if models.is_empty() {
+                return Err(invalid(
+                    field("models"),
+                    "is empty, which would allow no model: leave it out for every model",
+                ));
+            }
+            if models.len() > 256
+                || models.iter().any(|m| m.trim().is_empty() || m.len() > 256 || m.chars().any(char::is_control))
+            {
+                return Err(invalid(field("models"), "must be at most 256 model names or `*` patterns"));
+            }
         }
         keys.push(DeclaredKey {
             name: name.trim().to_owned(),

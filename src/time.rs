@@ -22,7 +22,7 @@ pub fn parse_datetime(text: &str) -> Option<Timestamp> {
     let (date, rest) = text.split_at(text.find(['T', 't', ' ']).unwrap_or(text.len()));
     let mut parts = date.split('-');
     let (y, m, d) = (num(parts.next()?)?, num(parts.next()?)?, num(parts.next()?)?);
-    if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    if parts.next().is_some() || !(0..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
     let rest = rest.get(1..).unwrap_or("");
@@ -42,9 +42,17 @@ pub fn parse_datetime(text: &str) -> Option<Timestamp> {
     let offset = match offset {
         "" | "Z" | "z" => 0,
         o => {
+            // `+hh:mm`, `+hhmm` or `+hh`.
             let sign = if o.starts_with('-') { -1 } else { 1 };
-            let (oh, om) = o[1..].split_once(':').unwrap_or((&o[1..], "0"));
-            sign * (num(oh)? * 3600 + num(om)? * 60)
+            let digits: String = o[1..].chars().filter(|c| *c != ':').collect();
+            if !matches!(digits.len(), 2 | 4) {
+                return None;
+            }
+            let (oh, om) = (num(&digits[..2])?, if digits.len() == 4 { num(&digits[2..])? } else { 0 });
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
         }
     };
     Some(days_from_civil(y, m, d) * 86_400 + h * 3600 + mi * 60 + s - offset)

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -152,6 +152,8 @@ struct Indexed {
 struct Interner {
     placements: HashSet<Arc<Placement>>,
     policies: HashSet<Arc<KeyPolicy>>,
+    /// A project key with a legacy secret (no checksum) was indexed.
+    legacy: bool,
 }
 
 impl Interner {
@@ -181,6 +183,9 @@ impl Interner {
     }
 
     fn index(&mut self, record: &KeyRecord) -> Indexed {
+        // Project keys only: a bootstrap admin key is stored legacy too, and
+        // says nothing of how a client's mistyped key should be explained.
+        self.legacy |= record.kind == KeyKind::Project && record.secrets.iter().any(|s| s.legacy);
         let owner_id = record.owner.as_ref().map(|owner| match owner {
             Owner::ServiceAccount(sa) => sa.id.as_str().into(),
             Owner::User(user) => user.id.as_str().into(),
@@ -229,6 +234,9 @@ pub struct KeyIndex {
     generation: AtomicU64,
     /// Serialises writers (rare) and keeps what they share; readers never take it.
     writer: Mutex<Interner>,
+    /// Whether any key here has (or had) a legacy secret, so a refused key
+    /// without checksum may be a mistyped legacy key.
+    holds_legacy: AtomicBool,
 }
 
 /// A whole new set of keys, built a page of store records at a time (start,
@@ -269,8 +277,14 @@ impl KeyIndex {
             projects: ArcSwap::from_pointee(project_map(projects)),
             changes: OnceLock::new(),
             generation: AtomicU64::new(0),
+            holds_legacy: AtomicBool::new(keys.interner.legacy),
             writer: Mutex::new(keys.interner),
         }
+    }
+
+    /// Whether legacy keys (imported, without checksum) are held here.
+    pub fn holds_legacy(&self) -> bool {
+        self.holds_legacy.load(Ordering::Relaxed)
     }
 
     /// The write count a reconcile notes before it reads the store.
@@ -304,6 +318,9 @@ impl KeyIndex {
         }
         // The builder's interner holds only what the new keys use.
         *writer = keys.interner;
+        if writer.legacy {
+            self.holds_legacy.store(true, Ordering::Relaxed);
+        }
         self.snapshot.store(Arc::new(keys.snapshot));
         self.projects.store(Arc::new(project_map(projects)));
         true
@@ -381,6 +398,9 @@ impl KeyIndex {
             next.insert(one);
         }
         self.snapshot.store(Arc::new(next));
+        if writer.legacy {
+            self.holds_legacy.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Inserts or replaces a project's policy (archive, allow-lists) changed

@@ -123,7 +123,8 @@ fn unknown(index: &KeyIndex, presented: &Presented, format: Result<String, KeyFo
         },
         Err(KeyFormatError::NotKeygate) => {
             let foreign = ForeignKey::classify(presented.expose());
-            Denial::UnknownKey { mask, legacy: foreign.is_none(), foreign }
+            // Only where legacy keys are held can this be a mistyped one.
+            Denial::UnknownKey { mask, legacy: foreign.is_none() && index.holds_legacy(), foreign }
         }
         Err(reason) => {
             // A mistyped key usually still names the key it was copied from.

@@ -32,7 +32,12 @@ pub struct Parsed {
     pub notes: BTreeSet<String>,
 }
 
+/// The shortest key taken: anything shorter is no secret (and its last four
+/// characters, which keygate shows, would give most of it away).
+const MIN_KEY_CHARS: usize = 8;
+
 pub fn plaintext(text: &str) -> Result<Parsed, Vec<String>> {
+    let text = without_bom(text);
     let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
     let records = if first.trim_start().starts_with('{') { jsonl(text)? } else { csv(text)? };
     collect(records, |line, record, parsed| {
@@ -41,17 +46,40 @@ pub fn plaintext(text: &str) -> Result<Parsed, Vec<String>> {
         if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err("`key` is empty or holds whitespace".into());
         }
+        if key.contains(['"', '\'']) || !key.is_ascii() {
+            return Err("`key` holds quotes or non-ASCII characters, which no client can send in a header".into());
+        }
+        if key.len() < MIN_KEY_CHARS {
+            return Err(format!("`key` is shorter than {MIN_KEY_CHARS} characters: too short to be a secret"));
+        }
         let digest = hex::encode(keygate::key::KeyDigest::of(key).0);
-        let last4: String = key.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
-        // A key keygate issued keeps its id; any other is a legacy key, without checksum.
-        let keygate = keygate::key::parse(key).ok().map(|k| k.id.to_owned());
-        let secret = json!({"sha256": digest, "legacy": keygate.is_none(), "last4": last4, "created_at": now()});
-        common(line, record, parsed, keygate.map(|id| format!("key_{id}")), secret, &last4)
+        let last4 = key[key.len() - 4..].to_owned();
+        // A key keygate issued keeps its id and prefix; any other is a legacy
+        // key, without checksum; one that looks like keygate's but fails its
+        // checks is a mistyped copy, not a key anyone holds.
+        let (id, prefix) = match keygate::key::parse(key) {
+            Ok(parsed) => (Some(format!("key_{}", parsed.id)), Some(parsed.prefix.to_owned())),
+            Err(keygate::key::KeyFormatError::NotKeygate) => (None, None),
+            Err(why) => {
+                return Err(format!("`key` looks like a keygate key but is not a valid one ({why}): mistyped?"))
+            }
+        };
+        let secret = json!({"sha256": digest, "legacy": id.is_none(), "last4": last4, "created_at": now()});
+        let mut row = common(line, record, parsed, id, secret, &last4)?;
+        if let Some(prefix) = prefix {
+            row.request["prefix"] = json!(prefix);
+        }
+        Ok(row)
     })
 }
 
+fn without_bom(text: &str) -> &str {
+    // Spreadsheets' "CSV UTF-8" starts with one.
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
 pub fn sha256(text: &str) -> Result<Parsed, Vec<String>> {
-    collect(jsonl(text)?, |line, record, parsed| {
+    collect(jsonl(without_bom(text))?, |line, record, parsed| {
         let digest = take_text(record, &["sha256", "token"]).ok_or("no `token` (or `sha256`)")?.to_ascii_lowercase();
         if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("`token` is not a SHA-256 in hex (64 characters)".into());
@@ -62,12 +90,27 @@ pub fn sha256(text: &str) -> Result<Parsed, Vec<String>> {
         let secret = json!({"sha256": digest, "legacy": true, "last4": last4, "created_at": now()});
         // Taken before `common`, which names whatever is left as not mapped.
         let budget = record.remove("max_budget").filter(|v| !v.is_null());
+        let period = record.remove("budget_duration").filter(|v| !v.is_null());
         let expires = record.remove("expires").filter(|v| !v.is_null());
+        let blocked = record.remove("blocked").and_then(|v| v.as_bool()).unwrap_or(false);
         let mut request = common(line, record, parsed, None, secret, &last4)?;
         if let Some(usd) = budget {
-            let usd = usd.as_f64().filter(|u| *u >= 0.0).ok_or("`max_budget` is not a number of dollars")?;
+            let usd = usd
+                .as_f64()
+                .filter(|u| (0.0..=1e9).contains(u))
+                .ok_or("`max_budget` is not a number of dollars (0 to 1000000000)")?;
             request.request["monthly_budget_usd"] = json!(usd);
-            parsed.notes.insert("`max_budget` became a monthly budget (keygate's budgets reset each month)".into());
+            let note = match period.as_ref().and_then(Value::as_str) {
+                Some(p) => format!(
+                    "`max_budget` with `budget_duration` {p} became a monthly budget (keygate's budgets reset each month)"
+                ),
+                None => "`max_budget` became a monthly budget (keygate's budgets reset each month)".to_owned(),
+            };
+            parsed.notes.insert(note);
+        }
+        // A key blocked there comes in suspended: it must not start working here.
+        if blocked {
+            request.request["active"] = json!(false);
         }
         if let Some(expires) = expires {
             let at = expires.as_str().and_then(keygate::time::parse_datetime).ok_or("`expires` is not a date")?;
@@ -91,6 +134,9 @@ fn common(
     let name = take_text(record, &["name", "key_alias"])
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| format!("imported key ...{last4} (line {line})"));
+    if name.trim().chars().count() > 256 {
+        return Err("`name` is longer than 256 characters".into());
+    }
     let project = take_text(record, &["project"]).filter(|p| !p.is_empty());
     let mut request = json!({"name": name, "prefix": "", "created_at": now(), "secrets": [secret]});
     if let Some(id) = id {
@@ -106,21 +152,29 @@ fn common(
             _ => None,
         }
         .ok_or("`models` is not a list of model names")?;
-        // LiteLLM's empty list means every model, as keygate's absent list does.
-        if !list.is_empty() {
+        if list.iter().any(|m| m == "no-default-models") {
+            return Err("`models` says no-default-models, which keygate has no equal of: list the models".into());
+        }
+        if list.len() > 256 || list.iter().any(|m| m.is_empty() || m.len() > 256 || m.chars().any(char::is_control)) {
+            return Err("`models` must be at most 256 model names or `*` patterns".into());
+        }
+        // LiteLLM's empty list and its "all" names mean every model, as keygate's absent list does.
+        if !list.is_empty() && !list.iter().any(|m| m == "all-team-models" || m == "all-proxy-models") {
             request["models"] = json!(list);
         }
     }
     let mut limits = Map::new();
-    for (fields, limit) in
-        [(["rpm", "rpm_limit"], "max_requests_per_1_minute"), (["tpm", "tpm_limit"], "max_tokens_per_1_minute")]
-    {
+    for (fields, limit) in [
+        (["rpm", "rpm_limit"], "max_requests_per_1_minute"),
+        (["tpm", "tpm_limit"], "max_tokens_per_1_minute"),
+        (["max_parallel_requests", "max_parallel_requests"], "max_concurrent_requests"),
+    ] {
         if let Some(value) = fields.iter().find_map(|f| record.remove(*f)).filter(|v| !v.is_null()) {
             let n = value
                 .as_u64()
                 .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("`{}` is not a positive whole number", fields[0]))?;
+                .filter(|n| (1..=1_000_000_000_000).contains(n))
+                .ok_or_else(|| format!("`{}` is not a whole number from 1 to 1000000000000", fields[0]))?;
             limits.insert(limit.into(), json!(n));
         }
     }
@@ -237,7 +291,11 @@ fn fields(line: &str) -> Result<Vec<String>, &'static str> {
                 chars.next();
             }
             ('"', true) => quoted = false,
-            ('"', false) if field.is_empty() => quoted = true,
+            // A quote opens a field at its start, spaces before it aside.
+            ('"', false) if field.trim().is_empty() => {
+                field.clear();
+                quoted = true;
+            }
             (',', false) => out.push(std::mem::take(&mut field)),
             (c, _) => field.push(c),
         }
@@ -285,6 +343,34 @@ mod tests {
         assert!(errors[0].starts_with("line 3:") && errors[1].starts_with("line 4:"), "{errors:?}");
         assert!(errors[2].contains("line 5: the same key as line 2"), "{errors:?}");
         assert!(plaintext("name\nx\n").unwrap_err()[0].contains("no `key` column"));
+    }
+
+    #[test]
+    fn spreadsheet_csv_quirks_are_read_and_doubtful_keys_refused() {
+        // A byte-order mark, CRLF line ends, a space before a quoted field.
+        let csv = "\u{feff}key,name\r\nsk-bom-key-12345678, \"Quoted, Name\"\r\n";
+        let parsed = plaintext(csv).unwrap();
+        assert_eq!(parsed.rows[0].request["name"], "Quoted, Name");
+        let refused =
+            plaintext("key\nshort\n\"sk-quoted-key-123\"x\nsk-kg1AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n")
+                .unwrap_err();
+        assert!(refused[0].contains("line 2") && refused[0].contains("shorter"), "{refused:?}");
+        assert!(refused.len() >= 2, "{refused:?}");
+    }
+
+    #[test]
+    fn litellm_blocked_keys_stay_blocked_and_its_model_names_are_read() {
+        let token = "b".repeat(64);
+        let line = |extra: &str| format!("{{\"token\": \"{token}\", {extra}}}\n");
+        let blocked =
+            sha256(&line("\"blocked\": true, \"models\": [\"all-proxy-models\"], \"max_parallel_requests\": 4"))
+                .unwrap();
+        let request = &blocked.rows[0].request;
+        assert_eq!(request["active"], false);
+        assert!(request.get("models").is_none(), "all-proxy-models is every model");
+        assert_eq!(request["rate_limits"]["max_concurrent_requests"], 4);
+        assert!(sha256(&line("\"models\": [\"no-default-models\"]")).is_err());
+        assert!(sha256(&line("\"max_budget\": 1e12")).is_err());
     }
 
     #[test]

@@ -66,7 +66,10 @@ pub async fn run(
                     None => plan.push((row.line, default_project.clone(), row.request.clone())),
                     Some(p) => match projects.get(p) {
                         Some(id) => plan.push((row.line, id.clone(), row.request.clone())),
-                        None => unknown.push(format!("line {}: no project `{p}` (by id or name)", row.line)),
+                        None => unknown.push(format!(
+                            "line {}: no project `{p}`, or more than one of that name (name it by id)",
+                            row.line
+                        )),
                     },
                 }
             }
@@ -105,12 +108,20 @@ fn input(file: &str) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Every project by id and by name.
+/// Every active project by id and by name; a name two projects share maps
+/// to nothing (the row must name the project by id).
 async fn projects(api: &AdminClient) -> anyhow::Result<BTreeMap<String, String>> {
+    let list = api.list_all("/v1/organization/projects").await?;
     let mut by = BTreeMap::new();
-    for p in api.list_all("/v1/organization/projects").await? {
-        let id = output::text(&p["id"]);
-        by.insert(output::text(&p["name"]), id.clone());
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &list {
+        *names.entry(output::text(&p["name"])).or_default() += 1;
+    }
+    for p in &list {
+        let (id, name) = (output::text(&p["id"]), output::text(&p["name"]));
+        if names.get(&name) == Some(&1) {
+            by.insert(name, id.clone());
+        }
         by.insert(id.clone(), id);
     }
     Ok(by)

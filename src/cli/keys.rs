@@ -212,6 +212,11 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 !key.is_empty(),
                 "no key on standard input: pipe it in, e.g. `printenv MY_KEY | keygate keys hash`"
             );
+            // One key, not a whole `.env` file piped in by mistake.
+            anyhow::ensure!(
+                !key.chars().any(char::is_whitespace),
+                "standard input holds more than one word: pipe in the key alone, e.g. `printenv MY_KEY | keygate keys hash`"
+            );
             output::line(&hex::encode(keygate::key::KeyDigest::of(key).0));
         }
         KeysCommand::Suspend { key_id, project, client } => set_state("suspend", &key_id, project, &client).await?,

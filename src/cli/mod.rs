@@ -115,9 +115,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn reload(client: &ClientArgs) -> anyhow::Result<ExitCode> {
     let api = client::AdminClient::from_env(&client.url)?;
     let answer = api.post("/v1/keygate/reload", serde_json::json!({})).await?;
+    // A declaration the gateway refused fails the command, so a deploy script notices.
+    let refused = answer["data"].as_array().is_some_and(|a| a.iter().any(|r| r["result"] == "refused"));
+    let code = if refused { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     if client.json {
         output::json(&answer);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     let rows: Vec<Vec<String>> = answer["data"]
         .as_array()
@@ -131,7 +134,7 @@ async fn reload(client: &ClientArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     output::table(&["NAME", "ID", "RESULT", "DRIFT"], &rows);
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// `name=value`, URL-encoded.

@@ -142,7 +142,7 @@ fn reload_on_sighup(tasks: &mut keygate::jobs::Tasks, state: keygate::state::App
         Box::pin(async move {
             loop {
                 tokio::select! {
-                    _ = hangup.recv() => match keygate::admin::reload(&state).await {
+                    _ = hangup.recv() => match keygate::admin::reload(&state, None).await {
                         Ok(applied) => tracing::info!(declared = applied.len(), "SIGHUP: declared keys applied"),
                         Err(error) => tracing::warn!(?error, "SIGHUP: declared keys not applied"),
                     },
