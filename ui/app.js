@@ -1087,7 +1087,23 @@ async function pageUsage(view) {
   }
 
   const ranked = [...totals.values()].sort((a, b) => b[metric] - a[metric]);
-  const label = (g) => (group === 'project' ? projectNames.get(g) || g : g);
+  // The Usage API names keys by id only: look up the names of those shown.
+  const keyNames = new Map();
+  if (group === 'key') {
+    await Promise.all(ranked.slice(0, 20).map(async (t) => {
+      const found = await api('/v1/organization/api_keys', { query: { q: t.group, limit: 1 } }).catch(() => null);
+      const key = found && found.data.find((k) => k.id === t.group);
+      if (key) {
+        keyNames.set(t.group, key.name);
+        keyProjects.set(key.id, key.project_id);
+      }
+    }));
+  }
+  const label = (g) => {
+    if (group === 'project') return projectNames.get(g) || g;
+    if (group === 'key' && keyNames.has(g)) return `${keyNames.get(g)} (${g})`;
+    return g;
+  };
   const top = ranked.slice(0, 6).map((t) => t.group);
   const seriesOf = (r) => (top.includes(groupOf(r)) ? groupOf(r) : 'Other');
   const value = { requests: (r) => r.num_model_requests, tokens: (r) => r.input_tokens + r.output_tokens, cost: (r) => r.amount.value }[metric];
@@ -1099,8 +1115,8 @@ async function pageUsage(view) {
     const rows = [...lines.values()].sort((a, b) => a.start - b.start || a.end - b.end || String(a.group).localeCompare(b.group));
     const iso = (t) => new Date(t * 1000).toISOString();
     download(`keygate-usage-by-${group}.csv`, csv([
-      ['bucket_start', 'bucket_end', dimension, 'requests', 'input_tokens', 'cached_input_tokens', 'output_tokens', 'cost_usd'],
-      ...rows.map((l) => [iso(l.start), iso(l.end), l.group, l.requests, l.input, l.cached, l.output, l.cost]),
+      ['bucket_start', 'bucket_end', dimension, 'name', 'requests', 'input_tokens', 'cached_input_tokens', 'output_tokens', 'cost_usd'],
+      ...rows.map((l) => [iso(l.start), iso(l.end), l.group, group === 'key' ? keyNames.get(l.group) ?? '' : label(l.group), l.requests, l.input, l.cached, l.output, l.cost]),
     ]));
   });
 
@@ -1112,7 +1128,7 @@ async function pageUsage(view) {
       })))
       : el('p', { class: 'empty' }, 'No usage in this range.')),
     section('Totals', table([
-      [groupLabel, (t) => (group === 'key' && t.group !== '(none)' ? keyLink(t.group) : group === 'project' ? projectLink(t.group) : t.group)],
+      [groupLabel, (t) => (group === 'key' && t.group !== '(none)' ? keyLink(t.group, keyNames.get(t.group)) : group === 'project' ? projectLink(t.group) : t.group)],
       ['Requests', (t) => count(t.requests)],
       ['Input tokens', (t) => count(t.input)],
       ['Output tokens', (t) => count(t.output)],
