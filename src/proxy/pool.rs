@@ -93,7 +93,10 @@ pub struct Attempt {
     pub member: String,
     /// What happened, in words: `HTTP 429`, `connection refused`, ...
     pub outcome: String,
-    /// The member's provider key was refused (401/403), and it was taken out now.
+    /// The provider refused the member's key (401).
+    #[serde(skip)]
+    pub key_refused: bool,
+    /// ... and this try took the member out: an alert is due.
     #[serde(skip)]
     pub credential_rejected: bool,
 }
@@ -182,6 +185,8 @@ pub struct Pool {
     epoch: Instant,
     /// Rotates the start of the search, so ties spread.
     turn: AtomicUsize,
+    /// A member has a token limit, so requests need a token estimate.
+    counts_tokens: bool,
     /// Active health checks: how often, and when the last ran (pool clock, ms).
     probe_every: Option<Duration>,
     probed_at: AtomicI64,
@@ -220,6 +225,7 @@ impl Pool {
         retries: usize,
         retry_deadline: Duration,
     ) -> Self {
+        let counts_tokens = members.iter().any(|m| m.limits.tokens_per_minute.is_some());
         Self {
             name,
             models,
@@ -229,6 +235,7 @@ impl Pool {
             retry_deadline,
             epoch: Instant::now(),
             turn: AtomicUsize::new(0),
+            counts_tokens,
             probe_every: None,
             probed_at: AtomicI64::new(i64::MIN / 2),
         }
@@ -299,7 +306,7 @@ impl Pool {
 
     /// Whether a member counts tokens (so a request's estimate is needed).
     pub fn counts_tokens(&self) -> bool {
-        self.members.iter().any(|m| m.limits.tokens_per_minute.is_some())
+        self.counts_tokens
     }
 
     fn now_ms(&self) -> i64 {
@@ -417,6 +424,7 @@ impl Pool {
                     attempts.push(Attempt {
                         member: member.name().to_owned(),
                         outcome: refusal_words(status),
+                        key_refused: rejected,
                         credential_rejected: report,
                     });
                     let repeatable = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::FORBIDDEN)
@@ -439,6 +447,7 @@ impl Pool {
                     attempts.push(Attempt {
                         member: member.name().to_owned(),
                         outcome: words.to_owned(),
+                        key_refused: false,
                         credential_rejected: false,
                     });
                     timed_out = t;

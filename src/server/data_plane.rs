@@ -272,7 +272,7 @@ async fn forward<'p>(
 /// that the pool could not serve.
 fn unserved(pool: &Pool, attempts: &[Attempt], timed_out: bool) -> ApiError {
     let last = attempts.last().map_or_else(|| pool.name.clone(), |a| a.member.clone());
-    let rejected = attempts.iter().any(|a| a.outcome.starts_with("HTTP 401") || a.outcome.starts_with("HTTP 403"));
+    let rejected = attempts.iter().any(|a| a.key_refused);
     match (pool.members().len(), timed_out, rejected) {
         (1, true, false) => ApiError::UpstreamTimeout { upstream: last },
         (1, false, false) if !attempts.is_empty() => ApiError::UpstreamUnreachable { upstream: last },
