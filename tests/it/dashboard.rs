@@ -404,3 +404,53 @@ async fn two_users_may_not_share_an_email_in_different_case() {
     assert_eq!(status, 400, "{error}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_sign_in_form_too_large_from_another_site_or_without_a_key_is_refused() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let post = |body: String, origin: Option<&'static str>| {
+        let mut req = browser()
+            .post(format!("{}/ui/sign-in", gw.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    let huge = post(format!("key={}", "a".repeat(64 * 1024)), None).await;
+    assert_eq!(huge.status(), 413);
+    let elsewhere = post(format!("key={ADMIN_KEY}"), Some("https://evil.example")).await;
+    assert_eq!(elsewhere.status(), 403, "login CSRF from another site");
+    assert!(elsewhere.headers().get(SET_COOKIE).is_none());
+    let empty = post("next=/ui".into(), None).await;
+    assert_eq!(empty.status(), 400);
+    // A made-up session cookie opens nothing, on the API as on the pages.
+    let forged = browser()
+        .get(format!("{}/v1/organization/projects", gw.url))
+        .header(COOKIE, "keygate_session=not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_import_without_ids_takes_only_legacy_secrets() {
+    let mock = MockUpstream::start().await;
+    let gw = TestGateway::start(&mock.url, "").await;
+    let project = gw.default_project().await;
+    let secret = json!({"sha256": "c".repeat(64), "legacy": false, "last4": "cccc", "created_at": 1});
+    let (status, error) = gw
+        .admin(
+            Method::POST,
+            &format!("/v1/organization/projects/{project}/api_keys/import"),
+            Some(json!({"keys": [{"name": "x", "created_at": 1, "secrets": [secret]}]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "id");
+    gw.stop().await;
+}
